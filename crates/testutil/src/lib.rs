@@ -1,0 +1,108 @@
+//! Helpers shared by diskforge's tests (host tests in `tests/`, VM tests in `vm-tests/`).
+//!
+//! - [`require_root`] lets a privileged test skip *visibly* when not root.
+//! - [`KernelState`] snapshots the loop devices and mounts that exist, so a test can assert
+//!   that it left nothing behind ([`KernelState::assert_nothing_new`]).
+//! - [`scratch_dir`] makes a temporary directory on a real disk filesystem (not tmpfs), which
+//!   overlayfs upper/work dirs and loop backing files need.
+//!
+//! It never tears anything down itself: a leak is a test failure, not something to tidy.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Whether we run as root. When not, prints a visible skip line naming the test and returns
+/// false; callers `return` early.
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED {test}: needs root (loop devices, mounts)");
+        false
+    }
+}
+
+/// A snapshot of the kernel objects a test could leak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelState {
+    /// Attached loop devices as `loopN=backing file`.
+    pub loops: BTreeSet<String>,
+    /// Mount points from `/proc/self/mountinfo` (field 5), with their source.
+    pub mounts: BTreeSet<String>,
+}
+
+impl KernelState {
+    /// Read the current state from `/sys/block/loop*/loop/backing_file` and `/proc/self/mountinfo`.
+    pub fn capture() -> Self {
+        let mut loops = BTreeSet::new();
+        if let Ok(rd) = std::fs::read_dir("/sys/block") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with("loop") {
+                    continue;
+                }
+                if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+                    loops.insert(format!("{name}={}", b.trim_end()));
+                }
+            }
+        }
+        let mut mounts = BTreeSet::new();
+        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for line in mi.lines() {
+                let f: Vec<&str> = line.split(' ').collect();
+                let src = line.split(" - ").nth(1).and_then(|r| r.split(' ').nth(1)).unwrap_or("");
+                if let Some(mp) = f.get(4) {
+                    mounts.insert(format!("{mp} ({src})"));
+                }
+            }
+        }
+        KernelState { loops, mounts }
+    }
+
+    /// Panic with a list of every loop device or mount that exists now but not in `self`.
+    pub fn assert_nothing_new(&self) {
+        let now = KernelState::capture();
+        let new_loops: Vec<_> = now.loops.difference(&self.loops).collect();
+        let new_mounts: Vec<_> = now.mounts.difference(&self.mounts).collect();
+        assert!(
+            new_loops.is_empty() && new_mounts.is_empty(),
+            "leaked kernel state: loops {new_loops:?}, mounts {new_mounts:?}"
+        );
+    }
+
+    /// Loop devices whose backing file lies under `dir` (for tests that run in parallel and
+    /// must only look at their own objects).
+    pub fn loops_under(&self, dir: &Path) -> Vec<String> {
+        let d = dir.to_string_lossy();
+        self.loops.iter().filter(|l| l.contains(&*d)).cloned().collect()
+    }
+
+    /// Mounts whose mount point lies under `dir`.
+    pub fn mounts_under(&self, dir: &Path) -> Vec<String> {
+        let d = dir.to_string_lossy();
+        self.mounts.iter().filter(|m| m.starts_with(&*d)).cloned().collect()
+    }
+}
+
+/// A temporary directory on a disk-backed filesystem: `$DISKFORGE_SCRATCH`, else
+/// `target/tmp`-style `CARGO_TARGET_TMPDIR` when set, else `/var/tmp`.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let base: PathBuf = std::env::var_os("DISKFORGE_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    // Tests cannot proceed without scratch space; the message names the directory.
+    #[allow(clippy::expect_used)]
+    tempfile::Builder::new()
+        .prefix("diskforge-test-")
+        .tempdir_in(&base)
+        .expect("creating scratch dir (set DISKFORGE_SCRATCH to a writable disk directory)")
+}
+
+/// Path of a workspace binary (a tool such as `dfloop`) built next to the running test binary.
+/// Tests in another package than the tool use this instead of `CARGO_BIN_EXE_*`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/test-hash → target/debug/NAME
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    dir.join(name)
+}
