@@ -1,0 +1,1 @@
+//! Integration tests for iso (filled in by the owning issue).

@@ -1,0 +1,1 @@
+//! Integration tests for layers (filled in by the owning issue).

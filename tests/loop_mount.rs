@@ -1,0 +1,1 @@
+//! Integration tests for loop_mount (filled in by the owning issue).

@@ -1,0 +1,1 @@
+//! Integration tests for part (filled in by the owning issue).

@@ -1,0 +1,1 @@
+//! Integration tests for storage (filled in by the owning issue).

@@ -1,0 +1,1 @@
+//! Integration tests for vm_runner (filled in by the owning issue).

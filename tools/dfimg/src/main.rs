@@ -1,0 +1,2 @@
+//! Disk image info, convert, create, resize, check (work in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Stack, run, commit, diff and squash overlay layers (work in progress).
+fn main() {}

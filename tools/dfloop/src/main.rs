@@ -1,0 +1,2 @@
+//! Attach, detach and list loop devices (work in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Mount, bind, overlay and unmount (work in progress).
+fn main() {}

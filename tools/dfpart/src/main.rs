@@ -1,0 +1,2 @@
+//! Create and show GPT/MBR partition tables (work in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Inspect and remaster bootable ISO images (work in progress).
+fn main() {}

@@ -1,0 +1,8 @@
+//! `cargo xtask bench loop_dev` (owned by the issue for this area).
+
+use crate::flags::BenchArgs;
+
+/// Run this benchmark.
+pub fn run(_sh: &xshell::Shell, _args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::bail!("bench loop_dev: not written yet")
+}
