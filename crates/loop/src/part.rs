@@ -1,0 +1,270 @@
+//! Partitions of a loop device: the kernel's `loopNpK` node when partition scanning made
+//! one, else the start and size from a minimal GPT/MBR reader (primary partitions only).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::{AttachOptions, Error, LoopDevice, Result};
+
+/// Most GPT partition entries we read (the usual table holds 128).
+const GPT_MAX_ENTRIES: u32 = 1024;
+
+/// One partition from the table, in bytes relative to the start of the device or file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartitionEntry {
+    /// Partition number as the kernel counts it (1-based; GPT slot index + 1).
+    pub number: u32,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// Where a partition can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionLocation {
+    /// The kernel made a node (`/dev/loop3p1`).
+    Node(PathBuf),
+    /// No node: this range of the backing file holds the partition.
+    Range {
+        /// The loop device's backing file.
+        backing_file: PathBuf,
+        /// Offset in the backing file (the loop's own offset plus the partition start).
+        offset: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+}
+
+/// A partition opened for use: the kernel's node, or a loop device of its own that we own.
+#[derive(Debug)]
+#[must_use = "dropping a PartitionDevice::Loop detaches it"]
+pub enum PartitionDevice {
+    /// The `loopNpK` node (owned by the parent device; nothing to tear down).
+    Node(PathBuf),
+    /// A second loop device mapping just the partition.
+    Loop(LoopDevice),
+}
+
+impl PartitionDevice {
+    /// The block device to use.
+    pub fn path(&self) -> &Path {
+        match self {
+            PartitionDevice::Node(p) => p,
+            PartitionDevice::Loop(l) => l.path(),
+        }
+    }
+    /// Detach the partition's own loop device, if we made one.
+    pub fn teardown(self) -> Result<()> {
+        match self {
+            PartitionDevice::Node(_) => Ok(()),
+            PartitionDevice::Loop(l) => l.detach(),
+        }
+    }
+}
+
+impl LoopDevice {
+    /// The partitions in the table on this device (GPT, else MBR primaries).
+    pub fn partitions(&self) -> Result<Vec<PartitionEntry>> {
+        read_partition_table(self.path())
+    }
+
+    /// Where partition `number` lives: the `pN` node when the kernel made one, else the byte
+    /// range of the backing file read from the partition table.
+    pub fn partition(&self, number: u32) -> Result<PartitionLocation> {
+        let node = PathBuf::from(format!("{}p{number}", self.path().display()));
+        let sys = PathBuf::from(format!(
+            "/sys/block/loop{}/loop{}p{number}",
+            self.number(),
+            self.number()
+        ));
+        if node.exists() && sys.exists() {
+            return Ok(PartitionLocation::Node(node));
+        }
+        let entry = self
+            .partitions()?
+            .into_iter()
+            .find(|e| e.number == number)
+            .ok_or_else(|| Error::PartitionTable {
+                device: self.path().to_owned(),
+                reason: format!("no partition {number}"),
+            })?;
+        let info = self.info()?;
+        Ok(PartitionLocation::Range {
+            backing_file: info.back_file,
+            offset: info.offset + entry.start,
+            size: entry.size,
+        })
+    }
+
+    /// Partition `number` as a block device: the `pN` node, or a new loop device over its
+    /// byte range (read-only when `read_only`).
+    pub fn open_partition(&self, number: u32, read_only: bool) -> Result<PartitionDevice> {
+        match self.partition(number)? {
+            PartitionLocation::Node(p) => Ok(PartitionDevice::Node(p)),
+            PartitionLocation::Range {
+                backing_file,
+                offset,
+                size,
+            } => {
+                let opts = AttachOptions::new()
+                    .offset(offset)
+                    .sizelimit(size)
+                    .read_only(read_only);
+                Ok(PartitionDevice::Loop(LoopDevice::attach(
+                    backing_file,
+                    &opts,
+                )?))
+            }
+        }
+    }
+}
+
+/// Read the partition table of a device or image file: GPT (512- or 4096-byte sectors), else
+/// the four MBR primary entries. Empty slots are skipped.
+pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEntry>> {
+    let device = device.as_ref();
+    let f = File::open(device).map_err(|source| Error::Read {
+        path: device.to_owned(),
+        source,
+    })?;
+    let table_err = |reason: String| Error::PartitionTable {
+        device: device.to_owned(),
+        reason,
+    };
+    let read_at = |off: u64, len: usize| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off)
+            .map_err(|source| Error::Read {
+                path: device.to_owned(),
+                source,
+            })?;
+        Ok(buf)
+    };
+    for ss in [512u64, 4096] {
+        let Ok(hdr) = read_at(ss, 92) else { continue };
+        if &hdr[0..8] != b"EFI PART" {
+            continue;
+        }
+        let entries_lba = le_u64(&hdr[72..80]);
+        let count = le_u32(&hdr[80..84]).min(GPT_MAX_ENTRIES);
+        let esize = le_u32(&hdr[84..88]);
+        if !(128..=4096).contains(&esize) {
+            return Err(table_err(format!("GPT entry size {esize} is invalid")));
+        }
+        let raw = read_at(entries_lba * ss, (count * esize) as usize)?;
+        let mut out = Vec::new();
+        for (i, e) in raw.chunks_exact(esize as usize).enumerate() {
+            if e[0..16].iter().all(|b| *b == 0) {
+                continue;
+            }
+            let (first, last) = (le_u64(&e[32..40]), le_u64(&e[40..48]));
+            if last < first {
+                return Err(table_err(format!(
+                    "GPT entry {} ends before it starts",
+                    i + 1
+                )));
+            }
+            out.push(PartitionEntry {
+                number: i as u32 + 1,
+                start: first * ss,
+                size: (last - first + 1) * ss,
+            });
+        }
+        return Ok(out);
+    }
+    let mbr = read_at(0, 512)?;
+    if mbr[510..512] != [0x55, 0xAA] {
+        return Err(table_err("no GPT header and no MBR signature".into()));
+    }
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
+        let ptype = e[4];
+        if ptype == 0 {
+            continue;
+        }
+        if ptype == 0xEE {
+            return Err(table_err(
+                "protective MBR but no readable GPT header".into(),
+            ));
+        }
+        let (lba, sectors) = (u64::from(le_u32(&e[8..12])), u64::from(le_u32(&e[12..16])));
+        out.push(PartitionEntry {
+            number: i as u32 + 1,
+            start: lba * 512,
+            size: sectors * 512,
+        });
+    }
+    Ok(out)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mbr_image(entries: &[(u8, u32, u32)]) -> Vec<u8> {
+        let mut img = vec![0u8; 1 << 20];
+        for (i, (t, lba, n)) in entries.iter().enumerate() {
+            let e = 446 + i * 16;
+            img[e + 4] = *t;
+            img[e + 8..e + 12].copy_from_slice(&lba.to_le_bytes());
+            img[e + 12..e + 16].copy_from_slice(&n.to_le_bytes());
+        }
+        img[510] = 0x55;
+        img[511] = 0xAA;
+        img
+    }
+
+    #[test]
+    fn reads_mbr_primaries() {
+        let dir = std::env::temp_dir().join(format!("dfloop-mbr-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            mbr_image(&[(0x83, 2048, 100), (0, 0, 0), (0x0c, 4096, 8)]),
+        )
+        .unwrap();
+        let t = read_partition_table(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                PartitionEntry {
+                    number: 1,
+                    start: 2048 * 512,
+                    size: 100 * 512
+                },
+                PartitionEntry {
+                    number: 3,
+                    start: 4096 * 512,
+                    size: 8 * 512
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn no_table_is_an_error_naming_the_file() {
+        let p = std::env::temp_dir().join(format!("dfloop-none-{}", std::process::id()));
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        let e = read_partition_table(&p).unwrap_err().to_string();
+        std::fs::remove_file(&p).unwrap();
+        assert!(e.contains(&p.display().to_string()), "{e}");
+    }
+}
