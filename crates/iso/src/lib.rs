@@ -1,1 +1,121 @@
-//! ISO 9660 inspect and remaster (work in progress: see the issue that owns this crate).
+//! Inspect and remaster bootable ISO 9660 images without mounting them.
+//!
+//! - [`inspect()`]: volume ids, the primary (Rock Ridge) and Joliet trees, the El Torito boot
+//!   catalog (BIOS and UEFI entries, emulation, load size, boot image path or hidden image),
+//!   the isohybrid MBR/GPT, and the implanted isomd5sum fields. Our own reader
+//!   ([`iso9660`], [`boot`]); nothing is mounted and no root is needed.
+//! - [`isomd5`]: the `implantisomd5`/`checkisomd5` format, computed while bytes stream.
+//! - [`remaster()`]: add/replace/remove files, set the volume id, add a kickstart/preseed and
+//!   kernel arguments to every boot entry (also inside the EFI FAT image, via mtools), in
+//!   patch, direct, copy, overlay or bind mode ([`remaster`] module docs).
+//!
+//! It follows ECMA-119 (ISO 9660), Rock Ridge (RRIP 1.12 over SUSP 1.12), Joliet, the El
+//! Torito 1.0 specification, UEFI 2.x for GPT, and rhinstaller/isomd5sum for the MD5. It does
+//! not write ISO 9660 trees from scratch (xorriso does that) and does not mount anything
+//! itself outside the kernel modes, which go through `diskforge-loop`/`diskforge-mount`.
+
+use std::path::{Path, PathBuf};
+
+pub mod boot;
+pub mod bootcfg;
+pub mod fat;
+pub mod inspect;
+pub mod iso9660;
+pub mod isomd5;
+pub mod kernel;
+pub mod patch;
+pub mod remaster;
+pub mod sample;
+
+pub use inspect::{Inspection, inspect};
+pub use remaster::{Edit, Event, Mode, Outcome, Request, remaster};
+
+/// Errors from reading or remastering an image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call on a file failed.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What we were doing ("reading", "writing", …).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not an ISO 9660 image.
+    #[error("{}: not an ISO 9660 image: {reason}", path.display())]
+    NotIso {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// A structure in the image is inconsistent.
+    #[error("{}: malformed at byte {offset}: {what}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the structure.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The image carries no implanted MD5.
+    #[error("{}: no implanted MD5 (ISO MD5SUM in the application area)", path.display())]
+    NoMd5 {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A command-line value or request field is wrong.
+    #[error("{what} {value:?}: {reason}")]
+    BadValue {
+        /// The flag or field.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Patch mode was asked for (or editing in place) but an edit does not fit.
+    #[error("patch mode cannot apply the edits: {reason}")]
+    DoesNotFit {
+        /// The first edit that does not fit, and why.
+        reason: String,
+    },
+    /// A mode cannot run here (no root, no iso9660 in the kernel, …).
+    #[error("mode {mode} is not available here: {reason}")]
+    ModeUnavailable {
+        /// The mode.
+        mode: String,
+        /// Why.
+        reason: String,
+    },
+    /// The output's El Torito entries or MBR/GPT differ from the input's.
+    #[error("{}: boot setup changed (before {before:?}, after {after:?})", output.display())]
+    BootChanged {
+        /// The output checked.
+        output: PathBuf,
+        /// The input's boot entries.
+        before: Vec<String>,
+        /// The output's boot entries.
+        after: Vec<String>,
+    },
+    /// An external program failed.
+    #[error(transparent)]
+    Cmd(#[from] diskforge_cmd::Error),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,2 +1,344 @@
-//! Inspect and remaster bootable ISO images (work in progress).
-fn main() {}
+//! `iso-remaster`: inspect and remaster bootable ISO images (a thin CLI over `diskforge-iso`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use diskforge_iso::isomd5;
+use diskforge_iso::{Edit, Event, Inspection, Mode, Request};
+
+const AFTER_HELP: &str = "\
+Modes:
+  auto     patch when every edit fits, else direct (says which and why)
+  patch    rewrite bytes of the image (in place without -o; -o copies first)
+  direct   xorriso -boot_image any replay: no mount, no root
+  copy     extract the tree, edit, rebuild (the conventional route)
+  overlay  loop mount + overlayfs + rebuild (root, kernel iso9660)
+  bind     loop mount + bind mounts + rebuild (root, kernel iso9660)
+
+Exit status:
+  0  success (for --check-md5: the implanted MD5 matches)
+  1  error (bad value, unreadable image, tool failure, edit does not fit)
+  2  usage error
+  3  --check-md5: the implanted MD5 does not match, or there is none
+
+Examples:
+  iso-remaster inspect in.iso --json
+  iso-remaster in.iso -o out.iso --kickstart ks.cfg --implant-md5
+  iso-remaster in.iso --replace my.cfg:/isolinux/isolinux.cfg
+  iso-remaster in.iso -o out.iso --mode direct --add extra.rpm:/extra/x.rpm
+  iso-remaster --check-md5 out.iso";
+
+/// Inspect and remaster bootable ISO images, keeping BIOS and UEFI boot.
+#[derive(Debug, Parser)]
+#[command(
+    name = "iso-remaster",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP,
+    long_about = "Inspect and remaster bootable ISO images: add, replace or remove files, \
+                  set the volume id, add a kickstart or preseed and kernel arguments to every \
+                  boot entry (also inside the EFI FAT image), implant or check an isomd5sum \
+                  MD5. El Torito BIOS + UEFI entries and the isohybrid MBR/GPT are kept."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Input image.
+    input: Option<PathBuf>,
+    /// Output image (must not exist); without it, patch mode edits INPUT in place.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Add a local file SRC at DEST in the ISO (repeatable).
+    #[arg(long, value_name = "SRC:DEST")]
+    add: Vec<String>,
+    /// Replace the ISO file DEST by the local file SRC (repeatable).
+    #[arg(long, value_name = "SRC:DEST")]
+    replace: Vec<String>,
+    /// Remove DEST from the ISO (repeatable).
+    #[arg(long, value_name = "DEST")]
+    remove: Vec<String>,
+    /// New volume id (boot configs that name the old one follow).
+    #[arg(long)]
+    volid: Option<String>,
+    /// Add FILE at the root and inst.ks=hd:LABEL=<volid>:/<name> to every boot entry.
+    #[arg(long, value_name = "FILE")]
+    kickstart: Option<PathBuf>,
+    /// Add FILE at the root and the Debian preseed arguments to every boot entry.
+    #[arg(long, value_name = "FILE")]
+    preseed: Option<PathBuf>,
+    /// Extra kernel arguments for every boot entry (repeatable).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    kernel_args: Vec<String>,
+    /// How to produce the output.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(Mode::NAMES))]
+    mode: String,
+    /// Implant an isomd5sum MD5 (checkisomd5 accepts it) into the output.
+    #[arg(long)]
+    implant_md5: bool,
+    /// Verify the implanted MD5 of INPUT and exit (0 match, 3 mismatch or none).
+    #[arg(long, conflicts_with_all = ["output", "add", "replace", "remove", "volid", "kickstart", "preseed", "kernel_args", "implant_md5"])]
+    check_md5: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print volume ids, El Torito entries, isohybrid MBR/GPT, file count and implanted MD5.
+    Inspect {
+        /// The image.
+        iso: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iso-remaster: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(Command::Inspect { iso, json }) = &cli.command {
+        let r = diskforge_iso::inspect(iso)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{}", render_inspection(&r));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(input) = cli.input.clone() else {
+        anyhow::bail!("no input image given (see --help)");
+    };
+    let tty = std::io::stderr().is_terminal() && !cli.json;
+    if cli.check_md5 {
+        let mut last = 0;
+        let mut cb = |done: u64, total: u64| {
+            if tty && total > 0 && done * 20 / total != last {
+                last = done * 20 / total;
+                eprint!("\rchecking {:3}%", done * 100 / total);
+            }
+        };
+        let res = match isomd5::check(&input, &mut cb) {
+            Ok(r) => r,
+            Err(diskforge_iso::Error::NoMd5 { path }) => {
+                eprintln!("{}: no implanted MD5", path.display());
+                return Ok(ExitCode::from(3));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if tty {
+            eprintln!();
+        }
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&res)?);
+        } else {
+            println!(
+                "{}: {} (stored {}, computed {})",
+                input.display(),
+                if res.ok { "PASS" } else { "FAIL" },
+                res.stored.md5,
+                res.computed.md5
+            );
+        }
+        return Ok(if res.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        });
+    }
+    let mut req = Request::new(&input);
+    req.output = cli.output.clone();
+    for v in &cli.add {
+        let (src, dest) = Edit::parse_pair("--add", v)?;
+        req.edits.push(Edit::Add { src, dest });
+    }
+    for v in &cli.replace {
+        let (src, dest) = Edit::parse_pair("--replace", v)?;
+        req.edits.push(Edit::Replace { src, dest });
+    }
+    for v in &cli.remove {
+        req.edits.push(Edit::Remove {
+            dest: diskforge_iso::iso9660::normalize(v),
+        });
+    }
+    req.volid = cli.volid.clone();
+    req.kickstart = cli.kickstart.clone();
+    req.preseed = cli.preseed.clone();
+    req.kernel_args = cli.kernel_args.clone();
+    req.mode = cli.mode.parse()?;
+    req.implant_md5 = cli.implant_md5;
+    let mut step = String::new();
+    let mut last_pct = u64::MAX;
+    let mut progress = |ev: Event<'_>| {
+        if !tty {
+            return;
+        }
+        match ev {
+            Event::Step(s) => {
+                step = s.to_owned();
+                last_pct = u64::MAX;
+            }
+            Event::Bytes(d, t) if t > 0 => {
+                let pct = d * 100 / t;
+                if pct != last_pct {
+                    last_pct = pct;
+                    eprint!("\r{step}: {pct:3}%");
+                    if d >= t {
+                        eprintln!();
+                    }
+                }
+            }
+            Event::Bytes(..) => {}
+        }
+    };
+    let out = diskforge_iso::remaster(&req, &mut progress)
+        .with_context(|| format!("remastering {}", input.display()))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("mode: {} ({})", out.mode, out.reason);
+        for n in &out.notes {
+            println!("  {n}");
+        }
+        for c in &out.configs {
+            println!("  boot config edited: {c}");
+        }
+        for s in &out.steps {
+            println!("  step {:<32} {:8.3} s", s.name, s.seconds);
+        }
+        if let Some(m) = &out.md5 {
+            println!("implanted md5: {}", m.md5);
+        }
+        println!(
+            "wrote {}{}",
+            out.output.display(),
+            if out.in_place { " (in place)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_inspection(r: &Inspection) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let p = &r.primary;
+    let _ = writeln!(
+        s,
+        "{}: {} bytes, volume {} blocks ({} bytes)",
+        r.path, r.file_size, p.volume_blocks, r.volume_size
+    );
+    for (k, v) in [
+        ("volume id", &p.volume_id),
+        ("system id", &p.system_id),
+        ("application id", &p.application_id),
+        ("publisher id", &p.publisher_id),
+        ("preparer id", &p.preparer_id),
+        ("volume set id", &p.volume_set_id),
+    ] {
+        let _ = writeln!(s, "  {k:<15} {v}");
+    }
+    let _ = writeln!(
+        s,
+        "  {:<15} rock ridge {}, joliet {}",
+        "trees",
+        if r.rock_ridge { "yes" } else { "no" },
+        r.joliet
+            .as_deref()
+            .map(|j| format!("yes ({j})"))
+            .unwrap_or_else(|| "no".into())
+    );
+    let _ = writeln!(
+        s,
+        "  {:<15} {} files, {} bytes, {} directories",
+        "content", r.file_count, r.file_bytes, r.dir_count
+    );
+    match &r.el_torito {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                "El Torito catalog at block {} ({})",
+                c.lba,
+                c.path.as_deref().unwrap_or("hidden")
+            );
+            for (i, e) in c.entries.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "  {:>2} {:<4} {:<12} emul {:<6} load {:>5}x512 rba {:>7}  {} ({} bytes)",
+                    i + 1,
+                    e.platform.to_string(),
+                    if e.bootable {
+                        "bootable"
+                    } else {
+                        "not bootable"
+                    },
+                    e.emulation.to_string(),
+                    e.load_size,
+                    e.load_rba,
+                    e.image.as_deref().unwrap_or("hidden image"),
+                    e.image_size
+                );
+            }
+        }
+        None => s.push_str("El Torito: none\n"),
+    }
+    match &r.hybrid.mbr {
+        Some(parts) => {
+            let _ = writeln!(s, "isohybrid MBR: {} partitions", parts.len());
+            for m in parts {
+                let _ = writeln!(
+                    s,
+                    "  {} {} type 0x{:02x} start {} sectors {}",
+                    m.number,
+                    if m.bootable { "*" } else { " " },
+                    m.ptype,
+                    m.start,
+                    m.sectors
+                );
+            }
+        }
+        None => s.push_str("isohybrid MBR: none\n"),
+    }
+    match &r.hybrid.gpt {
+        Some(parts) => {
+            let _ = writeln!(s, "GPT: {} partitions", parts.len());
+            for g in parts {
+                let _ = writeln!(
+                    s,
+                    "  {} {:<12} {} {}..{}",
+                    g.number, g.name, g.type_guid, g.first_lba, g.last_lba
+                );
+            }
+        }
+        None => s.push_str("GPT: none\n"),
+    }
+    match &r.implanted_md5 {
+        Some(m) => {
+            let _ = writeln!(
+                s,
+                "implanted MD5: {} (skip {} sectors, {} fragments)",
+                m.md5,
+                m.skip_sectors,
+                m.fragment_count.unwrap_or(0)
+            );
+        }
+        None => s.push_str("implanted MD5: none\n"),
+    }
+    s
+}

@@ -1,0 +1,688 @@
+//! Our own ISO 9660 reader: volume descriptors, the primary tree (with Rock Ridge names and
+//! modes), the Joliet tree, and the byte offset of every directory record (which patch mode
+//! rewrites). Follows ECMA-119 (ISO 9660), IEEE P1282 (Rock Ridge / RRIP 1.12) over SUSP 1.12
+//! (IEEE P1281), and the Joliet specification (UCS-2 names in a supplementary descriptor).
+//!
+//! It reads with positioned reads only (`pread`), never mounts, and bounds every walk: a
+//! directory is visited once, recursion stops at [`MAX_DEPTH`], and SUSP continuation chains
+//! stop after [`MAX_CE`] hops.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Bytes per logical block (the only block size real ISOs use).
+pub const SECTOR: u64 = 2048;
+/// Maximum directory depth we walk (ISO 9660 allows 8; Rock Ridge trees go deeper).
+pub const MAX_DEPTH: usize = 64;
+/// Maximum SUSP continuation areas (CE) followed for one record.
+pub const MAX_CE: usize = 16;
+/// Maximum volume descriptors read before giving up on a terminator.
+const MAX_DESCRIPTORS: u64 = 64;
+
+/// The ISO file opened for positioned reads.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Source {
+    /// Open `path` read-only.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading metadata of", path, e))?
+            .len();
+        Ok(Source {
+            path: path.to_owned(),
+            file,
+            len,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Read exactly `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err(Error::Malformed {
+                path: self.path.clone(),
+                offset,
+                what: format!(
+                    "read of {} bytes past the end of the file ({})",
+                    buf.len(),
+                    self.len
+                ),
+            });
+        }
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io("reading", &self.path, e))
+    }
+
+    /// Read `len` bytes at `offset` into a new vector.
+    pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read_at(offset, &mut v)?;
+        Ok(v)
+    }
+
+    fn malformed(&self, offset: u64, what: impl Into<String>) -> Error {
+        Error::Malformed {
+            path: self.path.clone(),
+            offset,
+            what: what.into(),
+        }
+    }
+}
+
+pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Write `v` as an ISO 9660 both-endian 32-bit field (LE then BE) into `out[..8]`.
+pub(crate) fn both32(v: u32) -> [u8; 8] {
+    let mut o = [0u8; 8];
+    o[..4].copy_from_slice(&v.to_le_bytes());
+    o[4..].copy_from_slice(&v.to_be_bytes());
+    o
+}
+
+fn a_str(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .trim_end_matches([' ', '\0'])
+        .to_owned()
+}
+
+fn ucs2_str(b: &[u8]) -> String {
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+        .trim_end_matches([' ', '\0'])
+        .to_owned()
+}
+
+/// Which kind of volume descriptor a tree comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeKind {
+    /// The primary volume descriptor's tree (ISO 9660 names, maybe Rock Ridge).
+    Primary,
+    /// The Joliet supplementary descriptor's tree (UCS-2 names).
+    Joliet,
+}
+
+/// The fields of a primary or supplementary volume descriptor that we report or rewrite.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VolumeDescriptor {
+    /// Logical block number of this descriptor.
+    pub lba: u32,
+    /// System identifier (bytes 8..40).
+    pub system_id: String,
+    /// Volume identifier, the "label" (bytes 40..72).
+    pub volume_id: String,
+    /// Volume space size in logical blocks (bytes 80..88).
+    pub volume_blocks: u32,
+    /// Logical block size (bytes 128..132); always 2048 in practice.
+    pub block_size: u16,
+    /// Path table size in bytes.
+    pub path_table_size: u32,
+    /// L path table location.
+    pub path_table_l: u32,
+    /// M path table location.
+    pub path_table_m: u32,
+    /// Volume set identifier (bytes 190..318).
+    pub volume_set_id: String,
+    /// Publisher identifier (bytes 318..446).
+    pub publisher_id: String,
+    /// Data preparer identifier (bytes 446..574).
+    pub preparer_id: String,
+    /// Application identifier (bytes 574..702).
+    pub application_id: String,
+    /// Root directory extent.
+    #[serde(skip)]
+    pub root: Extent,
+}
+
+/// A contiguous run of blocks holding a file's or directory's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Extent {
+    /// First logical block.
+    pub lba: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+impl Extent {
+    /// Byte offset of the extent.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.lba) * SECTOR
+    }
+    /// Bytes the extent may occupy without touching the next block: its size rounded up.
+    pub fn allocated(&self) -> u64 {
+        u64::from(self.len).div_ceil(SECTOR) * SECTOR
+    }
+    /// Number of blocks it covers.
+    pub fn blocks(&self) -> u32 {
+        u32::try_from(self.allocated() / SECTOR).unwrap_or(u32::MAX)
+    }
+}
+
+/// One file, directory or symlink in a tree.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Node {
+    /// Absolute path, `/`-separated, with Rock Ridge names when present (Joliet names in the
+    /// Joliet tree).
+    pub path: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Its data (several for multi-extent files; one for directories).
+    pub extents: Vec<Extent>,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Rock Ridge mode (`PX`), when present.
+    pub mode: Option<u32>,
+    /// Absolute byte offsets of the directory records that describe this node (one per
+    /// extent), excluding the `.`/`..` records of a directory.
+    #[serde(skip)]
+    pub records: Vec<u64>,
+}
+
+/// Kind of a tree node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A Rock Ridge symbolic link.
+    Symlink,
+}
+
+/// A parsed directory record (ECMA-119 9.1).
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Absolute byte offset of the record.
+    pub offset: u64,
+    /// Record length.
+    pub len: u8,
+    /// The data.
+    pub extent: Extent,
+    /// File flags (bit 1 directory, bit 7 multi-extent).
+    pub flags: u8,
+    /// Raw identifier bytes.
+    pub ident: Vec<u8>,
+    /// Rock Ridge name (`NM`), when present.
+    pub rr_name: Option<String>,
+    /// Rock Ridge mode (`PX`), when present.
+    pub rr_mode: Option<u32>,
+    /// Whether the record carries `RE` (relocated directory: hidden in the RR view).
+    pub relocated: bool,
+}
+
+impl Record {
+    /// Whether this is a `.` or `..` record.
+    pub fn is_dot(&self) -> bool {
+        self.ident.len() == 1 && (self.ident[0] == 0 || self.ident[0] == 1)
+    }
+    /// Whether the directory flag is set.
+    pub fn is_dir(&self) -> bool {
+        self.flags & 0x02 != 0
+    }
+}
+
+/// Rock Ridge presence and the SUSP skip length from the root's `SP` entry.
+#[derive(Debug, Clone, Copy)]
+pub struct RockRidge {
+    /// Bytes to skip at the start of every system use area (`SP` LEN_SKP).
+    pub skip: u8,
+    /// Length of the root's `PX` entry (44 in RRIP 1.12, 36 in 1.10).
+    pub px_len: u8,
+}
+
+/// The volume descriptors of an image, and its trees once walked.
+#[derive(Debug)]
+pub struct Volume {
+    /// The source file.
+    pub src: Source,
+    /// The primary volume descriptor.
+    pub primary: VolumeDescriptor,
+    /// The Joliet supplementary descriptor, if any.
+    pub joliet: Option<VolumeDescriptor>,
+    /// The El Torito boot catalog location from the boot record, if any.
+    pub boot_catalog_lba: Option<u32>,
+    /// Rock Ridge, if the primary root announces SUSP with an `SP` entry.
+    pub rock_ridge: Option<RockRidge>,
+}
+
+fn parse_descriptor(src: &Source, lba: u32, b: &[u8], joliet: bool) -> Result<VolumeDescriptor> {
+    let s = |r: std::ops::Range<usize>| {
+        if joliet {
+            ucs2_str(&b[r])
+        } else {
+            a_str(&b[r])
+        }
+    };
+    let root = &b[156..190];
+    if root[0] < 34 {
+        return Err(src.malformed(
+            u64::from(lba) * SECTOR + 156,
+            "root directory record too short",
+        ));
+    }
+    Ok(VolumeDescriptor {
+        lba,
+        system_id: s(8..40),
+        volume_id: s(40..72),
+        volume_blocks: le32(b, 80),
+        block_size: le16(b, 128),
+        path_table_size: le32(b, 132),
+        path_table_l: le32(b, 140),
+        path_table_m: u32::from_be_bytes([b[148], b[149], b[150], b[151]]),
+        volume_set_id: s(190..318),
+        publisher_id: s(318..446),
+        preparer_id: s(446..574),
+        application_id: s(574..702),
+        root: Extent {
+            lba: le32(root, 2),
+            len: le32(root, 10),
+        },
+    })
+}
+
+impl Volume {
+    /// Open `path` and read its volume descriptors (sectors 16.. up to the terminator).
+    pub fn open(path: &Path) -> Result<Self> {
+        let src = Source::open(path)?;
+        if src.len() < 17 * SECTOR {
+            return Err(Error::NotIso {
+                path: path.to_owned(),
+                reason: format!("{} bytes is too small for an ISO 9660 volume", src.len()),
+            });
+        }
+        let mut primary = None;
+        let mut joliet = None;
+        let mut boot_catalog_lba = None;
+        let mut buf = vec![0u8; SECTOR as usize];
+        for i in 0..MAX_DESCRIPTORS {
+            let lba = 16 + i;
+            if (lba + 1) * SECTOR > src.len() {
+                break;
+            }
+            src.read_at(lba * SECTOR, &mut buf)?;
+            if &buf[1..6] != b"CD001" {
+                if i == 0 {
+                    return Err(Error::NotIso {
+                        path: path.to_owned(),
+                        reason: "no CD001 volume descriptor at sector 16".into(),
+                    });
+                }
+                break;
+            }
+            let lba32 = u32::try_from(lba).unwrap_or(u32::MAX);
+            match buf[0] {
+                0 if buf[7..30].starts_with(b"EL TORITO SPECIFICATION") => {
+                    boot_catalog_lba = Some(le32(&buf, 71));
+                }
+                1 if primary.is_none() => {
+                    primary = Some(parse_descriptor(&src, lba32, &buf, false)?)
+                }
+                2 if joliet.is_none()
+                    && buf[88] == 0x25
+                    && buf[89] == 0x2f
+                    && matches!(buf[90], 0x40 | 0x43 | 0x45) =>
+                {
+                    joliet = Some(parse_descriptor(&src, lba32, &buf, true)?);
+                }
+                255 => break,
+                _ => {}
+            }
+        }
+        let Some(primary) = primary else {
+            return Err(Error::NotIso {
+                path: path.to_owned(),
+                reason: "no primary volume descriptor".into(),
+            });
+        };
+        if primary.block_size != SECTOR as u16 {
+            return Err(Error::NotIso {
+                path: path.to_owned(),
+                reason: format!(
+                    "logical block size {} (only 2048 is supported)",
+                    primary.block_size
+                ),
+            });
+        }
+        let mut v = Volume {
+            src,
+            primary,
+            joliet,
+            boot_catalog_lba,
+            rock_ridge: None,
+        };
+        v.rock_ridge = v.detect_rock_ridge()?;
+        Ok(v)
+    }
+
+    fn detect_rock_ridge(&self) -> Result<Option<RockRidge>> {
+        let root = self.primary.root;
+        let mut sec = vec![0u8; SECTOR as usize];
+        self.src.read_at(root.offset(), &mut sec)?;
+        let len = usize::from(sec[0]);
+        if len < 34 || len > sec.len() {
+            return Ok(None);
+        }
+        let name_len = usize::from(sec[32]);
+        let su_start = 33 + name_len + usize::from(name_len.is_multiple_of(2));
+        let su = &sec[su_start.min(len)..len];
+        if su.len() >= 7 && &su[0..2] == b"SP" && su[4] == 0xbe && su[5] == 0xef {
+            let skip = su[6];
+            let mut px_len = 44;
+            walk_susp_area(su, |sig, e| {
+                if sig == *b"PX" {
+                    px_len = e.len() as u8;
+                }
+            });
+            return Ok(Some(RockRidge { skip, px_len }));
+        }
+        Ok(None)
+    }
+
+    /// Parse one directory record at `buf[at..]`, located at absolute byte `offset`.
+    pub fn parse_record(&self, buf: &[u8], at: usize, offset: u64, rr: bool) -> Result<Record> {
+        let len = usize::from(buf[at]);
+        if len < 34 || at + len > buf.len() {
+            return Err(self
+                .src
+                .malformed(offset, format!("directory record of length {len}")));
+        }
+        let r = &buf[at..at + len];
+        let name_len = usize::from(r[32]);
+        if 33 + name_len > len {
+            return Err(self
+                .src
+                .malformed(offset, format!("name length {name_len} overflows record")));
+        }
+        let mut rec = Record {
+            offset,
+            len: r[0],
+            extent: Extent {
+                lba: le32(r, 2),
+                len: le32(r, 10),
+            },
+            flags: r[25],
+            ident: r[33..33 + name_len].to_vec(),
+            rr_name: None,
+            rr_mode: None,
+            relocated: false,
+        };
+        if let (true, Some(rrinfo)) = (rr, self.rock_ridge) {
+            let su_start =
+                33 + name_len + usize::from(name_len.is_multiple_of(2)) + usize::from(rrinfo.skip);
+            if su_start < len {
+                self.read_susp(&r[su_start..], &mut rec)?;
+            }
+        }
+        Ok(rec)
+    }
+
+    fn read_susp(&self, area: &[u8], rec: &mut Record) -> Result<()> {
+        let mut name = String::new();
+        let mut has_name = false;
+        let mut areas = vec![area.to_vec()];
+        let mut hops = 0;
+        while let Some(a) = areas.pop() {
+            let mut ce = None;
+            walk_susp_area(&a, |sig, e| match &sig {
+                b"NM" if e.len() >= 5 => {
+                    let flags = e[4];
+                    if flags & 0x06 == 0 {
+                        name.push_str(&String::from_utf8_lossy(&e[5..]));
+                        has_name = true;
+                    }
+                }
+                b"PX" if e.len() >= 12 => rec.rr_mode = Some(le32(e, 4)),
+                b"RE" => rec.relocated = true,
+                b"CE" if e.len() >= 28 => ce = Some((le32(e, 4), le32(e, 12), le32(e, 20))),
+                _ => {}
+            });
+            if let Some((block, off, len)) = ce {
+                hops += 1;
+                if hops > MAX_CE || len as usize > SECTOR as usize * 4 {
+                    return Err(self
+                        .src
+                        .malformed(rec.offset, "SUSP continuation chain too long"));
+                }
+                let at = u64::from(block) * SECTOR + u64::from(off);
+                areas.push(self.src.read_vec(at, len as usize)?);
+            }
+        }
+        if has_name {
+            rec.rr_name = Some(name);
+        }
+        Ok(())
+    }
+
+    /// Read every record of the directory at `dir` (including `.` and `..`).
+    pub fn read_dir(&self, dir: Extent, rr: bool) -> Result<Vec<Record>> {
+        if u64::from(dir.len) > 64 << 20 {
+            return Err(self
+                .src
+                .malformed(dir.offset(), format!("directory of {} bytes", dir.len)));
+        }
+        let buf = self.src.read_vec(dir.offset(), dir.allocated() as usize)?;
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        let end = dir.len as usize;
+        while at < end {
+            if buf[at] == 0 {
+                // Records never cross a block: a zero length byte means "next block".
+                at = (at / SECTOR as usize + 1) * SECTOR as usize;
+                continue;
+            }
+            let rec = self.parse_record(&buf, at, dir.offset() + at as u64, rr)?;
+            at += usize::from(rec.len);
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The root extent of a tree, if that tree exists.
+    pub fn root(&self, kind: TreeKind) -> Option<Extent> {
+        match kind {
+            TreeKind::Primary => Some(self.primary.root),
+            TreeKind::Joliet => self.joliet.as_ref().map(|j| j.root),
+        }
+    }
+
+    /// Walk a whole tree. Multi-extent files become one node with several extents.
+    pub fn tree(&self, kind: TreeKind) -> Result<Tree> {
+        let mut nodes = BTreeMap::new();
+        let Some(root) = self.root(kind) else {
+            return Ok(Tree {
+                kind,
+                nodes,
+                dirs: BTreeMap::new(),
+            });
+        };
+        let rr = kind == TreeKind::Primary && self.rock_ridge.is_some();
+        let mut dirs = BTreeMap::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![(String::new(), root, 0usize)];
+        dirs.insert("/".to_owned(), root);
+        while let Some((prefix, dir, depth)) = stack.pop() {
+            if !seen.insert(dir.lba) {
+                continue;
+            }
+            if depth > MAX_DEPTH {
+                return Err(self
+                    .src
+                    .malformed(dir.offset(), "directory tree deeper than 64"));
+            }
+            let records = self.read_dir(dir, rr)?;
+            let mut pending: Option<Node> = None;
+            for rec in records {
+                if rec.is_dot() || rec.relocated {
+                    continue;
+                }
+                let name = display_name(&rec, kind);
+                let path = format!("{prefix}/{name}");
+                if let Some(p) = pending.as_mut().filter(|p| p.path == path) {
+                    p.extents.push(rec.extent);
+                    p.size += u64::from(rec.extent.len);
+                    p.records.push(rec.offset);
+                    if rec.flags & 0x80 == 0
+                        && let Some(p) = pending.take()
+                    {
+                        nodes.insert(p.path.clone(), p);
+                    }
+                    continue;
+                }
+                if let Some(p) = pending.take() {
+                    nodes.insert(p.path.clone(), p);
+                }
+                let kind_ = if rec.is_dir() {
+                    NodeKind::Dir
+                } else if rec.rr_mode.is_some_and(|m| m & 0o170000 == 0o120000) {
+                    NodeKind::Symlink
+                } else {
+                    NodeKind::File
+                };
+                let node = Node {
+                    path: path.clone(),
+                    kind: kind_,
+                    extents: vec![rec.extent],
+                    size: u64::from(rec.extent.len),
+                    mode: rec.rr_mode,
+                    records: vec![rec.offset],
+                };
+                if kind_ == NodeKind::Dir {
+                    dirs.insert(path.clone(), rec.extent);
+                    stack.push((path.clone(), rec.extent, depth + 1));
+                    nodes.insert(path, node);
+                } else if rec.flags & 0x80 != 0 {
+                    pending = Some(node);
+                } else {
+                    nodes.insert(path, node);
+                }
+            }
+            if let Some(p) = pending.take() {
+                nodes.insert(p.path.clone(), p);
+            }
+        }
+        Ok(Tree { kind, nodes, dirs })
+    }
+}
+
+/// Call `f(signature, entry)` for each SUSP entry in one system use area (stops at `ST`, at a
+/// zero length, or where an entry would overflow the area).
+pub(crate) fn walk_susp_area(area: &[u8], mut f: impl FnMut([u8; 2], &[u8])) {
+    let mut at = 0;
+    while at + 4 <= area.len() {
+        let len = usize::from(area[at + 2]);
+        if len < 4 || at + len > area.len() {
+            break;
+        }
+        let sig = [area[at], area[at + 1]];
+        if &sig == b"ST" {
+            break;
+        }
+        f(sig, &area[at..at + len]);
+        at += len;
+    }
+}
+
+/// The name a record shows in its tree: Rock Ridge `NM`, else the Joliet or ISO identifier
+/// without its `;1` version and a trailing dot.
+pub fn display_name(rec: &Record, kind: TreeKind) -> String {
+    if let Some(n) = &rec.rr_name {
+        return n.clone();
+    }
+    let raw = match kind {
+        TreeKind::Joliet => ucs2_str(&rec.ident),
+        TreeKind::Primary => String::from_utf8_lossy(&rec.ident).into_owned(),
+    };
+    let base = match raw.rsplit_once(';') {
+        Some((b, v)) if v.chars().all(|c| c.is_ascii_digit()) => b.to_owned(),
+        _ => raw,
+    };
+    if !rec.is_dir() && base.ends_with('.') && base.len() > 1 {
+        base[..base.len() - 1].to_owned()
+    } else {
+        base
+    }
+}
+
+/// A walked tree: every node by path, and every directory's extent.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// Which descriptor the tree hangs from.
+    pub kind: TreeKind,
+    /// Every node by absolute path.
+    pub nodes: BTreeMap<String, Node>,
+    /// Every directory's extent by path (`/` for the root).
+    pub dirs: BTreeMap<String, Extent>,
+}
+
+impl Tree {
+    /// The node at `path` (absolute; a missing leading `/` is added).
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(&normalize(path))
+    }
+
+    /// The file whose first extent starts at `lba`, if any.
+    pub fn file_at(&self, lba: u32) -> Option<&Node> {
+        self.nodes
+            .values()
+            .find(|n| n.kind == NodeKind::File && n.extents.first().is_some_and(|e| e.lba == lba))
+    }
+
+    /// Number of regular files and their total size in bytes.
+    pub fn file_stats(&self) -> (u64, u64) {
+        self.nodes
+            .values()
+            .filter(|n| n.kind == NodeKind::File)
+            .fold((0, 0), |(c, s), n| (c + 1, s + n.size))
+    }
+}
+
+/// Normalize an ISO path: leading `/`, no trailing `/`, no empty components.
+pub fn normalize(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}

@@ -1,0 +1,545 @@
+//! Patch mode: apply the edits by rewriting bytes of the existing image, when every edit fits
+//! space it already has.
+//!
+//! - A replaced file is written over its extent when it fits the extent's last 2048-byte
+//!   block, else into free blocks (see below); every directory record that points at the
+//!   extent (primary and Joliet) gets the new size (and location).
+//! - An added file goes into free blocks, with a new directory record in its parent directory
+//!   of both trees (Rock Ridge `PX`/`NM` in the primary) when the parent's block has room.
+//! - A removed file loses its directory records (its data stays, unreferenced).
+//! - Free blocks are the zero padding between the last referenced block and the end of the
+//!   volume (xorriso and genisoimage pad 150 blocks), below the isomd5sum skip area and the
+//!   backup GPT; each one is checked to be zero before use.
+//!
+//! Anything else (new directories, multi-extent files, moving a boot image, a full directory
+//! block) does not fit, and the caller falls back to a rebuild.
+
+use std::collections::BTreeMap;
+
+use crate::boot::Hybrid;
+use crate::iso9660::{Extent, NodeKind, SECTOR, Tree, Volume, both32};
+use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, SKIP_SECTORS};
+use crate::remaster::{Changes, parent_and_name};
+use crate::{Error, Result};
+
+/// Byte writes that turn the input into the output.
+#[derive(Debug, Clone, Default)]
+pub struct PatchPlan {
+    /// `(offset, bytes)`, sorted by offset, not overlapping.
+    pub writes: Vec<(u64, Vec<u8>)>,
+    /// One line per edit saying where it went.
+    pub notes: Vec<String>,
+}
+
+impl PatchPlan {
+    /// Total bytes written.
+    pub fn bytes(&self) -> u64 {
+        self.writes.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+
+    /// Overlay the writes that intersect `[offset, offset + buf.len())` onto `buf`.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        for (o, data) in &self.writes {
+            let wend = o + data.len() as u64;
+            if wend <= offset || *o >= end {
+                continue;
+            }
+            let from = offset.max(*o);
+            let to = end.min(wend);
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&data[(from - o) as usize..(to - o) as usize]);
+        }
+    }
+}
+
+/// Why an edit does not fit (patch mode cannot do it; a rebuild can).
+pub type NoFit = String;
+
+struct Planner<'a> {
+    vol: &'a Volume,
+    blocks: BTreeMap<u64, Vec<u8>>,
+    data: Vec<(u64, Vec<u8>)>,
+    next_free: u64,
+    limit: u64,
+    notes: Vec<String>,
+}
+
+impl Planner<'_> {
+    fn block(&mut self, lba: u64) -> Result<&mut Vec<u8>> {
+        if !self.blocks.contains_key(&lba) {
+            let b = self.vol.src.read_vec(lba * SECTOR, SECTOR as usize)?;
+            self.blocks.insert(lba, b);
+        }
+        // Inserted just above when missing.
+        self.blocks.get_mut(&lba).ok_or_else(|| Error::Malformed {
+            path: self.vol.src.path().to_owned(),
+            offset: lba * SECTOR,
+            what: "block cache".into(),
+        })
+    }
+
+    fn alloc(&mut self, len: u64) -> Result<std::result::Result<u64, NoFit>> {
+        let blocks = len.div_ceil(SECTOR).max(1);
+        if self.next_free + blocks > self.limit {
+            return Ok(Err(format!(
+                "{len} bytes need {blocks} free blocks, {} are left in the padding",
+                self.limit.saturating_sub(self.next_free)
+            )));
+        }
+        let lba = self.next_free;
+        let existing = self
+            .vol
+            .src
+            .read_vec(lba * SECTOR, (blocks * SECTOR) as usize)?;
+        if existing.iter().any(|b| *b != 0) {
+            return Ok(Err(format!(
+                "blocks {lba}.. after the last file are not zero padding"
+            )));
+        }
+        self.next_free += blocks;
+        Ok(Ok(lba))
+    }
+
+    fn write_data(&mut self, lba: u64, data: &[u8]) {
+        let mut d = data.to_vec();
+        d.resize(
+            (data.len() as u64).div_ceil(SECTOR).max(1) as usize * SECTOR as usize,
+            0,
+        );
+        self.data.push((lba * SECTOR, d));
+    }
+
+    /// Set size (and location) in the record at absolute `offset`.
+    fn set_record(&mut self, offset: u64, lba: u32, size: u32) -> Result<()> {
+        let at = (offset % SECTOR) as usize;
+        let b = self.block(offset / SECTOR)?;
+        b[at + 2..at + 10].copy_from_slice(&both32(lba));
+        b[at + 10..at + 18].copy_from_slice(&both32(size));
+        Ok(())
+    }
+
+    /// Remove the record with extent `lba` and identifier `ident` from the directory `dir`.
+    fn remove_record(&mut self, dir: Extent, ident: &[u8]) -> Result<bool> {
+        for blk in 0..u64::from(dir.blocks()) {
+            let b = self.block(u64::from(dir.lba) + blk)?;
+            let mut at = 0usize;
+            while at < SECTOR as usize && b[at] != 0 {
+                let len = usize::from(b[at]);
+                if at + len > b.len() || len < 34 {
+                    break;
+                }
+                let nl = usize::from(b[at + 32]);
+                if b.get(at + 33..at + 33 + nl) == Some(ident) {
+                    b.copy_within(at + len.., at);
+                    let n = b.len();
+                    b[n - len..].fill(0);
+                    return Ok(true);
+                }
+                at += len;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Insert `rec` into directory `dir` in identifier order, where a block has room.
+    fn insert_record(&mut self, dir: Extent, rec: &[u8]) -> Result<std::result::Result<(), NoFit>> {
+        let ident = &rec[33..33 + usize::from(rec[32])];
+        let nblocks = u64::from(dir.blocks());
+        for blk in 0..nblocks {
+            let b = self.block(u64::from(dir.lba) + blk)?;
+            let mut at = 0usize;
+            let mut insert_at = None;
+            let mut last_in_block = None;
+            while at < SECTOR as usize && b[at] != 0 {
+                let len = usize::from(b[at]);
+                if len < 34 || at + len > b.len() {
+                    break;
+                }
+                let nl = usize::from(b[at + 32]);
+                let other = &b[at + 33..at + 33 + nl];
+                let dot = nl == 1 && other[0] <= 1;
+                if !dot && other == ident {
+                    return Ok(Err("a record with that ISO 9660 name already exists".into()));
+                }
+                if insert_at.is_none() && !dot && other > ident {
+                    insert_at = Some(at);
+                }
+                at += len;
+                last_in_block = Some(at);
+            }
+            let used = last_in_block.unwrap_or(0);
+            let is_last_block = blk + 1 == nblocks;
+            // Belongs here when a larger identifier is in this block, or this is the last.
+            if insert_at.is_none() && !is_last_block {
+                continue;
+            }
+            if used + rec.len() > SECTOR as usize {
+                return Ok(Err(format!(
+                    "directory block {} has {} bytes free, the record needs {}",
+                    u64::from(dir.lba) + blk,
+                    SECTOR as usize - used,
+                    rec.len()
+                )));
+            }
+            let pos = insert_at.unwrap_or(used);
+            b.copy_within(pos..used, pos + rec.len());
+            b[pos..pos + rec.len()].copy_from_slice(rec);
+            return Ok(Ok(()));
+        }
+        Ok(Err("directory has no blocks".into()))
+    }
+}
+
+/// ISO 9660 identifier for a new file: d-characters, `NAME.EXT;1`.
+fn iso_ident(name: &str) -> Vec<u8> {
+    let up: String = name
+        .chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            c @ ('A'..='Z' | '0'..='9' | '_' | '.') => c,
+            _ => '_',
+        })
+        .collect();
+    let (base, ext) = match up.rsplit_once('.') {
+        Some((b, e)) => (b.replace('.', "_"), e.to_owned()),
+        None => (up.clone(), String::new()),
+    };
+    let base: String = base
+        .chars()
+        .take(30usize.saturating_sub(ext.len() + 1).max(1))
+        .collect();
+    format!("{base}.{ext};1").into_bytes()
+}
+
+fn joliet_ident(name: &str, version: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    let full = if version {
+        format!("{name};1")
+    } else {
+        name.to_owned()
+    };
+    for u in full.encode_utf16().take(103) {
+        v.extend_from_slice(&u.to_be_bytes());
+    }
+    v
+}
+
+fn build_record(lba: u32, size: u32, date: &[u8], ident: &[u8], su: &[u8]) -> Vec<u8> {
+    let pad = usize::from(ident.len().is_multiple_of(2));
+    let mut len = 33 + ident.len() + pad + su.len();
+    len += len % 2;
+    let mut r = vec![0u8; len];
+    r[0] = len as u8;
+    r[2..10].copy_from_slice(&both32(lba));
+    r[10..18].copy_from_slice(&both32(size));
+    r[18..25].copy_from_slice(&date[..7]);
+    r[28..32].copy_from_slice(&[1, 0, 0, 1]);
+    r[32] = ident.len() as u8;
+    r[33..33 + ident.len()].copy_from_slice(ident);
+    let s = 33 + ident.len() + pad;
+    r[s..s + su.len()].copy_from_slice(su);
+    r
+}
+
+fn rr_entries(vol: &Volume, name: &str) -> Vec<u8> {
+    let Some(rr) = vol.rock_ridge else {
+        return Vec::new();
+    };
+    let mut su = vec![0u8; usize::from(rr.skip)];
+    let px_len = if rr.px_len == 36 { 36 } else { 44 };
+    let mut px = vec![b'P', b'X', px_len, 1];
+    for v in [0o100644u32, 1, 0, 0, 0] {
+        px.extend_from_slice(&both32(v));
+    }
+    px.truncate(usize::from(px_len));
+    su.extend_from_slice(&px);
+    let n = name.as_bytes();
+    su.extend_from_slice(&[b'N', b'M', (5 + n.len()) as u8, 1, 0]);
+    su.extend_from_slice(n);
+    su
+}
+
+/// Plan the byte writes for `changes`, or say why they do not fit.
+pub fn plan(
+    vol: &Volume,
+    primary: &Tree,
+    joliet: Option<&Tree>,
+    hybrid: &Hybrid,
+    boot_images: &[u32],
+    changes: &Changes,
+    had_md5: bool,
+) -> Result<std::result::Result<PatchPlan, NoFit>> {
+    let vb = u64::from(vol.primary.volume_blocks);
+    let mut used_end = 18u64;
+    let mut bump = |e: &Extent| {
+        if u64::from(e.lba) < vb {
+            used_end = used_end.max(u64::from(e.lba) + u64::from(e.blocks()));
+        }
+    };
+    for t in std::iter::once(primary).chain(joliet) {
+        t.nodes
+            .values()
+            .flat_map(|n| n.extents.iter())
+            .for_each(&mut bump);
+        t.dirs.values().for_each(&mut bump);
+    }
+    for d in std::iter::once(&vol.primary).chain(vol.joliet.as_ref()) {
+        for lba in [d.path_table_l, d.path_table_m] {
+            bump(&Extent {
+                lba,
+                len: d.path_table_size,
+            });
+        }
+    }
+    if let Some(c) = vol.boot_catalog_lba {
+        bump(&Extent {
+            lba: c,
+            len: SECTOR as u32,
+        });
+    }
+    for &b in boot_images {
+        bump(&Extent {
+            lba: b,
+            len: SECTOR as u32,
+        });
+    }
+    let mut limit = vb.saturating_sub(SKIP_SECTORS + 1);
+    if let Some(backup) = hybrid.gpt_backup_lba {
+        limit = limit.min(backup.saturating_sub(33) / 4);
+    }
+    for (start, _) in hybrid.partition_ranges() {
+        if start / 4 >= used_end {
+            limit = limit.min(start / 4);
+        }
+    }
+    let mut p = Planner {
+        vol,
+        blocks: BTreeMap::new(),
+        data: Vec::new(),
+        next_free: used_end,
+        limit,
+        notes: Vec::new(),
+    };
+    let jnode = |path: &str, lba: u32, size: u64| {
+        joliet.and_then(|j| {
+            j.get(path)
+                .filter(|n| n.extents.first().is_some_and(|e| e.lba == lba))
+                .or_else(|| (size > 0).then(|| j.file_at(lba)).flatten())
+        })
+    };
+
+    // Replacements (in place or relocated): offsets of records stay valid in this phase.
+    for put in changes.puts.iter().filter(|p| p.existed) {
+        let Some(node) = primary.get(&put.dest) else {
+            return Ok(Err(format!("{} is not in the primary tree", put.dest)));
+        };
+        if node.kind != NodeKind::File || node.extents.len() != 1 {
+            return Ok(Err(format!("{} is not a single-extent file", put.dest)));
+        }
+        let data = put.content.bytes()?;
+        let Ok(size) = u32::try_from(data.len()) else {
+            return Ok(Err(format!("{} is over 4 GiB", put.dest)));
+        };
+        let ext = node.extents[0];
+        let lba = if data.len() as u64 <= ext.allocated() && ext.allocated() > 0 {
+            p.notes.push(format!(
+                "{}: rewritten in place ({} of {} bytes)",
+                put.dest,
+                size,
+                ext.allocated()
+            ));
+            u64::from(ext.lba)
+        } else {
+            if boot_images.contains(&ext.lba) {
+                return Ok(Err(format!(
+                    "{} is a boot image and grew past its blocks",
+                    put.dest
+                )));
+            }
+            match p.alloc(data.len() as u64)? {
+                Ok(l) => {
+                    p.notes.push(format!(
+                        "{}: moved to free block {l} ({size} bytes)",
+                        put.dest
+                    ));
+                    l
+                }
+                Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
+            }
+        };
+        let lba32 = lba as u32;
+        if lba == u64::from(ext.lba) {
+            // In place: write only the blocks that change (a FAT edit touches a few).
+            let old = vol.src.read_vec(ext.offset(), ext.allocated() as usize)?;
+            let mut new = data.clone();
+            new.resize(old.len(), 0);
+            for (i, (o, n)) in old
+                .chunks(SECTOR as usize)
+                .zip(new.chunks(SECTOR as usize))
+                .enumerate()
+            {
+                if o != n {
+                    p.data.push((ext.offset() + i as u64 * SECTOR, n.to_vec()));
+                }
+            }
+        } else {
+            p.write_data(lba, &data);
+        }
+        let mut recs = node.records.clone();
+        if let Some(j) = jnode(&put.dest, ext.lba, node.size) {
+            recs.extend(j.records.iter().copied());
+        }
+        for r in recs {
+            p.set_record(r, lba32, size)?;
+        }
+    }
+
+    // Removals.
+    for dest in &changes.removes {
+        let Some(node) = primary.get(dest) else {
+            return Ok(Err(format!("{dest} is not in the primary tree")));
+        };
+        if node.kind == NodeKind::Dir {
+            return Ok(Err(format!(
+                "{dest} is a directory (the path tables would change)"
+            )));
+        }
+        let ext = node.extents[0];
+        let jn = jnode(dest, ext.lba, node.size).cloned();
+        for (tree, n) in [(Some(primary), Some(node.clone())), (joliet, jn)] {
+            let (Some(tree), Some(n)) = (tree, n) else {
+                continue;
+            };
+            let (parent, _) = parent_and_name(&n.path);
+            let Some(dir) = tree.dirs.get(&parent).copied() else {
+                continue;
+            };
+            for r in &n.records {
+                let ident = vol.src.read_vec(r + 32, 1)?;
+                let ident = vol.src.read_vec(r + 33, usize::from(ident[0]))?;
+                if !p.remove_record(dir, &ident)? {
+                    return Ok(Err(format!("{dest}: its record moved while planning")));
+                }
+            }
+        }
+        p.notes.push(format!("{dest}: directory records removed"));
+    }
+
+    // Additions. Joliet names carry ";1" only if the image's other names do (xorriso omits it).
+    let joliet_versions = match vol.joliet.as_ref() {
+        Some(j) => vol
+            .read_dir(j.root, false)?
+            .iter()
+            .filter(|r| !r.is_dot() && !r.is_dir())
+            .any(|r| r.ident.ends_with(&[0, b';', 0, b'1'])),
+        None => false,
+    };
+    for put in changes.puts.iter().filter(|p| !p.existed) {
+        let (parent, name) = parent_and_name(&put.dest);
+        let Some(pdir) = primary.dirs.get(&parent).copied() else {
+            return Ok(Err(format!(
+                "{}: directory {parent} does not exist",
+                put.dest
+            )));
+        };
+        let jdir = match joliet {
+            Some(j) => match j.dirs.get(&parent) {
+                Some(d) => Some(*d),
+                None => return Ok(Err(format!("{}: no Joliet directory {parent}", put.dest))),
+            },
+            None => None,
+        };
+        let data = put.content.bytes()?;
+        let Ok(size) = u32::try_from(data.len()) else {
+            return Ok(Err(format!("{} is over 4 GiB", put.dest)));
+        };
+        let lba = match p.alloc(data.len() as u64)? {
+            Ok(l) => l,
+            Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
+        };
+        p.write_data(lba, &data);
+        let dot = vol.src.read_vec(pdir.offset(), 34)?;
+        let date = dot[18..25].to_vec();
+        let rec = build_record(
+            lba as u32,
+            size,
+            &date,
+            &iso_ident(&name),
+            &rr_entries(vol, &name),
+        );
+        if let Err(why) = p.insert_record(pdir, &rec)? {
+            return Ok(Err(format!("{}: {why}", put.dest)));
+        }
+        if let Some(jd) = jdir {
+            let rec = build_record(
+                lba as u32,
+                size,
+                &date,
+                &joliet_ident(&name, joliet_versions),
+                &[],
+            );
+            if let Err(why) = p.insert_record(jd, &rec)? {
+                return Ok(Err(format!("{} (Joliet): {why}", put.dest)));
+            }
+        }
+        p.notes.push(format!(
+            "{}: added at free block {lba} ({size} bytes)",
+            put.dest
+        ));
+    }
+
+    // Volume id.
+    if let Some(v) = &changes.volid {
+        let mut a = [b' '; 32];
+        a[..v.len()].copy_from_slice(v.as_bytes());
+        let pvd = u64::from(vol.primary.lba);
+        p.block(pvd)?[40..72].copy_from_slice(&a);
+        if let Some(j) = &vol.joliet {
+            let mut u = Vec::new();
+            for c in v.encode_utf16().take(16) {
+                u.extend_from_slice(&c.to_be_bytes());
+            }
+            u.resize(32, 0);
+            for pair in u.chunks_exact_mut(2).skip(v.encode_utf16().count().min(16)) {
+                pair.copy_from_slice(&[0, b' ']);
+            }
+            p.block(u64::from(j.lba))?[40..72].copy_from_slice(&u);
+        }
+        p.notes.push(format!("volume id set to {v:?}"));
+    }
+
+    if had_md5 {
+        let at = APPDATA_OFFSET as usize;
+        p.block(u64::from(vol.primary.lba))?[at..at + APPDATA_SIZE].fill(b' ');
+        p.notes.push("stale implanted MD5 cleared".into());
+    }
+
+    for raw in &changes.raw {
+        let old = vol.src.read_vec(raw.offset, raw.data.len())?;
+        let mut n = 0;
+        for (i, (o, d)) in old
+            .chunks(SECTOR as usize)
+            .zip(raw.data.chunks(SECTOR as usize))
+            .enumerate()
+        {
+            if o != d {
+                p.data.push((raw.offset + i as u64 * SECTOR, d.to_vec()));
+                n += 1;
+            }
+        }
+        p.notes.push(format!("{}: {n} blocks rewritten", raw.what));
+    }
+
+    let mut writes: Vec<(u64, Vec<u8>)> = p.data;
+    writes.extend(p.blocks.into_iter().map(|(lba, b)| (lba * SECTOR, b)));
+    writes.sort_by_key(|(o, _)| *o);
+    for w in writes.windows(2) {
+        if w[0].0 + w[0].1.len() as u64 > w[1].0 {
+            return Ok(Err(format!("two edits overlap at byte {}", w[1].0)));
+        }
+    }
+    Ok(Ok(PatchPlan {
+        writes,
+        notes: p.notes,
+    }))
+}

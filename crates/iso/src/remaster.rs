@@ -1,0 +1,1178 @@
+//! Remastering: turn a [`Request`] (file edits, volume id, kickstart/preseed, kernel
+//! arguments) into the list of [`Changes`] to the tree, then apply them in one [`Mode`].
+//!
+//! - `patch` ([`crate::patch`]): rewrite bytes of the existing image when everything fits.
+//! - `direct`: `xorriso -indev IN -outdev OUT -boot_image any replay` with `-map`/`-rm`/
+//!   `-volid` for the edits; keeps El Torito BIOS + UEFI and the isohybrid MBR/GPT. No mount.
+//! - `copy`: the conventional route: extract the whole tree (`osirrox -extract`, no mount),
+//!   edit the copy, rebuild with `xorriso -as mkisofs` and the boot options xorriso reads
+//!   from the original (`-report_system_area as_mkisofs`).
+//! - `overlay`/`bind`: the kernel routes (loop-mounted ISO as overlay lower dir, or a bind
+//!   mount of the new file over the read-only mount), in [`crate::kernel`].
+//! - `auto`: `patch` when it fits, else `direct`, and says why.
+//!
+//! Outputs are all-or-nothing: a temporary file in the destination directory, checked (the
+//! El Torito entries and the MBR/GPT must match the input's), then renamed into place without
+//! overwriting. The boot configs inside the EFI FAT image are edited with mtools
+//! ([`crate::fat`]) before the image is written back.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use diskforge_cmd::Cmd;
+
+use crate::boot::{Hybrid, Platform, read_hybrid};
+use crate::bootcfg::{ConfigEdit, dialect, edit_config, kickstart_arg, preseed_args, split_args};
+use crate::inspect::{Inspection, inspect_volume};
+use crate::iso9660::{NodeKind, SECTOR, TreeKind, Volume, normalize};
+use crate::isomd5::{IsoMd5, Md5Sums, write_appdata};
+use crate::patch::PatchPlan;
+use crate::{Error, Result};
+
+/// Copy buffer for streamed copies.
+const IO_BUF: usize = 4 << 20;
+
+/// How the output is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Patch if it fits, else direct.
+    Auto,
+    /// Rewrite bytes in place (or in a copy, with `-o`).
+    Patch,
+    /// xorriso `-boot_image any replay`, no mount.
+    Direct,
+    /// Loop mount + overlay + rebuild (root, kernel iso9660).
+    Overlay,
+    /// Loop mount + bind mount of each new file + rebuild (root, kernel iso9660).
+    Bind,
+    /// Extract everything, edit, rebuild (the conventional route).
+    Copy,
+}
+
+impl Mode {
+    /// Every mode's name.
+    pub const NAMES: &[&str] = &["auto", "patch", "direct", "overlay", "bind", "copy"];
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Patch => "patch",
+            Mode::Direct => "direct",
+            Mode::Overlay => "overlay",
+            Mode::Bind => "bind",
+            Mode::Copy => "copy",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => Mode::Auto,
+            "patch" => Mode::Patch,
+            "direct" => Mode::Direct,
+            "overlay" => Mode::Overlay,
+            "bind" => Mode::Bind,
+            "copy" => Mode::Copy,
+            _ => {
+                return Err(Error::BadValue {
+                    what: "mode",
+                    value: s.into(),
+                    reason: format!("one of {}", Mode::NAMES.join(", ")),
+                });
+            }
+        })
+    }
+}
+
+/// One file edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Add a new file (`--add SRC:DEST`).
+    Add {
+        /// Local file.
+        src: PathBuf,
+        /// Path in the ISO.
+        dest: String,
+    },
+    /// Replace an existing file (`--replace SRC:DEST`).
+    Replace {
+        /// Local file.
+        src: PathBuf,
+        /// Path in the ISO.
+        dest: String,
+    },
+    /// Remove a file or directory (`--remove DEST`).
+    Remove {
+        /// Path in the ISO.
+        dest: String,
+    },
+}
+
+impl Edit {
+    /// Parse `SRC:DEST` (split at the last `:`) for `--add`/`--replace`.
+    pub fn parse_pair(flag: &'static str, value: &str) -> Result<(PathBuf, String)> {
+        let bad = |reason: &str| Error::BadValue {
+            what: flag,
+            value: value.into(),
+            reason: reason.into(),
+        };
+        let (src, dest) = value
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected SRC:DEST"))?;
+        if src.is_empty() {
+            return Err(bad("SRC is empty"));
+        }
+        if dest.trim_matches('/').is_empty() {
+            return Err(bad("DEST is empty"));
+        }
+        Ok((PathBuf::from(src), normalize(dest)))
+    }
+}
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The input image.
+    pub input: PathBuf,
+    /// The output image; `None` edits the input in place (patch mode only).
+    pub output: Option<PathBuf>,
+    /// File edits, in order.
+    pub edits: Vec<Edit>,
+    /// New volume id (ids in boot configs follow).
+    pub volid: Option<String>,
+    /// Kickstart file to add at the root and reference from every boot entry.
+    pub kickstart: Option<PathBuf>,
+    /// Preseed file to add at the root and reference from every boot entry.
+    pub preseed: Option<PathBuf>,
+    /// Extra kernel arguments for every boot entry.
+    pub kernel_args: Vec<String>,
+    /// How to produce the output.
+    pub mode: Mode,
+    /// Implant an isomd5sum MD5 into the output.
+    pub implant_md5: bool,
+}
+
+impl Request {
+    /// A request that changes nothing yet.
+    pub fn new(input: impl Into<PathBuf>) -> Self {
+        Request {
+            input: input.into(),
+            output: None,
+            edits: Vec::new(),
+            volid: None,
+            kickstart: None,
+            preseed: None,
+            kernel_args: Vec::new(),
+            mode: Mode::Auto,
+            implant_md5: false,
+        }
+    }
+}
+
+/// File content for a change.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A local file.
+    File(PathBuf),
+    /// Bytes we made (an edited config or FAT image).
+    Bytes(Vec<u8>),
+}
+
+impl Content {
+    /// The content as bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>> {
+        match self {
+            Content::File(p) => std::fs::read(p).map_err(|e| Error::io("reading", p, e)),
+            Content::Bytes(b) => Ok(b.clone()),
+        }
+    }
+}
+
+/// A file to write into the tree.
+#[derive(Debug, Clone)]
+pub struct Put {
+    /// Path in the ISO.
+    pub dest: String,
+    /// Its new content.
+    pub content: Content,
+    /// Whether the path exists in the input.
+    pub existed: bool,
+    /// Why (for reports).
+    pub why: String,
+}
+
+/// Bytes outside the tree to rewrite (a hidden EFI image: an appended partition).
+#[derive(Debug, Clone)]
+pub struct RawWrite {
+    /// Byte offset in the input.
+    pub offset: u64,
+    /// New bytes (same length as the old).
+    pub data: Vec<u8>,
+    /// What it is.
+    pub what: String,
+    /// The MBR partition number it fills, when it is an appended partition.
+    pub partition: Option<u8>,
+}
+
+/// Every change to make, resolved against the input.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Files to write.
+    pub puts: Vec<Put>,
+    /// Paths to remove.
+    pub removes: Vec<String>,
+    /// New volume id.
+    pub volid: Option<String>,
+    /// Raw rewrites outside the tree.
+    pub raw: Vec<RawWrite>,
+    /// Boot configs edited (ISO paths, and `IMAGE::/path` inside FAT images).
+    pub configs: Vec<String>,
+}
+
+impl Changes {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+            && self.removes.is_empty()
+            && self.volid.is_none()
+            && self.raw.is_empty()
+    }
+}
+
+/// Split `/a/b/c` into (`/a/b`, `c`).
+pub fn parent_and_name(path: &str) -> (String, String) {
+    let p = normalize(path);
+    match p.rsplit_once('/') {
+        Some(("", n)) => ("/".into(), n.into()),
+        Some((d, n)) => (d.into(), n.into()),
+        None => ("/".into(), p),
+    }
+}
+
+/// A step and how long it took.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    /// What.
+    pub name: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What [`remaster`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// The mode that ran.
+    pub mode: Mode,
+    /// Why this mode.
+    pub reason: String,
+    /// The output file.
+    pub output: PathBuf,
+    /// Whether the input was edited in place.
+    pub in_place: bool,
+    /// Per-edit notes.
+    pub notes: Vec<String>,
+    /// Boot configs edited.
+    pub configs: Vec<String>,
+    /// Step timings.
+    pub steps: Vec<Step>,
+    /// The implanted MD5, when asked for.
+    pub md5: Option<Md5Sums>,
+}
+
+/// Progress events for long steps.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// A step starts.
+    Step(&'a str),
+    /// Bytes done of a total in the current step.
+    Bytes(u64, u64),
+}
+
+fn bad(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::BadValue {
+        what,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Check the request against the input and list every change (configs and the FAT images
+/// included). `scratch` holds extracted FAT images.
+pub fn resolve(req: &Request, vol: &Volume, insp: &Inspection, scratch: &Path) -> Result<Changes> {
+    let tree = vol.tree(TreeKind::Primary)?;
+    let mut ch = Changes::default();
+    let old_volid = vol.primary.volume_id.clone();
+    if let Some(v) = &req.volid {
+        if v.is_empty() || v.len() > 32 || !v.is_ascii() {
+            return Err(bad("volid", v.clone(), "must be 1 to 32 ASCII characters"));
+        }
+        if *v != old_volid {
+            ch.volid = Some(v.clone());
+        }
+    }
+    let new_volid = req.volid.clone().unwrap_or(old_volid.clone());
+    let check_src = |flag: &'static str, src: &Path| -> Result<()> {
+        match std::fs::metadata(src) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err(bad(flag, src.display().to_string(), "not a regular file")),
+            Err(e) => Err(bad(flag, src.display().to_string(), e.to_string())),
+        }
+    };
+    let put = |ch: &mut Changes, dest: String, content: Content, why: String| {
+        let existed = tree.get(&dest).is_some();
+        ch.puts.retain(|p| p.dest != dest);
+        ch.puts.push(Put {
+            dest,
+            content,
+            existed,
+            why,
+        });
+    };
+    for e in &req.edits {
+        match e {
+            Edit::Add { src, dest } => {
+                check_src("--add", src)?;
+                if tree.get(dest).is_some() {
+                    return Err(bad(
+                        "--add",
+                        dest.clone(),
+                        "already exists in the ISO (use --replace)",
+                    ));
+                }
+                put(
+                    &mut ch,
+                    dest.clone(),
+                    Content::File(src.clone()),
+                    format!("--add {}", src.display()),
+                );
+            }
+            Edit::Replace { src, dest } => {
+                check_src("--replace", src)?;
+                match tree.get(dest) {
+                    Some(n) if n.kind == NodeKind::File => {}
+                    Some(_) => {
+                        return Err(bad(
+                            "--replace",
+                            dest.clone(),
+                            "is not a regular file in the ISO",
+                        ));
+                    }
+                    None => return Err(bad("--replace", dest.clone(), "no such file in the ISO")),
+                }
+                put(
+                    &mut ch,
+                    dest.clone(),
+                    Content::File(src.clone()),
+                    format!("--replace {}", src.display()),
+                );
+            }
+            Edit::Remove { dest } => {
+                if tree.get(dest).is_none() {
+                    return Err(bad(
+                        "--remove",
+                        dest.clone(),
+                        "no such file or directory in the ISO",
+                    ));
+                }
+                ch.puts.retain(|p| p.dest != *dest);
+                ch.removes.push(dest.clone());
+            }
+        }
+    }
+    let mut edit = ConfigEdit {
+        append: Vec::new(),
+        volid: ch.volid.clone().map(|n| (old_volid.clone(), n)),
+    };
+    for (flag, file, is_ks) in [
+        ("--kickstart", &req.kickstart, true),
+        ("--preseed", &req.preseed, false),
+    ] {
+        let Some(file) = file else { continue };
+        check_src(flag, file)?;
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| bad(flag, file.display().to_string(), "file name is not UTF-8"))?
+            .to_owned();
+        put(
+            &mut ch,
+            format!("/{name}"),
+            Content::File(file.clone()),
+            format!("{flag} {}", file.display()),
+        );
+        if is_ks {
+            edit.append.push(kickstart_arg(&new_volid, &name));
+        } else {
+            edit.append.extend(preseed_args(&name));
+        }
+    }
+    for a in &req.kernel_args {
+        edit.append.extend(split_args(a));
+    }
+    if edit.is_empty() {
+        return Ok(ch);
+    }
+    // Boot configs in the tree.
+    let configs: Vec<(String, u64, u64)> = tree
+        .nodes
+        .values()
+        .filter(|n| n.kind == NodeKind::File && dialect(&n.path).is_some() && n.extents.len() == 1)
+        .map(|n| (n.path.clone(), n.extents[0].offset(), n.size))
+        .collect();
+    for (path, off, size) in configs {
+        if ch.removes.contains(&path) {
+            continue;
+        }
+        let old = match ch.puts.iter().find(|p| p.dest == path) {
+            Some(p) => p.content.bytes()?,
+            None => vol.src.read_vec(off, size as usize)?,
+        };
+        let Some(d) = dialect(&path) else { continue };
+        let new = edit_config(d, &String::from_utf8_lossy(&old), &edit);
+        if new.as_bytes() != old.as_slice() {
+            put(
+                &mut ch,
+                path.clone(),
+                Content::Bytes(new.into_bytes()),
+                "boot config".into(),
+            );
+            ch.configs.push(path);
+        }
+    }
+    // Boot configs inside the EFI FAT images: El Torito UEFI entries and ESP partitions.
+    let mut images: Vec<(u64, u64, Option<String>)> = Vec::new();
+    if let Some(cat) = &insp.el_torito {
+        for e in cat.entries.iter().filter(|e| e.platform == Platform::Uefi) {
+            images.push((
+                u64::from(e.load_rba) * SECTOR,
+                e.image_size,
+                e.image.clone(),
+            ));
+        }
+    }
+    for (off, len) in insp.hybrid.esp_ranges() {
+        let in_tree = tree
+            .file_at((off / SECTOR) as u32)
+            .filter(|_| off % SECTOR == 0)
+            .map(|n| n.path.clone());
+        images.push((off, len, in_tree));
+    }
+    images.sort_by_key(|(o, _, p)| (*o, p.is_none()));
+    images.dedup_by_key(|(o, _, _)| *o);
+    for (i, (off, len, path)) in images.into_iter().enumerate() {
+        if len == 0 || off + len > vol.src.len() {
+            continue;
+        }
+        if path
+            .as_ref()
+            .is_some_and(|p| ch.removes.contains(p) || ch.puts.iter().any(|x| x.dest == *p))
+        {
+            continue;
+        }
+        let img = scratch.join(format!("efi-image-{i}.img"));
+        let data = vol.src.read_vec(off, len as usize)?;
+        std::fs::write(&img, &data).map_err(|e| Error::io("writing", &img, e))?;
+        let label = path
+            .clone()
+            .unwrap_or_else(|| format!("hidden EFI image at byte {off}"));
+        let changed = match crate::fat::edit_configs(&img, &edit, scratch) {
+            Ok(c) => c,
+            // Not a FAT image mtools can read (e.g. an ISO 9660 partition): nothing to edit.
+            Err(Error::Cmd(e)) if e.exit_status().is_some() => {
+                tracing::debug!(image = %label, error = %e, "not an editable FAT image");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if changed.is_empty() {
+            continue;
+        }
+        ch.configs
+            .extend(changed.iter().map(|c| format!("{label}::{c}")));
+        let new = std::fs::read(&img).map_err(|e| Error::io("reading", &img, e))?;
+        match path {
+            Some(p) => put(&mut ch, p, Content::Bytes(new), "EFI image configs".into()),
+            None => {
+                let partition = insp
+                    .hybrid
+                    .mbr
+                    .iter()
+                    .flatten()
+                    .find(|p| u64::from(p.start) * 512 == off)
+                    .map(|p| p.number);
+                ch.raw.push(RawWrite {
+                    offset: off,
+                    data: new,
+                    what: label,
+                    partition,
+                });
+            }
+        }
+    }
+    Ok(ch)
+}
+
+fn timed<T>(
+    steps: &mut Vec<Step>,
+    name: &str,
+    progress: &mut dyn FnMut(Event<'_>),
+    f: impl FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<T>,
+) -> Result<T> {
+    progress(Event::Step(name));
+    let t = Instant::now();
+    let r = f(progress)?;
+    steps.push(Step {
+        name: name.into(),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    Ok(r)
+}
+
+/// A temporary output next to the final path, renamed into place by [`Staged::publish`].
+struct Staged {
+    tmp: tempfile::NamedTempFile,
+    dest: PathBuf,
+}
+
+impl Staged {
+    fn new(dest: &Path) -> Result<Self> {
+        if dest.exists() {
+            return Err(bad(
+                "-o",
+                dest.display().to_string(),
+                "already exists (not overwriting)",
+            ));
+        }
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".iso-remaster-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io("creating a temporary file in", &dir, e))?;
+        Ok(Staged {
+            tmp,
+            dest: dest.to_owned(),
+        })
+    }
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    fn publish(self) -> Result<()> {
+        let dest = self.dest.clone();
+        self.tmp
+            .persist_noclobber(&dest)
+            .map_err(|e| Error::io("renaming the output to", &dest, e.error))?;
+        Ok(())
+    }
+}
+
+/// Copy `src` to `dst` with a reflink when the filesystem can, else `copy_file_range`.
+fn fast_copy(src: &Path, dst: &Path) -> Result<()> {
+    let input = File::open(src).map_err(|e| Error::io("opening", src, e))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(|e| Error::io("opening", dst, e))?;
+    if rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
+        return Ok(());
+    }
+    let mut input = input;
+    // std's File-to-File copy uses copy_file_range (or sendfile) on Linux.
+    std::io::copy(&mut input, &mut output).map_err(|e| Error::io("copying to", dst, e))?;
+    Ok(())
+}
+
+/// Copy `src` to `dst` applying `plan` to the bytes in flight and feeding `hasher`: one pass.
+fn stream_copy(
+    src: &Path,
+    dst: &Path,
+    plan: &PatchPlan,
+    hasher: &mut IsoMd5,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    let mut input = File::open(src).map_err(|e| Error::io("opening", src, e))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(|e| Error::io("opening", dst, e))?;
+    let total = input
+        .metadata()
+        .map_err(|e| Error::io("reading metadata of", src, e))?
+        .len();
+    let mut buf = vec![0u8; IO_BUF];
+    let mut off = 0u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading", src, e))?;
+        if n == 0 {
+            break;
+        }
+        plan.overlay(off, &mut buf[..n]);
+        hasher.update(&buf[..n]);
+        output
+            .write_all(&buf[..n])
+            .map_err(|e| Error::io("writing", dst, e))?;
+        off += n as u64;
+        progress(Event::Bytes(off, total));
+    }
+    Ok(())
+}
+
+fn apply_plan(path: &Path, plan: &PatchPlan) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening for writing", path, e))?;
+    for (off, data) in &plan.writes {
+        f.write_all_at(data, *off)
+            .map_err(|e| Error::io("writing", path, e))?;
+    }
+    f.sync_data().map_err(|e| Error::io("syncing", path, e))
+}
+
+fn implant_file(
+    path: &Path,
+    steps: &mut Vec<Step>,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<Md5Sums> {
+    timed(steps, "implant md5", progress, |p| {
+        let mut cb = |d, t| p(Event::Bytes(d, t));
+        crate::isomd5::implant(path, &mut cb)
+    })
+}
+
+/// Compare the boot setup of input and output; an error lists the differences.
+pub fn check_boot_preserved(before: &Inspection, after: &Inspection) -> Result<()> {
+    let sig = |i: &Inspection| {
+        let mut v: Vec<String> = i
+            .el_torito
+            .iter()
+            .flat_map(|c| c.entries.iter())
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e.platform,
+                    e.emulation,
+                    if e.bootable {
+                        "bootable"
+                    } else {
+                        "not-bootable"
+                    },
+                    e.image.clone().unwrap_or_else(|| "hidden".into())
+                )
+            })
+            .collect();
+        v.push(format!(
+            "mbr={} gpt={}",
+            i.hybrid.mbr.is_some(),
+            i.hybrid.gpt.is_some()
+        ));
+        v
+    };
+    let (a, b) = (sig(before), sig(after));
+    if a != b {
+        return Err(Error::BootChanged {
+            output: PathBuf::from(&after.path),
+            before: a,
+            after: b,
+        });
+    }
+    Ok(())
+}
+
+/// Remaster `req.input` as asked. `progress` hears about steps and bytes.
+pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
+    let mut steps = Vec::new();
+    let vol = Volume::open(&req.input)?;
+    let insp = inspect_volume(&vol)?;
+    let scratch_parent = req
+        .output
+        .as_ref()
+        .and_then(|o| {
+            o.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::Builder::new()
+        .prefix(".iso-remaster-work-")
+        .tempdir_in(&scratch_parent)
+        .or_else(|_| tempfile::tempdir())
+        .map_err(|e| Error::io("creating a scratch directory in", &scratch_parent, e))?;
+    let changes = timed(&mut steps, "resolve edits", progress, |_| {
+        resolve(req, &vol, &insp, scratch.path())
+    })?;
+    if let Some(o) = &req.output
+        && o.exists()
+    {
+        return Err(bad(
+            "-o",
+            o.display().to_string(),
+            "already exists (not overwriting)",
+        ));
+    }
+    let primary = vol.tree(TreeKind::Primary)?;
+    let joliet = if vol.joliet.is_some() {
+        Some(vol.tree(TreeKind::Joliet)?)
+    } else {
+        None
+    };
+    let boot_images: Vec<u32> = insp
+        .el_torito
+        .iter()
+        .flat_map(|c| c.entries.iter().map(|e| e.load_rba))
+        .collect();
+    let had_md5 = insp.implanted_md5.is_some();
+    let patch = |steps: &mut Vec<Step>, progress: &mut dyn FnMut(Event<'_>)| {
+        timed(steps, "plan patch", progress, |_| {
+            crate::patch::plan(
+                &vol,
+                &primary,
+                joliet.as_ref(),
+                &insp.hybrid,
+                &boot_images,
+                &changes,
+                had_md5,
+            )
+        })
+    };
+    let (mode, reason, plan) = match req.mode {
+        Mode::Auto => match patch(&mut steps, progress)? {
+            Ok(plan) => {
+                let r = format!(
+                    "patch: every edit fits space the image already has ({} bytes to write)",
+                    plan.bytes()
+                );
+                (Mode::Patch, r, Some(plan))
+            }
+            Err(why) if req.output.is_some() => (
+                Mode::Direct,
+                format!(
+                    "direct: patch does not fit ({why}); xorriso replays the boot setup without mounting"
+                ),
+                None,
+            ),
+            Err(why) => {
+                return Err(Error::DoesNotFit {
+                    reason: format!("{why}; editing in place needs patch mode, give -o OUT"),
+                });
+            }
+        },
+        Mode::Patch => match patch(&mut steps, progress)? {
+            Ok(plan) => (
+                Mode::Patch,
+                format!("patch: asked for ({} bytes to write)", plan.bytes()),
+                Some(plan),
+            ),
+            Err(why) => return Err(Error::DoesNotFit { reason: why }),
+        },
+        m => (m, format!("{m}: asked for"), None),
+    };
+    if mode != Mode::Patch && req.output.is_none() {
+        return Err(bad(
+            "--mode",
+            mode.to_string(),
+            "only patch edits in place; give -o OUT",
+        ));
+    }
+    let mut notes = plan.as_ref().map(|p| p.notes.clone()).unwrap_or_default();
+    let mut md5 = None;
+    let output = match (&req.output, plan) {
+        (None, Some(plan)) => {
+            timed(&mut steps, "patch in place", progress, |_| {
+                apply_plan(&req.input, &plan)
+            })?;
+            if req.implant_md5 {
+                md5 = Some(implant_file(&req.input, &mut steps, progress)?);
+            }
+            req.input.clone()
+        }
+        (Some(out), Some(plan)) => {
+            let staged = Staged::new(out)?;
+            if req.implant_md5 {
+                let mut hasher = IsoMd5::for_volume(&vol);
+                timed(&mut steps, "copy + patch + md5", progress, |p| {
+                    stream_copy(&req.input, staged.path(), &plan, &mut hasher, p)
+                })?;
+                let sums = hasher.finish();
+                write_appdata(staged.path(), vol.primary.lba, &sums)?;
+                md5 = Some(sums);
+            } else {
+                timed(&mut steps, "copy", progress, |_| {
+                    fast_copy(&req.input, staged.path())
+                })?;
+                timed(&mut steps, "patch", progress, |_| {
+                    apply_plan(staged.path(), &plan)
+                })?;
+            }
+            staged.publish()?;
+            out.clone()
+        }
+        (Some(out), None) => {
+            let staged = Staged::new(out)?;
+            match mode {
+                Mode::Direct => timed(&mut steps, "xorriso replay", progress, |_| {
+                    direct(&req.input, staged.path(), &changes, scratch.path())
+                })?,
+                Mode::Copy => {
+                    let tree = scratch.path().join("tree");
+                    timed(&mut steps, "extract (osirrox)", progress, |_| {
+                        extract_tree(&req.input, &tree)
+                    })?;
+                    timed(&mut steps, "edit copy", progress, |_| {
+                        apply_to_dir(&tree, &changes)
+                    })?;
+                    timed(
+                        &mut steps,
+                        "rebuild (xorriso -as mkisofs)",
+                        progress,
+                        |_| {
+                            rebuild(
+                                &req.input,
+                                &insp,
+                                &tree,
+                                staged.path(),
+                                &changes,
+                                scratch.path(),
+                            )
+                        },
+                    )?;
+                }
+                Mode::Overlay | Mode::Bind => timed(&mut steps, "kernel route", progress, |_| {
+                    crate::kernel::run(
+                        mode,
+                        &req.input,
+                        &insp,
+                        staged.path(),
+                        &changes,
+                        scratch.path(),
+                    )
+                })?,
+                Mode::Auto | Mode::Patch => unreachable_mode(mode)?,
+            }
+            if req.implant_md5 {
+                md5 = Some(implant_file(staged.path(), &mut steps, progress)?);
+            }
+            let after = timed(&mut steps, "verify boot entries", progress, |_| {
+                crate::inspect(staged.path())
+            })?;
+            check_boot_preserved(&insp, &after)?;
+            notes.extend(
+                changes
+                    .puts
+                    .iter()
+                    .map(|p| format!("{}: {}", p.dest, p.why)),
+            );
+            notes.extend(changes.removes.iter().map(|r| format!("{r}: removed")));
+            staged.publish()?;
+            out.clone()
+        }
+        (None, None) => {
+            unreachable_mode(mode)?;
+            req.input.clone()
+        }
+    };
+    Ok(Outcome {
+        mode,
+        reason,
+        output,
+        in_place: req.output.is_none(),
+        notes,
+        configs: changes.configs,
+        steps,
+        md5,
+    })
+}
+
+fn unreachable_mode(mode: Mode) -> Result<()> {
+    Err(bad(
+        "--mode",
+        mode.to_string(),
+        "internal: mode has no output route",
+    ))
+}
+
+/// Stage every content that is not a local file under `scratch`, returning `(src, dest)`.
+fn staged_sources(changes: &Changes, scratch: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut v = Vec::new();
+    for (i, p) in changes.puts.iter().enumerate() {
+        let src = match &p.content {
+            Content::File(f) => f.clone(),
+            Content::Bytes(b) => {
+                let f = scratch.join(format!("put-{i}"));
+                std::fs::write(&f, b).map_err(|e| Error::io("writing", &f, e))?;
+                f
+            }
+        };
+        v.push((src, p.dest.clone()));
+    }
+    Ok(v)
+}
+
+fn raw_images(changes: &Changes, scratch: &Path) -> Result<Vec<(u8, PathBuf)>> {
+    let mut v = Vec::new();
+    for (i, r) in changes.raw.iter().enumerate() {
+        let Some(n) = r.partition else {
+            return Err(Error::DoesNotFit {
+                reason: format!(
+                    "{} is not an appended partition xorriso can replace",
+                    r.what
+                ),
+            });
+        };
+        let f = scratch.join(format!("appended-{i}.img"));
+        std::fs::write(&f, &r.data).map_err(|e| Error::io("writing", &f, e))?;
+        v.push((n, f));
+    }
+    Ok(v)
+}
+
+/// `direct` mode: xorriso rewrites the image with the edits, replaying the boot setup.
+pub fn direct(input: &Path, output: &Path, changes: &Changes, scratch: &Path) -> Result<()> {
+    let mut c = Cmd::new("xorriso")
+        .args(["-abort_on", "FAILURE", "-return_with", "SORRY", "32"])
+        .arg("-indev")
+        .arg(input)
+        .arg("-outdev")
+        .arg(output)
+        .args(["-boot_image", "any", "replay"]);
+    if let Some(v) = &changes.volid {
+        c = c.args(["-volid", v]);
+    }
+    for r in &changes.removes {
+        c = c.args(["-rm_r", r, "--"]);
+    }
+    for (src, dest) in staged_sources(changes, scratch)? {
+        c = c.arg("-map").arg(src).arg(dest);
+    }
+    for (n, img) in raw_images(changes, scratch)? {
+        c = c
+            .args(["-append_partition", &n.to_string(), "0xef"])
+            .arg(img);
+    }
+    c.args(["-commit"]).run()?;
+    Ok(())
+}
+
+/// Extract the whole tree with osirrox (no mount) and make it writable.
+pub fn extract_tree(input: &Path, dir: &Path) -> Result<()> {
+    Cmd::new("osirrox")
+        .arg("-indev")
+        .arg(input)
+        .args(["-osirrox", "on", "-extract", "/"])
+        .arg(dir)
+        .run()?;
+    make_writable(dir)
+}
+
+fn make_writable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let meta =
+            std::fs::symlink_metadata(&d).map_err(|e| Error::io("reading metadata of", &d, e))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mut perm = meta.permissions();
+        perm.set_mode(perm.mode() | 0o200);
+        std::fs::set_permissions(&d, perm).map_err(|e| Error::io("making writable", &d, e))?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&d).map_err(|e| Error::io("listing", &d, e))? {
+                stack.push(e.map_err(|e| Error::io("listing", &d, e))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply the changes to an extracted (or merged) tree.
+pub fn apply_to_dir(dir: &Path, changes: &Changes) -> Result<()> {
+    for r in &changes.removes {
+        let p = dir.join(r.trim_start_matches('/'));
+        let res = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        res.map_err(|e| Error::io("removing", &p, e))?;
+    }
+    for put in &changes.puts {
+        let p = dir.join(put.dest.trim_start_matches('/'));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+        }
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+        }
+        match &put.content {
+            Content::File(f) => std::fs::copy(f, &p).map(|_| ()),
+            Content::Bytes(b) => std::fs::write(&p, b),
+        }
+        .map_err(|e| Error::io("writing", &p, e))?;
+    }
+    Ok(())
+}
+
+/// Split xorriso's `-report_system_area as_mkisofs` output into arguments (single and double
+/// quotes as in a shell).
+pub fn split_report(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut cur = String::new();
+        let mut have = false;
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => cur.push(c),
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    have = true;
+                }
+                (None, c) if c.is_whitespace() => {
+                    if have || !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                        have = false;
+                    }
+                }
+                (None, c) => cur.push(c),
+            }
+        }
+        if have || !cur.is_empty() {
+            out.push(cur);
+        }
+    }
+    out
+}
+
+/// The `xorriso -as mkisofs` options that reproduce the input's boot setup and ids, with the
+/// volume id and appended EFI partitions replaced as `changes` say.
+pub fn mkisofs_boot_args(
+    input: &Path,
+    insp: &Inspection,
+    changes: &Changes,
+    scratch: &Path,
+) -> Result<Vec<String>> {
+    let abs = std::fs::canonicalize(input).map_err(|e| Error::io("resolving", input, e))?;
+    let report = Cmd::new("xorriso")
+        .arg("-indev")
+        .arg(&abs)
+        .args(["-report_system_area", "as_mkisofs"])
+        .read()?;
+    let mut args = split_report(&report);
+    let replaced = raw_images(changes, scratch)?;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "-V"
+            && let (Some(v), Some(a)) = (&changes.volid, args.get_mut(i + 1))
+        {
+            *a = v.clone();
+        }
+        if args[i] == "-append_partition"
+            && i + 3 < args.len()
+            && let Some((_, img)) = replaced.iter().find(|(n, _)| n.to_string() == args[i + 1])
+        {
+            args[i + 3] = img.display().to_string();
+        }
+        i += 1;
+    }
+    let mut all = vec!["-R".to_owned()];
+    if insp.joliet.is_some() {
+        all.extend(["-J".into(), "-joliet-long".into()]);
+    }
+    for (flag, v) in [
+        ("-A", &insp.primary.application_id),
+        ("-publisher", &insp.primary.publisher_id),
+        ("-sysid", &insp.primary.system_id),
+        ("-volset", &insp.primary.volume_set_id),
+    ] {
+        if !v.is_empty() {
+            all.extend([flag.to_owned(), v.clone()]);
+        }
+    }
+    all.extend(args);
+    Ok(all)
+}
+
+/// Rebuild an image from `tree` with the input's boot setup (copy/overlay/bind modes).
+pub fn rebuild(
+    input: &Path,
+    insp: &Inspection,
+    tree: &Path,
+    output: &Path,
+    changes: &Changes,
+    scratch: &Path,
+) -> Result<()> {
+    let args = mkisofs_boot_args(input, insp, changes, scratch)?;
+    Cmd::new("xorriso")
+        .args(["-as", "mkisofs"])
+        .args(args)
+        .arg("-o")
+        .arg(output)
+        .arg(tree)
+        .run()?;
+    Ok(())
+}
+
+/// The hybrid layout of an opened volume (re-exported for tools).
+pub fn hybrid_of(vol: &Volume) -> Result<Hybrid> {
+    read_hybrid(vol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_and_modes() {
+        assert_eq!(
+            Edit::parse_pair("--add", "a/b.cfg:/x/y.cfg").unwrap(),
+            (PathBuf::from("a/b.cfg"), "/x/y.cfg".to_owned())
+        );
+        let e = Edit::parse_pair("--add", "nocolon")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nocolon"), "{e}");
+        assert!(Edit::parse_pair("--add", "x:/").is_err());
+        assert!(Edit::parse_pair("--add", ":/y").is_err());
+        assert_eq!("direct".parse::<Mode>().unwrap(), Mode::Direct);
+        assert!(
+            "fast"
+                .parse::<Mode>()
+                .unwrap_err()
+                .to_string()
+                .contains("fast")
+        );
+        assert_eq!(parent_and_name("/ks.cfg"), ("/".into(), "ks.cfg".into()));
+        assert_eq!(parent_and_name("a/b/c"), ("/a/b".into(), "c".into()));
+    }
+
+    #[test]
+    fn report_split() {
+        let t = "-V 'My Vol'\n-isohybrid-mbr --interval:local_fs:0s-15s:zero_mbrpt:'/x y/a.iso'\n-e ''\n";
+        assert_eq!(
+            split_report(t),
+            [
+                "-V",
+                "My Vol",
+                "-isohybrid-mbr",
+                "--interval:local_fs:0s-15s:zero_mbrpt:/x y/a.iso",
+                "-e",
+                ""
+            ]
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! A small installer-like hybrid ISO built with xorriso, for examples and tests: isolinux for
+//! BIOS, a FAT `efiboot.img` (made with mkfs.vfat + mtools, never mounted) for UEFI, an
+//! isohybrid MBR + GPT, boot configs in every place a remaster must edit, and a filler file so
+//! the image is large enough for isomd5sum's fragment checkpoints (over 21 × 32 KiB).
+//!
+//! The kernel and initrd are placeholders: this image is for remaster tests, not for booting
+//! (the `diskforge-iso-fixture` crate builds one that boots).
+
+use std::path::{Path, PathBuf};
+
+use diskforge_cmd::Cmd;
+
+use crate::{Error, Result};
+
+/// The isolinux configuration of the sample.
+pub const ISOLINUX_CFG: &str = "default linux\ntimeout 10\n\nlabel linux\n  menu label ^Install\n  kernel /images/vmlinuz\n  append initrd=/images/initrd.img quiet\n\nlabel rescue\n  menu label ^Rescue\n  kernel /images/vmlinuz\n  append initrd=/images/initrd.img rescue\n";
+
+/// The GRUB configuration of the sample (tree and `efiboot.img`).
+pub const GRUB_CFG: &str = "set timeout=5\n\nmenuentry 'Install' {\n\tlinux /images/vmlinuz quiet\n\tinitrd /images/initrd.img\n}\nmenuentry 'Rescue' {\n\tlinuxefi /images/vmlinuz rescue\n\tinitrdefi /images/initrd.img\n}\n";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// Volume id.
+    pub volid: String,
+    /// Size of `/filler.bin` in bytes.
+    pub filler_bytes: u64,
+    /// Also append `efiboot.img` as GPT/MBR partition 2 (like Fedora's and Debian's media).
+    pub appended_esp: bool,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            volid: "DF_SAMPLE".into(),
+            filler_bytes: 2 << 20,
+            appended_esp: false,
+        }
+    }
+}
+
+fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(|e| Error::io("creating", p, e))?;
+    }
+    std::fs::write(path, data).map_err(|e| Error::io("writing", path, e))
+}
+
+/// Build the sample under `dir` (which must exist) and return the ISO's path.
+pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
+    let tree = dir.join("sample-tree");
+    let isolinux = Path::new("/usr/lib/ISOLINUX/isolinux.bin");
+    let ldlinux = Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32");
+    for (src, dst) in [
+        (isolinux, "isolinux/isolinux.bin"),
+        (ldlinux, "isolinux/ldlinux.c32"),
+    ] {
+        let data = std::fs::read(src)
+            .map_err(|e| Error::io("reading (install isolinux, syslinux-common)", src, e))?;
+        write(&tree.join(dst), data)?;
+    }
+    write(&tree.join("isolinux/isolinux.cfg"), ISOLINUX_CFG)?;
+    write(&tree.join("boot/grub/grub.cfg"), GRUB_CFG)?;
+    write(&tree.join("EFI/BOOT/grub.cfg"), GRUB_CFG)?;
+    write(
+        &tree.join("EFI/BOOT/BOOTX64.EFI"),
+        b"placeholder EFI binary\n",
+    )?;
+    write(&tree.join("images/vmlinuz"), vec![0x4bu8; 300_000])?;
+    write(&tree.join("images/initrd.img"), vec![0x1fu8; 200_000])?;
+    write(&tree.join("docs/README.txt"), "sample installer image\n")?;
+    let filler: Vec<u8> = (0..opts.filler_bytes)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    write(&tree.join("filler.bin"), filler)?;
+
+    let efi = tree.join("images/efiboot.img");
+    std::fs::File::create(&efi)
+        .and_then(|f| f.set_len(2 << 20))
+        .map_err(|e| Error::io("creating", &efi, e))?;
+    Cmd::new("mkfs.vfat")
+        .args(["-n", "EFIBOOT"])
+        .arg(&efi)
+        .run()?;
+    Cmd::new("mmd")
+        .arg("-i")
+        .arg(&efi)
+        .args(["::/EFI", "::/EFI/BOOT"])
+        .run()?;
+    let cfg = dir.join("sample-grub.cfg");
+    write(&cfg, GRUB_CFG)?;
+    Cmd::new("mcopy")
+        .arg("-i")
+        .arg(&efi)
+        .arg(&cfg)
+        .arg("::/EFI/BOOT/grub.cfg")
+        .run()?;
+    Cmd::new("mcopy")
+        .arg("-i")
+        .arg(&efi)
+        .arg(tree.join("EFI/BOOT/BOOTX64.EFI"))
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .run()?;
+
+    let out = dir.join(format!("{}.iso", opts.volid.to_lowercase()));
+    let mut c = Cmd::new("xorriso")
+        .args(["-as", "mkisofs", "-o"])
+        .arg(&out)
+        .args([
+            "-V",
+            &opts.volid,
+            "-A",
+            "DISKFORGE SAMPLE",
+            "-publisher",
+            "diskforge",
+        ])
+        .args([
+            "-R",
+            "-J",
+            "-joliet-long",
+            "-isohybrid-mbr",
+            "/usr/lib/ISOLINUX/isohdpfx.bin",
+        ])
+        .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
+        .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"])
+        .args(["-eltorito-alt-boot"]);
+    if opts.appended_esp {
+        c = c.args(["-append_partition", "2", "0xef"]).arg(&efi).args([
+            "-e",
+            "--interval:appended_partition_2:all::",
+            "-no-emul-boot",
+        ]);
+    } else {
+        c = c.args([
+            "-e",
+            "images/efiboot.img",
+            "-no-emul-boot",
+            "-isohybrid-gpt-basdat",
+        ]);
+    }
+    c.env("SOURCE_DATE_EPOCH", "1700000000").arg(&tree).run()?;
+    Ok(out)
+}
