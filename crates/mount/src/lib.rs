@@ -2,7 +2,8 @@
 //! directory or a single file, recursive binds, read-only remounts, propagation changes,
 //! overlayfs stacks with any number of lower layers, a [`MountStack`] that unwinds in
 //! reverse and reports every failure, and [`in_private_namespace`] for mounts nobody else
-//! should see.
+//! should see. [`mounts`] reads the mount table; [`signal::TerminationFlag`] lets a tool
+//! unwind its guards on SIGINT/SIGTERM.
 //!
 //! Guards: [`Mount`] and [`OverlayMount`] each own one mount *we* made;
 //! `teardown(self)` unmounts and returns errors (retrying `EBUSY` a bounded number of times,
@@ -25,8 +26,10 @@
 //! [overlayfs documentation](https://docs.kernel.org/filesystems/overlayfs.html).
 
 mod mount;
+mod mountinfo;
 mod ns;
 mod overlay;
+pub mod signal;
 mod stack;
 mod sys;
 
@@ -35,6 +38,7 @@ use std::path::PathBuf;
 pub use mount::{
     ImageMount, Mount, UNMOUNT_ATTEMPTS, UnmountOptions, make_private, remount_read_only, unmount,
 };
+pub use mountinfo::{MountInfo, find_mount, mounts, parse_mountinfo};
 pub use ns::in_private_namespace;
 pub use overlay::{
     MAX_LOWERS, Overlay, OverlayMethod, OverlayMount, OverlayOptions, RedirectDir, Xino,
