@@ -343,6 +343,18 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// `mcopy -s -p -m -Q -i IMAGE SOURCE/ENTRY… ::/` with every top-level entry of `source`
+    /// in name order (mcopy cannot copy `DIR/.`), `MTOOLS_SKIP_CHECK=1`, and
+    /// `SOURCE_DATE_EPOCH` when reproducible.
+    McopyTree {
+        /// The FAT image.
+        image: PathBuf,
+        /// The tree to copy in.
+        source: PathBuf,
+        /// The epoch, for reproducible output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+    },
     /// Pipe a `debugfs -w` script into `image` that sets atime/ctime/crtime of every inode
     /// copied from `source` to `epoch` and clamps mtimes to it (mke2fs copies them from the
     /// source tree, whose atimes change whenever it is read).
@@ -520,6 +532,9 @@ fn validate(o: &MkfsOptions) -> Result<()> {
     Ok(())
 }
 
+/// Where temporary files for a block-device target go (root-only, unlike /tmp).
+const DEVICE_TEMP_DIR: &str = "/run";
+
 fn temp_beside(image: &Path, tag: &str) -> PathBuf {
     let name = image
         .file_name()
@@ -629,7 +644,14 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
                 args.extend(["-m".into(), format!("uuid={u}")]);
             }
             if let Some(d) = &o.populate_from {
-                let pf = temp_beside(&build, "proto");
+                // Beside the image; for a device in root-only /run (never /dev, never world-writable /tmp).
+                let pf = match target {
+                    Target::Device { .. } => temp_beside(
+                        &Path::new(DEVICE_TEMP_DIR).join(build.file_name().unwrap_or_default()),
+                        "proto",
+                    ),
+                    _ => temp_beside(&build, "proto"),
+                };
                 temporaries.push(pf.clone());
                 steps.push(Step::WriteXfsProtofile {
                     source: d.clone(),
@@ -731,25 +753,10 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
     if fs == FsType::Vfat
         && let Some(src) = &o.populate_from
     {
-        let mut env = BTreeMap::from([("MTOOLS_SKIP_CHECK".to_owned(), "1".to_owned())]);
-        if let Some(e) = epoch {
-            env.insert("SOURCE_DATE_EPOCH".into(), e.to_string());
-        }
-        // `mcopy -s SRC/. ::/` copies the directory's content (hidden files included).
-        let args = vec![
-            "-s".into(),
-            "-p".into(),
-            "-m".into(),
-            "-Q".into(),
-            "-i".into(),
-            arg(&build),
-            format!("{}/.", src.display()),
-            "::/".into(),
-        ];
-        steps.push(Step::Run {
-            program: "mcopy".into(),
-            args,
-            env,
+        steps.push(Step::McopyTree {
+            image: build.clone(),
+            source: src.clone(),
+            epoch,
         });
     }
     if fs.is_ext()
@@ -805,7 +812,7 @@ pub fn execute(plan: &Plan) -> Result<()> {
     let res = plan
         .steps
         .iter()
-        .try_for_each(|s| run_step(plan.options.fs, s));
+        .try_for_each(|s| run_step(plan.options.fs, plan.target.path(), s));
     for t in &plan.temporaries {
         if let Err(e) = std::fs::remove_file(t)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -827,7 +834,7 @@ pub fn mkfs(opts: &MkfsOptions, target: &Target) -> Result<Report> {
     Ok(Report { plan, detected })
 }
 
-fn run_step(fs: FsType, step: &Step) -> Result<()> {
+fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
     tracing::debug!(?step, "mkfs step");
     match step {
         Step::SizeFile { path, size } => {
@@ -854,11 +861,40 @@ fn run_step(fs: FsType, step: &Step) -> Result<()> {
             for (k, v) in env {
                 c = c.env(k, v);
             }
-            let target = args.last().map(PathBuf::from).unwrap_or_default();
             c.run().map_err(|e| Error::Tool {
                 step: program.clone(),
                 fs,
-                path: target,
+                path: target.to_owned(),
+                source: Box::new(e),
+            })?;
+        }
+        Step::McopyTree {
+            image,
+            source,
+            epoch,
+        } => {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(source)
+                .map_err(io("listing", source))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()
+                .map_err(io("listing", source))?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            entries.sort();
+            let mut c = Cmd::new("mcopy")
+                .args(["-s", "-p", "-m", "-Q", "-i"])
+                .arg(image)
+                .args(entries)
+                .arg("::/")
+                .env("MTOOLS_SKIP_CHECK", "1");
+            if let Some(e) = epoch {
+                c = c.env("SOURCE_DATE_EPOCH", e.to_string());
+            }
+            c.run().map_err(|e| Error::Tool {
+                step: "mcopy".into(),
+                fs,
+                path: image.clone(),
                 source: Box::new(e),
             })?;
         }

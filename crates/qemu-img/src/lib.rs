@@ -573,7 +573,8 @@ pub fn measure(input: MeasureInput<'_>, target: Format) -> Result<Measurement> {
 }
 
 /// `qemu-img compare A B`: whether the two images have the same guest-visible content
-/// (formats may differ; with `strict` a size difference also counts).
+/// (formats may differ; with `strict` (`-s`) a size difference or a different allocation
+/// status of a sector, e.g. zeroes stored vs. a hole, also counts).
 pub fn compare(a: &Path, b: &Path, strict: bool) -> Result<bool> {
     let mut c = Cmd::new(QEMU_IMG).args(["compare", "-q"]);
     if strict {
