@@ -8,9 +8,10 @@
 
 mod bench;
 mod ci;
-mod deps;
 mod demo;
+mod deps;
 mod flags;
+mod tidy;
 mod vm;
 
 use std::path::PathBuf;
@@ -33,5 +34,8 @@ fn main() -> anyhow::Result<()> {
 /// The workspace root (parent of `xtask/`).
 pub fn project_root() -> PathBuf {
     let dir = env!("CARGO_MANIFEST_DIR");
-    PathBuf::from(dir).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(dir))
+    PathBuf::from(dir)
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(dir))
 }
