@@ -1,0 +1,946 @@
+//! Planning: [`Layout`] + disk size → [`Plan`], without touching any disk.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
+use crate::size::{SizeSpec, parse_bytes};
+use crate::types::{PartType, resolve};
+use crate::{Error, Extended, PartKind, PartRef, PartitionInfo, Result, Table};
+
+/// Entries in a GPT partition array (the `gpt` crate's minimum and everyone's default).
+pub(crate) const GPT_ENTRIES: u64 = 128;
+/// Bytes per GPT partition entry.
+pub(crate) const GPT_ENTRY_SIZE: u64 = 128;
+/// Longest GPT partition name, in UTF-16 code units.
+const GPT_NAME_MAX: usize = 36;
+/// Type byte of the extended partition we write (extended, LBA addressing).
+pub(crate) const EXTENDED_TYPE: u8 = 0x0f;
+/// GPT attribute bit 0: required partition.
+pub(crate) const ATTR_REQUIRED: u64 = 1 << 0;
+/// GPT attribute bit 2: legacy BIOS bootable.
+pub(crate) const ATTR_LEGACY_BOOT: u64 = 1 << 2;
+
+/// A table computed from a [`Layout`] for a disk of a given size, ready for [`crate::apply`].
+///
+/// `disk_uuid`/`uuid` fields that are `None` get random values when written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Plan {
+    /// The table to write.
+    pub table: Table,
+}
+
+/// Sectors used at the start and end of the disk by a GPT with [`GPT_ENTRIES`] entries:
+/// (first usable LBA, number of sectors reserved at the end).
+pub(crate) fn gpt_reserved(sector_size: u64) -> (u64, u64) {
+    let entry_lbas = (GPT_ENTRIES * GPT_ENTRY_SIZE).div_ceil(sector_size);
+    (2 + entry_lbas, 1 + entry_lbas)
+}
+
+/// The usable sector range `[first, last]` of a disk of `total` sectors.
+pub(crate) fn usable(label: Label, total: u64, sector_size: u64) -> Option<(u64, u64)> {
+    match label {
+        Label::Gpt => {
+            let (first, tail) = gpt_reserved(sector_size);
+            let last = total.checked_sub(tail + 1)?;
+            (last >= first).then_some((first, last))
+        }
+        Label::Mbr => {
+            // LBA fields are 32 bits: a partition can neither start nor end past 2^32 - 1.
+            let last = total.checked_sub(1)?.min(u64::from(u32::MAX) - 1);
+            (last >= 1).then_some((1, last))
+        }
+    }
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+fn align_down(v: u64, a: u64) -> u64 {
+    v / a * a
+}
+
+/// A partition spec after parsing, before placement.
+struct Parsed {
+    part: PartRef,
+    size: SizeSpec,
+    start_lba: Option<u64>,
+    start_raw: Option<String>,
+    part_type: PartType,
+    uuid: Option<String>,
+    flags: Vec<Flag>,
+    attributes: u64,
+    kind: PartKind,
+}
+
+/// Parse a disk identifier: a GUID on GPT, a 32-bit signature (`0x1234abcd`) on MBR.
+pub(crate) fn parse_disk_uuid(label: Label, s: &str) -> Result<String> {
+    let bad = |reason: &str| Error::InvalidLayout {
+        field: "disk_uuid",
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match label {
+        Label::Gpt => Uuid::parse_str(s.trim())
+            .map(|u| u.hyphenated().to_string())
+            .map_err(|e| bad(&format!("not a GUID: {e}"))),
+        Label::Mbr => {
+            let t = s.trim();
+            let hex = t
+                .strip_prefix("0x")
+                .or_else(|| t.strip_prefix("0X"))
+                .unwrap_or(t);
+            if hex.is_empty() || hex.len() > 8 {
+                return Err(bad(
+                    "an MBR disk identifier is 32 bits of hex, like 0x1234abcd",
+                ));
+            }
+            u32::from_str_radix(hex, 16)
+                .map(|v| format!("0x{v:08x}"))
+                .map_err(|_| bad("an MBR disk identifier is 32 bits of hex, like 0x1234abcd"))
+        }
+    }
+}
+
+fn parse_spec(
+    i: usize,
+    s: &PartSpec,
+    label: Label,
+    sector_size: u64,
+) -> Result<(Parsed, Vec<Flag>)> {
+    let part = PartRef {
+        index: i + 1,
+        name: s.name.clone(),
+    };
+    let field_err = |field: &'static str, value: &str, reason: String| Error::InvalidField {
+        part: part.clone(),
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    if let Some(n) = &s.name {
+        if n.contains('\0') {
+            return Err(field_err("name", n, "contains a NUL character".into()));
+        }
+        if label == Label::Gpt && n.encode_utf16().count() > GPT_NAME_MAX {
+            return Err(field_err(
+                "name",
+                n,
+                format!("longer than the {GPT_NAME_MAX} UTF-16 units a GPT entry holds"),
+            ));
+        }
+    }
+    let size: SizeSpec = s
+        .size
+        .parse()
+        .map_err(|e: crate::SizeError| Error::InvalidSize {
+            part: part.clone(),
+            field: "size",
+            value: s.size.clone(),
+            reason: e.to_string(),
+        })?;
+    let start_lba = match &s.start {
+        None => None,
+        Some(v) => {
+            let bad = |reason: String| Error::InvalidSize {
+                part: part.clone(),
+                field: "start",
+                value: v.clone(),
+                reason,
+            };
+            let b = parse_bytes(v).map_err(|e| bad(e.to_string()))?;
+            if b % sector_size != 0 {
+                return Err(bad(format!(
+                    "not a multiple of the {sector_size}-byte sector"
+                )));
+            }
+            Some(b / sector_size)
+        }
+    };
+    let type_str = s.type_code.as_deref().unwrap_or("8300");
+    let part_type = resolve(type_str, label).map_err(|reason| Error::UnknownType {
+        part: part.clone(),
+        value: type_str.to_owned(),
+        reason,
+    })?;
+    let uuid = match (&s.uuid, label) {
+        (None, _) => None,
+        (Some(u), Label::Gpt) => Some(
+            Uuid::parse_str(u.trim())
+                .map_err(|e| field_err("uuid", u, format!("not a GUID: {e}")))?
+                .hyphenated()
+                .to_string(),
+        ),
+        (Some(u), Label::Mbr) => {
+            return Err(field_err(
+                "uuid",
+                u,
+                "MBR partitions have no UUID (the kernel derives PARTUUID from disk_uuid)".into(),
+            ));
+        }
+    };
+    let flags_str = || {
+        s.flags
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    let has = |f: Flag| s.flags.contains(&f);
+    if has(Flag::Primary) && has(Flag::Logical) {
+        return Err(field_err(
+            "flags",
+            &flags_str(),
+            "primary and logical exclude each other".into(),
+        ));
+    }
+    let mut flags = Vec::new();
+    let mut attributes = 0;
+    match label {
+        Label::Gpt => {
+            if has(Flag::Logical) {
+                return Err(field_err(
+                    "flags",
+                    &flags_str(),
+                    "logical partitions exist only on MBR".into(),
+                ));
+            }
+            if has(Flag::Required) {
+                attributes |= ATTR_REQUIRED;
+                flags.push(Flag::Required);
+            }
+            if has(Flag::Boot) || has(Flag::LegacyBoot) {
+                attributes |= ATTR_LEGACY_BOOT;
+                flags.push(Flag::LegacyBoot);
+            }
+        }
+        Label::Mbr => {
+            if has(Flag::Required) {
+                return Err(field_err(
+                    "flags",
+                    &flags_str(),
+                    "required is a GPT attribute; MBR has only the boot flag".into(),
+                ));
+            }
+            if has(Flag::Boot) || has(Flag::LegacyBoot) {
+                flags.push(Flag::Boot);
+            }
+        }
+    }
+    let parsed = Parsed {
+        part,
+        size,
+        start_lba,
+        start_raw: s.start.clone(),
+        part_type,
+        uuid,
+        flags,
+        attributes,
+        kind: PartKind::Primary,
+    };
+    Ok((parsed, s.flags.clone()))
+}
+
+/// Decide which MBR partitions are logical.
+///
+/// An extended partition is used when more than 4 partitions are asked for or one is flagged
+/// `logical`. Then `primary`/`logical` flags decide; unflagged partitions stay primary while
+/// fewer than 3 primaries have been seen and no logical one, and become logical after that.
+/// Logical partitions must be consecutive (they share one extended partition).
+fn assign_mbr_kinds(parts: &mut [Parsed], flags: &[Vec<Flag>]) -> Result<()> {
+    let flag_str = |f: &Vec<Flag>| {
+        f.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    let need_extended = parts.len() > 4 || flags.iter().any(|f| f.contains(&Flag::Logical));
+    if !need_extended {
+        return Ok(());
+    }
+    let all_primary = flags.iter().all(|f| f.contains(&Flag::Primary));
+    if all_primary {
+        // Only reachable with more than 4 partitions: the fifth has nowhere to go.
+        return Err(Error::TooManyPrimaries {
+            part: parts[4].part.clone(),
+            value: flag_str(&flags[4]),
+            max: 4,
+        });
+    }
+    let mut primaries = 0;
+    let mut seen_logical = false;
+    let mut logical_ended = false;
+    for (p, f) in parts.iter_mut().zip(flags) {
+        let logical = if f.contains(&Flag::Logical) {
+            true
+        } else if f.contains(&Flag::Primary) {
+            false
+        } else {
+            seen_logical && !logical_ended || primaries >= 3
+        };
+        if logical {
+            if logical_ended {
+                return Err(Error::InvalidField {
+                    part: p.part.clone(),
+                    field: "flags",
+                    value: flag_str(f),
+                    reason: "logical partitions must be consecutive: they share one extended \
+                             partition, and a primary one comes before this"
+                        .into(),
+                });
+            }
+            if let Some(start) = &p.start_raw {
+                return Err(Error::InvalidSize {
+                    part: p.part.clone(),
+                    field: "start",
+                    value: start.clone(),
+                    reason: "logical partitions are placed after their EBR; give no start".into(),
+                });
+            }
+            seen_logical = true;
+            p.kind = PartKind::Logical;
+        } else {
+            if seen_logical {
+                logical_ended = true;
+            }
+            primaries += 1;
+            if primaries > 3 {
+                return Err(Error::TooManyPrimaries {
+                    part: p.part.clone(),
+                    value: flag_str(f),
+                    max: 3,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compute where every partition of `layout` goes on a disk of `disk_size_bytes`.
+///
+/// Pure: it reads nothing and writes nothing. Errors name the partition (position and name),
+/// the field and the value: bad sizes, unknown types, percentages over 100, partitions that do
+/// not fit or overlap, too many MBR primaries.
+pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
+    let label = layout.label;
+    let ss = u64::from(layout.sector_size.unwrap_or(512));
+    if ss != 512 && ss != 4096 {
+        return Err(Error::InvalidLayout {
+            field: "sector_size",
+            value: ss.to_string(),
+            reason: "must be 512 or 4096".into(),
+        });
+    }
+    let align_str = layout.align.as_deref().unwrap_or(DEFAULT_ALIGN);
+    let bad_align = |reason: String| Error::InvalidLayout {
+        field: "align",
+        value: align_str.to_owned(),
+        reason,
+    };
+    let align_bytes = parse_bytes(align_str).map_err(|e| bad_align(e.to_string()))?;
+    if align_bytes == 0 || align_bytes % ss != 0 {
+        return Err(bad_align(format!(
+            "must be a positive multiple of the {ss}-byte sector"
+        )));
+    }
+    let al = align_bytes / ss;
+    let total = disk_size_bytes / ss;
+    let (first, last) = usable(label, total, ss).ok_or_else(|| Error::InvalidLayout {
+        field: "disk size",
+        value: disk_size_bytes.to_string(),
+        reason: format!("too small for a {label} table"),
+    })?;
+    let disk_uuid = layout
+        .disk_uuid
+        .as_deref()
+        .map(|u| parse_disk_uuid(label, u))
+        .transpose()?;
+    if label == Label::Gpt && layout.partitions.len() as u64 > GPT_ENTRIES {
+        let p = &layout.partitions[GPT_ENTRIES as usize];
+        return Err(Error::InvalidField {
+            part: PartRef {
+                index: GPT_ENTRIES as usize + 1,
+                name: p.name.clone(),
+            },
+            field: "name",
+            value: p.name.clone().unwrap_or_default(),
+            reason: format!("a GPT holds {GPT_ENTRIES} partitions"),
+        });
+    }
+
+    let mut parts = Vec::with_capacity(layout.partitions.len());
+    let mut raw_flags = Vec::with_capacity(layout.partitions.len());
+    for (i, s) in layout.partitions.iter().enumerate() {
+        let (p, f) = parse_spec(i, s, label, ss)?;
+        parts.push(p);
+        raw_flags.push(f);
+    }
+    if label == Label::Mbr {
+        assign_mbr_kinds(&mut parts, &raw_flags)?;
+    }
+
+    // Percentages and the one `rest`.
+    let mut pct_total = 0u32;
+    let mut rest_seen: Option<&PartRef> = None;
+    for (p, s) in parts.iter().zip(&layout.partitions) {
+        match p.size {
+            SizeSpec::Percent(v) => {
+                let before = pct_total;
+                pct_total += v;
+                if before <= 100 && pct_total > 100 {
+                    let total_all: u32 = parts
+                        .iter()
+                        .map(|q| {
+                            if let SizeSpec::Percent(v) = q.size {
+                                v
+                            } else {
+                                0
+                            }
+                        })
+                        .sum();
+                    return Err(Error::PercentOver100 {
+                        part: p.part.clone(),
+                        value: s.size.clone(),
+                        total: total_all,
+                    });
+                }
+            }
+            SizeSpec::Rest => {
+                if let Some(other) = rest_seen {
+                    return Err(Error::InvalidSize {
+                        part: p.part.clone(),
+                        field: "size",
+                        value: s.size.clone(),
+                        reason: format!(
+                            "only one partition can take the rest; {other} already does"
+                        ),
+                    });
+                }
+                rest_seen = Some(&p.part);
+            }
+            SizeSpec::Bytes(_) => {}
+        }
+    }
+
+    // Space shared by percentages and `rest`: the aligned usable area minus the fixed
+    // partitions (rounded up to the alignment) and one alignment unit before each logical
+    // partition for its EBR.
+    let cursor0 = align_up(first, al);
+    let budget_end = align_down(last + 1, al);
+    let mut fixed = 0u64;
+    for p in &parts {
+        if let SizeSpec::Bytes(b) = p.size {
+            fixed = fixed.saturating_add(align_up(b.div_ceil(ss), al));
+        }
+        if p.kind == PartKind::Logical {
+            fixed = fixed.saturating_add(al);
+        }
+    }
+    let avail = budget_end.saturating_sub(cursor0).saturating_sub(fixed);
+    let pct_sizes: u64 = parts
+        .iter()
+        .map(|p| match p.size {
+            SizeSpec::Percent(v) => align_down(avail * u64::from(v) / 100, al),
+            _ => 0,
+        })
+        .sum();
+    let rest_size = avail.saturating_sub(pct_sizes);
+
+    // Placement, in layout order.
+    let reserved_name = match label {
+        Label::Gpt => "the GPT header and entries",
+        Label::Mbr => "the MBR",
+    };
+    let mut placed: Vec<(String, u64, u64)> = vec![(reserved_name.to_owned(), 0, first - 1)];
+    let mut cursor = first;
+    let mut out = Vec::with_capacity(parts.len());
+    let mut extended: Option<Extended> = None;
+    let mut next_primary = 1u32;
+    let mut next_logical = 5u32;
+    for (p, s) in parts.into_iter().zip(&layout.partitions) {
+        let size_lba = match p.size {
+            SizeSpec::Bytes(b) => b.div_ceil(ss),
+            SizeSpec::Percent(v) => align_down(avail * u64::from(v) / 100, al),
+            SizeSpec::Rest => rest_size,
+        };
+        if size_lba == 0 {
+            return Err(Error::NoSpace {
+                part: p.part,
+                value: s.size.clone(),
+            });
+        }
+        let mut ebr_lba = None;
+        let start = match (p.kind, p.start_lba) {
+            (PartKind::Logical, _) => {
+                let ebr = align_up(cursor, al);
+                ebr_lba = Some(ebr);
+                if extended.is_none() {
+                    extended = Some(Extended {
+                        number: next_primary,
+                        start_lba: ebr,
+                        size_lba: 0,
+                        type_byte: format!("0x{EXTENDED_TYPE:02x}"),
+                    });
+                    next_primary += 1;
+                }
+                align_up(ebr + 1, al)
+            }
+            (PartKind::Primary, Some(st)) => st,
+            (PartKind::Primary, None) => align_up(cursor, al),
+        };
+        let end = start + size_lba - 1;
+        if let Some(st) = p.start_lba {
+            for (what, a, b) in &placed {
+                if st <= *b && end >= *a {
+                    return Err(Error::Overlap {
+                        part: p.part,
+                        value: s.start.clone().unwrap_or_default(),
+                        other: what.clone(),
+                        other_start: *a,
+                        other_end: *b,
+                    });
+                }
+            }
+        }
+        if end > last {
+            return Err(Error::Oversize {
+                part: p.part,
+                value: s.size.clone(),
+                start_bytes: start * ss,
+                size_bytes: size_lba * ss,
+                limit_bytes: (last + 1) * ss,
+            });
+        }
+        let number = match p.kind {
+            PartKind::Logical => {
+                next_logical += 1;
+                next_logical - 1
+            }
+            PartKind::Primary => {
+                next_primary += 1;
+                next_primary - 1
+            }
+        };
+        if let (PartKind::Logical, Some(ext)) = (p.kind, extended.as_mut()) {
+            ext.size_lba = end + 1 - ext.start_lba;
+        }
+        placed.push((p.part.to_string(), ebr_lba.unwrap_or(start), end));
+        cursor = cursor.max(end + 1);
+        out.push(PartitionInfo {
+            number,
+            name: p.part.name.clone(),
+            kind: p.kind,
+            start_lba: start,
+            end_lba: end,
+            size_lba,
+            start_bytes: start * ss,
+            size_bytes: size_lba * ss,
+            part_type: p.part_type,
+            uuid: p.uuid,
+            flags: p.flags,
+            attributes: p.attributes,
+            ebr_lba,
+        });
+    }
+    // MBR PARTUUIDs follow from the signature once it is known.
+    if let (Label::Mbr, Some(sig)) = (label, &disk_uuid) {
+        for p in &mut out {
+            p.uuid = Some(mbr_partuuid(sig, p.number));
+        }
+    }
+    Ok(Plan {
+        table: Table {
+            label,
+            sector_size: ss as u32,
+            disk_size_bytes: total * ss,
+            disk_uuid,
+            first_usable_lba: first,
+            last_usable_lba: last,
+            align_bytes: Some(align_bytes),
+            pmbr_boot: label == Label::Gpt && layout.pmbr_boot,
+            extended,
+            partitions: out,
+        },
+    })
+}
+
+/// The PARTUUID Linux gives MBR partition `number` on a disk with signature `0x1234abcd`.
+pub(crate) fn mbr_partuuid(sig: &str, number: u32) -> String {
+    format!("{}-{number:02x}", sig.trim_start_matches("0x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Flag;
+
+    const GIB: u64 = 1 << 30;
+
+    fn layout(label: Label, parts: &[(&str, &str, &str)]) -> Layout {
+        let mut l = Layout::new(label);
+        for (name, size, ty) in parts {
+            l.partitions
+                .push(PartSpec::new(*name, *size).with_type(*ty));
+        }
+        l
+    }
+
+    #[test]
+    fn gpt_esp_root() {
+        let mut l = layout(
+            Label::Gpt,
+            &[("ESP", "512MiB", "EF00"), ("root", "rest", "8300")],
+        );
+        l.disk_uuid = Some("11111111-2222-3333-4444-555555555555".into());
+        l.partitions[0].uuid = Some("AAAAAAAA-0000-4000-8000-000000000001".into());
+        l.partitions[1].flags = vec![Flag::Boot];
+        insta::assert_yaml_snapshot!(plan(&l, GIB).expect("plan"));
+    }
+
+    #[test]
+    fn gpt_percentages_share_what_fixed_sizes_leave() {
+        let l = layout(
+            Label::Gpt,
+            &[
+                ("bios", "1MiB", "EF02"),
+                ("ESP", "100MiB", "esp"),
+                ("root", "60%", "8304"),
+                ("home", "40%", "8302"),
+            ],
+        );
+        let p = plan(&l, 2 * GIB).expect("plan").table;
+        let sizes: Vec<u64> = p.partitions.iter().map(|p| p.size_bytes).collect();
+        // 2 GiB minus 1 MiB lead-in, 1 MiB tail (aligned down past the backup GPT), 101 MiB.
+        let avail = 2 * GIB - (1 << 20) - (1 << 20) - (101 << 20);
+        assert_eq!(sizes[2], avail * 60 / 100 / (1 << 20) * (1 << 20));
+        assert_eq!(sizes[3], avail * 40 / 100 / (1 << 20) * (1 << 20));
+        assert!(p.partitions.iter().all(|p| p.start_bytes % (1 << 20) == 0));
+        insta::assert_yaml_snapshot!(p);
+    }
+
+    #[test]
+    fn mbr_more_than_four_makes_logicals() {
+        let mut l = layout(
+            Label::Mbr,
+            &[
+                ("boot", "256MiB", "0x83"),
+                ("swap", "512MiB", "8200"),
+                ("lvm", "300MiB", "8E00"),
+                ("a", "100MiB", "0x83"),
+                ("b", "100MiB", "0x0c"),
+                ("c", "rest", "FD00"),
+            ],
+        );
+        l.disk_uuid = Some("0xdeadbeef".into());
+        l.partitions[0].flags = vec![Flag::Boot];
+        let p = plan(&l, 2 * GIB).expect("plan").table;
+        let kinds: Vec<(u32, PartKind)> = p.partitions.iter().map(|p| (p.number, p.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, PartKind::Primary),
+                (2, PartKind::Primary),
+                (3, PartKind::Primary),
+                (5, PartKind::Logical),
+                (6, PartKind::Logical),
+                (7, PartKind::Logical)
+            ]
+        );
+        insta::assert_yaml_snapshot!(p);
+    }
+
+    #[test]
+    fn mbr_flags_choose_logical_and_primary() {
+        let mut l = layout(
+            Label::Mbr,
+            &[
+                ("a", "10MiB", "8300"),
+                ("b", "10MiB", "8300"),
+                ("c", "10MiB", "8300"),
+            ],
+        );
+        l.partitions[1].flags = vec![Flag::Logical];
+        l.partitions[2].flags = vec![Flag::Primary];
+        l.align = Some("4K".into());
+        let p = plan(&l, 64 << 20).expect("plan").table;
+        let got: Vec<(u32, PartKind, u64, Option<u64>)> = p
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.kind, p.start_lba, p.ebr_lba))
+            .collect();
+        // a: primary at 4 KiB; b: EBR at the next 4 KiB boundary, data 4 KiB later; c: primary
+        // (unflagged, it would have stayed logical like the partition before it).
+        let a_end = 8 + 20480;
+        assert_eq!(
+            got,
+            [
+                (1, PartKind::Primary, 8, None),
+                (5, PartKind::Logical, a_end + 8, Some(a_end)),
+                (3, PartKind::Primary, a_end + 8 + 20480, None)
+            ]
+        );
+        let ext = p.extended.expect("extended");
+        assert_eq!(
+            (ext.number, ext.start_lba, ext.size_lba),
+            (2, a_end, 8 + 20480)
+        );
+    }
+
+    #[test]
+    fn explicit_start_and_4k_sectors() {
+        let mut l = layout(Label::Gpt, &[("a", "8MiB", "8300"), ("b", "8MiB", "8300")]);
+        l.sector_size = Some(4096);
+        l.partitions[1].start = Some("32MiB".into());
+        let p = plan(&l, 64 << 20).expect("plan").table;
+        assert_eq!(p.first_usable_lba, 6);
+        assert_eq!(p.last_usable_lba, (64 << 20) / 4096 - 6);
+        assert_eq!(p.partitions[0].start_bytes, 1 << 20);
+        assert_eq!(p.partitions[1].start_bytes, 32 << 20);
+        assert_eq!(p.partitions[1].start_lba, (32 << 20) / 4096);
+    }
+
+    #[test]
+    fn seeded_uuids_are_stable_and_distinct() {
+        let mut a = layout(Label::Gpt, &[("a", "1MiB", "8300"), ("b", "1MiB", "8300")]);
+        let mut b = a.clone();
+        a.seed_uuids("image-1");
+        b.seed_uuids("image-1");
+        assert_eq!(a, b);
+        assert_ne!(a.partitions[0].uuid, a.partitions[1].uuid);
+        let mut c = layout(Label::Gpt, &[("a", "1MiB", "8300")]);
+        c.seed_uuids("image-2");
+        assert_ne!(a.partitions[0].uuid, c.partitions[0].uuid);
+        let mut m = layout(Label::Mbr, &[("a", "1MiB", "8300")]);
+        m.seed_uuids("image-1");
+        assert!(
+            m.disk_uuid
+                .as_deref()
+                .is_some_and(|s| s.starts_with("0x") && s.len() == 10)
+        );
+        assert_eq!(m.partitions[0].uuid, None);
+        insta::assert_yaml_snapshot!((a.disk_uuid, m.disk_uuid, &a.partitions[0].uuid));
+    }
+
+    /// Every error path: the message names the partition (position and name), field and value.
+    #[test]
+    fn errors_name_partition_field_and_value() {
+        let gpt = |parts: &[(&str, &str, &str)]| layout(Label::Gpt, parts);
+        let mbr = |parts: &[(&str, &str, &str)]| layout(Label::Mbr, parts);
+        let with = |mut l: Layout, f: &dyn Fn(&mut Layout)| {
+            f(&mut l);
+            l
+        };
+        let cases: Vec<(Layout, u64, &str)> = vec![
+            (
+                gpt(&[("a", "1MiB", "8300"), ("b", "12X", "8300")]),
+                GIB,
+                "partition 2 (b): size=\"12X\": unknown unit \"X\"",
+            ),
+            (
+                gpt(&[("a", "", "8300")]),
+                GIB,
+                "partition 1 (a): size=\"\": expected a number",
+            ),
+            (
+                gpt(&[("a", "1MiB", "8399")]),
+                GIB,
+                "partition 1 (a): type=\"8399\": unknown type",
+            ),
+            (
+                mbr(&[("bios", "1MiB", "EF02")]),
+                GIB,
+                "partition 1 (bios): type=\"EF02\": EF02 (BIOS boot partition) has no MBR type byte",
+            ),
+            (
+                gpt(&[
+                    ("a", "60%", "8300"),
+                    ("b", "30%", "8300"),
+                    ("c", "20%", "8300"),
+                ]),
+                GIB,
+                "partition 3 (c): size=\"20%\": percentages add up to 110% (more than 100%)",
+            ),
+            (
+                gpt(&[("a", "512MiB", "8300"), ("b", "600MiB", "8300")]),
+                GIB,
+                "partition 2 (b): size=\"600MiB\": does not fit: 629145600 bytes from byte 537919488 end past the usable area, which ends at byte 1073724928",
+            ),
+            (
+                gpt(&[("a", "rest", "8300"), ("b", "rest", "8300")]),
+                GIB,
+                "partition 2 (b): size=\"rest\": only one partition can take the rest; partition 1 (a) already does",
+            ),
+            (
+                gpt(&[("a", "1022MiB", "8300"), ("b", "rest", "8300")]),
+                GIB,
+                "partition 2 (b): size=\"rest\": no space left for it",
+            ),
+            (
+                with(
+                    gpt(&[("a", "100MiB", "8300"), ("b", "10MiB", "8300")]),
+                    &|l| l.partitions[1].start = Some("50MiB".into()),
+                ),
+                GIB,
+                "partition 2 (b): start=\"50MiB\": overlaps partition 1 (a) (sectors 2048..=206847)",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].start = Some("8K".into())
+                }),
+                GIB,
+                "partition 1 (a): start=\"8K\": overlaps the GPT header and entries (sectors 0..=33)",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].start = Some("1000".into())
+                }),
+                GIB,
+                "partition 1 (a): start=\"1000\": not a multiple of the 512-byte sector",
+            ),
+            (
+                with(
+                    mbr(&[
+                        ("a", "1MiB", "8300"),
+                        ("b", "1MiB", "8300"),
+                        ("c", "1MiB", "8300"),
+                        ("d", "1MiB", "8300"),
+                        ("e", "1MiB", "8300"),
+                    ]),
+                    &|l| {
+                        l.partitions
+                            .iter_mut()
+                            .for_each(|p| p.flags = vec![Flag::Primary])
+                    },
+                ),
+                GIB,
+                "partition 5 (e): flags=\"primary\": too many primary partitions: an MBR holds 4; more need logical ones (drop `primary`)",
+            ),
+            (
+                with(
+                    mbr(&[
+                        ("a", "1MiB", "8300"),
+                        ("b", "1MiB", "8300"),
+                        ("c", "1MiB", "8300"),
+                        ("d", "1MiB", "8300"),
+                        ("e", "1MiB", "8300"),
+                    ]),
+                    &|l| l.partitions[3].flags = vec![Flag::Primary],
+                ),
+                GIB,
+                "partition 4 (d): flags=\"primary\": too many primary partitions: an MBR holds 3 besides the extended partition",
+            ),
+            (
+                with(
+                    mbr(&[
+                        ("a", "1MiB", "8300"),
+                        ("b", "1MiB", "8300"),
+                        ("c", "1MiB", "8300"),
+                    ]),
+                    &|l| {
+                        l.partitions[0].flags = vec![Flag::Logical];
+                        l.partitions[1].flags = vec![Flag::Primary];
+                        l.partitions[2].flags = vec![Flag::Logical];
+                    },
+                ),
+                GIB,
+                "partition 3 (c): flags=\"logical\": logical partitions must be consecutive",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].flags = vec![Flag::Logical]
+                }),
+                GIB,
+                "partition 1 (a): flags=\"logical\": logical partitions exist only on MBR",
+            ),
+            (
+                with(mbr(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].flags = vec![Flag::Primary, Flag::Logical]
+                }),
+                GIB,
+                "partition 1 (a): flags=\"primary+logical\": primary and logical exclude each other",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].uuid = Some("nope".into())
+                }),
+                GIB,
+                "partition 1 (a): uuid=\"nope\": not a GUID",
+            ),
+            (
+                with(mbr(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].uuid = Some("nope".into())
+                }),
+                GIB,
+                "partition 1 (a): uuid=\"nope\": MBR partitions have no UUID",
+            ),
+            (
+                gpt(&[(
+                    "a-name-that-is-far-too-long-for-a-gpt-entry",
+                    "1MiB",
+                    "8300",
+                )]),
+                GIB,
+                "partition 1 (a-name-that-is-far-too-long-for-a-gpt-entry): name=\"a-name-that-is-far-too-long-for-a-gpt-entry\": longer than the 36 UTF-16 units",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.align = Some("1000".into())
+                }),
+                GIB,
+                "align=\"1000\": must be a positive multiple of the 512-byte sector",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.disk_uuid = Some("0x1234".into())
+                }),
+                GIB,
+                "disk_uuid=\"0x1234\": not a GUID",
+            ),
+            (
+                with(mbr(&[("a", "1MiB", "8300")]), &|l| {
+                    l.disk_uuid = Some("0x123456789".into())
+                }),
+                GIB,
+                "disk_uuid=\"0x123456789\": an MBR disk identifier is 32 bits of hex",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.sector_size = Some(1024)
+                }),
+                GIB,
+                "sector_size=\"1024\": must be 512 or 4096",
+            ),
+            (
+                gpt(&[("a", "1MiB", "8300")]),
+                16 << 10,
+                "disk size=\"16384\": too small for a gpt table",
+            ),
+            (
+                with(mbr(&[("a", "1MiB", "8300"), ("b", "1MiB", "8300")]), &|l| {
+                    l.partitions[1].flags = vec![Flag::Logical];
+                    l.partitions[1].start = Some("100MiB".into());
+                }),
+                GIB,
+                "partition 2 (b): start=\"100MiB\": logical partitions are placed after their EBR",
+            ),
+        ];
+        for (l, size, want) in cases {
+            let err = plan(&l, size).expect_err(want).to_string();
+            assert!(err.starts_with(want), "\n got: {err}\nwant: {want}");
+        }
+        // Unnamed partitions are named by position only.
+        let mut l = Layout::new(Label::Gpt);
+        l.partitions.push(PartSpec {
+            size: "x".into(),
+            ..Default::default()
+        });
+        assert!(
+            plan(&l, GIB)
+                .expect_err("bad")
+                .to_string()
+                .starts_with("partition 1: size=\"x\"")
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Writing a [`Plan`] to an image file or block device.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use crate::layout::{Label, Layout, random_uuid};
+use crate::plan::{EXTENDED_TYPE, Plan, mbr_partuuid, plan};
+use crate::read::{
+    BOOT_SIGNATURE, ENTRIES_OFFSET, device_sector_size, disk_size, io_err, read_with_sector_size,
+};
+use crate::{Error, PartKind, PartitionInfo, Result, Table};
+
+/// Type byte of the links in an EBR chain (what fdisk and sfdisk write).
+const EBR_LINK_TYPE: u8 = 0x05;
+
+/// Options for [`create`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Create the image file when missing and grow it (sparsely) to this many bytes. Never
+    /// shrinks; not valid for block devices. Default: use the file as it is.
+    pub size: Option<u64>,
+}
+
+/// Create or grow `path` as `opts` says, plan `layout` for its size, write it and read it back.
+pub fn create(path: &Path, layout: &Layout, opts: &WriteOptions) -> Result<Table> {
+    if let Some(want) = opts.size {
+        ensure_size(path, want)?;
+    }
+    let p = plan(layout, disk_size(path)?)?;
+    apply(path, &p)
+}
+
+/// Create `path` if missing and extend it to `size` bytes (sparse). Errors when it is bigger
+/// (we never shrink) or is a block device.
+pub fn ensure_size(path: &Path, size: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path, "creating the image"))?;
+    let meta = f.metadata().map_err(io_err(path, "reading metadata"))?;
+    if meta.file_type().is_block_device() {
+        return Err(Error::Mismatch {
+            path: path.to_owned(),
+            reason: "cannot resize a block device".into(),
+        });
+    }
+    if meta.len() > size {
+        return Err(Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!(
+                "is {} bytes, larger than the {size} asked for (never shrunk)",
+                meta.len()
+            ),
+        });
+    }
+    f.set_len(size)
+        .map_err(io_err(path, format!("extending to {size} bytes")))
+}
+
+/// Write `plan` to `path`, then read the table back, check it against the plan and return it.
+///
+/// GPT: a protective MBR covering the disk (keeping the boot code and disk signature of an
+/// existing MBR), primary and backup headers and entry arrays. MBR: the MBR (keeping existing
+/// boot code), an extended partition and one EBR per logical partition; stale GPT headers are
+/// wiped so no tool mistakes the disk for GPT. Random UUIDs fill the plan's `None`s. For MBR
+/// the returned table carries the plan's names (MBR stores none).
+pub fn apply(path: &Path, plan: &Plan) -> Result<Table> {
+    let mut table = plan.table.clone();
+    let ss = u64::from(table.sector_size);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path, "opening for writing"))?;
+    let size = f
+        .seek(SeekFrom::End(0))
+        .map_err(io_err(path, "finding the size"))?;
+    if size / ss * ss != table.disk_size_bytes {
+        return Err(Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!(
+                "the plan is for {} bytes but the disk has {size}",
+                table.disk_size_bytes
+            ),
+        });
+    }
+    if let Some(dev_ss) = device_sector_size(&f, path)?
+        && u64::from(dev_ss) != ss
+    {
+        return Err(Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!(
+                "the plan uses {ss}-byte sectors but the device has {dev_ss}-byte sectors"
+            ),
+        });
+    }
+    fill_uuids(&mut table);
+    tracing::debug!(path = %path.display(), label = %table.label, parts = table.partitions.len(), "writing partition table");
+    match table.label {
+        Label::Gpt => write_gpt(&mut f, path, &table)?,
+        Label::Mbr => write_mbr(&mut f, path, &table)?,
+    }
+    f.sync_all().map_err(io_err(path, "syncing"))?;
+    drop(f);
+    let mut back = read_with_sector_size(path, table.sector_size)?;
+    if let Some(diff) = difference(&table, &back) {
+        return Err(Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!("read back differs from the plan: {diff}"),
+        });
+    }
+    back.align_bytes = table.align_bytes;
+    if back.label == Label::Mbr {
+        for (b, p) in back.partitions.iter_mut().zip(&table.partitions) {
+            b.name.clone_from(&p.name);
+        }
+    }
+    Ok(back)
+}
+
+fn fill_uuids(t: &mut Table) {
+    match t.label {
+        Label::Gpt => {
+            t.disk_uuid
+                .get_or_insert_with(|| random_uuid().hyphenated().to_string());
+            for p in &mut t.partitions {
+                p.uuid
+                    .get_or_insert_with(|| random_uuid().hyphenated().to_string());
+            }
+        }
+        Label::Mbr => {
+            let sig = t.disk_uuid.get_or_insert_with(|| {
+                let b = random_uuid().into_bytes();
+                format!(
+                    "0x{:08x}",
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(1)
+                )
+            });
+            let sig = sig.clone();
+            for p in &mut t.partitions {
+                p.uuid = Some(mbr_partuuid(&sig, p.number));
+            }
+        }
+    }
+}
+
+/// The first way `back` (read from disk) differs from `want` (the plan), if any.
+fn difference(want: &Table, back: &Table) -> Option<String> {
+    if want.label != back.label || want.disk_uuid != back.disk_uuid {
+        return Some(format!(
+            "label/disk id {} {:?} vs {} {:?}",
+            want.label, want.disk_uuid, back.label, back.disk_uuid
+        ));
+    }
+    if want.partitions.len() != back.partitions.len() {
+        return Some(format!(
+            "{} partitions vs {}",
+            want.partitions.len(),
+            back.partitions.len()
+        ));
+    }
+    for (w, b) in want.partitions.iter().zip(&back.partitions) {
+        let same = w.number == b.number
+            && w.start_lba == b.start_lba
+            && w.size_lba == b.size_lba
+            && w.kind == b.kind
+            && w.part_type == b.part_type
+            && w.uuid == b.uuid
+            && w.flags == b.flags
+            && w.attributes == b.attributes
+            && (want.label == Label::Mbr || w.name == b.name);
+        if !same {
+            return Some(format!("partition {}: wanted {w:?}, found {b:?}", w.number));
+        }
+    }
+    (want.extended != back.extended)
+        .then(|| format!("extended {:?} vs {:?}", want.extended, back.extended))
+}
+
+fn read_lba0(f: &mut File, path: &Path) -> Result<[u8; 512]> {
+    let mut b = [0u8; 512];
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_exact(&mut b))
+        .map_err(io_err(path, "reading LBA 0"))?;
+    Ok(b)
+}
+
+fn write_at(f: &mut File, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.write_all(data))
+        .map_err(io_err(
+            path,
+            format!("writing {} bytes at offset {offset}", data.len()),
+        ))
+}
+
+fn write_gpt(f: &mut File, path: &Path, t: &Table) -> Result<()> {
+    let ss = u64::from(t.sector_size);
+    let total = t.disk_size_bytes / ss;
+    let old = read_lba0(f, path)?;
+    let mut pmbr =
+        gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total - 1).unwrap_or(u32::MAX));
+    if old[510..512] == BOOT_SIGNATURE {
+        // Keep boot code (e.g. GRUB's boot.img) and the disk signature of what was there.
+        let mut code = [0u8; 440];
+        code.copy_from_slice(&old[..440]);
+        pmbr.set_bootcode(code);
+        pmbr.set_disk_signature([old[440], old[441], old[442], old[443]]);
+    }
+    if t.pmbr_boot {
+        let mut rec = gpt::mbr::PartRecord::new_protective(Some(
+            u32::try_from(total - 1).unwrap_or(u32::MAX),
+        ));
+        rec.boot_indicator = 0x80;
+        pmbr.set_partition(0, rec);
+    }
+    write_at(f, path, 0, &pmbr.to_bytes())?;
+
+    let guid = parse_guid(path, t.disk_uuid.as_deref(), "disk")?;
+    let lb = if ss == 4096 {
+        gpt::disk::LogicalBlockSize::Lb4096
+    } else {
+        gpt::disk::LogicalBlockSize::Lb512
+    };
+    let gpt_err = |action| {
+        let path = path.to_owned();
+        move |source| Error::Gpt {
+            path,
+            action,
+            source,
+        }
+    };
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(lb)
+        .change_partition_count(true)
+        .create_from_device(&mut *f, Some(guid))
+        .map_err(gpt_err("creating the GPT"))?;
+    let mut entries = BTreeMap::new();
+    for p in &t.partitions {
+        let type_guid = p.part_type.gpt_guid().ok_or_else(|| Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!("partition {} has no GPT type GUID", p.number),
+        })?;
+        entries.insert(
+            p.number,
+            gpt::partition::Partition {
+                part_type_guid: gpt::partition_types::Type {
+                    guid: type_guid,
+                    os: gpt::partition_types::OperatingSystem::None,
+                },
+                part_guid: parse_guid(path, p.uuid.as_deref(), "partition")?,
+                first_lba: p.start_lba,
+                last_lba: p.end_lba,
+                flags: p.attributes,
+                name: p.name.clone().unwrap_or_default(),
+            },
+        );
+    }
+    disk.update_partitions(entries)
+        .map_err(gpt_err("setting the GPT entries"))?;
+    disk.write().map_err(gpt_err("writing the GPT"))?;
+    Ok(())
+}
+
+fn parse_guid(path: &Path, s: Option<&str>, what: &str) -> Result<uuid::Uuid> {
+    s.and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!("{what} GUID {s:?} is not a GUID"),
+        })
+}
+
+/// CHS address of `lba` in the 255-head, 63-sector geometry fdisk uses, saturated at
+/// 1023/254/63 past the 8 GiB CHS limit (everything since 1998 reads the LBA fields).
+fn chs(lba: u64) -> (u16, u8, u8) {
+    const HEADS: u64 = 255;
+    const SECTORS: u64 = 63;
+    let c = lba / (HEADS * SECTORS);
+    if c > 1023 {
+        return (1023, 254, 63);
+    }
+    let rem = lba % (HEADS * SECTORS);
+    // All three fit: c <= 1023, rem / 63 < 255, rem % 63 + 1 <= 63.
+    (c as u16, (rem / SECTORS) as u8, (rem % SECTORS + 1) as u8)
+}
+
+fn mbr_entry(boot: bool, sys: u8, start: u64, size: u64) -> mbrman::MBRPartitionEntry {
+    let (c0, h0, s0) = chs(start);
+    let (c1, h1, s1) = chs(start + size - 1);
+    mbrman::MBRPartitionEntry {
+        boot: if boot {
+            mbrman::BOOT_ACTIVE
+        } else {
+            mbrman::BOOT_INACTIVE
+        },
+        first_chs: mbrman::CHS::new(c0, h0, s0),
+        sys,
+        last_chs: mbrman::CHS::new(c1, h1, s1),
+        // The plan keeps MBR partitions below 2^32 sectors.
+        starting_lba: u32::try_from(start).unwrap_or(u32::MAX),
+        sectors: u32::try_from(size).unwrap_or(u32::MAX),
+    }
+}
+
+/// A raw 16-byte entry for an EBR. CHS fields hold absolute addresses; `rel_start` is relative
+/// to the EBR (first entry) or to the extended partition (link entry).
+fn raw_entry(boot: bool, sys: u8, abs_start: u64, rel_start: u64, size: u64) -> [u8; 16] {
+    let enc = |(c, h, s): (u16, u8, u8)| {
+        [
+            h,
+            (s & 0x3f) | (((c >> 8) as u8 & 0x03) << 6),
+            (c & 0xff) as u8,
+        ]
+    };
+    let mut e = [0u8; 16];
+    e[0] = if boot { 0x80 } else { 0 };
+    e[1..4].copy_from_slice(&enc(chs(abs_start)));
+    e[4] = sys;
+    e[5..8].copy_from_slice(&enc(chs(abs_start + size - 1)));
+    e[8..12].copy_from_slice(&u32::try_from(rel_start).unwrap_or(u32::MAX).to_le_bytes());
+    e[12..16].copy_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
+    e
+}
+
+fn write_mbr(f: &mut File, path: &Path, t: &Table) -> Result<()> {
+    let ss = u64::from(t.sector_size);
+    let total = t.disk_size_bytes / ss;
+    let sig = t
+        .disk_uuid
+        .as_deref()
+        .and_then(|s| u32::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .ok_or_else(|| Error::Mismatch {
+            path: path.to_owned(),
+            reason: format!("bad MBR signature {:?}", t.disk_uuid),
+        })?;
+    // Wipe GPT headers left from an earlier table: blkid and the kernel would prefer them.
+    for lba in [1, total - 1] {
+        let mut b = [0u8; 8];
+        f.seek(SeekFrom::Start(lba * ss))
+            .and_then(|_| f.read_exact(&mut b))
+            .map_err(io_err(path, format!("reading LBA {lba}")))?;
+        if &b == b"EFI PART" {
+            write_at(f, path, lba * ss, &vec![0u8; ss as usize])?;
+        }
+    }
+    let old = read_lba0(f, path)?;
+    let mut header = mbrman::MBRHeader::new(sig.to_le_bytes());
+    if old[510..512] == BOOT_SIGNATURE {
+        header.bootstrap_code.copy_from_slice(&old[..440]);
+    }
+    let boot = |p: &PartitionInfo| p.flags.contains(&crate::Flag::Boot);
+    for p in t.partitions.iter().filter(|p| p.kind == PartKind::Primary) {
+        let sys = p.part_type.mbr_byte().unwrap_or(0x83);
+        if let Some(e) = header.get_mut(p.number as usize) {
+            *e = mbr_entry(boot(p), sys, p.start_lba, p.size_lba);
+        }
+    }
+    if let Some(ext) = &t.extended
+        && let Some(e) = header.get_mut(ext.number as usize)
+    {
+        *e = mbr_entry(false, EXTENDED_TYPE, ext.start_lba, ext.size_lba);
+    }
+    let mbr_err = |source| Error::Mbr {
+        path: path.to_owned(),
+        action: "writing the MBR",
+        source,
+    };
+    f.seek(SeekFrom::Start(0))
+        .map_err(io_err(path, "seeking to LBA 0"))?;
+    header.write_into(&mut *f).map_err(mbr_err)?;
+
+    // The EBR chain, written here rather than by mbrman 0.6, whose `write_into` computes EBR
+    // byte offsets in 32 bits and so cannot place EBRs past 4 GiB.
+    let logical: Vec<&PartitionInfo> = t
+        .partitions
+        .iter()
+        .filter(|p| p.kind == PartKind::Logical)
+        .collect();
+    if let (Some(ext), false) = (&t.extended, logical.is_empty()) {
+        for (i, l) in logical.iter().enumerate() {
+            let ebr = l.ebr_lba.unwrap_or(l.start_lba - 1);
+            let mut sector = [0u8; 512];
+            let sys = l.part_type.mbr_byte().unwrap_or(0x83);
+            sector[ENTRIES_OFFSET..ENTRIES_OFFSET + 16].copy_from_slice(&raw_entry(
+                boot(l),
+                sys,
+                l.start_lba,
+                l.start_lba - ebr,
+                l.size_lba,
+            ));
+            if let Some(next) = logical.get(i + 1) {
+                let next_ebr = next.ebr_lba.unwrap_or(next.start_lba - 1);
+                let span = next.end_lba + 1 - next_ebr;
+                sector[ENTRIES_OFFSET + 16..ENTRIES_OFFSET + 32].copy_from_slice(&raw_entry(
+                    false,
+                    EBR_LINK_TYPE,
+                    next_ebr,
+                    next_ebr - ext.start_lba,
+                    span,
+                ));
+            }
+            sector[510..512].copy_from_slice(&BOOT_SIGNATURE);
+            write_at(f, path, ebr * ss, &sector)?;
+        }
+    }
+    Ok(())
+}
