@@ -36,7 +36,8 @@ mod sys;
 use std::path::PathBuf;
 
 pub use mount::{
-    ImageMount, Mount, UNMOUNT_ATTEMPTS, UnmountOptions, make_private, remount_read_only, unmount,
+    ImageMount, Mount, UNMOUNT_ATTEMPTS, UnmountOptions, make_private, parse_mount_options,
+    remount_read_only, unmount,
 };
 pub use mountinfo::{MountInfo, find_mount, mounts, parse_mountinfo};
 pub use ns::in_private_namespace;

@@ -375,3 +375,48 @@ impl Drop for ImageMount {
         }
     }
 }
+
+/// Split a `mount -o` style option list into the flags `mount(2)` takes and the
+/// filesystem-specific rest (returned in order, to be joined with `,` as mount data).
+/// `defaults` and `rw` are no-ops; `ro`, `nosuid`, `nodev`, `noexec`, `noatime`,
+/// `nodiratime`, `relatime`, `strictatime`, `lazytime`, `sync`, `dirsync`, `silent`,
+/// `nosymfollow` become flags.
+pub fn parse_mount_options(opts: &str) -> (MountFlags, Vec<String>) {
+    let mut flags = MountFlags::empty();
+    let mut rest = Vec::new();
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "defaults" | "rw" => {}
+            "ro" => flags |= MountFlags::RDONLY,
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "nodev" => flags |= MountFlags::NODEV,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "noatime" => flags |= MountFlags::NOATIME,
+            "nodiratime" => flags |= MountFlags::NODIRATIME,
+            "relatime" => flags |= MountFlags::RELATIME,
+            "strictatime" => flags |= MountFlags::STRICTATIME,
+            "lazytime" => flags |= MountFlags::LAZYTIME,
+            "sync" => flags |= MountFlags::SYNCHRONOUS,
+            "dirsync" => flags |= MountFlags::DIRSYNC,
+            "silent" => flags |= MountFlags::SILENT,
+            "nosymfollow" => flags |= MountFlags::NOSYMFOLLOW,
+            other => rest.push(other.to_owned()),
+        }
+    }
+    (flags, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (f, rest) = parse_mount_options("ro,noatime,size=1m,defaults,mode=755,nosuid");
+        assert_eq!(
+            f,
+            MountFlags::RDONLY | MountFlags::NOATIME | MountFlags::NOSUID
+        );
+        assert_eq!(rest, ["size=1m", "mode=755"]);
+    }
+}

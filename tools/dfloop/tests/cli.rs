@@ -1,0 +1,107 @@
+//! The `dfloop` binary as a user runs it: help text and error snapshots (no root needed), and
+//! an attach → list → find → partitions → detach round trip checked with `losetup` (root).
+
+use diskforge_cmd::Cmd;
+use diskforge_testutil::{KernelState, require_root, scratch_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dfloop");
+
+fn fail(args: &[&str]) -> (i32, String) {
+    match Cmd::new(BIN).args(args).run() {
+        Ok(_) => panic!("dfloop {args:?} succeeded"),
+        Err(e) => (
+            e.exit_status().and_then(|s| s.code()).unwrap_or(-1),
+            e.stderr().unwrap_or("").to_owned(),
+        ),
+    }
+}
+
+#[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", Cmd::new(BIN).arg("--help").read().unwrap());
+    insta::assert_snapshot!(
+        "help_attach",
+        Cmd::new(BIN).args(["attach", "--help"]).read().unwrap()
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _) = fail(&["attach", "--offset", "1X", "f"]);
+    assert_eq!(code, 2);
+    let (code, _) = fail(&["detach"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn missing_file_exits_1_naming_it() {
+    if !require_root("missing_file_exits_1_naming_it") {
+        return;
+    }
+    let (code, stderr) = fail(&["attach", "/nonexistent/dfloop-test.img"]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("missing_file", stderr);
+}
+
+#[test]
+fn attach_list_find_detach_round_trip() {
+    if !require_root("attach_list_find_detach_round_trip") {
+        return;
+    }
+    let dir = scratch_dir();
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    Cmd::new("sgdisk")
+        .args(["-n", "1:2048:+2M", "-n", "2:0:+1M"])
+        .arg(&img)
+        .run()
+        .unwrap();
+    let img_s = img.to_str().unwrap();
+    let dev = Cmd::new(BIN)
+        .args(["attach", "--offset", "0", "--ro", img_s])
+        .read()
+        .unwrap();
+    let dev = dev.trim().to_owned();
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    // The device outlives the dfloop process.
+    let theirs: serde_json::Value = Cmd::new("losetup").args(["-J", "-l", &dev]).json().unwrap();
+    assert_eq!(theirs["loopdevices"][0]["back-file"], img_s);
+    assert_eq!(theirs["loopdevices"][0]["ro"], true);
+    let ours: serde_json::Value = Cmd::new(BIN).args(["list", "--json"]).json().unwrap();
+    let mine: Vec<_> = ours["loopdevices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["name"] == dev.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1);
+    for k in [
+        "back-file",
+        "offset",
+        "sizelimit",
+        "ro",
+        "autoclear",
+        "dio",
+        "log-sec",
+    ] {
+        assert_eq!(mine[0][k], theirs["loopdevices"][0][k], "{k}");
+    }
+    let found: serde_json::Value = Cmd::new(BIN)
+        .args(["find", "--json", img_s])
+        .json()
+        .unwrap();
+    assert_eq!(found["loopdevices"][0]["name"], dev.as_str());
+    let parts: serde_json::Value = Cmd::new(BIN)
+        .args(["partitions", "--json", &dev])
+        .json()
+        .unwrap();
+    assert_eq!(parts["partitions"][0]["start"], 2048 * 512);
+    assert_eq!(parts["partitions"][1]["size"], 1 << 20);
+    Cmd::new(BIN).args(["detach", &dev]).run().unwrap();
+    let (code, _) = fail(&["find", img_s]);
+    assert_eq!(code, 3);
+    assert!(KernelState::capture().loops_under(dir.path()).is_empty());
+}
