@@ -1,1 +1,443 @@
-//! Integration tests for iso (filled in by the owning issue).
+//! Integration tests for `diskforge-iso`, unprivileged: every result is read back with
+//! independent tools (`xorriso -report_el_torito`, `isoinfo`, `osirrox`, `mtype`,
+//! `checkisomd5`, `implantisomd5`, `sfdisk`).
+//!
+//! Not covered here: the overlay and bind modes (they loop-mount the ISO, which needs root
+//! and the kernel's iso9660; see `vm-tests/src/iso.rs`), and booting the output (the
+//! `diskforge-iso-fixture` crate's QEMU checks).
+
+use std::path::{Path, PathBuf};
+
+use diskforge_cmd::Cmd;
+use diskforge_iso::sample::{SampleOptions, build_sample};
+use diskforge_iso::{Edit, Mode, Request, remaster};
+
+type R = anyhow::Result<()>;
+
+fn sample(dir: &Path, appended_esp: bool) -> anyhow::Result<PathBuf> {
+    let opts = SampleOptions {
+        appended_esp,
+        ..SampleOptions::default()
+    };
+    Ok(build_sample(dir, &opts)?)
+}
+
+/// `xorriso -report_el_torito plain` boot image lines without the LBA column, plus paths.
+fn el_torito_report(iso: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Cmd::new("xorriso")
+        .arg("-indev")
+        .arg(iso)
+        .args(["-report_el_torito", "plain"])
+        .run()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("El Torito boot img") || l.starts_with("El Torito img path"))
+        .map(|l| {
+            let mut t: Vec<&str> = l.split_whitespace().collect();
+            if l.starts_with("El Torito boot img") {
+                t.pop(); // the LBA moves in a rebuild
+            }
+            t.join(" ")
+        })
+        .collect())
+}
+
+fn isoinfo_d(iso: &Path) -> anyhow::Result<String> {
+    Ok(Cmd::new("isoinfo").args(["-d", "-i"]).arg(iso).read()?)
+}
+
+fn extract(iso: &Path, path: &str, dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let dst = dir.join(format!("x-{}", path.replace('/', "_")));
+    let _ = std::fs::remove_file(&dst);
+    Cmd::new("osirrox")
+        .arg("-indev")
+        .arg(iso)
+        .args(["-osirrox", "on", "-extract", path])
+        .arg(&dst)
+        .run()?;
+    Ok(std::fs::read(&dst)?)
+}
+
+fn fat_cfg(image: &Path) -> anyhow::Result<String> {
+    Ok(Cmd::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(image)
+        .arg("::/EFI/BOOT/grub.cfg")
+        .read()?)
+}
+
+#[test]
+fn inspect_matches_xorriso_isoinfo_and_sfdisk() -> R {
+    let dir = tempfile::tempdir()?;
+    for appended in [false, true] {
+        let sub = dir.path().join(format!("s{appended}"));
+        std::fs::create_dir(&sub)?;
+        let iso = sample(&sub, appended)?;
+        let r = diskforge_iso::inspect(&iso)?;
+        let info = isoinfo_d(&iso)?;
+        assert!(
+            info.contains(&format!("Volume id: {}\n", r.primary.volume_id)),
+            "{info}"
+        );
+        assert!(
+            info.contains(&format!("Volume size is: {}\n", r.primary.volume_blocks)),
+            "{info}"
+        );
+        assert!(info.contains(&format!("Application id: {}\n", r.primary.application_id)));
+        assert!(info.contains(&format!("Publisher id: {}\n", r.primary.publisher_id)));
+        assert!(info.contains("Rock Ridge signatures") && r.rock_ridge);
+        assert!(info.contains("Joliet") && r.joliet.is_some());
+
+        let report = Cmd::new("xorriso")
+            .arg("-indev")
+            .arg(&iso)
+            .args(["-report_el_torito", "plain"])
+            .read()?;
+        let cat = r.el_torito.as_ref().expect("sample is bootable");
+        assert!(
+            report.contains(&format!("El Torito catalog  : {}  1", cat.lba)),
+            "{report}"
+        );
+        for (i, e) in cat.entries.iter().enumerate() {
+            let line = format!(
+                "El Torito boot img :   {}  {}  {}   none  0x0000  0x00  {:>5}  {:>10}",
+                i + 1,
+                e.platform,
+                if e.bootable { "y" } else { "n" },
+                e.load_size,
+                e.load_rba
+            );
+            assert!(report.contains(&line), "missing {line:?} in\n{report}");
+            if let Some(p) = &e.image {
+                assert!(
+                    report.contains(&format!("El Torito img path :   {}  {p}", i + 1)),
+                    "{report}"
+                );
+            }
+        }
+        assert_eq!(
+            cat.entries[1].image.is_none(),
+            appended,
+            "UEFI image is hidden only when appended"
+        );
+
+        let sf: serde_json::Value = Cmd::new("sfdisk").arg("--json").arg(&iso).json()?;
+        let parts = sf["partitiontable"]["partitions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mbr = r.hybrid.mbr.as_ref().expect("isohybrid MBR");
+        assert_eq!(parts.len(), mbr.len());
+        for (p, m) in parts.iter().zip(mbr) {
+            assert_eq!(p["start"].as_u64(), Some(u64::from(m.start)));
+            assert_eq!(p["size"].as_u64(), Some(u64::from(m.sectors)));
+        }
+        assert_eq!(r.hybrid.gpt.is_some(), !appended);
+        assert!(r.implanted_md5.is_none());
+        assert!(r.file_count >= 10, "{}", r.file_count);
+    }
+    Ok(())
+}
+
+#[test]
+fn md5_is_byte_identical_to_implantisomd5_and_checks_both_ways() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let theirs = dir.path().join("theirs.iso");
+    let ours = dir.path().join("ours.iso");
+    std::fs::copy(&iso, &theirs)?;
+    std::fs::copy(&iso, &ours)?;
+    Cmd::new("implantisomd5").arg(&theirs).run()?;
+    let sums = diskforge_iso::isomd5::implant(&ours, &mut |_, _| {})?;
+    assert_eq!(
+        std::fs::read(&ours)?,
+        std::fs::read(&theirs)?,
+        "implanted area differs from implantisomd5's"
+    );
+    assert_eq!(sums.fragment_sums.len(), 60);
+    Cmd::new("checkisomd5").arg(&ours).run()?;
+    let check = diskforge_iso::isomd5::check(&theirs, &mut |_, _| {})?;
+    assert!(check.ok, "{check:?}");
+    // A flipped byte in the covered data fails both checkers.
+    let data = std::fs::read(&ours)?;
+    let mut bad = data.clone();
+    bad[40 * 2048 + 5] ^= 0xff;
+    let badf = dir.path().join("bad.iso");
+    std::fs::write(&badf, &bad)?;
+    assert!(!diskforge_iso::isomd5::check(&badf, &mut |_, _| {})?.ok);
+    assert!(Cmd::new("checkisomd5").arg(&badf).run().is_err());
+    Ok(())
+}
+
+fn full_request(
+    iso: &Path,
+    out: Option<PathBuf>,
+    mode: Mode,
+    dir: &Path,
+) -> anyhow::Result<Request> {
+    let ks = dir.join("ks.cfg");
+    std::fs::write(&ks, "# kickstart\ntext\nreboot\n")?;
+    let extra = dir.join("extra.txt");
+    std::fs::write(&extra, "added file\n")?;
+    let readme = dir.join("README.new");
+    std::fs::write(&readme, "replaced readme, longer than before\n")?;
+    let mut req = Request::new(iso);
+    req.output = out;
+    req.mode = mode;
+    req.kickstart = Some(ks);
+    req.volid = Some("DF_REMASTER".into());
+    req.kernel_args = vec!["console=ttyS0".into()];
+    req.implant_md5 = true;
+    req.edits = vec![
+        Edit::Add {
+            src: extra,
+            dest: "/docs/extra.txt".into(),
+        },
+        Edit::Replace {
+            src: readme,
+            dest: "/docs/README.txt".into(),
+        },
+        Edit::Remove {
+            dest: "/images/initrd.img".into(),
+        },
+    ];
+    Ok(req)
+}
+
+fn check_output(input: &Path, out: &Path, dir: &Path) -> R {
+    assert_eq!(
+        el_torito_report(input)?,
+        el_torito_report(out)?,
+        "El Torito entries changed"
+    );
+    Cmd::new("checkisomd5").arg(out).run()?;
+    let info = isoinfo_d(out)?;
+    assert!(info.contains("Volume id: DF_REMASTER\n"), "{info}");
+    assert!(
+        info.contains("Application id: DISKFORGE SAMPLE\n"),
+        "{info}"
+    );
+    assert!(info.contains("Publisher id: DISKFORGE\n"), "{info}");
+    let ks_arg = "inst.ks=hd:LABEL=DF_REMASTER:/ks.cfg";
+    assert_eq!(
+        extract(out, "/ks.cfg", dir)?,
+        b"# kickstart\ntext\nreboot\n"
+    );
+    assert_eq!(extract(out, "/docs/extra.txt", dir)?, b"added file\n");
+    assert_eq!(
+        extract(out, "/docs/README.txt", dir)?,
+        b"replaced readme, longer than before\n"
+    );
+    let files = Cmd::new("xorriso")
+        .arg("-indev")
+        .arg(out)
+        .args(["-find", "/", "-type", "f"])
+        .read()?;
+    assert!(!files.contains("initrd.img"), "{files}");
+    assert!(files.contains("'/docs/extra.txt'"), "{files}");
+    // Joliet sees the same names.
+    let joliet = Cmd::new("isoinfo")
+        .args(["-J", "-f", "-i"])
+        .arg(out)
+        .read()?;
+    assert!(joliet.lines().any(|l| l == "/docs/extra.txt"), "{joliet}");
+    assert!(joliet.lines().any(|l| l == "/ks.cfg"), "{joliet}");
+    for cfg in [
+        "/isolinux/isolinux.cfg",
+        "/boot/grub/grub.cfg",
+        "/EFI/BOOT/grub.cfg",
+    ] {
+        let text = String::from_utf8(extract(out, cfg, dir)?)?;
+        let kernel_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                t.starts_with("append") || t.starts_with("linux")
+            })
+            .collect();
+        assert!(!kernel_lines.is_empty(), "{cfg}");
+        for l in kernel_lines {
+            assert!(
+                l.contains(ks_arg) && l.contains("console=ttyS0"),
+                "{cfg}: {l}"
+            );
+        }
+    }
+    let efi = dir.join("efiboot.img");
+    std::fs::write(&efi, extract(out, "/images/efiboot.img", dir)?)?;
+    let cfg = fat_cfg(&efi)?;
+    assert!(
+        cfg.lines()
+            .filter(|l| l.trim_start().starts_with("linux"))
+            .all(|l| l.contains(ks_arg)),
+        "{cfg}"
+    );
+    Ok(())
+}
+
+#[test]
+fn direct_and_copy_modes_apply_every_edit_and_keep_boot() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    for mode in [Mode::Direct, Mode::Copy] {
+        let out = dir.path().join(format!("out-{mode}.iso"));
+        let req = full_request(&iso, Some(out.clone()), mode, dir.path())?;
+        let o = remaster(&req, &mut |_| {})?;
+        assert_eq!(o.mode, mode);
+        check_output(&iso, &out, dir.path())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn auto_falls_back_to_direct_and_says_why() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let out = dir.path().join("auto.iso");
+    let mut req = full_request(&iso, Some(out.clone()), Mode::Auto, dir.path())?;
+    req.edits.push(Edit::Add {
+        src: dir.path().join("ks.cfg"),
+        dest: "/newdir/ks.cfg".into(),
+    });
+    let o = remaster(&req, &mut |_| {})?;
+    assert_eq!(o.mode, Mode::Direct);
+    assert!(o.reason.contains("/newdir does not exist"), "{}", o.reason);
+    check_output(&iso, &out, dir.path())?;
+    // The same request in patch mode is refused, and leaves no output.
+    let out2 = dir.path().join("patch.iso");
+    let mut req2 = req.clone();
+    req2.output = Some(out2.clone());
+    req2.mode = Mode::Patch;
+    let err = remaster(&req2, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("/newdir"), "{err}");
+    assert!(!out2.exists());
+    Ok(())
+}
+
+#[test]
+fn patch_mode_with_output_and_in_place() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let orig = std::fs::read(&iso)?;
+    let out = dir.path().join("patched.iso");
+    let req = full_request(&iso, Some(out.clone()), Mode::Auto, dir.path())?;
+    let o = remaster(&req, &mut |_| {})?;
+    assert_eq!(o.mode, Mode::Patch, "{}", o.reason);
+    assert_eq!(std::fs::read(&iso)?, orig, "input untouched with -o");
+    check_output(&iso, &out, dir.path())?;
+
+    // In place, a one-line kickstart touches only a handful of blocks.
+    let inplace = dir.path().join("inplace.iso");
+    std::fs::copy(&iso, &inplace)?;
+    let ks = dir.path().join("one.ks");
+    std::fs::write(&ks, "text\n")?;
+    let mut req = Request::new(&inplace);
+    req.kickstart = Some(ks);
+    let o = remaster(&req, &mut |_| {})?;
+    assert!(o.in_place && o.mode == Mode::Patch);
+    let after = std::fs::read(&inplace)?;
+    assert_eq!(after.len(), orig.len());
+    let changed = orig
+        .chunks(2048)
+        .zip(after.chunks(2048))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(changed <= 16, "{changed} blocks changed");
+    assert_eq!(extract(&inplace, "/one.ks", dir.path())?, b"text\n");
+    assert_eq!(el_torito_report(&iso)?, el_torito_report(&inplace)?);
+    Ok(())
+}
+
+#[test]
+fn appended_esp_is_edited_in_patch_and_direct() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), true)?;
+    for mode in [Mode::Patch, Mode::Direct] {
+        let out = dir.path().join(format!("esp-{mode}.iso"));
+        let mut req = Request::new(&iso);
+        req.output = Some(out.clone());
+        req.mode = mode;
+        req.kernel_args = vec!["inst.text".into()];
+        remaster(&req, &mut |_| {})?;
+        assert_eq!(el_torito_report(&iso)?, el_torito_report(&out)?);
+        let r = diskforge_iso::inspect(&out)?;
+        let esp = r.hybrid.esp_ranges();
+        assert_eq!(esp.len(), 1, "{:?}", r.hybrid);
+        let data = std::fs::read(&out)?;
+        let img = dir.path().join(format!("esp-{mode}.img"));
+        std::fs::write(
+            &img,
+            &data[esp[0].0 as usize..(esp[0].0 + esp[0].1) as usize],
+        )?;
+        let cfg = fat_cfg(&img)?;
+        assert!(
+            cfg.contains("linux /images/vmlinuz quiet inst.text"),
+            "{mode}: {cfg}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_names_the_value_and_leaves_no_output() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir)?;
+    let out = outdir.join("o.iso");
+    let cases: Vec<(Request, &str)> = vec![
+        {
+            let mut r = Request::new(&iso);
+            r.edits.push(Edit::Add {
+                src: dir.path().join("missing.cfg"),
+                dest: "/m.cfg".into(),
+            });
+            (r, "missing.cfg")
+        },
+        {
+            let mut r = Request::new(&iso);
+            r.edits.push(Edit::Remove {
+                dest: "/no/such/file".into(),
+            });
+            (r, "/no/such/file")
+        },
+        {
+            let mut r = Request::new(&iso);
+            r.edits.push(Edit::Replace {
+                src: iso.clone(),
+                dest: "/nope.txt".into(),
+            });
+            (r, "/nope.txt")
+        },
+        {
+            let mut r = Request::new(dir.path().join("sample-grub.cfg"));
+            r.volid = Some("X".into());
+            (r, "sample-grub.cfg")
+        },
+        {
+            let mut r = Request::new(&iso);
+            r.volid = Some("A".repeat(40));
+            (r, "AAAA")
+        },
+    ];
+    for (mut req, needle) in cases {
+        req.output = Some(out.clone());
+        let err = format!(
+            "{:#}",
+            anyhow::Error::from(remaster(&req, &mut |_| {}).unwrap_err())
+        );
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+    let err = Edit::parse_pair("--add", "no-colon-here")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-colon-here"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&outdir)?.count(),
+        0,
+        "output dir must stay empty"
+    );
+    Ok(())
+}

@@ -824,7 +824,13 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
             let staged = Staged::new(out)?;
             match mode {
                 Mode::Direct => timed(&mut steps, "xorriso replay", progress, |_| {
-                    direct(&req.input, staged.path(), &changes, scratch.path())
+                    direct(
+                        &req.input,
+                        staged.path(),
+                        insp.joliet.is_some(),
+                        &changes,
+                        scratch.path(),
+                    )
                 })?,
                 Mode::Copy => {
                     let tree = scratch.path().join("tree");
@@ -940,7 +946,13 @@ fn raw_images(changes: &Changes, scratch: &Path) -> Result<Vec<(u8, PathBuf)>> {
 }
 
 /// `direct` mode: xorriso rewrites the image with the edits, replaying the boot setup.
-pub fn direct(input: &Path, output: &Path, changes: &Changes, scratch: &Path) -> Result<()> {
+pub fn direct(
+    input: &Path,
+    output: &Path,
+    joliet: bool,
+    changes: &Changes,
+    scratch: &Path,
+) -> Result<()> {
     let mut c = Cmd::new("xorriso")
         .args(["-abort_on", "FAILURE", "-return_with", "SORRY", "32"])
         .arg("-indev")
@@ -948,6 +960,9 @@ pub fn direct(input: &Path, output: &Path, changes: &Changes, scratch: &Path) ->
         .arg("-outdev")
         .arg(output)
         .args(["-boot_image", "any", "replay"]);
+    if joliet {
+        c = c.args(["-joliet", "on", "-compliance", "joliet_long_names"]);
+    }
     if let Some(v) = &changes.volid {
         c = c.args(["-volid", v]);
     }

@@ -113,6 +113,8 @@ pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
             "DISKFORGE SAMPLE",
             "-publisher",
             "diskforge",
+            "-p",
+            "DISKFORGE",
         ])
         .args([
             "-R",

@@ -1,0 +1,187 @@
+//! CLI tests for `iso-remaster`: help text, inspect output, exit codes, and a remaster
+//! checked with `checkisomd5` and `xorriso -report_el_torito`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use diskforge_cmd::Cmd;
+use diskforge_iso::sample::{SampleOptions, build_sample};
+
+fn bin() -> Command {
+    #[allow(clippy::disallowed_methods)] // the binary under test, not an external tool
+    Command::new(env!("CARGO_BIN_EXE_iso-remaster"))
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running iso-remaster")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_fits_80_columns() {
+    let out = bin()
+        .arg("--help")
+        .env("COLUMNS", "80")
+        .output()
+        .expect("help");
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for l in help.lines() {
+        assert!(l.chars().count() <= 80, "too wide: {l:?}");
+    }
+    insta::assert_snapshot!(help);
+}
+
+#[test]
+fn inspect_human_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample(dir.path(), &SampleOptions::default()).expect("sample");
+    let out = run(&["inspect", "df_sample.iso"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    insta::assert_snapshot!(text(&out.stdout));
+    let out = run(&["inspect", "df_sample.iso", "--json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["primary"]["volume_id"], "DF_SAMPLE");
+    assert_eq!(v["el_torito"]["entries"][1]["platform"], "uefi");
+}
+
+#[test]
+fn remaster_kickstart_md5_then_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let iso = build_sample(dir.path(), &SampleOptions::default()).expect("sample");
+    std::fs::write(dir.path().join("ks.cfg"), "text\n").expect("ks");
+    // No MD5 yet: exit 3.
+    let out = run(&["--check-md5", "df_sample.iso"], dir.path());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    let out = run(
+        &[
+            "df_sample.iso",
+            "-o",
+            "out.iso",
+            "--kickstart",
+            "ks.cfg",
+            "--implant-md5",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("mode: patch (patch: every edit fits"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("boot config edited: /images/efiboot.img::/EFI/BOOT/grub.cfg"),
+        "{stdout}"
+    );
+    let outp = dir.path().join("out.iso");
+    Cmd::new("checkisomd5")
+        .arg(&outp)
+        .run()
+        .expect("checkisomd5 passes");
+    let out = run(&["--check-md5", "out.iso"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let report = |p: &Path| {
+        Cmd::new("xorriso")
+            .arg("-indev")
+            .arg(p)
+            .args(["-report_el_torito", "plain"])
+            .read()
+            .expect("xorriso")
+    };
+    let strip = |s: String| {
+        s.lines()
+            .filter(|l| l.starts_with("El Torito"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(report(&iso)), strip(report(&outp)));
+
+    // JSON output of a direct-mode run.
+    let out = run(
+        &[
+            "df_sample.iso",
+            "-o",
+            "direct.iso",
+            "--mode",
+            "direct",
+            "--volid",
+            "NEW",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["mode"], "direct");
+}
+
+#[test]
+fn errors_name_the_value_and_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample(dir.path(), &SampleOptions::default()).expect("sample");
+    std::fs::write(dir.path().join("notiso.bin"), vec![0u8; 100_000]).expect("write");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "df_sample.iso",
+                "-o",
+                "o.iso",
+                "--add",
+                "missing.cfg:/m.cfg",
+            ],
+            "missing.cfg",
+        ),
+        (
+            &["df_sample.iso", "-o", "o.iso", "--add", "nocolon"],
+            "nocolon",
+        ),
+        (
+            &["df_sample.iso", "-o", "o.iso", "--remove", "/not/there"],
+            "/not/there",
+        ),
+        (
+            &["notiso.bin", "-o", "o.iso", "--volid", "X"],
+            "not an ISO 9660 image",
+        ),
+        (
+            &[
+                "df_sample.iso",
+                "-o",
+                "o.iso",
+                "--mode",
+                "patch",
+                "--add",
+                "df_sample.iso:/newdir/x",
+            ],
+            "/newdir",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(args, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        assert!(
+            !dir.path().join("o.iso").exists(),
+            "{args:?} left an output"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".iso-remaster"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let out = run(&["--mode", "fast", "df_sample.iso"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+}
