@@ -38,10 +38,10 @@ use serde::{Deserialize, Serialize};
 
 pub use layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
 pub use plan::{Plan, plan};
-pub use read::{partitions, read, read_with_sector_size};
+pub use read::{disk_size, partitions, read, read_with_sector_size};
 pub use size::{SizeError, SizeSpec, format_bytes, human_bytes, parse_bytes};
 pub use types::{KNOWN_TYPES, KnownType, PartType, resolve as resolve_type};
-pub use write::{WriteOptions, apply, create};
+pub use write::{WriteOptions, apply, create, ensure_size};
 
 /// Which partition of a layout an error is about: its 1-based position and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

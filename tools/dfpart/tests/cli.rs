@@ -1,0 +1,368 @@
+//! `dfpart` through its command line: output snapshots, exit codes, help text.
+//! Images are sparse files in a scratch dir; paths in output are relative (`cwd` = scratch).
+
+use std::path::Path;
+
+use diskforge_cmd::Cmd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dfpart");
+
+/// Run dfpart in `dir`: (exit code, stdout, stderr).
+fn dfpart(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    match Cmd::new(BIN).args(args).dir(dir).run() {
+        Ok(out) => (
+            0,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Err(diskforge_cmd::Error::Failed {
+            status,
+            stderr,
+            stdout,
+            ..
+        }) => (status.code().unwrap_or(-1), stdout, stderr),
+        Err(e) => panic!("running dfpart: {e}"),
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = dfpart(dir, args);
+    assert_eq!(code, 0, "dfpart {args:?}: {err}");
+    out
+}
+
+const GPT_ARGS: &[&str] = &[
+    "create",
+    "gpt.img",
+    "--label",
+    "gpt",
+    "--size",
+    "1G",
+    "--uuid-seed",
+    "cli-test",
+    "--part",
+    "name=bios,size=1MiB,type=EF02",
+    "--part",
+    "name=ESP,size=256MiB,type=EF00,flags=boot",
+    "--part",
+    "name=swap,size=128M,type=8200,uuid=01234567-89ab-4def-8123-456789abcdef",
+    "--part",
+    "name=root,size=rest,type=8304",
+];
+
+const MBR_ARGS: &[&str] = &[
+    "create",
+    "mbr.img",
+    "--label",
+    "mbr",
+    "--size",
+    "1G",
+    "--disk-uuid",
+    "0xcafe0001",
+    "--part",
+    "name=boot,size=128MiB,flags=boot",
+    "--part",
+    "name=swap,size=64MiB,type=8200",
+    "--part",
+    "name=lvm,size=40%,type=8e00",
+    "--part",
+    "name=a,size=100MiB,type=0x0c",
+    "--part",
+    "name=b,size=rest,type=0x83",
+];
+
+#[test]
+fn gpt_create_show_json_offsets() {
+    let dir = diskforge_testutil::scratch_dir();
+    insta::assert_snapshot!("gpt_create", ok(dir.path(), GPT_ARGS));
+    insta::assert_snapshot!("gpt_show", ok(dir.path(), &["show", "gpt.img"]));
+    let json = ok(dir.path(), &["show", "gpt.img", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    insta::assert_json_snapshot!("gpt_show_json", v);
+    insta::assert_snapshot!(
+        "gpt_offsets",
+        ok(dir.path(), &["show", "gpt.img", "--offsets"])
+    );
+    let sg = Cmd::new("sgdisk")
+        .args(["-v", "gpt.img"])
+        .dir(dir.path())
+        .read()
+        .expect("sgdisk");
+    assert!(sg.contains("No problems found"), "{sg}");
+}
+
+#[test]
+fn mbr_create_with_logical_and_show() {
+    let dir = diskforge_testutil::scratch_dir();
+    insta::assert_snapshot!("mbr_create", ok(dir.path(), MBR_ARGS));
+    insta::assert_snapshot!("mbr_show", ok(dir.path(), &["show", "mbr.img"]));
+    // sfdisk agrees on the logical partitions' starts.
+    let v: serde_json::Value = Cmd::new("sfdisk")
+        .args(["--json", "mbr.img"])
+        .dir(dir.path())
+        .json()
+        .expect("sfdisk");
+    let starts: Vec<(String, u64)> = v["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap_or("").to_owned(),
+                p["start"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let offsets = ok(dir.path(), &["show", "mbr.img", "--offsets"]);
+    for line in offsets.lines() {
+        let f: Vec<u64> = line
+            .split(' ')
+            .map(|x| x.parse().expect("number"))
+            .collect();
+        let node = format!("mbr.img{}", f[0]);
+        assert!(
+            starts.contains(&(node.clone(), f[1] / 512)),
+            "{node} {line} vs {starts:?}"
+        );
+    }
+}
+
+#[test]
+fn dry_run_prints_plan_and_writes_nothing() {
+    let dir = diskforge_testutil::scratch_dir();
+    let mut args = GPT_ARGS.to_vec();
+    args.push("--dry-run");
+    insta::assert_snapshot!("gpt_dry_run", ok(dir.path(), &args));
+    args.push("--json");
+    let v: serde_json::Value = serde_json::from_str(&ok(dir.path(), &args)).expect("json");
+    insta::assert_json_snapshot!("gpt_dry_run_json", v);
+    assert!(!dir.path().join("gpt.img").exists());
+    // Without --seed and UUIDs, the plan says they will be random.
+    let out = ok(
+        dir.path(),
+        &[
+            "create",
+            "x.img",
+            "--label",
+            "gpt",
+            "--size",
+            "64M",
+            "--part",
+            "size=rest",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        out.contains("(random when written)") && out.contains("(random)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn layout_file_yaml_and_json() {
+    let dir = diskforge_testutil::scratch_dir();
+    std::fs::write(
+        dir.path().join("layout.yaml"),
+        "label: gpt\nalign: 4MiB\ndisk_uuid: 00000000-0000-4000-8000-0000000000aa\npartitions:\n\
+         - name: ESP\n  size: 64MiB\n  type: EF00\n  uuid: 00000000-0000-4000-8000-000000000001\n\
+         - name: root\n  size: rest\n  uuid: 00000000-0000-4000-8000-000000000002\n  flags: [legacy_boot]\n",
+    )
+    .expect("write layout");
+    let out = ok(
+        dir.path(),
+        &[
+            "create",
+            "y.img",
+            "--size",
+            "256M",
+            "--layout",
+            "layout.yaml",
+        ],
+    );
+    insta::assert_snapshot!("layout_yaml", out);
+    let json =
+        r#"{"label": "mbr", "partitions": [{"size": "50%"}, {"size": "rest", "type": "0x82"}]}"#;
+    std::fs::write(dir.path().join("layout.json"), json).expect("write layout");
+    let out = ok(
+        dir.path(),
+        &[
+            "create",
+            "z.img",
+            "--size",
+            "64M",
+            "--layout",
+            "layout.json",
+            "--disk-uuid",
+            "0x1",
+        ],
+    );
+    assert!(out.contains("disk id 0x00000001"), "{out}");
+    // Unknown fields in a layout file are usage errors.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "label: gpt\npartitions: []\ncolour: red\n",
+    )
+    .expect("write");
+    let (code, _, err) = dfpart(
+        dir.path(),
+        &["create", "b.img", "--size", "64M", "--layout", "bad.yaml"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.yaml") && err.contains("colour"), "{err}");
+}
+
+fn gpt<'a>(parts: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["create", "e.img", "--label", "gpt", "--size", "1G"];
+    for p in parts {
+        a.extend(["--part", p]);
+    }
+    a
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let dir = diskforge_testutil::scratch_dir();
+    std::fs::write(dir.path().join("blank.img"), vec![0u8; 4096]).expect("write");
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["create", "e.img", "--size", "1G", "--part", "size=1M"],
+            2,
+            "--label gpt|mbr is required",
+        ),
+        (
+            vec!["create", "e.img", "--label", "gpt", "--size", "1G"],
+            2,
+            "no partitions",
+        ),
+        (
+            gpt(&["size=1M,colour=red"]),
+            2,
+            "--part #1 \"size=1M,colour=red\": unknown key \"colour\"",
+        ),
+        (
+            gpt(&["name=a,size=1M,flags=fast"]),
+            2,
+            "flags=\"fast\": unknown flag",
+        ),
+        (
+            vec!["create", "e.img", "--label", "zfs"],
+            2,
+            "unknown label \"zfs\"",
+        ),
+        (
+            vec![
+                "create", "e.img", "--label", "gpt", "--size", "1Q", "--part", "size=1M",
+            ],
+            2,
+            "unknown unit",
+        ),
+        (
+            gpt(&["name=a,size=12X"]),
+            3,
+            "partition 1 (a): size=\"12X\": unknown unit \"X\"",
+        ),
+        (
+            gpt(&["name=a,size=1M,type=9999"]),
+            3,
+            "partition 1 (a): type=\"9999\": unknown type",
+        ),
+        (
+            gpt(&["name=a,size=60%", "name=b,size=50%"]),
+            3,
+            "partition 2 (b): size=\"50%\": percentages add up to 110%",
+        ),
+        (
+            gpt(&["name=a,size=2G"]),
+            3,
+            "partition 1 (a): size=\"2G\": does not fit",
+        ),
+        (
+            gpt(&["name=a,size=100M", "name=b,size=1M,start=50M"]),
+            3,
+            "partition 2 (b): start=\"50M\": overlaps partition 1 (a)",
+        ),
+        (
+            vec![
+                "create",
+                "e.img",
+                "--label",
+                "mbr",
+                "--size",
+                "1G",
+                "--part",
+                "size=1M,flags=primary",
+                "--part",
+                "size=1M,flags=primary",
+                "--part",
+                "size=1M,flags=primary",
+                "--part",
+                "size=1M,flags=primary",
+                "--part",
+                "name=five,size=1M,flags=primary",
+            ],
+            3,
+            "partition 5 (five): flags=\"primary\": too many primary partitions",
+        ),
+        (
+            vec![
+                "create",
+                "e.img",
+                "--label",
+                "mbr",
+                "--size",
+                "1G",
+                "--part",
+                "name=a,size=1M,uuid=x",
+            ],
+            3,
+            "uuid=\"x\": MBR partitions have no UUID",
+        ),
+        (
+            vec!["show", "blank.img"],
+            4,
+            "blank.img: no partition table",
+        ),
+        (vec!["show", "missing.img"], 1, "missing.img: opening"),
+        (
+            vec![
+                "create",
+                "missing.img",
+                "--label",
+                "gpt",
+                "--part",
+                "size=1M",
+                "--dry-run",
+            ],
+            1,
+            "give --size",
+        ),
+    ];
+    for (args, want_code, want_msg) in cases {
+        let (code, _, err) = dfpart(dir.path(), &args);
+        assert_eq!(code, want_code, "dfpart {args:?}: {err}");
+        assert!(
+            err.contains(want_msg),
+            "dfpart {args:?}:\n got: {err}\nwant: {want_msg}"
+        );
+    }
+    assert!(
+        !dir.path().join("e.img").exists(),
+        "an invalid layout must not create the file"
+    );
+}
+
+#[test]
+fn help_fits_80_columns_and_is_snapshotted() {
+    let dir = diskforge_testutil::scratch_dir();
+    for sub in [&["--help"][..], &["create", "--help"], &["show", "--help"]] {
+        let out = ok(dir.path(), sub);
+        for line in out.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{sub:?}: line over 80 columns: {line:?}"
+            );
+        }
+        let name = format!("help_{}", sub[0].trim_start_matches('-'));
+        insta::assert_snapshot!(name, out);
+    }
+}
