@@ -58,6 +58,14 @@ impl PartitionDevice {
             PartitionDevice::Loop(l) => l.path(),
         }
     }
+    /// Keep the partition's own loop device attached beyond this value.
+    pub fn release(self) -> PathBuf {
+        match self {
+            PartitionDevice::Node(p) => p,
+            PartitionDevice::Loop(l) => l.release(),
+        }
+    }
+
     /// Detach the partition's own loop device, if we made one.
     pub fn teardown(self) -> Result<()> {
         match self {

@@ -349,6 +349,14 @@ impl ImageMount {
             .unwrap_or(Path::new(""))
     }
 
+    /// Leave the mount and the loop device in place; returns the mount point.
+    pub fn release(mut self) -> PathBuf {
+        if let Some(d) = self.device.take() {
+            drop(d.release());
+        }
+        self.mount.take().map(Mount::release).unwrap_or_default()
+    }
+
     /// Unmount, then detach; reports both failures if both fail.
     pub fn teardown(mut self) -> Result<()> {
         self.release_inner()

@@ -10,6 +10,8 @@ pub trait Teardown: Send {
     fn describe(&self) -> String;
     /// Release the object, returning any error.
     fn teardown_boxed(self: Box<Self>) -> Result<()>;
+    /// Give up ownership: leave the object in place (for CLIs whose mounts outlive them).
+    fn release_boxed(self: Box<Self>);
 }
 
 impl Teardown for Mount {
@@ -19,6 +21,9 @@ impl Teardown for Mount {
     fn teardown_boxed(self: Box<Self>) -> Result<()> {
         (*self).teardown()
     }
+    fn release_boxed(self: Box<Self>) {
+        drop((*self).release());
+    }
 }
 
 impl Teardown for OverlayMount {
@@ -27,6 +32,9 @@ impl Teardown for OverlayMount {
     }
     fn teardown_boxed(self: Box<Self>) -> Result<()> {
         (*self).teardown()
+    }
+    fn release_boxed(self: Box<Self>) {
+        drop((*self).release());
     }
 }
 
@@ -41,6 +49,9 @@ impl Teardown for ImageMount {
     fn teardown_boxed(self: Box<Self>) -> Result<()> {
         (*self).teardown()
     }
+    fn release_boxed(self: Box<Self>) {
+        drop((*self).release());
+    }
 }
 
 impl Teardown for LoopDevice {
@@ -50,6 +61,9 @@ impl Teardown for LoopDevice {
     fn teardown_boxed(self: Box<Self>) -> Result<()> {
         Ok((*self).detach()?)
     }
+    fn release_boxed(self: Box<Self>) {
+        drop((*self).release());
+    }
 }
 
 impl Teardown for PartitionDevice {
@@ -58,6 +72,9 @@ impl Teardown for PartitionDevice {
     }
     fn teardown_boxed(self: Box<Self>) -> Result<()> {
         Ok((*self).teardown()?)
+    }
+    fn release_boxed(self: Box<Self>) {
+        drop((*self).release());
     }
 }
 
@@ -121,6 +138,13 @@ impl MountStack {
     /// What teardown would do, in order.
     pub fn describe(&self) -> Vec<String> {
         self.items.iter().rev().map(|i| i.describe()).collect()
+    }
+
+    /// Leave everything in place and forget it (nothing is torn down, now or on drop).
+    pub fn release_all(mut self) {
+        while let Some(item) = self.items.pop() {
+            item.release_boxed();
+        }
     }
 
     /// Tear everything down, last pushed first; report every failure.

@@ -1,0 +1,156 @@
+//! The `dfmount` binary as a user runs it: help snapshots (no root), and bind / overlay /
+//! `-o loop` / list / umount round trips checked against /proc/self/mountinfo (root).
+
+use std::fs;
+
+use diskforge_cmd::Cmd;
+use diskforge_testutil::{KernelState, require_root, scratch_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dfmount");
+
+fn fail(args: &[&str]) -> (i32, String) {
+    match Cmd::new(BIN).args(args).run() {
+        Ok(_) => panic!("dfmount {args:?} succeeded"),
+        Err(e) => (
+            e.exit_status().and_then(|s| s.code()).unwrap_or(-1),
+            e.stderr().unwrap_or("").to_owned(),
+        ),
+    }
+}
+
+#[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", Cmd::new(BIN).arg("--help").read().unwrap());
+    insta::assert_snapshot!(
+        "help_overlay",
+        Cmd::new(BIN).args(["overlay", "--help"]).read().unwrap()
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(fail(&["overlay", "/mnt"]).0, 2);
+    assert_eq!(
+        fail(&["overlay", "--lower", "/a", "--upper", "/u", "/mnt"]).0,
+        2
+    );
+}
+
+#[test]
+fn missing_lower_exits_1_naming_it() {
+    if !require_root("missing_lower_exits_1_naming_it") {
+        return;
+    }
+    let (code, stderr) = fail(&[
+        "overlay",
+        "--lower",
+        "/",
+        "--lower",
+        "/nonexistent/dfmount-lower",
+        "/",
+    ]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("missing_lower", stderr);
+}
+
+#[test]
+fn bind_overlay_loop_list_umount_round_trip() {
+    if !require_root("bind_overlay_loop_list_umount_round_trip") {
+        return;
+    }
+    let dir = scratch_dir();
+    let p = |n: &str| {
+        let p = dir.path().join(n);
+        fs::create_dir_all(&p).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (a, b, upper, work, merged, ro, img_mnt) = (
+        p("a"),
+        p("b"),
+        p("upper"),
+        p("work"),
+        p("merged"),
+        p("ro"),
+        p("img"),
+    );
+    fs::write(format!("{a}/f"), "a").unwrap();
+    fs::write(format!("{b}/f"), "b").unwrap();
+    fs::write(format!("{b}/g"), "b").unwrap();
+
+    let out = Cmd::new(BIN)
+        .args(["bind", "--ro", &b, &ro])
+        .read()
+        .unwrap();
+    assert_eq!(out.trim(), format!("{b} on {ro} (bind)"));
+    assert!(fs::write(format!("{ro}/x"), "x").is_err());
+
+    let rep: serde_json::Value = Cmd::new(BIN)
+        .args([
+            "overlay", "--json", "--lower", &a, "--lower", &ro, "--upper", &upper, "--work", &work,
+        ])
+        .args(["--index", "off", &merged])
+        .json()
+        .unwrap();
+    assert_eq!(rep["method"], "mount-data");
+    assert_eq!(fs::read_to_string(format!("{merged}/f")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(format!("{merged}/g")).unwrap(), "b");
+
+    let img = dir.path().join("fs.img");
+    fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .run()
+        .unwrap();
+    let rep: serde_json::Value = Cmd::new(BIN)
+        .args(["mount", "--json", "-t", "ext4", "-o", "loop,noatime"])
+        .arg(&img)
+        .arg(&img_mnt)
+        .json()
+        .unwrap();
+    let dev = rep["loop_device"].as_str().unwrap().to_owned();
+    assert!(dev.starts_with("/dev/loop"));
+
+    let listed: serde_json::Value = Cmd::new(BIN)
+        .args(["list", "--json", "--under"])
+        .arg(dir.path())
+        .json()
+        .unwrap();
+    let fs_list = listed["filesystems"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = fs_list
+        .iter()
+        .map(|m| (m["target"].as_str().unwrap(), m["fstype"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains(&(merged.as_str(), "overlay")), "{kinds:?}");
+    assert!(kinds.contains(&(img_mnt.as_str(), "ext4")), "{kinds:?}");
+    assert!(fs_list.iter().any(|m| m["target"] == ro.as_str() && m["options"].as_str().unwrap().starts_with("ro")));
+
+    for t in [&img_mnt, &merged, &ro] {
+        Cmd::new(BIN).args(["umount", t]).run().unwrap();
+    }
+    // -o loop used autoclear: the device goes with the mount (allow the kernel a moment).
+    let mut st = KernelState::capture();
+    for _ in 0..100 {
+        if st.loops_under(dir.path()).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        st = KernelState::capture();
+    }
+    assert!(
+        st.loops_under(dir.path()).is_empty(),
+        "{:?}",
+        st.loops_under(dir.path())
+    );
+    assert!(
+        st.mounts_under(dir.path()).is_empty(),
+        "{:?}",
+        st.mounts_under(dir.path())
+    );
+    let (code, stderr) = fail(&["umount", &merged]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("is not a mount point") && stderr.contains(&merged),
+        "{stderr}"
+    );
+}
