@@ -1,1 +1,908 @@
-//! Integration tests for layers (filled in by the owning issue).
+//! Host tests for `diskforge-layers` (root: mounts overlayfs, creates device nodes and
+//! `trusted.*` xattrs). Trees are compared in full: paths, types, modes, owners, xattrs,
+//! device numbers, symlink targets and contents (mtimes are not compared).
+//!
+//! Not covered here: unprivileged use (`userxattr` overlays), and registry pulls (the OCI
+//! layouts come from `umoci`/`skopeo` locally).
+
+// Test helpers panic on failure by design (the lint's test exemption covers only #[test] fns).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use diskforge_cmd::Cmd;
+use diskforge_layers as dl;
+use diskforge_testutil::{KernelState, require_root, scratch_dir};
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// Builds layer tarballs entry by entry (including ones the `tar` crate refuses to write).
+struct TarMaker {
+    b: tar::Builder<Vec<u8>>,
+}
+
+impl TarMaker {
+    fn new() -> Self {
+        TarMaker {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn header(ty: tar::EntryType, mode: u32, uid: u64, gid: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        h
+    }
+
+    fn dir(mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, uid, gid);
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    fn file(mut self, path: &str, content: &str, mode: u32) -> Self {
+        self = self.file_owned(path, content, mode, 0, 0);
+        self
+    }
+
+    fn file_owned(mut self, path: &str, content: &str, mode: u32, uid: u64, gid: u64) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, uid, gid);
+        h.set_size(content.len() as u64);
+        self.b
+            .append_data(&mut h, path, content.as_bytes())
+            .unwrap();
+        self
+    }
+
+    fn xattr(mut self, name: &str, value: &str) -> Self {
+        let key = format!("SCHILY.xattr.{name}");
+        self.b
+            .append_pax_extensions([(key.as_str(), value.as_bytes())])
+            .unwrap();
+        self
+    }
+
+    fn link(mut self, ty: tar::EntryType, path: &str, target: &str) -> Self {
+        let mut h = Self::header(ty, 0o777, 0, 0);
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    fn node(mut self, ty: tar::EntryType, path: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(ty, 0o666, 0, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    /// An entry with raw name/link bytes and a declared size, bypassing all checks.
+    fn raw(mut self, ty: tar::EntryType, name: &[u8], link: &[u8], size: u64, data: &[u8]) -> Self {
+        let mut h = Self::header(ty, 0o644, 0, 0);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_size(size);
+        h.set_cksum();
+        self.b.append(&h, data).unwrap();
+        self
+    }
+
+    fn write(self, path: &Path) -> PathBuf {
+        let bytes = self.b.into_inner().unwrap();
+        std::fs::write(path, bytes).unwrap();
+        path.to_owned()
+    }
+}
+
+fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
+        Ok(n) => n,
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if name.starts_with("trusted.overlay.") {
+            continue;
+        }
+        let mut v = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(p, name.as_str(), &mut v[..]) {
+            v.truncate(len);
+            out.push((name, v));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every path under `root` with its type, mode, owner, device, xattrs and content digest.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
+        let p = root.join(rel);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let ft = m.file_type();
+        let content = if ft.is_file() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&p).unwrap().hash(&mut h);
+            format!("{:016x}", h.finish())
+        } else if ft.is_symlink() {
+            format!("-> {}", std::fs::read_link(&p).unwrap().display())
+        } else if ft.is_char_device() || ft.is_block_device() {
+            format!(
+                "dev {}:{}",
+                rustix::fs::major(m.rdev()),
+                rustix::fs::minor(m.rdev())
+            )
+        } else {
+            String::new()
+        };
+        let mode = if ft.is_symlink() { 0 } else { m.mode() };
+        let key = format!("/{}", rel.display());
+        out.insert(
+            key,
+            format!(
+                "{mode:o} {}:{} {:?} {content}",
+                m.uid(),
+                m.gid(),
+                xattrs(&p)
+            ),
+        );
+        if ft.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for n in names {
+                walk(root, &rel.join(n), out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, Path::new(""), &mut out);
+    out
+}
+
+fn assert_same_tree(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, what: &str) {
+    let only_a: Vec<_> = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).collect();
+    let only_b: Vec<_> = b.iter().filter(|(k, v)| a.get(*k) != Some(v)).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "{what}: trees differ\nleft only: {only_a:#?}\nright only: {only_b:#?}"
+    );
+}
+
+fn no_mounts_under(dir: &Path) {
+    let now = KernelState::capture();
+    assert!(
+        now.mounts_under(dir).is_empty(),
+        "leaked mounts: {:?}",
+        now.mounts_under(dir)
+    );
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+fn mkdirs(dirs: &[&Path]) {
+    for d in dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+}
+
+/// The seed's example: a base layer and a second layer that adds a file, deletes another and
+/// replaces a directory (opaque).
+fn seed_layers(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = TarMaker::new()
+        .dir("./", 0o755, 0, 0)
+        .dir("etc/", 0o755, 0, 0)
+        .xattr("user.origin", "base")
+        .file("etc/motd", "hello\n", 0o644)
+        .file("etc/old", "to be deleted\n", 0o644)
+        .dir("etc/conf.d/", 0o755, 0, 0)
+        .file("etc/conf.d/a.conf", "a\n", 0o644)
+        .file("etc/conf.d/b.conf", "b\n", 0o644)
+        .dir("home/user/", 0o700, 1000, 1000)
+        .file_owned("home/user/.profile", "PS1=$\n", 0o600, 1000, 1000)
+        .file("bin/tool", "v1\n", 0o755)
+        .link(tar::EntryType::Link, "bin/tool2", "bin/tool")
+        .link(tar::EntryType::Symlink, "bin/motd", "../etc/motd")
+        .link(tar::EntryType::Symlink, "bin/abs", "/etc/motd")
+        .node(tar::EntryType::Char, "dev/null", 1, 3)
+        .node(tar::EntryType::Fifo, "run/fifo", 0, 0)
+        .dir("usr/lib/", 0o755, 0, 0)
+        .file("usr/lib/libx.so", "elf\n", 0o755)
+        .file_owned("srv/setuid", "x\n", 0o4755, 0, 0)
+        .write(&dir.join("base.tar"));
+    let l2 = TarMaker::new()
+        .dir("etc/", 0o755, 0, 0)
+        .file("etc/new", "new\n", 0o644)
+        .file("etc/.wh.old", "", 0o644)
+        .dir("etc/conf.d/", 0o750, 0, 0)
+        .file("etc/conf.d/.wh..wh..opq", "", 0o644)
+        .file("etc/conf.d/c.conf", "c\n", 0o640)
+        .file("bin/tool", "v2\n", 0o755)
+        .write(&dir.join("l2.tar"));
+    // Compress the second layer to exercise gzip detection.
+    let gz = dir.join("l2.tar.gz");
+    let mut enc = flate2_encoder(&gz);
+    std::io::copy(&mut std::fs::File::open(&l2).unwrap(), &mut enc).unwrap();
+    drop(enc);
+    (base, gz)
+}
+
+fn flate2_encoder(path: &Path) -> impl std::io::Write {
+    // `gzip` through the command runner: the tests crate does not depend on flate2.
+    struct Gz(PathBuf, Vec<u8>);
+    impl std::io::Write for Gz {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Drop for Gz {
+        fn drop(&mut self) {
+            let out = Cmd::new("gzip")
+                .args(["-c", "-n"])
+                .stdin_bytes(std::mem::take(&mut self.1))
+                .run()
+                .unwrap();
+            std::fs::write(&self.0, out.stdout).unwrap();
+        }
+    }
+    Gz(path.to_owned(), Vec::new())
+}
+
+fn layer_paths(layers: &[dl::Layer]) -> Vec<PathBuf> {
+    layers.iter().map(|l| l.path.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn seed_example_merged_view_commit_and_restack() {
+    if !require_root("layers::seed_example_merged_view_commit_and_restack") {
+        return;
+    }
+    let scratch = scratch_dir();
+    let s = scratch.path();
+    let store = dl::Store::open(s.join("store")).unwrap();
+    let (base_tar, l2_tar) = seed_layers(s);
+    let base = store.import_tarball(&base_tar).unwrap();
+    let l2 = store.import_tarball(&l2_tar).unwrap();
+    assert!(!base.reused && !l2.reused);
+    assert_eq!(l2.unpacked.as_ref().unwrap().whiteouts, 1);
+    assert_eq!(l2.unpacked.as_ref().unwrap().opaque_dirs, 1);
+    // Unpacked once: importing again reuses the store's copy.
+    assert!(store.import_tarball(&l2_tar).unwrap().reused);
+
+    let (upper, merged) = (s.join("upper"), s.join("merged"));
+    let work = dl::default_work_dir(&upper);
+    mkdirs(&[&upper, &merged]);
+    let lowers = vec![base.path.clone(), l2.path.clone()];
+    let m = dl::mount_stack(&lowers, Some((&upper, &work)), &merged).unwrap();
+
+    // The merged view of the two layers.
+    assert_eq!(read(merged.join("etc/motd")), "hello\n");
+    assert_eq!(read(merged.join("etc/new")), "new\n");
+    assert!(
+        !merged.join("etc/old").exists(),
+        "whiteout must hide etc/old"
+    );
+    let conf: Vec<_> = std::fs::read_dir(merged.join("etc/conf.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(conf, ["c.conf"], "opaque dir must hide the base's entries");
+    assert_eq!(read(merged.join("bin/tool")), "v2\n");
+    assert_eq!(
+        read(merged.join("bin/tool2")),
+        "v1\n",
+        "the base's hardlink keeps its content"
+    );
+    assert_eq!(read(merged.join("bin/motd")), "hello\n");
+    let meta = std::fs::metadata(merged.join("home/user/.profile")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1000, 1000, 0o600)
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(merged.join("dev/null"))
+            .unwrap()
+            .rdev(),
+        rustix::fs::makedev(1, 3)
+    );
+    assert_eq!(
+        std::fs::metadata(merged.join("srv/setuid")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        xattrs(&merged.join("etc/motd")),
+        vec![("user.origin".to_owned(), b"base".to_vec())]
+    );
+    let base_ino = std::fs::metadata(base.path.join("bin/tool")).unwrap().ino();
+    assert_eq!(
+        std::fs::metadata(base.path.join("bin/tool2"))
+            .unwrap()
+            .ino(),
+        base_ino
+    );
+
+    // Changes in the upper dir, made through the merged view.
+    std::fs::write(merged.join("etc/motd"), "changed\n").unwrap();
+    std::fs::remove_file(merged.join("etc/new")).unwrap();
+    std::fs::remove_dir_all(merged.join("home/user")).unwrap();
+    std::fs::remove_dir_all(merged.join("usr")).unwrap();
+    std::fs::create_dir(merged.join("usr")).unwrap();
+    std::fs::write(merged.join("usr/fresh"), "fresh\n").unwrap();
+    std::fs::create_dir(merged.join("opt")).unwrap();
+    std::fs::write(merged.join("opt/app"), "app\n").unwrap();
+    std::fs::hard_link(merged.join("opt/app"), merged.join("opt/app-link")).unwrap();
+    rustix::fs::chown(
+        merged.join("opt/app"),
+        Some(rustix::fs::Uid::from_raw(1234)),
+        Some(rustix::fs::Gid::from_raw(5678)),
+    )
+    .unwrap();
+    rustix::fs::chmod(
+        merged.join("opt/app"),
+        rustix::fs::Mode::from_raw_mode(0o640),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        merged.join("opt/app"),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        merged.join("dev/zero"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 5),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("app", merged.join("opt/current")).unwrap();
+    let want = snapshot(&merged);
+    m.teardown().unwrap();
+    no_mounts_under(s);
+
+    // diff: what the upper dir changes relative to the lowers.
+    let changes: Vec<String> = dl::diff(&lowers, &upper)
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c.kind.letter(), c.path))
+        .collect();
+    for expected in [
+        "C /etc/motd",
+        "D /etc/new",
+        "D /home/user",
+        "D /usr/lib",
+        "A /usr/fresh",
+        "A /opt",
+        "A /opt/app",
+        "A /dev/zero",
+    ] {
+        assert!(
+            changes.contains(&expected.to_owned()),
+            "missing {expected:?} in {changes:#?}"
+        );
+    }
+    assert!(
+        !changes.iter().any(|c| c.contains("/etc/conf.d")),
+        "{changes:#?}"
+    );
+
+    // Commit, reproducibly.
+    let opts = dl::TarOptions {
+        compression: dl::Compression::Zstd,
+        clamp_mtime: Some(0),
+        overwrite: false,
+    };
+    let c1 = dl::write_layer(&upper, &s.join("l3.tar.zst"), opts).unwrap();
+    let c2 = dl::write_layer(&upper, &s.join("l3-again.tar.zst"), opts).unwrap();
+    assert_eq!(c1.digest, c2.digest, "commit must be reproducible");
+    assert_eq!(
+        std::fs::read(s.join("l3.tar.zst")).unwrap(),
+        std::fs::read(s.join("l3-again.tar.zst")).unwrap()
+    );
+    assert!(
+        dl::write_layer(&upper, &s.join("l3.tar.zst"), opts).is_err(),
+        "refuses to overwrite"
+    );
+    let l3 = store.import_tarball(&s.join("l3.tar.zst")).unwrap();
+    assert_eq!(l3.diff_id.as_deref(), Some(c1.diff_id.as_str()));
+
+    // Re-stacking base + l2 + the committed layer gives the same tree.
+    let stack = vec![base.path.clone(), l2.path.clone(), l3.path.clone()];
+    let m = dl::mount_stack(&stack, None, &merged).unwrap();
+    let got = snapshot(&merged);
+    m.teardown().unwrap();
+    assert_same_tree(&want, &got, "re-stacked commit");
+
+    // Squash (no mount) gives the same tree too.
+    let sq = dl::squash(
+        &stack,
+        &s.join("flat.tar"),
+        dl::TarOptions {
+            compression: dl::Compression::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let flat = store.import_tarball(&s.join("flat.tar")).unwrap();
+    assert_eq!(flat.diff_id.as_deref(), Some(sq.diff_id.as_str()));
+    assert_same_tree(&want, &snapshot(&flat.path), "squashed stack");
+    no_mounts_under(s);
+}
+
+#[test]
+fn umoci_reads_the_layout_we_write() {
+    if !require_root("layers::umoci_reads_the_layout_we_write") {
+        return;
+    }
+    let scratch = scratch_dir();
+    let s = scratch.path();
+    let store = dl::Store::open(s.join("store")).unwrap();
+    let (base_tar, l2_tar) = seed_layers(s);
+    let base = store.import_tarball(&base_tar).unwrap();
+    let l2 = store.import_tarball(&l2_tar).unwrap();
+    let layout = s.join("oci");
+    let opts = dl::TarOptions {
+        clamp_mtime: Some(0),
+        ..Default::default()
+    };
+    // A store dir is an overlay upper dir as far as commit is concerned.
+    let img1 = dl::oci::commit_to_layout(&base.path, &layout, "base", None, opts, Some(0)).unwrap();
+    assert_eq!(img1.layers, 1);
+    let img2 =
+        dl::oci::commit_to_layout(&l2.path, &layout, "v2", Some("base"), opts, Some(0)).unwrap();
+    assert_eq!(img2.layers, 2);
+    assert_eq!(dl::oci::list_refs(&layout).unwrap(), ["base", "v2"]);
+
+    let bundle = s.join("bundle");
+    Cmd::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v2", layout.display()))
+        .arg(&bundle)
+        .run()
+        .unwrap();
+    let merged = s.join("merged");
+    mkdirs(&[&merged]);
+    let m = dl::mount_stack(&[base.path.clone(), l2.path.clone()], None, &merged).unwrap();
+    let ours = snapshot(&merged);
+    m.teardown().unwrap();
+    assert_same_tree(
+        &ours,
+        &snapshot(&bundle.join("rootfs")),
+        "umoci unpack of our layout",
+    );
+
+    // skopeo agrees with the layout too.
+    let inspect = Cmd::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:v2", layout.display()))
+        .read()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["layers"].as_array().unwrap().len(), 2);
+    // And we read back what we wrote, digests verified.
+    let again = store.import_oci(&layout, Some("v2")).unwrap();
+    assert_eq!(again.len(), 2);
+    no_mounts_under(s);
+}
+
+#[test]
+fn we_read_umoci_and_skopeo_layouts() {
+    if !require_root("layers::we_read_umoci_and_skopeo_layouts") {
+        return;
+    }
+    let scratch = scratch_dir();
+    let s = scratch.path();
+    let layout = s.join("oci");
+    let bundle = s.join("bundle");
+    let img = format!("{}:t", layout.display());
+    Cmd::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout)
+        .run()
+        .unwrap();
+    Cmd::new("umoci")
+        .args(["new", "--image", &img])
+        .run()
+        .unwrap();
+    Cmd::new("umoci")
+        .args(["unpack", "--image", &img])
+        .arg(&bundle)
+        .run()
+        .unwrap();
+    let rootfs = bundle.join("rootfs");
+    mkdirs(&[
+        &rootfs.join("d"),
+        &rootfs.join("gone/deeper"),
+        &rootfs.join("opq"),
+    ]);
+    std::fs::write(rootfs.join("a"), "a1\n").unwrap();
+    std::fs::write(rootfs.join("d/b"), "b\n").unwrap();
+    std::fs::write(rootfs.join("gone/deeper/x"), "x\n").unwrap();
+    std::fs::write(rootfs.join("opq/old"), "old\n").unwrap();
+    std::os::unix::fs::symlink("/a", rootfs.join("abs-link")).unwrap();
+    rustix::fs::chown(
+        rootfs.join("d/b"),
+        Some(rustix::fs::Uid::from_raw(42)),
+        Some(rustix::fs::Gid::from_raw(43)),
+    )
+    .unwrap();
+    Cmd::new("umoci")
+        .args(["repack", "--image", &img])
+        .arg(&bundle)
+        .run()
+        .unwrap();
+    // A repack replaces the layer on top of the image the bundle came from: unpack again to
+    // add a second layer.
+    let bundle = s.join("bundle2");
+    Cmd::new("umoci")
+        .args(["unpack", "--image", &img])
+        .arg(&bundle)
+        .run()
+        .unwrap();
+    let rootfs = bundle.join("rootfs");
+    std::fs::remove_dir_all(rootfs.join("gone")).unwrap();
+    std::fs::write(rootfs.join("a"), "a2\n").unwrap();
+    std::fs::remove_dir_all(rootfs.join("opq")).unwrap();
+    mkdirs(&[&rootfs.join("opq")]);
+    std::fs::write(rootfs.join("opq/new"), "new\n").unwrap();
+    Cmd::new("umoci")
+        .args(["repack", "--image", &img])
+        .arg(&bundle)
+        .run()
+        .unwrap();
+    let want = snapshot(&rootfs);
+
+    let store = dl::Store::open(s.join("store")).unwrap();
+    let merged = s.join("merged");
+    mkdirs(&[&merged]);
+    let layers = store.import_oci(&layout, Some("t")).unwrap();
+    assert!(layers.len() >= 2, "{layers:?}");
+    let m = dl::mount_stack(&layer_paths(&layers), None, &merged).unwrap();
+    let got = snapshot(&merged);
+    m.teardown().unwrap();
+    assert_same_tree(&want, &got, "our stack of umoci's layers");
+
+    // The same image copied by skopeo (recompressed, new digests) reads the same.
+    let copy = s.join("copy");
+    Cmd::new("skopeo")
+        .args([
+            "copy",
+            &format!("oci:{img}"),
+            &format!("oci:{}:t", copy.display()),
+        ])
+        .run()
+        .unwrap();
+    let layers = store.import_oci(&copy, Some("t")).unwrap();
+    let m = dl::mount_stack(&layer_paths(&layers), None, &merged).unwrap();
+    let got = snapshot(&merged);
+    m.teardown().unwrap();
+    assert_same_tree(&want, &got, "our stack of skopeo's copy");
+
+    // A corrupted blob is refused.
+    let blob = &layers.last().unwrap().origin;
+    let dl::LayerOrigin::Oci { digest, .. } = blob else {
+        panic!("{blob:?}")
+    };
+    let path = dl::oci::blob_path(&copy, digest).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let err = dl::Store::open(s.join("store2"))
+        .unwrap()
+        .import_oci(&copy, Some("t"))
+        .unwrap_err();
+    assert!(matches!(err, dl::Error::DigestMismatch { .. }), "{err}");
+    no_mounts_under(s);
+}
+
+#[test]
+fn hostile_tarballs_are_refused() {
+    if !require_root("layers::hostile_tarballs_are_refused") {
+        return;
+    }
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let scratch = scratch_dir();
+    let s = scratch.path();
+    let outside = s.join("outside");
+    mkdirs(&[&outside]);
+    std::fs::write(outside.join("secret"), "secret\n").unwrap();
+    let store = dl::Store::open(s.join("store")).unwrap();
+
+    let cases: Vec<(&str, TarMaker, &str, &str)> = vec![
+        (
+            "dotdot",
+            TarMaker::new().raw(Regular, b"a/../../outside/evil", b"", 4, b"evil"),
+            "a/../../outside/evil",
+            "'..'",
+        ),
+        (
+            "absolute",
+            TarMaker::new().raw(Regular, b"/tmp/evil", b"", 4, b"evil"),
+            "/tmp/evil",
+            "absolute",
+        ),
+        (
+            "symlink-escape",
+            TarMaker::new().raw(Symlink, b"lib/up", b"../../../outside", 0, b""),
+            "lib/up",
+            "leads outside the layer",
+        ),
+        (
+            "write-through-symlink",
+            TarMaker::new()
+                .raw(
+                    Symlink,
+                    b"etc",
+                    s.join("outside").as_os_str().as_encoded_bytes(),
+                    0,
+                    b"",
+                )
+                .raw(Regular, b"etc/passwd", b"", 4, b"evil"),
+            "etc/passwd",
+            "is a symlink",
+        ),
+        (
+            "hardlink-outside",
+            TarMaker::new().raw(Link, b"stolen", b"../outside/secret", 0, b""),
+            "stolen",
+            "hardlink target",
+        ),
+        (
+            "hardlink-absolute",
+            TarMaker::new().raw(
+                Link,
+                b"stolen",
+                s.join("outside/secret").as_os_str().as_encoded_bytes(),
+                0,
+                b"",
+            ),
+            "stolen",
+            "absolute",
+        ),
+        (
+            "hardlink-missing",
+            TarMaker::new().raw(Link, b"x", b"not/there", 0, b""),
+            "x",
+            "not in the layer",
+        ),
+        (
+            "hardlink-through-symlink",
+            TarMaker::new().raw(Symlink, b"l", b"/", 0, b"").raw(
+                Link,
+                b"x",
+                b"l/etc/passwd",
+                0,
+                b"",
+            ),
+            "x",
+            "is a symlink",
+        ),
+        (
+            "huge",
+            TarMaker::new().raw(Regular, b"big", b"", 1 << 40, b""),
+            "big",
+            "exceeds the limit",
+        ),
+        (
+            "dir-dotdot",
+            TarMaker::new().raw(Directory, b"../up/", b"", 0, b""),
+            "../up/",
+            "'..'",
+        ),
+    ];
+    for (name, maker, entry, reason) in cases {
+        let tar = maker.write(&s.join(format!("{name}.tar")));
+        let err = store.import_tarball(&tar).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_refusal(), "{name}: {msg}");
+        assert!(
+            msg.contains(&format!("{entry:?}")) && msg.contains(reason),
+            "{name}: {msg}"
+        );
+    }
+    // A configurable limit: a 64 KiB file in a store limited to 16 KiB per entry.
+    let tar = TarMaker::new()
+        .file("f", &"x".repeat(65536), 0o644)
+        .write(&s.join("big.tar"));
+    let small = dl::Store::open(s.join("store"))
+        .unwrap()
+        .with_limits(dl::Limits {
+            max_entry_size: 16 << 10,
+            ..Default::default()
+        });
+    let err = small.import_tarball(&tar).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            dl::Error::TooLarge {
+                what: "entry size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let small = small.with_limits(dl::Limits {
+        max_total_size: 100 << 10,
+        ..Default::default()
+    });
+    let many = (0..3).fold(TarMaker::new(), |t, i| {
+        t.file(&format!("f{i}"), &"y".repeat(40 << 10), 0o644)
+    });
+    let err = small
+        .import_tarball(&many.write(&s.join("many.tar")))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            dl::Error::TooLarge {
+                what: "total size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Nothing was written outside, nothing half-unpacked is left in the store.
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    assert_eq!(read(outside.join("secret")), "secret\n");
+    assert_eq!(
+        std::fs::read_dir(s.join("store/layers")).unwrap().count(),
+        0
+    );
+    assert_eq!(std::fs::read_dir(s.join("store/tmp")).unwrap().count(), 0);
+    assert!(!Path::new("/tmp/evil").exists());
+}
+
+#[test]
+fn stack_of_200_layers_mounts_with_precedence() {
+    if !require_root("layers::stack_of_200_layers_mounts_with_precedence") {
+        return;
+    }
+    const N: usize = 200;
+    let scratch = scratch_dir();
+    // Long layer paths make the option string far exceed one page.
+    let s = scratch
+        .path()
+        .join("a-rather-long-directory-name-to-push-the-overlay-option-string-past-a-page");
+    let mut layers = Vec::new();
+    for i in 0..N {
+        let d = s.join(format!("layer-{i:03}-padding-padding-padding"));
+        mkdirs(&[&d.join("by")]);
+        std::fs::write(d.join("top"), format!("{i}\n")).unwrap();
+        std::fs::write(d.join(format!("only-{i:03}")), "x").unwrap();
+        std::fs::write(d.join("by").join(format!("{}", i % 10)), format!("{i}\n")).unwrap();
+        layers.push(d);
+    }
+    // Layer 150 deletes only-050; layer 199 makes by/ opaque (only its own file remains).
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        layers[150].join("only-050"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        layers[N - 1].join("by"),
+        dl::OPAQUE_XATTR,
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let option_len: usize = layers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    assert!(option_len > 4096, "{option_len}");
+
+    let merged = s.join("merged");
+    let upper = s.join("upper");
+    mkdirs(&[&merged, &upper]);
+    let m = dl::mount_stack(
+        &layers,
+        Some((&upper, &dl::default_work_dir(&upper))),
+        &merged,
+    )
+    .unwrap();
+    assert_eq!(m.method(), "fsconfig");
+    assert_eq!(read(merged.join("top")), format!("{}\n", N - 1));
+    for i in 0..N {
+        assert_eq!(
+            merged.join(format!("only-{i:03}")).exists(),
+            i != 50,
+            "only-{i:03}"
+        );
+    }
+    let by: Vec<_> = std::fs::read_dir(merged.join("by"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(by, ["9"]);
+    let view = snapshot(&merged);
+    m.teardown().unwrap();
+    no_mounts_under(scratch.path());
+
+    // The mount-free merge agrees with the kernel.
+    let computed: Vec<String> = dl::merged_tree(&layers)
+        .unwrap()
+        .iter()
+        .map(|e| format!("/{}", e.path.to_string_lossy()))
+        .collect();
+    let mounted: Vec<String> = view.keys().cloned().collect();
+    assert_eq!(computed, mounted);
+}
+
+#[test]
+fn run_in_a_chroot_of_the_stack() {
+    if !require_root("layers::run_in_a_chroot_of_the_stack") {
+        return;
+    }
+    let scratch = scratch_dir();
+    let s = scratch.path();
+    let root = s.join("busybox");
+    mkdirs(&[&root.join("bin")]);
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat", "ls", "mkdir", "grep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    let store = dl::Store::open(s.join("store")).unwrap();
+    let (base_tar, _) = seed_layers(s);
+    let base = store.import_tarball(&base_tar).unwrap();
+    let upper = s.join("upper");
+    mkdirs(&[&upper]);
+    let opts = dl::RunOptions {
+        command: ["/bin/sh", "-c", "cat /etc/motd; grep -c . /proc/mounts >/dev/null && echo proc-ok; ls /sys/kernel >/dev/null && echo sys-ok; echo oops >&2; echo built > /etc/built; exit 3"]
+            .map(Into::into)
+            .to_vec(),
+        upper: Some(upper.clone()),
+        scratch: Some(s.to_owned()),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let out = dl::run_in_stack(&[base.path.clone(), root.clone()], &opts, |l| {
+        lines.push(l.to_owned())
+    })
+    .unwrap();
+    assert_eq!(out.code, 3);
+    assert_eq!(lines, ["hello", "proc-ok", "sys-ok", "oops"]);
+    assert_eq!(read(upper.join("etc/built")), "built\n");
+    assert!(!upper.join("proc/self").exists());
+    // The temporary mount point is gone and nothing stays mounted anywhere.
+    assert_eq!(
+        std::fs::read_dir(s)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("dflayers-run-"))
+            .count(),
+        0
+    );
+    // The mounts lived in a private namespace; none may show up in ours (other tests run in
+    // parallel, so only our scratch dir is checked).
+    no_mounts_under(s);
+}

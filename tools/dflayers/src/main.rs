@@ -1,2 +1,471 @@
-//! Stack, run, commit, diff and squash overlay layers (work in progress).
-fn main() {}
+//! `dflayers`: stack overlay layers (directories, layer tarballs, OCI image layouts), run a
+//! command in the merged root, commit an upper dir as an OCI layer, diff and squash.
+//!
+//! A thin CLI over `diskforge-layers`: parse, call, print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use diskforge_layers::{
+    Compression, Layer, Limits, RunOptions, Store, TarOptions, source_date_epoch,
+};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    failure (I/O, mount, OCI layout, …; the message names the file)
+  2    usage error
+  3    refused input: unsafe tar entry (.., absolute path, escaping symlink or
+       hardlink), entry or archive over the size limits, digest mismatch
+  run: the command's own exit code (128+N when killed by signal N; 130 when
+       dflayers itself was interrupted by SIGINT or SIGTERM)";
+
+const EXAMPLES: &str = "\
+Examples:
+  dflayers mount --layer base.tar.gz --layer app.tar --upper up /mnt/root
+  dflayers umount /mnt/root
+  dflayers run --layer oci-dir:latest --upper up -- apt-get install -y curl
+  SOURCE_DATE_EPOCH=0 dflayers commit up -o layer.tar.zst
+  dflayers commit up --oci-layout oci-dir --base latest --tag v2
+  dflayers diff base.tar.gz app.tar up
+  dflayers squash --layer oci-dir:latest -o flat.tar
+  dflayers --json unpack oci-dir:latest
+
+A layer is a directory (used in place, overlay format), a tarball (.tar,
+.tar.gz, .tar.zst: unpacked once into the store) or an OCI image layout
+directory, optionally LAYOUT:REF (all layers of that image, base first).
+Layers are listed base first, top last.";
+
+/// Stack, run, commit, diff and squash overlay layers.
+#[derive(Debug, Parser)]
+#[command(name = "dflayers", version, about, long_about = None, term_width = 80, after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
+struct Cli {
+    /// Layer store (unpacked layers keyed by diff_id) [default: $DFLAYERS_STORE or
+    /// /var/lib/diskforge/layers]
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Largest size one tar entry may have (bytes, or with K/M/G/T suffix) [default: 16G]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    max_entry_size: Option<u64>,
+    /// Largest total size of one archive's entries [default: 64G]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    max_total_size: Option<u64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Unpack layers into the store (once per diff_id), print their dirs.
+    Unpack {
+        /// Layer sources.
+        #[arg(required = true)]
+        layers: Vec<String>,
+    },
+    /// Mount a stack on TARGET and leave it mounted (undo with `dflayers umount`).
+    Mount {
+        /// A layer, base first, top last (repeat).
+        #[arg(long = "layer", short = 'l', required = true)]
+        layers: Vec<String>,
+        /// Upper dir for changes (read-only stack without it).
+        #[arg(long)]
+        upper: Option<PathBuf>,
+        /// Work dir for --upper [default: .NAME.work next to the upper dir]
+        #[arg(long, requires = "upper")]
+        work: Option<PathBuf>,
+        /// Mount point (an existing directory).
+        target: PathBuf,
+    },
+    /// Unmount a stack mounted by `dflayers mount`.
+    Umount {
+        /// Mount point.
+        target: PathBuf,
+    },
+    /// Run a command chrooted into the merged view (with /proc, /sys, /dev) in a private
+    /// mount namespace; everything is unmounted afterwards and on SIGINT/SIGTERM.
+    Run {
+        /// A layer, base first, top last (repeat).
+        #[arg(long = "layer", short = 'l', required = true)]
+        layers: Vec<String>,
+        /// Upper dir that keeps the changes [default: a temporary one, discarded]
+        #[arg(long)]
+        upper: Option<PathBuf>,
+        /// Work dir for --upper [default: .NAME.work next to the upper dir]
+        #[arg(long, requires = "upper")]
+        work: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Turn an upper dir into an OCI layer tarball and/or a new image of an OCI layout.
+    /// Reproducible: entries sorted, owner names empty, and with SOURCE_DATE_EPOCH set,
+    /// mtimes clamped to it.
+    Commit {
+        /// The overlay upper dir.
+        upper: PathBuf,
+        /// Output tarball (.tar, .tar.gz, .tar.zst picks the compression).
+        #[arg(short, long, required_unless_present = "oci_layout")]
+        output: Option<PathBuf>,
+        /// Compression [default: from the -o name; gzip for --oci-layout]
+        #[arg(long, value_enum)]
+        compression: Option<Comp>,
+        /// Also (or only) add the layer to this OCI layout as a new image.
+        #[arg(long, requires = "tag", value_name = "DIR")]
+        oci_layout: Option<PathBuf>,
+        /// Name of the new image in the layout.
+        #[arg(long, requires = "oci_layout")]
+        tag: Option<String>,
+        /// Image of the layout whose layers come below the new one.
+        #[arg(long, requires = "oci_layout", value_name = "REF")]
+        base: Option<String>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List what UPPER changes relative to the merged lowers (A added, C changed,
+    /// D deleted).
+    Diff {
+        /// Lower layers, base first, then the upper dir last.
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+    },
+    /// Flatten a stack into one layer tarball with the same merged content (no mount).
+    Squash {
+        /// A layer, base first, top last (repeat).
+        #[arg(long = "layer", short = 'l', required = true)]
+        layers: Vec<String>,
+        /// Output tarball (.tar, .tar.gz, .tar.zst picks the compression).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Compression [default: from the -o name]
+        #[arg(long, value_enum)]
+        compression: Option<Comp>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Comp {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl From<Comp> for Compression {
+    fn from(c: Comp) -> Self {
+        match c {
+            Comp::None => Compression::None,
+            Comp::Gzip => Compression::Gzip,
+            Comp::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix {c:?} in {s:?} (use K, M, G or T)"
+                    ));
+                }
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("DFLAYERS_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dflayers: {e:#}");
+            let refused = e.chain().any(|c| {
+                c.downcast_ref::<diskforge_layers::Error>()
+                    .is_some_and(|e| e.is_refusal())
+            });
+            ExitCode::from(if refused { 3 } else { 1 })
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn resolve_all(store: &Store, specs: &[String]) -> anyhow::Result<Vec<Layer>> {
+    let mut out = Vec::new();
+    for s in specs {
+        out.extend(store.resolve(s).with_context(|| format!("layer {s}"))?);
+    }
+    Ok(out)
+}
+
+fn paths(layers: &[Layer]) -> Vec<PathBuf> {
+    layers.iter().map(|l| l.path.clone()).collect()
+}
+
+fn tar_options(output: Option<&PathBuf>, comp: Option<Comp>, force: bool) -> TarOptions {
+    let compression = comp
+        .map(Compression::from)
+        .or_else(|| output.map(|o| Compression::from_path(o)))
+        .unwrap_or(Compression::Gzip);
+    TarOptions {
+        compression,
+        clamp_mtime: source_date_epoch(),
+        overwrite: force,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut limits = Limits::default();
+    if let Some(n) = cli.max_entry_size {
+        limits.max_entry_size = n;
+    }
+    if let Some(n) = cli.max_total_size {
+        limits.max_total_size = n;
+    }
+    let store_root = cli.store.clone().unwrap_or_else(Store::default_root);
+    let store = || -> anyhow::Result<Store> {
+        Ok(Store::open(&store_root)
+            .with_context(|| format!("opening layer store {}", store_root.display()))?
+            .with_limits(limits))
+    };
+    match cli.command {
+        Command::Unpack { layers } => {
+            let layers = resolve_all(&store()?, &layers)?;
+            if cli.json {
+                print_json(&layers)?;
+            } else {
+                for l in &layers {
+                    let id = l.diff_id.as_deref().unwrap_or("(directory)");
+                    let how = if l.reused { "reused" } else { "unpacked" };
+                    println!("{id}  {how:8}  {}", l.path.display());
+                }
+            }
+        }
+        Command::Mount {
+            layers,
+            upper,
+            work,
+            target,
+        } => {
+            let layers = resolve_all(&store()?, &layers)?;
+            let work = upper
+                .as_ref()
+                .map(|u| work.unwrap_or_else(|| diskforge_layers::default_work_dir(u)));
+            let up = upper.as_deref().zip(work.as_deref());
+            let m = diskforge_layers::mount_stack(&paths(&layers), up, &target)?;
+            let method = m.method();
+            let target = m.release();
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "target": target, "method": method, "layers": layers, "upper": upper, "work": work,
+                }))?;
+            } else {
+                println!(
+                    "mounted {} layer(s) on {} ({method})",
+                    layers.len(),
+                    target.display()
+                );
+            }
+        }
+        Command::Umount { target } => {
+            diskforge_mount::unmount(&target, diskforge_mount::UnmountOptions::default())
+                .with_context(|| format!("unmounting {}", target.display()))?;
+            if cli.json {
+                print_json(&serde_json::json!({ "unmounted": target }))?;
+            }
+        }
+        Command::Run {
+            layers,
+            upper,
+            work,
+            command,
+        } => {
+            let layers = resolve_all(&store()?, &layers)?;
+            let interrupt = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, interrupt.clone())
+                    .context("installing signal handlers")?;
+            }
+            let opts = RunOptions {
+                command,
+                upper,
+                work,
+                scratch: None,
+                interrupt: Some(interrupt.clone()),
+            };
+            let json = cli.json;
+            let mut lines = Vec::new();
+            let outcome = diskforge_layers::run_in_stack(&paths(&layers), &opts, |l| {
+                if json {
+                    lines.push(l.to_owned());
+                } else {
+                    println!("{l}");
+                }
+            })?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "code": outcome.code, "interrupted": outcome.interrupted, "output": lines }),
+                )?;
+            }
+            let code = if outcome.interrupted {
+                130
+            } else {
+                outcome.code
+            };
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Command::Commit {
+            upper,
+            output,
+            compression,
+            oci_layout,
+            tag,
+            base,
+            force,
+        } => {
+            let mut report = serde_json::Map::new();
+            if let Some(o) = &output {
+                let stats = diskforge_layers::write_layer(
+                    &upper,
+                    o,
+                    tar_options(Some(o), compression, force),
+                )
+                .with_context(|| format!("committing {} to {}", upper.display(), o.display()))?;
+                if !cli.json {
+                    println!(
+                        "{}: {} entries, digest {}, diff_id {}",
+                        o.display(),
+                        stats.entries,
+                        stats.digest,
+                        stats.diff_id
+                    );
+                }
+                report.insert("layer".into(), serde_json::to_value(&stats)?);
+            }
+            if let (Some(layout), Some(tag)) = (&oci_layout, &tag) {
+                let opts = tar_options(None, compression, force);
+                let created = source_date_epoch().or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs())
+                });
+                let img = diskforge_layers::oci::commit_to_layout(
+                    &upper,
+                    layout,
+                    tag,
+                    base.as_deref(),
+                    opts,
+                    created,
+                )
+                .with_context(|| {
+                    format!(
+                        "committing {} to OCI layout {}",
+                        upper.display(),
+                        layout.display()
+                    )
+                })?;
+                if !cli.json {
+                    println!(
+                        "{}:{tag}: manifest {}, {} layer(s), new layer {}",
+                        layout.display(),
+                        img.manifest_digest,
+                        img.layers,
+                        img.layer_digest
+                    );
+                }
+                report.insert("image".into(), serde_json::to_value(&img)?);
+            }
+            if cli.json {
+                print_json(&report)?;
+            }
+        }
+        Command::Diff { mut paths } => {
+            let upper = PathBuf::from(paths.pop().unwrap_or_default());
+            let lowers = resolve_all(&store()?, &paths)?;
+            let changes = diskforge_layers::diff(&self::paths(&lowers), &upper)?;
+            if cli.json {
+                print_json(&changes)?;
+            } else {
+                for c in &changes {
+                    println!("{} {}", c.kind.letter(), c.path);
+                }
+            }
+        }
+        Command::Squash {
+            layers,
+            output,
+            compression,
+            force,
+        } => {
+            let layers = resolve_all(&store()?, &layers)?;
+            let stats = diskforge_layers::squash(
+                &paths(&layers),
+                &output,
+                tar_options(Some(&output), compression, force),
+            )
+            .with_context(|| format!("squashing into {}", output.display()))?;
+            if cli.json {
+                print_json(&stats)?;
+            } else {
+                println!(
+                    "{}: {} layer(s) squashed, {} entries, digest {}, diff_id {}",
+                    output.display(),
+                    layers.len(),
+                    stats.entries,
+                    stats.digest,
+                    stats.diff_id
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("abc").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

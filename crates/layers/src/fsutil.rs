@@ -1,0 +1,118 @@
+//! Small file-system helpers shared by the reader and writer sides.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::{Error, Result};
+
+/// Open directory `name` under `dir` without following a symlink at `name`.
+pub(crate) fn open_dir_at(dir: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Open a directory by path (following symlinks: used only for paths the caller gave us).
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys("opening directory", path, e))
+}
+
+/// `/proc/self/fd/N/NAME`: a path that names `name` inside the directory `dir` without
+/// resolving any component of the directory's own path again (for the `l*xattr` calls,
+/// which have no `*at` form).
+pub(crate) fn fd_path(dir: &impl AsFd, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()));
+    if !name.is_empty() {
+        p.push(name);
+    }
+    p
+}
+
+/// The extended attributes of `path` (not following a final symlink), sorted by name.
+pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) if names.len() < (1 << 20) => {
+                names.resize(names.len() * 4, 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::sys("listing xattrs of", path, e)),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if let Some(v) = get_xattr(path, &name)? {
+            out.push((name, v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One extended attribute of `path` (not following a final symlink), `None` when absent.
+pub(crate) fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => {
+                buf.resize(buf.len() * 16, 0);
+            }
+            Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => return Ok(None),
+            Err(e) => return Err(Error::sys("reading xattr of", path, e)),
+        }
+    }
+}
+
+/// Directory entries of `dir`, sorted by name bytes (reproducible order).
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<OsString>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("reading directory", dir, e))?;
+    let mut names = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io("reading directory", dir, e))?;
+        names.push(e.file_name());
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// Join relative path components with `/` (for entry names in archives and reports).
+pub(crate) fn rel_join(parent: &OsStr, name: &OsStr) -> OsString {
+    if parent.is_empty() {
+        name.to_owned()
+    } else {
+        let mut v = parent.as_bytes().to_vec();
+        v.push(b'/');
+        v.extend_from_slice(name.as_bytes());
+        OsString::from_vec(v)
+    }
+}
+
+/// Whether `meta` describes an overlayfs whiteout (character device 0/0).
+pub(crate) fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// The `SOURCE_DATE_EPOCH` from the environment, when set and valid.
+pub fn source_date_epoch() -> Option<u64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+}

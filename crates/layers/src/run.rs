@@ -1,0 +1,226 @@
+//! Running a command chrooted into a mounted stack, in a private mount namespace.
+
+use std::error::Error as _;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use diskforge_cmd::Cmd;
+use diskforge_mount::{Mount, MountFlags, MountStack};
+
+use crate::stack::default_work_dir;
+use crate::{Error, Result, mount_stack};
+
+/// How often the interrupt flag is polled while the command runs.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// What to run and where.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The command and its arguments (looked up on `PATH` inside the root).
+    pub command: Vec<OsString>,
+    /// Upper dir that keeps the changes. Default: a temporary one, discarded afterwards.
+    pub upper: Option<PathBuf>,
+    /// Work dir for `upper`. Default: `.NAME.work` next to it.
+    pub work: Option<PathBuf>,
+    /// Directory for the temporary mount point (and temporary upper). Default `/var/tmp`
+    /// (overlayfs upper dirs need a disk filesystem with xattrs).
+    pub scratch: Option<PathBuf>,
+    /// When set to true (e.g. by a SIGINT/SIGTERM handler), the command is sent SIGTERM and
+    /// everything is torn down. Default: none.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunOutcome {
+    /// Its exit code (128 + signal number when killed by a signal).
+    pub code: i32,
+    /// Whether it was stopped because of the interrupt flag.
+    pub interrupted: bool,
+}
+
+/// Mount `layers` (base first), mount `/proc`, `/sys` and `/dev` inside, and run
+/// `opts.command` chrooted there, in a private mount namespace (so no mount outlives us even
+/// if we are killed); everything is unmounted afterwards, in reverse. The command's stdout
+/// and stderr (merged, in order) are handed to `on_line` line by line; its stdin is null.
+/// A non-zero exit is not an error: see [`RunOutcome::code`].
+pub fn run_in_stack(
+    layers: &[PathBuf],
+    opts: &RunOptions,
+    on_line: impl FnMut(&str) + Send,
+) -> Result<RunOutcome> {
+    if opts.command.is_empty() {
+        return Err(Error::BadSource {
+            spec: String::new(),
+            reason: "no command to run".into(),
+        });
+    }
+    let scratch_base = opts
+        .scratch
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let scratch = tempfile::Builder::new()
+        .prefix("dflayers-run-")
+        .tempdir_in(&scratch_base)
+        .map_err(|e| Error::io("creating scratch directory in", &scratch_base, e))?;
+    // The scratch dir must never be removed recursively while something is mounted in it:
+    // keep it, and remove its parts one by one after the teardown succeeded.
+    let scratch = scratch.keep();
+    let merged = scratch.join("merged");
+    let (upper, work, temp_upper) = match &opts.upper {
+        Some(u) => (
+            u.clone(),
+            opts.work.clone().unwrap_or_else(|| default_work_dir(u)),
+            false,
+        ),
+        None => (scratch.join("upper"), scratch.join("work"), true),
+    };
+    for d in [&merged, &upper] {
+        std::fs::create_dir_all(d).map_err(|e| Error::io("creating", d, e))?;
+    }
+    let result = diskforge_mount::in_private_namespace(|| {
+        run_inside(layers, &upper, &work, &merged, opts, on_line)
+    })
+    .map_err(|e| Error::Mount {
+        action: "entering a private mount namespace".into(),
+        source: Box::new(e),
+    })
+    .and_then(|r| r);
+    // Unmounted (or the namespace is gone): the mount point is an empty directory again.
+    let mut cleanup =
+        std::fs::remove_dir(&merged).map_err(|e| Error::io("removing mount point", &merged, e));
+    if cleanup.is_ok() && temp_upper {
+        for d in [&upper, &work] {
+            if d.exists() {
+                cleanup = cleanup
+                    .and(std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e)));
+            }
+        }
+    }
+    if cleanup.is_ok() {
+        cleanup = std::fs::remove_dir(&scratch).map_err(|e| Error::io("removing", &scratch, e));
+    }
+    let outcome = result?;
+    cleanup?;
+    Ok(outcome)
+}
+
+fn run_inside(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+    opts: &RunOptions,
+    on_line: impl FnMut(&str),
+) -> Result<RunOutcome> {
+    let root = mount_stack(layers, Some((upper, work)), merged)?;
+    let mut stack = MountStack::new();
+    let outcome = (|| {
+        let mounts: [(&str, &str); 2] = [("proc", "proc"), ("sys", "sysfs")];
+        for (dir, fstype) in mounts {
+            let t = merged.join(dir);
+            std::fs::create_dir_all(&t).map_err(|e| Error::io("creating", &t, e))?;
+            let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+            let m = Mount::new(fstype, &t, fstype, flags, None).map_err(|e| Error::Mount {
+                action: format!("mounting {fstype} on {}", t.display()),
+                source: Box::new(e),
+            })?;
+            stack.push(m);
+        }
+        let dev = merged.join("dev");
+        std::fs::create_dir_all(&dev).map_err(|e| Error::io("creating", &dev, e))?;
+        let m = Mount::bind_recursive("/dev", &dev).map_err(|e| Error::Mount {
+            action: format!("binding /dev on {}", dev.display()),
+            source: Box::new(e),
+        })?;
+        stack.push(m.lazy(true));
+        run_command(merged, opts, on_line)
+    })();
+    // Unwind in reverse: /dev, /sys, /proc, then the stack itself; report every failure.
+    let mut failures = Vec::new();
+    if let Err(e) = stack.teardown() {
+        failures.push(e.to_string());
+    }
+    if let Err(e) = root.teardown() {
+        failures.push(format!(
+            "{e}: {}",
+            e.source().map(|s| s.to_string()).unwrap_or_default()
+        ));
+    }
+    let outcome = outcome?;
+    if !failures.is_empty() {
+        return Err(Error::Teardown(failures));
+    }
+    Ok(outcome)
+}
+
+fn run_command(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Result<RunOutcome> {
+    // The host's sh merges stderr into stdout before exec'ing chroot, so the rootfs needs no
+    // shell of its own and the two streams stay in order.
+    let cmd = Cmd::new("sh")
+        .args(["-c", "exec chroot \"$0\" \"$@\" 2>&1"])
+        .arg(root)
+        .args(&opts.command);
+    let done = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let result = std::thread::scope(|s| {
+        if let Some(flag) = &opts.interrupt {
+            let (done, interrupted) = (done.clone(), interrupted.clone());
+            s.spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if flag.load(Ordering::Relaxed) {
+                        interrupted.store(true, Ordering::Relaxed);
+                        terminate_children();
+                        return;
+                    }
+                    std::thread::sleep(INTERRUPT_POLL);
+                }
+            });
+        }
+        let r = cmd.stream_stdout(on_line);
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    let interrupted = interrupted.load(Ordering::Relaxed);
+    match result {
+        Ok(()) => Ok(RunOutcome {
+            code: 0,
+            interrupted,
+        }),
+        Err(e) => match e.exit_status() {
+            Some(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(1);
+                Ok(RunOutcome { code, interrupted })
+            }
+            None => Err(Error::Command(e)),
+        },
+    }
+}
+
+/// Send SIGTERM to every child process we started (by pid, from
+/// `/proc/self/task/*/children`).
+fn terminate_children() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for t in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(t.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+    }
+}

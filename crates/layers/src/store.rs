@@ -1,0 +1,245 @@
+//! The content-addressed layer store.
+//!
+//! Layout of a store directory:
+//! - `layers/HEX/`: an unpacked layer in overlay format, `HEX` being its diff_id (sha256 of
+//!   the uncompressed tar);
+//! - `blobs/HEX`: for a (possibly compressed) blob with digest `sha256:HEX`, the diff_id it
+//!   unpacked to, so a blob is unpacked only once;
+//! - `tmp/`: layers being unpacked (renamed into `layers/` when complete).
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{HashReader, decompress, file_digest, sha256_hex};
+use crate::oci::write_atomic;
+use crate::{Error, Limits, Result, UnpackStats, unpack_tar};
+
+/// Where a layer came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LayerOrigin {
+    /// A plain directory, used in place.
+    Dir,
+    /// A tarball file.
+    Tarball {
+        /// The blob's digest.
+        digest: String,
+    },
+    /// A layer blob of an OCI image layout.
+    Oci {
+        /// The layout directory.
+        layout: PathBuf,
+        /// The blob's digest.
+        digest: String,
+    },
+}
+
+/// A layer ready to be stacked: an overlay-format directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Layer {
+    /// The directory to use as a lowerdir.
+    pub path: PathBuf,
+    /// The layer's diff_id, for unpacked layers.
+    pub diff_id: Option<String>,
+    /// Where it came from.
+    pub origin: LayerOrigin,
+    /// Whether the store already had it (nothing was unpacked).
+    pub reused: bool,
+    /// What unpacking did, when it happened now.
+    pub unpacked: Option<UnpackStats>,
+}
+
+/// A content-addressed store of unpacked layers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    limits: Limits,
+}
+
+impl Store {
+    /// The default store: `$DFLAYERS_STORE`, else `/var/lib/diskforge/layers`.
+    pub fn default_root() -> PathBuf {
+        std::env::var_os("DFLAYERS_STORE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/diskforge/layers"))
+    }
+
+    /// Open (creating if needed) the store at `root`, with default [`Limits`].
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for sub in ["layers", "blobs", "tmp"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| Error::io("creating store directory", &p, e))?;
+        }
+        Ok(Store {
+            root,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Use these limits for every archive unpacked from now on.
+    pub fn with_limits(mut self, limits: Limits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory an unpacked layer with `diff_id` lives in (whether or not it exists).
+    pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        sha256_hex(diff_id).map(|h| self.root.join("layers").join(h))
+    }
+
+    /// Resolve a `--layer` argument into layers, base first:
+    /// - an OCI layout directory, optionally `LAYOUT:REF` to pick an image → its layers;
+    /// - another directory → used in place (it must already be in overlay format);
+    /// - a file → a layer tarball (`.tar`, `.tar.gz`, `.tar.zst`).
+    pub fn resolve(&self, spec: &str) -> Result<Vec<Layer>> {
+        let p = Path::new(spec);
+        if p.is_dir() {
+            if crate::oci::is_layout(p) {
+                return self.import_oci(p, None);
+            }
+            return Ok(vec![Layer {
+                path: p.to_owned(),
+                diff_id: None,
+                origin: LayerOrigin::Dir,
+                reused: true,
+                unpacked: None,
+            }]);
+        }
+        if p.is_file() {
+            return Ok(vec![self.import_tarball(p)?]);
+        }
+        if let Some((layout, reference)) = spec.rsplit_once(':') {
+            let lp = Path::new(layout);
+            if crate::oci::is_layout(lp) {
+                return self.import_oci(lp, Some(reference));
+            }
+        }
+        Err(Error::BadSource {
+            spec: spec.to_owned(),
+            reason: "no such directory, file or OCI layout".into(),
+        })
+    }
+
+    /// Unpack a layer tarball (compression recognised from its first bytes), or reuse it.
+    pub fn import_tarball(&self, path: &Path) -> Result<Layer> {
+        let digest = file_digest(path)?;
+        let (dir, diff_id, reused, unpacked) = self.import_blob(path, &digest, None)?;
+        Ok(Layer {
+            path: dir,
+            diff_id: Some(diff_id),
+            origin: LayerOrigin::Tarball { digest },
+            reused,
+            unpacked,
+        })
+    }
+
+    /// Unpack every layer of image `reference` (or the only image) of an OCI layout, verifying
+    /// all digests and each layer's diff_id.
+    pub fn import_oci(&self, layout: &Path, reference: Option<&str>) -> Result<Vec<Layer>> {
+        let image = crate::oci::read_image(layout, reference)?;
+        let mut out = Vec::new();
+        for blob in image.layers {
+            let (dir, diff_id, reused, unpacked) =
+                self.import_blob(&blob.path, &blob.digest, Some(&blob.diff_id))?;
+            out.push(Layer {
+                path: dir,
+                diff_id: Some(diff_id),
+                origin: LayerOrigin::Oci {
+                    layout: layout.to_owned(),
+                    digest: blob.digest,
+                },
+                reused,
+                unpacked,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Unpack blob `path` (known to hash to `digest`) unless the store has it; returns the
+    /// layer dir, its diff_id, whether it was reused, and the unpack stats.
+    fn import_blob(
+        &self,
+        path: &Path,
+        digest: &str,
+        expect_diff_id: Option<&str>,
+    ) -> Result<(PathBuf, String, bool, Option<UnpackStats>)> {
+        let hex = sha256_hex(digest).ok_or_else(|| Error::Oci {
+            path: path.to_owned(),
+            reason: format!("bad digest {digest}"),
+        })?;
+        let index = self.root.join("blobs").join(hex);
+        if let Ok(known) = std::fs::read_to_string(&index) {
+            let known = known.trim().to_owned();
+            if let Some(dir) = self.layer_dir(&known)
+                && dir.is_dir()
+            {
+                if let Some(want) = expect_diff_id
+                    && want != known
+                {
+                    return Err(Error::DigestMismatch {
+                        path: path.to_owned(),
+                        expected: want.to_owned(),
+                        actual: known,
+                    });
+                }
+                return Ok((dir, known, true, None));
+            }
+        }
+        let tmp_base = self.root.join("tmp");
+        let tmp = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(&tmp_base)
+            .map_err(|e| Error::io("creating temporary directory in", &tmp_base, e))?;
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| Error::io("chmod", tmp.path(), e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let reader = decompress(BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| Error::io("reading", path, e))?;
+        let mut hashed = HashReader::new(reader);
+        let name = path.display().to_string();
+        let stats = unpack_tar(&mut hashed, tmp.path(), &name, &self.limits)?;
+        // The diff_id covers the whole tar stream, including the end-of-archive padding.
+        let slack = self
+            .limits
+            .max_total_size
+            .saturating_sub(stats.bytes)
+            .max(1 << 20);
+        std::io::copy(
+            &mut std::io::Read::take(&mut hashed, slack),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| Error::io("reading", path, e))?;
+        let diff_id = hashed.digest();
+        if let Some(want) = expect_diff_id
+            && want != diff_id
+        {
+            return Err(Error::DigestMismatch {
+                path: path.to_owned(),
+                expected: want.to_owned(),
+                actual: diff_id,
+            });
+        }
+        let dir = self.layer_dir(&diff_id).ok_or_else(|| Error::Oci {
+            path: path.to_owned(),
+            reason: "bad diff_id".into(),
+        })?;
+        match std::fs::rename(tmp.path(), &dir) {
+            Ok(()) => {}
+            // Someone (another blob with the same content, or a parallel import) was first.
+            Err(_) if dir.is_dir() => {}
+            Err(e) => return Err(Error::io("moving unpacked layer to", &dir, e)),
+        }
+        write_atomic(&index, diff_id.as_bytes())?;
+        Ok((dir, diff_id, false, Some(stats)))
+    }
+}

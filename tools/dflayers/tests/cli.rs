@@ -1,0 +1,173 @@
+//! `dflayers` through its CLI: help, exit codes, JSON, a commit/squash round trip.
+
+// Test helpers panic on failure by design (the lint's test exemption covers only #[test] fns).
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use diskforge_cmd::Cmd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dflayers");
+
+fn dflayers(store: &Path) -> Cmd {
+    Cmd::new(BIN).arg("--store").arg(store)
+}
+
+#[test]
+fn help_documents_exit_codes_and_examples() {
+    let out = Cmd::new(BIN).arg("--help").read().unwrap();
+    for needle in [
+        "Exit codes:",
+        "refused input",
+        "dflayers mount --layer",
+        "SOURCE_DATE_EPOCH=0 dflayers commit",
+    ] {
+        assert!(out.contains(needle), "--help lacks {needle:?}:\n{out}");
+    }
+    for line in out.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "help line over 80 columns: {line:?}"
+        );
+    }
+    for sub in [
+        "unpack", "mount", "umount", "run", "commit", "diff", "squash",
+    ] {
+        Cmd::new(BIN).args([sub, "--help"]).run().unwrap();
+    }
+    let err = Cmd::new(BIN).arg("frobnicate").run().unwrap_err();
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(2));
+}
+
+/// A tar with one entry named `../escape` (written by hand: tar tools refuse to).
+fn hostile_tar() -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..9].copy_from_slice(b"../escape");
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(b"00000000004");
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut out = h.to_vec();
+    let mut data = [0u8; 512];
+    data[..4].copy_from_slice(b"evil");
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn hostile_tar_exits_3_naming_the_entry() {
+    if !diskforge_testutil::require_root("dflayers::hostile_tar_exits_3_naming_the_entry") {
+        return;
+    }
+    let dir = diskforge_testutil::scratch_dir();
+    let tar = dir.path().join("evil.tar");
+    std::fs::write(&tar, hostile_tar()).unwrap();
+    let err = dflayers(&dir.path().join("store"))
+        .arg("unpack")
+        .arg(&tar)
+        .run()
+        .unwrap_err();
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(3), "{err}");
+    let stderr = err.stderr().unwrap();
+    assert!(
+        stderr.contains("\"../escape\"") && stderr.contains("'..'"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[test]
+fn commit_squash_and_diff_round_trip() {
+    if !diskforge_testutil::require_root("dflayers::commit_squash_and_diff_round_trip") {
+        return;
+    }
+    let dir = diskforge_testutil::scratch_dir();
+    let d = dir.path();
+    let store = d.join("store");
+    let (base, upper) = (d.join("base"), d.join("upper"));
+    std::fs::create_dir_all(base.join("etc")).unwrap();
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    std::fs::write(base.join("etc/a"), "a\n").unwrap();
+    std::fs::write(base.join("etc/b"), "b\n").unwrap();
+    std::fs::write(upper.join("etc/c"), "c\n").unwrap();
+    rustix_whiteout(&upper.join("etc/b"));
+
+    let out = dflayers(&store)
+        .args(["--json", "diff"])
+        .arg(&base)
+        .arg(&upper)
+        .read()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"path": "/etc/b", "kind": "deleted"}, {"path": "/etc/c", "kind": "added"}])
+    );
+
+    let layer = d.join("up.tar.gz");
+    let json = dflayers(&store)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .args(["--json", "commit"])
+        .arg(&upper)
+        .arg("-o")
+        .arg(&layer)
+        .read()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["layer"]["compression"], "gzip");
+    let listing = Cmd::new("tar").arg("-tzf").arg(&layer).read().unwrap();
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        ["./", "etc/", "etc/.wh.b", "etc/c"]
+    );
+    // Committing again refuses to overwrite, unless forced.
+    let err = dflayers(&store)
+        .arg("commit")
+        .arg(&upper)
+        .arg("-o")
+        .arg(&layer)
+        .run()
+        .unwrap_err();
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(1));
+    dflayers(&store)
+        .arg("commit")
+        .arg(&upper)
+        .arg("-o")
+        .arg(&layer)
+        .arg("--force")
+        .run()
+        .unwrap();
+
+    let flat = d.join("flat.tar");
+    dflayers(&store)
+        .args(["squash", "-l"])
+        .arg(&base)
+        .arg("-l")
+        .arg(&layer)
+        .arg("-o")
+        .arg(&flat)
+        .run()
+        .unwrap();
+    let listing = Cmd::new("tar").arg("-tf").arg(&flat).read().unwrap();
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        ["./", "etc/", "etc/a", "etc/c"]
+    );
+}
+
+fn rustix_whiteout(path: &Path) {
+    // mknod through the CLI tool the system has, as the test crate stays free of rustix.
+    Cmd::new("mknod")
+        .arg(path)
+        .args(["c", "0", "0"])
+        .run()
+        .unwrap();
+}
