@@ -105,3 +105,28 @@ fn attach_list_find_detach_round_trip() {
     assert_eq!(code, 3);
     assert!(KernelState::capture().loops_under(dir.path()).is_empty());
 }
+
+#[test]
+fn hold_detaches_on_sigterm() {
+    if !require_root("hold_detaches_on_sigterm") {
+        return;
+    }
+    let dir = scratch_dir();
+    let img = dir.path().join("held.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // coreutils `timeout` sends SIGTERM after 1 s and then exits 124 itself.
+    let e = Cmd::new("timeout")
+        .args(["-s", "TERM", "1", BIN, "attach", "--hold"])
+        .arg(&img)
+        .run()
+        .unwrap_err();
+    assert_eq!(e.exit_status().and_then(|s| s.code()), Some(124), "{e}");
+    let diskforge_cmd::Error::Failed { stdout, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(stdout.starts_with("/dev/loop"), "{stdout}");
+    assert!(KernelState::capture().loops_under(dir.path()).is_empty());
+}

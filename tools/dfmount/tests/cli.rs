@@ -154,3 +154,30 @@ fn bind_overlay_loop_list_umount_round_trip() {
         "{stderr}"
     );
 }
+
+#[test]
+fn hold_unmounts_on_sigterm() {
+    if !require_root("hold_unmounts_on_sigterm") {
+        return;
+    }
+    let dir = scratch_dir();
+    for d in ["a", "b", "m"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let p = |n: &str| dir.path().join(n);
+    // coreutils `timeout` sends SIGTERM after 1 s and then exits 124 itself.
+    let e = Cmd::new("timeout")
+        .args(["-s", "TERM", "1", BIN, "overlay", "--hold", "--lower"])
+        .arg(p("a"))
+        .arg("--lower")
+        .arg(p("b"))
+        .arg(p("m"))
+        .run()
+        .unwrap_err();
+    assert_eq!(e.exit_status().and_then(|s| s.code()), Some(124), "{e}");
+    let diskforge_cmd::Error::Failed { stdout, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(stdout.starts_with("overlay on "), "{stdout}");
+    assert!(KernelState::capture().mounts_under(dir.path()).is_empty());
+}
