@@ -19,7 +19,9 @@ fn our_qemus() -> Vec<String> {
     let marker = marker.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let s = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if s.contains("qemu-system") && s.contains(&marker) {
             found.push(s);
@@ -45,10 +47,19 @@ fn vm_test_pass_fail_and_timeout_reach_exit_code_and_leave_nothing() {
     let before = KernelState::capture();
 
     // Pass: exit 0, one line per test with its time, and a summary with the boot time.
-    let out = xtask(&["--filter", "basics::dmsetup_lists_linear"]).read().expect("passing run");
-    assert!(out.contains("ok     basics::dmsetup_lists_linear ("), "{out}");
+    let out = xtask(&["--filter", "basics::dmsetup_lists_linear"])
+        .read()
+        .expect("passing run");
+    assert!(
+        out.contains("ok     basics::dmsetup_lists_linear ("),
+        "{out}"
+    );
     assert!(out.contains("1 passed, 0 failed"), "{out}");
-    assert!(our_qemus().is_empty(), "qemu left after pass: {:?}", our_qemus());
+    assert!(
+        our_qemus().is_empty(),
+        "qemu left after pass: {:?}",
+        our_qemus()
+    );
 
     // Failure on purpose: non-zero exit, the failing test's own output shown.
     let err = xtask(&["--filter", "basics::fail_on_purpose"])
@@ -56,22 +67,49 @@ fn vm_test_pass_fail_and_timeout_reach_exit_code_and_leave_nothing() {
         .run()
         .expect_err("a failing vm test must fail the run");
     match &err {
-        Error::Failed { status, stdout, stderr, .. } => {
+        Error::Failed {
+            status,
+            stdout,
+            stderr,
+            ..
+        } => {
             assert_eq!(status.code(), Some(1), "{err}");
-            assert!(stdout.contains("FAILED basics::fail_on_purpose"), "{stdout}");
-            assert!(stdout.contains("DISKFORGE-FAILED-ON-PURPOSE: expected 'hello'"), "{stdout}");
-            assert!(stderr.contains("1 failed: basics::fail_on_purpose"), "{stderr}");
+            assert!(
+                stdout.contains("FAILED basics::fail_on_purpose"),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains("DISKFORGE-FAILED-ON-PURPOSE: expected 'hello'"),
+                "{stdout}"
+            );
+            assert!(
+                stderr.contains("1 failed: basics::fail_on_purpose"),
+                "{stderr}"
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(our_qemus().is_empty(), "qemu left after failure: {:?}", our_qemus());
+    assert!(
+        our_qemus().is_empty(),
+        "qemu left after failure: {:?}",
+        our_qemus()
+    );
 
     // Timeout: the watchdog kills QEMU and the run fails saying so.
     let err = xtask(&["--filter", "basics::dmsetup_lists_linear", "--timeout", "1"])
         .run()
         .expect_err("a timeout must fail the run");
-    assert!(err.stderr().unwrap_or_default().contains("timed out after 1 s"), "{err}");
-    assert!(our_qemus().is_empty(), "qemu left after timeout: {:?}", our_qemus());
+    assert!(
+        err.stderr()
+            .unwrap_or_default()
+            .contains("timed out after 1 s"),
+        "{err}"
+    );
+    assert!(
+        our_qemus().is_empty(),
+        "qemu left after timeout: {:?}",
+        our_qemus()
+    );
 
     // The VM's loop devices and mounts are its own; the host gained none.
     before.assert_nothing_new();

@@ -14,9 +14,15 @@ use crate::trial;
 /// This module's tests.
 pub fn tests() -> Vec<Trial> {
     let mut v = vec![
-        trial("basics::iso9660_loop_mount_reads_file", iso9660_loop_mount_reads_file),
+        trial(
+            "basics::iso9660_loop_mount_reads_file",
+            iso9660_loop_mount_reads_file,
+        ),
         trial("basics::vfat_mkfs_and_mount", vfat_mkfs_and_mount),
-        trial("basics::losetup_partscan_gives_p1_p2", losetup_partscan_gives_p1_p2),
+        trial(
+            "basics::losetup_partscan_gives_p1_p2",
+            losetup_partscan_gives_p1_p2,
+        ),
         trial("basics::dmsetup_lists_linear", dmsetup_lists_linear),
         trial("basics::lvm_vg_on_loop", lvm_vg_on_loop),
     ];
@@ -60,7 +66,11 @@ fn iso9660_loop_mount_reads_file() -> Result<()> {
         .run()?;
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt)?;
-    Cmd::new("mount").args(["-t", "iso9660", "-o", "loop,ro"]).arg(&iso).arg(&mnt).run()?;
+    Cmd::new("mount")
+        .args(["-t", "iso9660", "-o", "loop,ro"])
+        .arg(&iso)
+        .arg(&mnt)
+        .run()?;
     let read = std::fs::read_to_string(mnt.join("sub/hello.txt"));
     Cmd::new("umount").arg(&mnt).run()?;
     ensure!(read? == "hello from iso\n", "wrong content");
@@ -71,10 +81,17 @@ fn vfat_mkfs_and_mount() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let img = dir.path().join("fat.img");
     sparse(&img, 32 << 20)?;
-    Cmd::new("mkfs.vfat").args(["-n", "DFESP"]).arg(&img).run()?;
+    Cmd::new("mkfs.vfat")
+        .args(["-n", "DFESP"])
+        .arg(&img)
+        .run()?;
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt)?;
-    Cmd::new("mount").args(["-t", "vfat", "-o", "loop"]).arg(&img).arg(&mnt).run()?;
+    Cmd::new("mount")
+        .args(["-t", "vfat", "-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .run()?;
     let res = (|| -> Result<String> {
         std::fs::create_dir_all(mnt.join("EFI/BOOT"))?;
         std::fs::write(mnt.join("EFI/BOOT/x.cfg"), "fat ok")?;
@@ -83,8 +100,15 @@ fn vfat_mkfs_and_mount() -> Result<()> {
     Cmd::new("umount").arg(&mnt).run()?;
     ensure!(res? == "fat ok");
     // Independent check of what we wrote, without mounting.
-    let listing = Cmd::new("mdir").args(["-b", "-i"]).arg(&img).arg("::/EFI/BOOT").read()?;
-    ensure!(listing.contains("X.CFG") || listing.contains("x.cfg"), "mdir shows {listing}");
+    let listing = Cmd::new("mdir")
+        .args(["-b", "-i"])
+        .arg(&img)
+        .arg("::/EFI/BOOT")
+        .read()?;
+    ensure!(
+        listing.contains("X.CFG") || listing.contains("x.cfg"),
+        "mdir shows {listing}"
+    );
     Ok(())
 }
 
@@ -92,7 +116,12 @@ fn losetup_partscan_gives_p1_p2() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let img = dir.path().join("gpt.img");
     sparse(&img, 64 << 20)?;
-    Cmd::new("sgdisk").args(["-n", "1:0:+16M", "-t", "1:8300", "-n", "2:0:0", "-t", "2:8300"]).arg(&img).run()?;
+    Cmd::new("sgdisk")
+        .args([
+            "-n", "1:0:+16M", "-t", "1:8300", "-n", "2:0:0", "-t", "2:8300",
+        ])
+        .arg(&img)
+        .run()?;
     let dev = losetup(&img, true)?;
     let p1 = format!("{dev}p1");
     let p2 = format!("{dev}p2");
@@ -108,13 +137,19 @@ fn losetup_partscan_gives_p1_p2() -> Result<()> {
     let size = Cmd::new("blockdev").args(["--getsize64", &p1]).read();
     detach(&dev)?;
     ensure!(ok, "{p1} / {p2} did not appear");
-    ensure!(size?.trim() == (16u64 << 20).to_string(), "p1 has the wrong size");
+    ensure!(
+        size?.trim() == (16u64 << 20).to_string(),
+        "p1 has the wrong size"
+    );
     Ok(())
 }
 
 fn dmsetup_lists_linear() -> Result<()> {
     let out = Cmd::new("dmsetup").arg("targets").read()?;
-    ensure!(out.lines().any(|l| l.starts_with("linear")), "dmsetup targets: {out}");
+    ensure!(
+        out.lines().any(|l| l.starts_with("linear")),
+        "dmsetup targets: {out}"
+    );
     Ok(())
 }
 
@@ -138,7 +173,15 @@ fn lvm_vg_on_loop() -> Result<()> {
         lvm(&["pvcreate", "-y", &dev])?;
         lvm(&["vgcreate", "dfvmtest", &dev])?;
         lvm(&["lvcreate", "-y", "-n", "lv0", "-L", "16M", "dfvmtest"])?;
-        let lvs = lvm(&["lvs", "--noheadings", "-o", "lv_name,lv_size", "--units", "m", "dfvmtest"])?;
+        let lvs = lvm(&[
+            "lvs",
+            "--noheadings",
+            "-o",
+            "lv_name,lv_size",
+            "--units",
+            "m",
+            "dfvmtest",
+        ])?;
         ensure!(lvs.contains("lv0") && lvs.contains("16.00m"), "lvs: {lvs}");
         Ok(())
     })();

@@ -20,11 +20,20 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         r
     };
     step("deps", &mut || crate::deps::ensure_installed(sh))?;
-    step("fmt", &mut || Ok(cmd!(sh, "cargo fmt --all --check").run()?))?;
+    step(
+        "fmt",
+        &mut || Ok(cmd!(sh, "cargo fmt --all --check").run()?),
+    )?;
     step("clippy", &mut || {
-        Ok(cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings").run()?)
+        Ok(cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets --locked -- -D warnings"
+        )
+        .run()?)
     })?;
-    step("test", &mut || Ok(cmd!(sh, "cargo test --workspace --locked").run()?))?;
+    step("test", &mut || {
+        Ok(cmd!(sh, "cargo test --workspace --locked").run()?)
+    })?;
     if !args.no_vm {
         let vm = VmTestArgs {
             filter: None,

@@ -18,7 +18,10 @@ use crate::flags::DepsArgs;
 pub const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "vm-test runner, ISO boot checks"),
     ("qemu-utils", "qemu-img (dfimg, qemu-img-cmd)"),
-    ("linux-image-amd64", "kernel + modules for the test VM and fixture ISO"),
+    (
+        "linux-image-amd64",
+        "kernel + modules for the test VM and fixture ISO",
+    ),
     ("busybox-static", "VM and fixture initramfs"),
     ("cpio", "initramfs archives"),
     ("kmod", "modprobe inside the VM"),
@@ -67,7 +70,10 @@ pub fn missing(sh: &Shell) -> Result<Vec<&'static str>> {
         .filter_map(|l| l.split('\t').next())
         .map(|p| p.split(':').next().unwrap_or(p))
         .collect();
-    Ok(names.into_iter().filter(|n| !installed.contains(n)).collect())
+    Ok(names
+        .into_iter()
+        .filter(|n| !installed.contains(n))
+        .collect())
 }
 
 /// Install whatever is missing (apt-get update once first). Used by `deps`, `ci` and `demo`.
@@ -82,10 +88,14 @@ pub fn ensure_installed(sh: &Shell) -> Result<()> {
         bail!("deps: need root to apt-get install: {}", missing.join(" "));
     }
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
-    cmd!(sh, "apt-get update -q").run().context("apt-get update")?;
+    cmd!(sh, "apt-get update -q")
+        .run()
+        .context("apt-get update")?;
     let mut args: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
     if missing.iter().any(|p| p.starts_with("qemu-")) {
-        let policy = cmd!(sh, "apt-cache policy qemu-system-x86").quiet().read()?;
+        let policy = cmd!(sh, "apt-cache policy qemu-system-x86")
+            .quiet()
+            .read()?;
         let candidate = policy
             .lines()
             .find_map(|l| l.trim().strip_prefix("Candidate:"))
@@ -97,15 +107,25 @@ pub fn ensure_installed(sh: &Shell) -> Result<()> {
         args.push("qemu-system-x86".into());
         args.push(format!("qemu-utils={candidate}"));
     }
-    cmd!(sh, "apt-get install -y -q --no-install-recommends --allow-downgrades {args...}")
-        .run()
-        .context("apt-get install")?;
+    cmd!(
+        sh,
+        "apt-get install -y -q --no-install-recommends --allow-downgrades {args...}"
+    )
+    .run()
+    .context("apt-get install")?;
     let still = self::missing(sh)?;
     if !still.is_empty() {
-        bail!("deps: still missing after apt-get install: {}", still.join(" "));
+        bail!(
+            "deps: still missing after apt-get install: {}",
+            still.join(" ")
+        );
     }
     for tool in ["qemu-img", "qemu-system-x86_64"] {
-        cmd!(sh, "{tool} --version").quiet().ignore_stdout().run().with_context(|| format!("{tool} missing after install"))?;
+        cmd!(sh, "{tool} --version")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("{tool} missing after install"))?;
     }
     Ok(())
 }
@@ -119,7 +139,11 @@ pub fn run(sh: &Shell, args: &DepsArgs) -> Result<()> {
             return Ok(());
         }
         for p in &m {
-            let why = PACKAGES.iter().find(|(n, _)| n == p).map(|(_, w)| *w).unwrap_or("");
+            let why = PACKAGES
+                .iter()
+                .find(|(n, _)| n == p)
+                .map(|(_, w)| *w)
+                .unwrap_or("");
             println!("missing {p:<20} {why}");
         }
         bail!("{} packages missing (run `cargo xtask deps`)", m.len());

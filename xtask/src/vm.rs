@@ -32,8 +32,21 @@ use crate::flags::VmTestArgs;
 /// needs. Anything else (xfs, btrfs, …) the kernel loads on demand through a
 /// `/proc/sys/kernel/modprobe` helper that runs the host's `modprobe` inside the chroot.
 const INITRAMFS_MODULES: &[&str] = &[
-    "virtio_pci", "9pnet_virtio", "9p", "loop", "dm_mod", "isofs", "vfat", "nls_ascii",
-    "nls_cp437", "nls_utf8", "nls_iso8859_1", "overlay", "squashfs", "ext4", "virtio_blk",
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "loop",
+    "dm_mod",
+    "isofs",
+    "vfat",
+    "nls_ascii",
+    "nls_cp437",
+    "nls_utf8",
+    "nls_iso8859_1",
+    "overlay",
+    "squashfs",
+    "ext4",
+    "virtio_blk",
 ];
 
 /// Environment variables forwarded from the host into the tests.
@@ -65,7 +78,8 @@ pub fn vmlinux(sh: &Shell, kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf>
     if out.is_file() {
         return Ok(out);
     }
-    let image = std::fs::read(&kernel.image).with_context(|| format!("reading {}", kernel.image.display()))?;
+    let image = std::fs::read(&kernel.image)
+        .with_context(|| format!("reading {}", kernel.image.display()))?;
     const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
     let at = image
         .windows(XZ_MAGIC.len())
@@ -74,7 +88,10 @@ pub fn vmlinux(sh: &Shell, kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf>
     let payload = &image[at..];
     let xz = cache_dir.join(format!("vmlinux-{}.xz", kernel.release));
     std::fs::write(&xz, payload)?;
-    let elf = cmd!(sh, "xz -dc --single-stream {xz}").quiet().output().context("xz -d of the kernel payload");
+    let elf = cmd!(sh, "xz -dc --single-stream {xz}")
+        .quiet()
+        .output()
+        .context("xz -d of the kernel payload");
     std::fs::remove_file(&xz)?;
     let elf = elf?;
     if !elf.stdout.starts_with(b"\x7fELF") {
@@ -94,10 +111,14 @@ pub fn find_kernel() -> Result<Kernel> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let release = name.strip_prefix("vmlinuz-")?.to_owned();
-            Path::new("/lib/modules").join(&release).join("modules.dep").is_file().then(|| Kernel {
-                image: e.path(),
-                release,
-            })
+            Path::new("/lib/modules")
+                .join(&release)
+                .join("modules.dep")
+                .is_file()
+                .then(|| Kernel {
+                    image: e.path(),
+                    release,
+                })
         })
         .collect();
     found.sort_by(|a, b| a.release.cmp(&b.release));
@@ -112,7 +133,12 @@ pub fn resolve_modules(modules_dep: &str, names: &[&str]) -> Result<Vec<String>>
     let mut deps = std::collections::HashMap::new();
     for line in modules_dep.lines() {
         if let Some((module, rest)) = line.split_once(':') {
-            deps.insert(module.to_owned(), rest.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+            deps.insert(
+                module.to_owned(),
+                rest.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            );
         }
     }
     let by_name = |n: &str| -> Option<String> {
@@ -126,7 +152,11 @@ pub fn resolve_modules(modules_dep: &str, names: &[&str]) -> Result<Vec<String>>
             .cloned()
     };
     let mut order = Vec::new();
-    fn visit(m: &str, deps: &std::collections::HashMap<String, Vec<String>>, order: &mut Vec<String>) {
+    fn visit(
+        m: &str,
+        deps: &std::collections::HashMap<String, Vec<String>>,
+        order: &mut Vec<String>,
+    ) {
         if order.iter().any(|o| o == m) {
             return;
         }
@@ -158,7 +188,19 @@ impl Cpio {
         let namesize = name.len() + 1;
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, namesize, 0
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            namesize,
+            0
         );
         self.buf.extend_from_slice(header.as_bytes());
         self.buf.extend_from_slice(name.as_bytes());
@@ -168,7 +210,7 @@ impl Cpio {
         self.pad();
     }
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -246,7 +288,9 @@ fn build_initramfs(kernel: &Kernel, share: &Path, shell: bool, out: &Path) -> Re
     }
     c.file("modules.list", 0o644, list.as_bytes());
     let share_s = share.to_str().context("share path is not UTF-8")?;
-    let init = INIT.replace("@SHARE@", share_s).replace("@MODE@", if shell { "shell" } else { "test" });
+    let init = INIT
+        .replace("@SHARE@", share_s)
+        .replace("@MODE@", if shell { "shell" } else { "test" });
     c.file("init", 0o755, init.as_bytes());
     std::fs::write(out, c.finish()).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
@@ -330,7 +374,10 @@ pub fn share_args(id: &str, path: &Path, tag: &str, readonly: bool) -> Vec<Strin
 /// Serial console: on stdio, for us to parse (tests) or for a person (shell, with the monitor
 /// multiplexed so Ctrl-A X quits).
 pub fn serial_args(interactive: bool) -> Vec<String> {
-    vec!["-serial".into(), if interactive { "mon:stdio" } else { "stdio" }.into()]
+    vec![
+        "-serial".into(),
+        if interactive { "mon:stdio" } else { "stdio" }.into(),
+    ]
 }
 
 /// A running QEMU that is killed and reaped when dropped (every early return included).
@@ -343,11 +390,16 @@ impl Qemu {
     fn spawn(argv: &[String], interactive: bool) -> Result<Qemu> {
         // setpriv --pdeathsig KILL: QEMU dies with us even if we are SIGKILLed.
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"]).args(argv);
+        c.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
+            .args(argv);
         if !interactive {
-            c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
         }
-        let child = c.spawn().context("spawning qemu-system-x86_64 (run `cargo xtask deps`)")?;
+        let child = c
+            .spawn()
+            .context("spawning qemu-system-x86_64 (run `cargo xtask deps`)")?;
         Ok(Qemu { child: Some(child) })
     }
     fn child(&mut self) -> Result<&mut Child> {
@@ -373,7 +425,9 @@ fn line_channel(child: &mut Child) -> Result<mpsc::Receiver<String>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-            let s = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+            let s = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned();
             if tx.send(s).is_err() {
                 break;
             }
@@ -391,9 +445,13 @@ pub fn probe_kvm(kernel: &Kernel) -> bool {
     argv.extend(["-kernel".into(), kernel.image.display().to_string()]);
     argv.extend(["-append".into(), "console=ttyS0 panic=-1".into()]);
     argv.extend(serial_args(false));
-    let Ok(mut q) = Qemu::spawn(&argv, false) else { return false };
+    let Ok(mut q) = Qemu::spawn(&argv, false) else {
+        return false;
+    };
     let Ok(child) = q.child() else { return false };
-    let Ok(rx) = line_channel(child) else { return false };
+    let Ok(rx) = line_channel(child) else {
+        return false;
+    };
     let deadline = Instant::now() + KVM_PROBE;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
@@ -414,14 +472,21 @@ pub fn accel_cached(kernel: &Kernel, cache_dir: &Path) -> Accel {
         Ok("tcg") => return Accel::Tcg,
         _ => {}
     }
-    let a = if probe_kvm(kernel) { Accel::Kvm } else { Accel::Tcg };
+    let a = if probe_kvm(kernel) {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
     let _ = std::fs::write(&f, if a == Accel::Kvm { "kvm" } else { "tcg" });
     a
 }
 
 /// Names of the tests in the vm-tests binary matching `filter`.
 fn list_tests(sh: &Shell, bin: &Path, filter: Option<&str>) -> Result<Vec<String>> {
-    let out = cmd!(sh, "{bin} --list").quiet().read().context("listing vm tests")?;
+    let out = cmd!(sh, "{bin} --list")
+        .quiet()
+        .read()
+        .context("listing vm tests")?;
     Ok(out
         .lines()
         .filter_map(|l| l.strip_suffix(": test"))
@@ -431,7 +496,13 @@ fn list_tests(sh: &Shell, bin: &Path, filter: Option<&str>) -> Result<Vec<String
 }
 
 /// The script the guest runs in the chroot.
-fn run_script(bin: &Path, share: &Path, workdir: &Path, keep_going: bool, env: &[(String, String)]) -> String {
+fn run_script(
+    bin: &Path,
+    share: &Path,
+    workdir: &Path,
+    keep_going: bool,
+    env: &[(String, String)],
+) -> String {
     let mut s = String::from("#!/bin/sh\n# generated by cargo xtask vm-test\n");
     s.push_str("export DISKFORGE_VM=1 HOME=/root TMPDIR=/tmp PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
     for (k, v) in env {
@@ -477,11 +548,17 @@ pub fn run(sh: &Shell, args: &VmTestArgs) -> Result<()> {
     if args.release {
         build.push("--release");
     }
-    cmd!(sh, "cargo {build...}").run().context("building vm-tests")?;
+    cmd!(sh, "cargo {build...}")
+        .run()
+        .context("building vm-tests")?;
     let bin = root.join("target").join(profile).join("vm-tests");
     let kernel = find_kernel()?;
 
-    let tests = if args.shell { Vec::new() } else { list_tests(sh, &bin, args.filter.as_deref())? };
+    let tests = if args.shell {
+        Vec::new()
+    } else {
+        list_tests(sh, &bin, args.filter.as_deref())?
+    };
     if !args.shell && tests.is_empty() {
         bail!("no vm test matches {:?}", args.filter);
     }
@@ -491,11 +568,17 @@ pub fn run(sh: &Shell, args: &VmTestArgs) -> Result<()> {
     let share = tempfile::Builder::new().prefix("run-").tempdir_in(&vmdir)?;
     let share_path = share.path().to_path_buf();
     std::fs::create_dir(share_path.join("out"))?;
-    std::fs::write(share_path.join("tests.list"), tests.iter().map(|t| format!("{t}\n")).collect::<String>())?;
+    std::fs::write(
+        share_path.join("tests.list"),
+        tests.iter().map(|t| format!("{t}\n")).collect::<String>(),
+    )?;
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| FORWARDED_ENV_PREFIXES.iter().any(|p| k.starts_with(p)))
         .collect();
-    std::fs::write(share_path.join("run.sh"), run_script(&bin, &share_path, &root, args.keep_going, &env))?;
+    std::fs::write(
+        share_path.join("run.sh"),
+        run_script(&bin, &share_path, &root, args.keep_going, &env),
+    )?;
     let initrd = share_path.join("initramfs.cpio");
     build_initramfs(&kernel, &share_path, args.shell, &initrd)?;
 
@@ -506,7 +589,12 @@ pub fn run(sh: &Shell, args: &VmTestArgs) -> Result<()> {
     argv.extend(share_args("hostroot", Path::new("/"), "hostroot", true));
     argv.extend(share_args("dfshare", &share_path, "dfshare", false));
     argv.extend(serial_args(args.shell));
-    eprintln!("vm-test: kernel {} ({:?}), {} test(s)", kernel.release, accel, tests.len());
+    eprintln!(
+        "vm-test: kernel {} ({:?}), {} test(s)",
+        kernel.release,
+        accel,
+        tests.len()
+    );
 
     if args.shell {
         let mut q = Qemu::spawn(&argv, true)?;
@@ -556,13 +644,25 @@ pub fn run(sh: &Shell, args: &VmTestArgs) -> Result<()> {
             };
             let name = tests.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
             let ok = rc == 0;
-            println!("{} {name} ({:.2} s)", if ok { "ok    " } else { "FAILED" }, ms as f64 / 1000.0);
+            println!(
+                "{} {name} ({:.2} s)",
+                if ok { "ok    " } else { "FAILED" },
+                ms as f64 / 1000.0
+            );
             std::io::stdout().flush().ok();
             if !ok {
-                let log = std::fs::read_to_string(share_path.join("out").join(format!("{i}.log"))).unwrap_or_default();
-                println!("---- {name} output ----\n{}\n---- end of {name} ----", log.trim_end());
+                let log = std::fs::read_to_string(share_path.join("out").join(format!("{i}.log")))
+                    .unwrap_or_default();
+                println!(
+                    "---- {name} output ----\n{}\n---- end of {name} ----",
+                    log.trim_end()
+                );
             }
-            results.push(TestResult { name, ok, millis: ms });
+            results.push(TestResult {
+                name,
+                ok,
+                millis: ms,
+            });
         } else if line.starts_with(MARK_DONE) {
             done = true;
         } else if line.starts_with("DFVM-WARN") || line.starts_with("DFVM-INIT-ERROR") {
@@ -602,14 +702,29 @@ pub fn run(sh: &Shell, args: &VmTestArgs) -> Result<()> {
         None
     };
     if let Some(p) = problem {
-        eprintln!("---- last console lines ----\n{}\n----", console_tail.join("\n"));
+        eprintln!(
+            "---- last console lines ----\n{}\n----",
+            console_tail.join("\n")
+        );
         bail!("vm-test: {p}");
     }
     if !failed.is_empty() {
-        bail!("vm-test: {} failed: {}", failed.len(), failed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "vm-test: {} failed: {}",
+            failed.len(),
+            failed
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if results.len() != tests.len() {
-        bail!("vm-test: only {} of {} tests reported", results.len(), tests.len());
+        bail!(
+            "vm-test: only {} of {} tests reported",
+            results.len(),
+            tests.len()
+        );
     }
     Ok(())
 }
@@ -663,14 +778,23 @@ mod tests {
         let ka = kernel_args(Path::new("/boot/vmlinuz"), Path::new("/i"), "x=1");
         assert!(ka[5].contains("panic=-1") && ka[5].ends_with(" x=1"));
         let s = share_args("r", Path::new("/"), "hostroot", true);
-        assert_eq!(s[1], "local,id=r,path=/,security_model=none,multidevs=remap,readonly=on");
+        assert_eq!(
+            s[1],
+            "local,id=r,path=/,security_model=none,multidevs=remap,readonly=on"
+        );
         assert_eq!(s[3], "virtio-9p-pci,fsdev=r,mount_tag=hostroot");
         assert_eq!(serial_args(true), ["-serial", "mon:stdio"]);
     }
 
     #[test]
     fn script_marks_results_and_stops_on_failure() {
-        let s = run_script(Path::new("/t/vm-tests"), Path::new("/s"), Path::new("/w"), false, &[("DISKFORGE_X".into(), "a'b".into())]);
+        let s = run_script(
+            Path::new("/t/vm-tests"),
+            Path::new("/s"),
+            Path::new("/w"),
+            false,
+            &[("DISKFORGE_X".into(), "a'b".into())],
+        );
         assert!(s.contains("export DISKFORGE_X='a'\\''b'"));
         assert!(s.contains("'/t/vm-tests' --exact \"$name\""));
         assert!(s.contains("[ 0 = 0 ]; then break"));

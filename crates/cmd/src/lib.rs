@@ -201,13 +201,15 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// Set an environment variable for the child.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -236,7 +238,10 @@ impl Cmd {
 
     /// The arguments as strings (lossy).
     pub fn arg_strings(&self) -> Vec<String> {
-        self.args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        self.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     /// The command line, shell-quoted, for logs and `--dry-run` output.
@@ -266,7 +271,10 @@ impl Cmd {
     fn spawn_error(&self, e: std::io::Error) -> Error {
         let program = self.program();
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { package: debian_package(&program), program }
+            Error::NotFound {
+                package: debian_package(&program),
+                program,
+            }
         } else {
             Error::Io { program, source: e }
         }
@@ -415,9 +423,15 @@ mod tests {
     #[test]
     fn missing_program_names_package() {
         let err = Cmd::new("mkfs.vfat-definitely-missing").run().unwrap_err();
-        assert!(matches!(err, Error::NotFound { package: None, .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::NotFound { package: None, .. }),
+            "{err:?}"
+        );
         let err = Cmd::new("/nonexistent/mkfs.vfat").run().unwrap_err();
-        assert_eq!(err.to_string(), "/nonexistent/mkfs.vfat: not found (install dosfstools)");
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/mkfs.vfat: not found (install dosfstools)"
+        );
     }
 
     #[test]
@@ -427,7 +441,13 @@ mod tests {
             .run()
             .unwrap_err();
         match &err {
-            Error::Failed { program, args, status, stderr, stdout } => {
+            Error::Failed {
+                program,
+                args,
+                status,
+                stderr,
+                stdout,
+            } => {
                 assert_eq!(program, "sh");
                 assert_eq!(args.len(), 3);
                 assert_eq!(status.code(), Some(3));
@@ -444,7 +464,10 @@ mod tests {
 
     #[test]
     fn stderr_tail_is_bounded() {
-        let err = Cmd::new("sh").args(["-c", "head -c 100000 /dev/zero | tr '\\0' a >&2; exit 1"]).run().unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "head -c 100000 /dev/zero | tr '\\0' a >&2; exit 1"])
+            .run()
+            .unwrap_err();
         let stderr = err.stderr().unwrap();
         assert!(stderr.len() <= STDERR_TAIL_BYTES + 4, "{}", stderr.len());
         assert!(stderr.starts_with('…'));
@@ -467,14 +490,21 @@ mod tests {
     #[test]
     fn stdin_is_null_by_default() {
         // `cat` would block forever on an inherited terminal; null stdin ends it at once.
-        let out = Cmd::new("cat").timeout(Duration::from_secs(5)).read().unwrap();
+        let out = Cmd::new("cat")
+            .timeout(Duration::from_secs(5))
+            .read()
+            .unwrap();
         assert_eq!(out, "");
     }
 
     #[test]
     fn timeout_kills() {
         let start = Instant::now();
-        let err = Cmd::new("sleep").arg("10").timeout(Duration::from_millis(200)).run().unwrap_err();
+        let err = Cmd::new("sleep")
+            .arg("10")
+            .timeout(Duration::from_millis(200))
+            .run()
+            .unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(err.to_string().starts_with("sleep 10 timed out"));
@@ -500,7 +530,10 @@ mod tests {
             .stream_stdout(|l| lines.push(l.to_owned()))
             .unwrap();
         assert_eq!(lines, ["a", "b", "c"]);
-        let err = Cmd::new("sh").args(["-c", "echo x; echo boom >&2; exit 2"]).stream_stdout(|_| {}).unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo x; echo boom >&2; exit 2"])
+            .stream_stdout(|_| {})
+            .unwrap_err();
         assert_eq!(err.stderr().map(str::trim), Some("boom"));
     }
 

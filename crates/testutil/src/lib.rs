@@ -50,7 +50,11 @@ impl KernelState {
         if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
             for line in mi.lines() {
                 let f: Vec<&str> = line.split(' ').collect();
-                let src = line.split(" - ").nth(1).and_then(|r| r.split(' ').nth(1)).unwrap_or("");
+                let src = line
+                    .split(" - ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').nth(1))
+                    .unwrap_or("");
                 if let Some(mp) = f.get(4) {
                     mounts.insert(format!("{mp} ({src})"));
                 }
@@ -74,13 +78,21 @@ impl KernelState {
     /// must only look at their own objects).
     pub fn loops_under(&self, dir: &Path) -> Vec<String> {
         let d = dir.to_string_lossy();
-        self.loops.iter().filter(|l| l.contains(&*d)).cloned().collect()
+        self.loops
+            .iter()
+            .filter(|l| l.contains(&*d))
+            .cloned()
+            .collect()
     }
 
     /// Mounts whose mount point lies under `dir`.
     pub fn mounts_under(&self, dir: &Path) -> Vec<String> {
         let d = dir.to_string_lossy();
-        self.mounts.iter().filter(|m| m.starts_with(&*d)).cloned().collect()
+        self.mounts
+            .iter()
+            .filter(|m| m.starts_with(&*d))
+            .cloned()
+            .collect()
     }
 }
 
@@ -103,6 +115,10 @@ pub fn scratch_dir() -> tempfile::TempDir {
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/debug/deps/test-hash → target/debug/NAME
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     dir.join(name)
 }
