@@ -171,6 +171,35 @@ impl BootReport {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The report for a serial log.
+    fn from_log(
+        firmware: Firmware,
+        accel: Accel,
+        seconds: f64,
+        timed_out: bool,
+        log: &str,
+    ) -> Self {
+        let mut r = BootReport {
+            firmware,
+            accel,
+            seconds,
+            timed_out,
+            booted: false,
+            done: false,
+            cmdline: None,
+            medium: None,
+            kickstart_arg: None,
+            kickstart: None,
+            kickstart_missing: None,
+            preseed_arg: None,
+            preseed: None,
+            files: BTreeMap::new(),
+            log: String::new(),
+        };
+        r.parse(log);
+        r
+    }
+
     /// Fill the marker fields from a serial log.
     fn parse(&mut self, log: &str) {
         for raw in log.lines() {
@@ -279,25 +308,13 @@ pub fn boot_with(iso: &Path, opts: &BootOptions) -> Result<BootReport> {
     let text = std::fs::read(&log)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let mut report = BootReport {
-        firmware: opts.firmware,
+    Ok(BootReport::from_log(
+        opts.firmware,
         accel,
         seconds,
         timed_out,
-        booted: false,
-        done: false,
-        cmdline: None,
-        medium: None,
-        kickstart_arg: None,
-        kickstart: None,
-        kickstart_missing: None,
-        preseed_arg: None,
-        preseed: None,
-        files: BTreeMap::new(),
-        log: String::new(),
-    };
-    report.parse(&text);
-    Ok(report)
+        &text,
+    ))
 }
 
 /// Escape a value for a QEMU `-drive`/`-chardev` option string (commas are doubled).
@@ -427,30 +444,13 @@ pub fn kvm_works() -> bool {
 mod tests {
     use super::*;
 
-    fn empty(firmware: Firmware) -> BootReport {
-        BootReport {
-            firmware,
-            accel: Accel::Tcg,
-            seconds: 0.0,
-            timed_out: false,
-            booted: false,
-            done: false,
-            cmdline: None,
-            medium: None,
-            kickstart_arg: None,
-            kickstart: None,
-            kickstart_missing: None,
-            preseed_arg: None,
-            preseed: None,
-            files: BTreeMap::new(),
-            log: String::new(),
-        }
-    }
-
     #[test]
     fn parses_markers_among_kernel_noise() {
-        let mut r = empty(Firmware::Ovmf);
-        r.parse(
+        let r = BootReport::from_log(
+            Firmware::Ovmf,
+            Accel::Tcg,
+            0.0,
+            false,
             "[    0.000000] Linux version 6.1\r\n\
              DISKFORGE-FIXTURE-BOOTED\r\n\
              DISKFORGE-CMDLINE: BOOT_IMAGE=/images/pxeboot/vmlinuz inst.ks=hd:LABEL=X:/ks.cfg quiet\r\n\
@@ -475,8 +475,11 @@ mod tests {
 
     #[test]
     fn missing_kickstart_and_no_medium() {
-        let mut r = empty(Firmware::SeaBiosCdrom);
-        r.parse(
+        let r = BootReport::from_log(
+            Firmware::SeaBiosCdrom,
+            Accel::Tcg,
+            0.0,
+            false,
             "DISKFORGE-FIXTURE-BOOTED\nDISKFORGE-KS-MISSING: /ks.cfg\nDISKFORGE-FIXTURE-DONE\n",
         );
         assert!(!r.ok());
