@@ -348,6 +348,9 @@ fn el_torito(sh: &Shell, iso: &Path) -> Result<Vec<String>> {
             e.push_str(path);
         }
     }
+    for e in entries.iter_mut().filter(|e| e.split(' ').count() == 4) {
+        e.push_str(" (hidden image)");
+    }
     anyhow::ensure!(
         !entries.is_empty(),
         "{}: no El Torito entries",
