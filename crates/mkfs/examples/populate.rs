@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     o.populate_from = Some(dir.into());
     o.source_date_epoch = source_date_epoch_from_env();
     let mib: u64 = size.trim_end_matches(['M', 'm']).parse()?;
-    let target = Target::File { path: image.into(), size: Some(mib << 20) };
+    let target = Target::File {
+        path: image.into(),
+        size: Some(mib << 20),
+    };
     let report = mkfs(&o, &target)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
