@@ -1,15 +1,59 @@
-//! The kernel routes of the seed: loop-mount the ISO read-only and rebuild from the mounted
-//! tree, with the edits in an overlay upper dir (`overlay`) or bind-mounted over the
-//! read-only mount one file at a time (`bind`). They need root and iso9660 in the kernel, so
-//! they are tested in the VM (`vm-tests/src/iso.rs`).
+//! The kernel routes of the seed: loop-mount the ISO read-only (`diskforge-mount`'s
+//! [`ImageMount`], which attaches with `diskforge-loop`) and rebuild from the mounted tree:
+//!
+//! - `overlay`: the mount is the lower dir of an overlayfs whose upper dir receives the edits
+//!   (removals become whiteouts); the image is built from the merged view. No copy.
+//! - `bind`: each replaced file (and each edited config or EFI image) is bind-mounted over
+//!   its read-only original (`mount --bind new /mnt/iso/FILE`); new files are grafted in with
+//!   `-graft-points`, removed ones excluded with `-m`. No copy, no overlay.
+//! - `copy` (when the kernel can mount the ISO): `rsync -a` of the mount to a scratch tree,
+//!   edit, rebuild — the conventional route.
+//!
+//! They need root and iso9660 in the kernel, so they are tested in the VM
+//! (`vm-tests/src/iso.rs`). Every guard is in a [`MountStack`] that unwinds on success and on
+//! error; a tool that wants SIGINT to unwind too routes it to a flag
+//! (`diskforge_mount::signal::TerminationFlag`) so the running xorriso dies and we return.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use diskforge_cmd::Cmd;
+use diskforge_mount::{ImageMount, Mount, MountStack, Overlay};
 
 use crate::inspect::Inspection;
-use crate::remaster::{Changes, Mode};
+use crate::remaster::{Changes, Content, Mode, apply_to_dir, mkisofs_boot_args};
 use crate::{Error, Result};
 
-/// Run `mode` (overlay or bind): mount, apply `changes`, rebuild into `output`, unmount.
+/// Why the kernel routes cannot run here, or `None` when they can.
+pub fn unavailable() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("needs root (loop devices and mounts)".into());
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs.lines().any(|l| l.trim_end().ends_with("iso9660")) {
+        // The module may just not be loaded yet.
+        let _ = Cmd::new("modprobe").arg("iso9660").run();
+        let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !fs.lines().any(|l| l.trim_end().ends_with("iso9660")) {
+            return Some("the kernel has no iso9660 filesystem".into());
+        }
+    }
+    None
+}
+
+fn mkdir(p: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(p).map_err(|e| Error::io("creating", p, e))?;
+    Ok(p.to_owned())
+}
+
+fn mount_err(mode: Mode, e: diskforge_mount::Error) -> Error {
+    Error::Kernel {
+        mode: mode.to_string(),
+        source: e,
+    }
+}
+
+/// Run `mode` (overlay, bind or copy): mount, apply `changes`, rebuild into `output`,
+/// unmount. Mount points live under `scratch` and are left empty.
 pub fn run(
     mode: Mode,
     input: &Path,
@@ -18,9 +62,109 @@ pub fn run(
     changes: &Changes,
     scratch: &Path,
 ) -> Result<()> {
-    let _ = (input, insp, output, changes, scratch);
-    Err(Error::ModeUnavailable {
-        mode: mode.to_string(),
-        reason: "not implemented yet".into(),
-    })
+    if let Some(why) = unavailable() {
+        return Err(Error::ModeUnavailable {
+            mode: mode.to_string(),
+            reason: why,
+        });
+    }
+    let mut stack = MountStack::new();
+    let result = run_mounted(mode, input, insp, output, changes, scratch, &mut stack);
+    let teardown = stack.teardown().map_err(|e| mount_err(mode, e));
+    result.and(teardown)
+}
+
+fn run_mounted(
+    mode: Mode,
+    input: &Path,
+    insp: &Inspection,
+    output: &Path,
+    changes: &Changes,
+    scratch: &Path,
+    stack: &mut MountStack,
+) -> Result<()> {
+    let iso_mnt = mkdir(&scratch.join("iso"))?;
+    let image =
+        ImageMount::mount(input, &iso_mnt, "iso9660", true).map_err(|e| mount_err(mode, e))?;
+    stack.push(image);
+    let mut extra: Vec<String> = Vec::new();
+    let tree = match mode {
+        Mode::Overlay => {
+            let (upper, work) = (
+                mkdir(&scratch.join("upper"))?,
+                mkdir(&scratch.join("work"))?,
+            );
+            let merged = mkdir(&scratch.join("merged"))?;
+            let ov = Overlay::new()
+                .lower(&iso_mnt)
+                .upper(upper, work)
+                .mount(&merged)
+                .map_err(|e| mount_err(mode, e))?;
+            stack.push(ov);
+            apply_to_dir(&merged, changes)?;
+            merged
+        }
+        Mode::Bind => {
+            let staged = mkdir(&scratch.join("bind-sources"))?;
+            for (i, put) in changes.puts.iter().enumerate() {
+                let src = match &put.content {
+                    Content::File(f) => f.clone(),
+                    Content::Bytes(b) => {
+                        let f = staged.join(format!("{i}"));
+                        std::fs::write(&f, b).map_err(|e| Error::io("writing", &f, e))?;
+                        f
+                    }
+                };
+                if put.existed {
+                    let target = iso_mnt.join(put.dest.trim_start_matches('/'));
+                    stack.push(Mount::bind(&src, &target).map_err(|e| mount_err(mode, e))?);
+                } else {
+                    extra.push(format!("{}={}", put.dest, src.display()));
+                }
+            }
+            for r in &changes.removes {
+                extra.extend([
+                    "-m".to_owned(),
+                    iso_mnt
+                        .join(r.trim_start_matches('/'))
+                        .display()
+                        .to_string(),
+                ]);
+            }
+            if extra.iter().any(|e| !e.starts_with('-')) {
+                extra.insert(0, "-graft-points".into());
+            }
+            iso_mnt.clone()
+        }
+        _ => {
+            let copy = mkdir(&scratch.join("copy"))?;
+            Cmd::new("rsync")
+                .args(["-a", "--"])
+                .arg(format!("{}/", iso_mnt.display()))
+                .arg(&copy)
+                .run()?;
+            make_tree_writable(&copy)?;
+            apply_to_dir(&copy, changes)?;
+            copy
+        }
+    };
+    let args = mkisofs_boot_args(input, insp, changes, scratch)?;
+    let mut c = Cmd::new("xorriso")
+        .args(["-as", "mkisofs"])
+        .args(args)
+        .arg("-o")
+        .arg(output);
+    if mode == Mode::Bind && extra.first().is_some_and(|e| e == "-graft-points") {
+        // With graft points the tree itself must be grafted at / too.
+        c = c.args(&extra).arg(format!("/={}", tree.display()));
+    } else {
+        c = c.args(&extra).arg(&tree);
+    }
+    c.run()?;
+    Ok(())
+}
+
+fn make_tree_writable(dir: &Path) -> Result<()> {
+    Cmd::new("chmod").args(["-R", "u+w"]).arg(dir).run()?;
+    Ok(())
 }

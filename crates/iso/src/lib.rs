@@ -102,6 +102,15 @@ pub enum Error {
         /// The output's boot entries.
         after: Vec<String>,
     },
+    /// Mounting or unmounting in a kernel route failed.
+    #[error("mode {mode}")]
+    Kernel {
+        /// The mode.
+        mode: String,
+        /// The mount error.
+        #[source]
+        source: diskforge_mount::Error,
+    },
     /// An external program failed.
     #[error(transparent)]
     Cmd(#[from] diskforge_cmd::Error),

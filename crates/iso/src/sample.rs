@@ -27,6 +27,8 @@ pub struct SampleOptions {
     pub filler_bytes: u64,
     /// Also append `efiboot.img` as GPT/MBR partition 2 (like Fedora's and Debian's media).
     pub appended_esp: bool,
+    /// Split the filler over this many files under `/packages` (1: a single `/filler.bin`).
+    pub filler_files: u32,
 }
 
 impl Default for SampleOptions {
@@ -35,6 +37,7 @@ impl Default for SampleOptions {
             volid: "DF_SAMPLE".into(),
             filler_bytes: 2 << 20,
             appended_esp: false,
+            filler_files: 1,
         }
     }
 }
@@ -44,6 +47,40 @@ fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
         std::fs::create_dir_all(p).map_err(|e| Error::io("creating", p, e))?;
     }
     std::fs::write(path, data).map_err(|e| Error::io("writing", path, e))
+}
+
+/// Pseudo-random bytes (xorshift), cheap to make in bulk.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn write_filler(tree: &Path, opts: &SampleOptions) -> Result<()> {
+    if opts.filler_files <= 1 {
+        return write(
+            &tree.join("filler.bin"),
+            noise(7, opts.filler_bytes as usize),
+        );
+    }
+    let per = (opts.filler_bytes / u64::from(opts.filler_files)) as usize;
+    let block = noise(11, per + 4096);
+    for i in 0..opts.filler_files {
+        // Each file starts at a different offset of the noise, so no two are equal.
+        let start = (i as usize * 8) % 4096;
+        write(
+            &tree.join(format!("packages/pkg-{i:05}.bin")),
+            &block[start..start + per],
+        )?;
+    }
+    Ok(())
 }
 
 /// Build the sample under `dir` (which must exist) and return the ISO's path.
@@ -69,10 +106,7 @@ pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
     write(&tree.join("images/vmlinuz"), vec![0x4bu8; 300_000])?;
     write(&tree.join("images/initrd.img"), vec![0x1fu8; 200_000])?;
     write(&tree.join("docs/README.txt"), "sample installer image\n")?;
-    let filler: Vec<u8> = (0..opts.filler_bytes)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    write(&tree.join("filler.bin"), filler)?;
+    write_filler(&tree, opts)?;
 
     let efi = tree.join("images/efiboot.img");
     std::fs::File::create(&efi)

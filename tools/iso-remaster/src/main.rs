@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use diskforge_iso::isomd5;
 use diskforge_iso::{Edit, Event, Inspection, Mode, Request};
+use diskforge_mount::signal::TerminationFlag;
 
 const AFTER_HELP: &str = "\
 Modes:
@@ -23,6 +24,7 @@ Exit status:
   1  error (bad value, unreadable image, tool failure, edit does not fit)
   2  usage error
   3  --check-md5: the implanted MD5 does not match, or there is none
+  130  interrupted (SIGINT/SIGTERM); everything mounted was released
 
 Examples:
   iso-remaster inspect in.iso --json
@@ -208,8 +210,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Event::Bytes(..) => {}
         }
     };
-    let out = diskforge_iso::remaster(&req, &mut progress)
-        .with_context(|| format!("remastering {}", input.display()))?;
+    // The kernel routes hold mounts and loop devices: SIGINT/SIGTERM must unwind them (the
+    // running xorriso gets the signal too and fails, and the guards are torn down).
+    let term = match req.mode {
+        Mode::Overlay | Mode::Bind | Mode::Copy => Some(TerminationFlag::register()?),
+        _ => None,
+    };
+    let res = diskforge_iso::remaster(&req, &mut progress);
+    if term.as_ref().is_some_and(TerminationFlag::is_raised) {
+        eprintln!("iso-remaster: interrupted; mounts and loop devices released, no output written");
+        return Ok(ExitCode::from(130));
+    }
+    let out = res.with_context(|| format!("remastering {}", input.display()))?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
