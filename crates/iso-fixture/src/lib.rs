@@ -146,7 +146,13 @@ pub struct FixtureSpec {
     /// Extra kernel arguments appended to every boot entry (as a remaster tool would add
     /// `inst.ks=…`). Default empty.
     pub extra_args: String,
+    /// Every timestamp in the ISO and the FAT image (seconds since 1970), so the same spec
+    /// gives the same bytes. Default `$SOURCE_DATE_EPOCH`, else [`DEFAULT_EPOCH`].
+    pub source_date_epoch: u64,
 }
+
+/// The fixture's timestamps when `SOURCE_DATE_EPOCH` is not set (2023-11-14 22:13:20 UTC).
+pub const DEFAULT_EPOCH: u64 = 1_700_000_000;
 
 impl FixtureSpec {
     /// The defaults, writing to `dir`.
@@ -163,6 +169,10 @@ impl FixtureSpec {
             keep_tree: false,
             extra_files: Vec::new(),
             extra_args: String::new(),
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_EPOCH),
         }
     }
 }
@@ -464,7 +474,12 @@ pub fn build_with_progress(
             .args(GRUB_MODULES)
             .run()
             .map_err(tool("building BOOTX64.EFI with grub-mkimage"))?;
-        make_efiboot(&tree.join("EFI/BOOT"), &efiboot_path(spec, &tree))?;
+        set_times(&tree.join("EFI"), spec.source_date_epoch)?;
+        make_efiboot(
+            &tree.join("EFI"),
+            &efiboot_path(spec, &tree),
+            spec.source_date_epoch,
+        )?;
         tree_configs.insert(1, "EFI/BOOT/grub.cfg".into());
     }
     for (dest, data) in &spec.extra_files {
@@ -486,9 +501,14 @@ pub fn build_with_progress(
     write_filler(&tree, spec.filler_bytes, spec.filler_files, &mut progress)?;
 
     progress(Progress::Assemble);
+    set_times(&tree, spec.source_date_epoch)?;
+    if spec.uefi && spec.esp == EspLayout::Appended {
+        set_times(&efiboot_path(spec, &tree), spec.source_date_epoch)?;
+    }
     let iso = spec.dir.join(&spec.iso_name);
     Cmd::new("xorriso")
         .args(xorriso_args(spec, &iso, &tree, &isohdpfx))
+        .env("SOURCE_DATE_EPOCH", spec.source_date_epoch.to_string())
         .run()
         .map_err(tool("assembling the ISO with xorriso"))?;
     if !spec.keep_tree {
@@ -590,24 +610,30 @@ fn xorriso_args(
     a
 }
 
-/// Make the FAT `efiboot.img` holding `efi_boot_dir`'s files as `EFI/BOOT/*`, without mounting.
-fn make_efiboot(efi_boot_dir: &Path, img: &Path) -> Result<()> {
-    let mut content = 0u64;
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(efi_boot_dir).map_err(|source| Error::Io {
-        action: "listing",
-        path: efi_boot_dir.to_owned(),
+/// Set the access and modification times of `path` and, for a directory, of everything
+/// below it (children first, so directories keep the time too).
+fn set_times(path: &Path, epoch: u64) -> Result<()> {
+    let io = |source| Error::Io {
+        action: "setting times of",
+        path: path.to_owned(),
         source,
-    })? {
-        let e = e.map_err(|source| Error::Io {
-            action: "listing",
-            path: efi_boot_dir.to_owned(),
-            source,
-        })?;
-        content += e.metadata().map(|m| m.len()).unwrap_or(0);
-        files.push(e.path());
+    };
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).map_err(io)? {
+            set_times(&e.map_err(io)?.path(), epoch)?;
+        }
     }
-    files.sort();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    std::fs::File::open(path)
+        .and_then(|f| f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)))
+        .map_err(io)
+}
+
+/// Make the FAT `efiboot.img` holding the tree's `EFI` directory (`EFI/BOOT/*`), without
+/// mounting: `mkfs.vfat --invariant` (fixed serial and label time) and `mcopy -s -m`
+/// (recursive, keeping the times [`set_times`] gave), so the image is reproducible.
+fn make_efiboot(efi_dir: &Path, img: &Path, epoch: u64) -> Result<()> {
+    let content = dir_size(efi_dir)?;
     // Room for the files, FAT overhead and edits by remaster tools; whole MiB.
     let kib = (content / 1024 + 2048).div_ceil(1024) * 1024;
     if img.exists() {
@@ -618,27 +644,41 @@ fn make_efiboot(efi_boot_dir: &Path, img: &Path) -> Result<()> {
         })?;
     }
     Cmd::new("mkfs.vfat")
-        .args(["-C", "-n", "EFIBOOT", "-i", "d15cf06e"])
+        .args(["--invariant", "-C", "-n", "EFIBOOT", "-i", "d15cf06e"])
         .arg(img)
         .arg(kib.to_string())
         .run()
         .map_err(tool("making efiboot.img with mkfs.vfat"))?;
-    Cmd::new("mmd")
-        .arg("-i")
-        .arg(img)
-        .args(["::/EFI", "::/EFI/BOOT"])
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .run()
-        .map_err(tool("making EFI/BOOT in efiboot.img with mmd"))?;
     Cmd::new("mcopy")
-        .arg("-i")
+        .args(["-s", "-m", "-i"])
         .arg(img)
-        .args(&files)
-        .arg("::/EFI/BOOT/")
+        .arg(efi_dir)
+        .arg("::/")
         .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()
-        .map_err(tool("copying into efiboot.img with mcopy"))?;
+        .map_err(tool("copying EFI/ into efiboot.img with mcopy"))?;
     Ok(())
+}
+
+/// Total size of the files below `dir`.
+fn dir_size(dir: &Path) -> Result<u64> {
+    let io = |source| Error::Io {
+        action: "listing",
+        path: dir.to_owned(),
+        source,
+    };
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let meta = e.metadata().map_err(io)?;
+        total += if meta.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Chunk size for filler writes.

@@ -228,3 +228,16 @@ fn bios_only_fixture_has_one_entry() {
         "staging tree left behind"
     );
 }
+
+#[test]
+fn same_spec_gives_the_same_bytes() {
+    let dir = diskforge_testutil::scratch_dir();
+    let mut spec = FixtureSpec::new(dir.path());
+    spec.source_date_epoch = 1_234_567_890;
+    let first = std::fs::read(build(&spec).unwrap().iso).unwrap();
+    // Let the clock move on: nothing in the image may depend on it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    spec.iso_name = "again.iso".into();
+    let second = std::fs::read(build(&spec).unwrap().iso).unwrap();
+    assert!(first == second, "two builds of one spec differ");
+}
