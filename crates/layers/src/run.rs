@@ -184,7 +184,13 @@ fn run_command(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Res
         done.store(true, Ordering::Relaxed);
         r
     });
-    let interrupted = interrupted.load(Ordering::Relaxed);
+    // The signal may also have reached the command directly (same process group) and ended
+    // it before the watcher looked.
+    let interrupted = interrupted.load(Ordering::Relaxed)
+        || opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
     match result {
         Ok(()) => Ok(RunOutcome {
             code: 0,
@@ -204,23 +210,31 @@ fn run_command(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Res
     }
 }
 
-/// Send SIGTERM to every child process we started (by pid, from
-/// `/proc/self/task/*/children`).
+/// Send SIGTERM to every process we started and their descendants (by pid, from
+/// `/proc/PID/task/*/children`), so nothing keeps the stack busy or its output open.
 fn terminate_children() {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for t in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(t.path().join("children")) else {
+    let mut pending = children_of("self");
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(pid) = pending.pop() {
+        if !seen.insert(pid) {
             continue;
-        };
-        for pid in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
+        }
+        pending.extend(children_of(&pid.to_string()));
+        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
         }
     }
+}
+
+fn children_of(pid: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out
 }

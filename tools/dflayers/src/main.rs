@@ -100,6 +100,9 @@ enum Command {
         /// Work dir for --upper [default: .NAME.work next to the upper dir]
         #[arg(long, requires = "upper")]
         work: Option<PathBuf>,
+        /// Where the temporary mount point (and upper dir) go [default: /var/tmp]
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
@@ -306,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             layers,
             upper,
             work,
+            scratch,
             command,
         } => {
             let layers = resolve_all(&store()?, &layers)?;
@@ -318,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 command,
                 upper,
                 work,
-                scratch: None,
+                scratch,
                 interrupt: Some(interrupt.clone()),
             };
             let json = cli.json;

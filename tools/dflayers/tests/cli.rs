@@ -171,3 +171,49 @@ fn rustix_whiteout(path: &Path) {
         .run()
         .unwrap();
 }
+
+#[test]
+fn run_tears_everything_down_on_sigterm() {
+    if !diskforge_testutil::require_root("dflayers::run_tears_everything_down_on_sigterm") {
+        return;
+    }
+    let dir = diskforge_testutil::scratch_dir();
+    let d = dir.path();
+    let root = d.join("busybox");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for tool in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    let scratch = d.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let start = std::time::Instant::now();
+    // `timeout` sends SIGTERM to dflayers after 2 s; --preserve-status passes its exit code on.
+    let err = Cmd::new("timeout")
+        .args(["-s", "TERM", "--preserve-status", "2"])
+        .arg(BIN)
+        .arg("--store")
+        .arg(d.join("store"))
+        .args(["run", "-l"])
+        .arg(&root)
+        .arg("--scratch")
+        .arg(&scratch)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo started; sleep 30; echo not-reached",
+        ])
+        .run()
+        .unwrap_err();
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(130), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    let diskforge_cmd::Error::Failed { stdout, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(stdout.trim(), "started");
+    // The temporary mount point and upper dir are gone; nothing is mounted under our dir.
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    let now = diskforge_testutil::KernelState::capture();
+    assert!(now.mounts_under(d).is_empty(), "{:?}", now.mounts_under(d));
+}
