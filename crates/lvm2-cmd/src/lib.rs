@@ -486,6 +486,14 @@ pub fn parse_report<T: serde::de::DeserializeOwned>(
     Ok(rows)
 }
 
+fn teardown_result(object: String, errors: Vec<Error>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Teardown { object, errors })
+    }
+}
+
 /// A volume group this process created, with the PVs it initialised. Teardown deactivates it,
 /// removes it (and its LVs) and wipes those PV labels.
 #[derive(Debug)]
@@ -574,14 +582,7 @@ impl VolumeGroup {
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Teardown {
-                object: name,
-                errors,
-            })
-        }
+        teardown_result(name, errors)
     }
 }
 
@@ -660,14 +661,7 @@ impl LogicalVolume {
         if let Err(e) = self.lvm.lvremove(&self.vg, &name) {
             errors.push(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Teardown {
-                object: format!("{}/{name}", self.vg),
-                errors,
-            })
-        }
+        teardown_result(format!("{}/{name}", self.vg), errors)
     }
 }
 

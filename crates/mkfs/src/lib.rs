@@ -535,12 +535,26 @@ fn validate(o: &MkfsOptions) -> Result<()> {
 /// Where temporary files for a block-device target go (root-only, unlike /tmp).
 const DEVICE_TEMP_DIR: &str = "/run";
 
+/// `.NAME.TAG` beside `image`; for anything under `/dev` (a device, or a region of one) in
+/// [`DEVICE_TEMP_DIR`] instead.
 fn temp_beside(image: &Path, tag: &str) -> PathBuf {
     let name = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    image.with_file_name(format!(".{name}.{tag}"))
+    let dir = if image.starts_with("/dev") {
+        Path::new(DEVICE_TEMP_DIR)
+    } else {
+        image.parent().unwrap_or(Path::new("."))
+    };
+    dir.join(format!(".{name}.{tag}"))
+}
+
+/// Push `flag value` when the value is set.
+fn flag(args: &mut Vec<String>, flag: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        args.extend([flag.to_owned(), v.to_owned()]);
+    }
 }
 
 fn arg(p: &Path) -> String {
@@ -614,12 +628,8 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
         FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => {
             program = "mke2fs";
             args.extend(["-F".into(), "-q".into(), "-t".into(), fs.as_str().into()]);
-            if let Some(l) = &label {
-                args.extend(["-L".into(), l.clone()]);
-            }
-            if let Some(u) = &uuid {
-                args.extend(["-U".into(), u.clone()]);
-            }
+            flag(&mut args, "-L", label.as_deref());
+            flag(&mut args, "-U", uuid.as_deref());
             if let Some(e) = epoch {
                 env.insert("E2FSPROGS_FAKE_TIME".into(), e.to_string());
                 // The directory-index hash seed is random otherwise.
@@ -637,21 +647,13 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
         FsType::Xfs => {
             program = "mkfs.xfs";
             args.extend(["-f".into(), "-q".into()]);
-            if let Some(l) = &label {
-                args.extend(["-L".into(), l.clone()]);
-            }
+            flag(&mut args, "-L", label.as_deref());
             if let Some(u) = &uuid {
                 args.extend(["-m".into(), format!("uuid={u}")]);
             }
             if let Some(d) = &o.populate_from {
-                // Beside the image; for a device in root-only /run (never /dev, never world-writable /tmp).
-                let pf = match target {
-                    Target::Device { .. } => temp_beside(
-                        &Path::new(DEVICE_TEMP_DIR).join(build.file_name().unwrap_or_default()),
-                        "proto",
-                    ),
-                    _ => temp_beside(&build, "proto"),
-                };
+                // Beside the image; for a device in root-only /run (see temp_beside).
+                let pf = temp_beside(&build, "proto");
                 temporaries.push(pf.clone());
                 steps.push(Step::WriteXfsProtofile {
                     source: d.clone(),
@@ -664,9 +666,7 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
         }
         FsType::Vfat => {
             program = "mkfs.vfat";
-            if let Some(l) = &label {
-                args.extend(["-n".into(), l.clone()]);
-            }
+            flag(&mut args, "-n", label.as_deref());
             if let Some(u) = &uuid {
                 args.extend(["-i".into(), vfat_volume_id(fs, u)?]);
             }
@@ -679,12 +679,8 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
         FsType::Btrfs => {
             program = "mkfs.btrfs";
             args.extend(["-f".into(), "-q".into()]);
-            if let Some(l) = &label {
-                args.extend(["-L".into(), l.clone()]);
-            }
-            if let Some(u) = &uuid {
-                args.extend(["-U".into(), u.clone()]);
-            }
+            flag(&mut args, "-L", label.as_deref());
+            flag(&mut args, "-U", uuid.as_deref());
             if let Some(d) = &o.populate_from {
                 args.extend(["--rootdir".into(), arg(d)]);
             }
@@ -694,12 +690,8 @@ pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
         FsType::Swap => {
             program = "mkswap";
             args.push("-q".into());
-            if let Some(l) = &label {
-                args.extend(["-L".into(), l.clone()]);
-            }
-            if let Some(u) = &uuid {
-                args.extend(["-U".into(), u.clone()]);
-            }
+            flag(&mut args, "-L", label.as_deref());
+            flag(&mut args, "-U", uuid.as_deref());
             args.extend(o.extra_args.iter().cloned());
             args.push(arg(&build));
         }
