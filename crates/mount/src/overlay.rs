@@ -303,8 +303,11 @@ impl Overlay {
         };
         for (i, l) in self.lowers.iter().enumerate() {
             if let Err(e) = rustix::mount::fsconfig_set_string(&fs, "lowerdir+", l) {
-                if i == 0 && e == Errno::INVAL {
-                    let _ = drain_log(&fs);
+                let log = drain_log(&fs);
+                // Before 6.8 overlayfs has no fsconfig parser: the VFS's legacy shim either
+                // rejects the key or collects it into one page ("Legacy: Cumulative options
+                // too large").
+                if e == Errno::INVAL && (i == 0 || log.contains("Legacy")) {
                     return Err(Error::OptionsTooLong {
                         target: target.to_owned(),
                         lowers: self.lowers.len(),
@@ -312,7 +315,12 @@ impl Overlay {
                         limit,
                     });
                 }
-                return Err(fail(format!("fsconfig lowerdir+={} for", l.display()), e));
+                return Err(Error::Syscall {
+                    op: format!("fsconfig lowerdir+={} for", l.display()),
+                    target: target.to_owned(),
+                    log,
+                    source: e,
+                });
             }
         }
         if let (Some(u), Some(w)) = (&self.upper, &self.work) {
