@@ -442,3 +442,272 @@ fn read_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn gpt_add_delete_set_checked_by_sgdisk_and_sfdisk() {
+    let dir = diskforge_testutil::scratch_dir();
+    let img = dir.path().join("modify.img");
+    let mut l = Layout::new(Label::Gpt);
+    l.partitions = vec![
+        PartSpec::new("ESP", "100MiB").with_type("EF00"),
+        PartSpec::new("root", "200MiB").with_type("8304"),
+    ];
+    l.seed_uuids("modify");
+    let t0 = diskforge_part::create(&img, &l, &WriteOptions { size: Some(GIB) }).expect("create");
+
+    let add = [
+        PartSpec::new("home", "50%").with_type("home"),
+        PartSpec::new("data", "rest"),
+    ];
+    let plan = diskforge_part::plan_add(&t0, &add, None).expect("plan add");
+    let t1 = diskforge_part::apply(&img, &plan).expect("add");
+    assert_eq!(t1.partitions.len(), 4);
+    assert_eq!(
+        t1.partitions[..2],
+        t0.partitions[..],
+        "existing partitions untouched"
+    );
+    assert_eq!(t1.disk_uuid, t0.disk_uuid);
+    assert_eq!(t1.partitions[2].start_bytes, 301 * MIB);
+    sgdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t1);
+
+    let change = diskforge_part::PartChange {
+        name: Some("var".into()),
+        type_code: Some("8310".into()),
+        uuid: Some("12345678-1234-4234-8234-123456789abc".into()),
+        flags: Some(vec![Flag::Required, Flag::Boot]),
+    };
+    let t2 = diskforge_part::apply(
+        &img,
+        &diskforge_part::plan_set(&t1, 3, &change).expect("set"),
+    )
+    .expect("apply set");
+    let p = t2.by_number(3).expect("partition 3");
+    assert_eq!(p.name.as_deref(), Some("var"));
+    assert_eq!(p.part_type.code.as_deref(), Some("8310"));
+    assert_eq!(p.flags, [Flag::Required, Flag::LegacyBoot]);
+    sgdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t2);
+
+    let t3 = diskforge_part::apply(
+        &img,
+        &diskforge_part::plan_delete(&t2, &[1]).expect("delete"),
+    )
+    .expect("apply delete");
+    let names: Vec<(u32, Option<&str>)> = t3
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.name.as_deref()))
+        .collect();
+    assert_eq!(
+        names,
+        [(1, Some("root")), (2, Some("var")), (3, Some("data"))],
+        "renumbered compactly"
+    );
+    sgdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t3);
+
+    let err = diskforge_part::plan_delete(&t3, &[9]).expect_err("missing");
+    assert!(
+        matches!(err, diskforge_part::Error::NoSuchPartition { number: 9 }),
+        "{err}"
+    );
+    let err =
+        diskforge_part::plan_add(&t3, &[PartSpec::new("more", "1MiB")], None).expect_err("full");
+    assert!(
+        err.to_string()
+            .starts_with("partition 4 (more): size=\"1MiB\": no space left")
+            || err
+                .to_string()
+                .starts_with("partition 4 (more): size=\"1MiB\": does not fit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mbr_add_and_delete_logical_checked_by_sfdisk() {
+    let dir = diskforge_testutil::scratch_dir();
+    let img = dir.path().join("mbr-modify.img");
+    let mut l = Layout::new(Label::Mbr);
+    l.partitions = vec![
+        PartSpec::new("a", "100MiB").with_flag(Flag::Boot),
+        PartSpec::new("b", "100MiB").with_type("8200"),
+    ];
+    l.disk_uuid = Some("0x0badf00d".into());
+    let t0 = diskforge_part::create(&img, &l, &WriteOptions { size: Some(GIB) }).expect("create");
+
+    // Two free slots, four new partitions: one primary, the extended, three logical.
+    let add: Vec<PartSpec> = ["c", "d", "e", "f"]
+        .iter()
+        .map(|n| PartSpec::new(*n, "50MiB"))
+        .collect();
+    let t1 = diskforge_part::apply(
+        &img,
+        &diskforge_part::plan_add(&t0, &add, None).expect("plan"),
+    )
+    .expect("add");
+    let kinds: Vec<(u32, PartKind)> = t1.partitions.iter().map(|p| (p.number, p.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, PartKind::Primary),
+            (2, PartKind::Primary),
+            (3, PartKind::Primary),
+            (5, PartKind::Logical),
+            (6, PartKind::Logical),
+            (7, PartKind::Logical)
+        ]
+    );
+    assert_eq!(t1.extended.as_ref().map(|e| e.number), Some(4));
+    sfdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t1);
+
+    // The extended partition ends the used space: a new partition is appended as logical 8.
+    let t2 = diskforge_part::apply(
+        &img,
+        &diskforge_part::plan_add(&t1, &[PartSpec::new("g", "rest")], None).expect("plan"),
+    )
+    .expect("append");
+    assert_eq!(
+        t2.partitions.last().map(|p| (p.number, p.kind)),
+        Some((8, PartKind::Logical))
+    );
+    sfdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t2);
+
+    // Removing logical 6 renumbers 7 and 8 along the chain.
+    let t3 = diskforge_part::apply(&img, &diskforge_part::plan_delete(&t2, &[6]).expect("plan"))
+        .expect("delete");
+    assert_eq!(
+        t3.partitions.iter().map(|p| p.number).collect::<Vec<_>>(),
+        [1, 2, 3, 5, 6, 7]
+    );
+    sfdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t3);
+    // Removing the first logical partition moves the extended partition's start to the next EBR.
+    let t3 = diskforge_part::apply(&img, &diskforge_part::plan_delete(&t3, &[5]).expect("plan"))
+        .expect("delete first");
+    assert_eq!(
+        t3.extended.as_ref().map(|e| e.start_lba),
+        t3.partitions[3].ebr_lba
+    );
+    sfdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t3);
+    // Removing every logical partition removes the extended one too.
+    let t4 = diskforge_part::apply(
+        &img,
+        &diskforge_part::plan_delete(&t3, &[5, 6]).expect("plan"),
+    )
+    .expect("delete");
+    assert!(t4.extended.is_none());
+    assert_sfdisk_agrees(&img, &t4);
+
+    let err = diskforge_part::plan_set(
+        &t4,
+        1,
+        &diskforge_part::PartChange {
+            name: Some("x".into()),
+            ..Default::default()
+        },
+    )
+    .expect_err("name on mbr");
+    assert!(
+        err.to_string()
+            .starts_with("partition 1 (a): name=\"x\": MBR partitions have no names"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reads_tables_made_by_sfdisk_and_sgdisk() {
+    let dir = diskforge_testutil::scratch_dir();
+    // MBR with an extended (type 5) and logical partitions, written by sfdisk.
+    let img = dir.path().join("sfdisk.img");
+    diskforge_part::ensure_size(&img, 512 * MIB).expect("size");
+    let script = "label: dos\nlabel-id: 0x11223344\n\nsize=64MiB, type=83, bootable\nsize=64MiB, type=82\n\
+                  type=5\nsize=32MiB, type=83\nsize=32MiB, type=8e\n";
+    Cmd::new("sfdisk")
+        .arg("--no-reread")
+        .arg("--no-tell-kernel")
+        .arg(&img)
+        .stdin_bytes(script)
+        .run()
+        .expect("sfdisk");
+    let t = diskforge_part::read(&img).expect("read");
+    assert_eq!(
+        t.partitions.iter().map(|p| p.number).collect::<Vec<_>>(),
+        [1, 2, 5, 6]
+    );
+    assert_eq!(
+        t.extended.as_ref().map(|e| e.type_byte.as_str()),
+        Some("0x05")
+    );
+    assert_sfdisk_agrees_except_ext_type(&img, &t);
+    // Append a logical partition to sfdisk's chain; sfdisk still agrees.
+    let t2 = diskforge_part::apply(
+        &img,
+        &diskforge_part::plan_add(&t, &[PartSpec::new("x", "16MiB")], None).expect("plan"),
+    )
+    .expect("append");
+    assert_eq!(t2.partitions.last().map(|p| p.number), Some(7));
+    sfdisk_verify(&img);
+    assert_sfdisk_agrees_except_ext_type(&img, &t2);
+
+    // GPT with a gap in the entry numbers, written by sgdisk.
+    let img = dir.path().join("sgdisk.img");
+    diskforge_part::ensure_size(&img, 256 * MIB).expect("size");
+    Cmd::new("sgdisk")
+        .args([
+            "-n", "1:0:+32M", "-t", "1:ef00", "-c", "1:EFI", "-n", "3:0:+64M", "-t", "3:8e00",
+            "-A", "3:set:2",
+        ])
+        .arg(&img)
+        .run()
+        .expect("sgdisk");
+    let t = diskforge_part::read(&img).expect("read");
+    assert_eq!(
+        t.partitions.iter().map(|p| p.number).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert_eq!(t.partitions[1].flags, [Flag::LegacyBoot]);
+    assert_sfdisk_agrees(&img, &t);
+}
+
+/// [`assert_sfdisk_agrees`] for tables whose extended partition is not our 0x0f.
+fn assert_sfdisk_agrees_except_ext_type(path: &Path, t: &Table) {
+    let mut t = t.clone();
+    let ext = t.extended.take();
+    let j = sfdisk_json(path);
+    if let Some(e) = ext {
+        let node = format!("{}{}", path.display(), e.number);
+        let parts = j["partitions"].as_array().expect("partitions");
+        let s = parts
+            .iter()
+            .find(|p| p["node"] == node.as_str())
+            .expect("extended");
+        assert_eq!(
+            (s["start"].as_u64(), s["size"].as_u64()),
+            (Some(e.start_lba), Some(e.size_lba))
+        );
+        // Compare the rest without the extended entry.
+        let mut others = t.clone();
+        others.partitions.retain(|p| p.number != e.number);
+        for p in &others.partitions {
+            let node = format!("{}{}", path.display(), p.number);
+            let s = parts
+                .iter()
+                .find(|q| q["node"] == node.as_str())
+                .expect("partition");
+            assert_eq!(
+                (s["start"].as_u64(), s["size"].as_u64()),
+                (Some(p.start_lba), Some(p.size_lba)),
+                "{node}"
+            );
+            let want = format!("{:x}", p.part_type.mbr_byte().expect("mbr byte"));
+            assert_eq!(s["type"].as_str(), Some(want.as_str()), "{node}");
+        }
+    } else {
+        assert_sfdisk_agrees(path, &t);
+    }
+}

@@ -7,6 +7,8 @@
 //! - [`apply`] writes a plan to a file or device — GPT through the `gpt` crate with a protective
 //!   MBR that keeps existing boot code, MBR through `mbrman` with an extended partition and an
 //!   EBR chain for logical partitions — then reads the table back and checks it.
+//! - [`plan_add`], [`plan_delete`] and [`plan_set`] plan changes to a table read from a disk
+//!   (new partitions in the free space, removals, new names/types/UUIDs/flags).
 //! - [`read`] reads either kind of table back into a [`Table`]; [`partitions`] gives the byte
 //!   offsets and sizes a loop device needs (`losetup --offset --sizelimit`), logical partitions
 //!   included.
@@ -25,6 +27,7 @@
 //! the alignment so that every partition start stays aligned.
 
 mod layout;
+mod modify;
 mod plan;
 mod read;
 mod size;
@@ -37,7 +40,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
-pub use plan::{Plan, plan};
+pub use modify::{PartChange, plan_delete, plan_set};
+pub use plan::{Plan, plan, plan_add};
 pub use read::{disk_size, partitions, read, read_with_sector_size};
 pub use size::{SizeError, SizeSpec, format_bytes, human_bytes, parse_bytes};
 pub use types::{KNOWN_TYPES, KnownType, PartType, resolve as resolve_type};
@@ -200,6 +204,12 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: mbrman::Error,
+    },
+    /// The table has no partition with this number.
+    #[error("no partition {number}")]
+    NoSuchPartition {
+        /// The number asked for.
+        number: u32,
     },
     /// Neither a GPT header nor an MBR signature was found.
     #[error("{path}: no partition table (no GPT header at LBA 1, no MBR boot signature)")]

@@ -112,7 +112,7 @@ fn parse_spec(
 ) -> Result<(Parsed, Vec<Flag>)> {
     let part = PartRef {
         index: i + 1,
-        name: s.name.clone(),
+        name: s.name.clone().filter(|n| !n.is_empty()),
     };
     let field_err = |field: &'static str, value: &str, reason: String| Error::InvalidField {
         part: part.clone(),
@@ -243,50 +243,73 @@ fn parse_spec(
     Ok((parsed, s.flags.clone()))
 }
 
-/// Decide which MBR partitions are logical.
+/// The MBR state new partitions are added to.
+#[derive(Clone, Copy)]
+struct MbrSlots {
+    /// Primary slots (1–4) not in use.
+    free: usize,
+    /// Whether an extended partition exists, and whether it is the last thing on the disk
+    /// (so logical partitions can be appended to it).
+    extended: Option<bool>,
+}
+
+/// Decide which new MBR partitions are logical.
 ///
-/// An extended partition is used when more than 4 partitions are asked for or one is flagged
-/// `logical`. Then `primary`/`logical` flags decide; unflagged partitions stay primary while
-/// fewer than 3 primaries have been seen and no logical one, and become logical after that.
-/// Logical partitions must be consecutive (they share one extended partition).
-fn assign_mbr_kinds(parts: &mut [Parsed], flags: &[Vec<Flag>]) -> Result<()> {
+/// An extended partition is made when the new partitions outnumber the free primary slots or
+/// one is flagged `logical`. Then `primary`/`logical` flags decide; unflagged partitions stay
+/// primary while slots remain (one is kept for the extended partition) and no logical one was
+/// seen, and become logical after that. Logical partitions must be consecutive (they share one
+/// extended partition); when adding to a table whose extended partition ends the used space,
+/// unflagged partitions are appended to it as logical ones.
+fn assign_mbr_kinds(parts: &mut [Parsed], flags: &[Vec<Flag>], slots: MbrSlots) -> Result<()> {
     let flag_str = |f: &Vec<Flag>| {
         f.iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("+")
     };
-    let need_extended = parts.len() > 4 || flags.iter().any(|f| f.contains(&Flag::Logical));
-    if !need_extended {
-        return Ok(());
-    }
-    let all_primary = flags.iter().all(|f| f.contains(&Flag::Primary));
-    if all_primary {
-        // Only reachable with more than 4 partitions: the fifth has nowhere to go.
+    let any_logical = flags.iter().any(|f| f.contains(&Flag::Logical));
+    let new_extended = slots.extended.is_none() && (parts.len() > slots.free || any_logical);
+    let max = if slots.extended.is_some() || new_extended {
+        3
+    } else {
+        4
+    };
+    let allowed = slots.free.saturating_sub(usize::from(new_extended));
+    if new_extended && flags.iter().all(|f| f.contains(&Flag::Primary)) {
+        // More partitions than slots, all of them primary: the first that does not fit.
+        let i = slots.free.min(parts.len() - 1);
         return Err(Error::TooManyPrimaries {
-            part: parts[4].part.clone(),
-            value: flag_str(&flags[4]),
+            part: parts[i].part.clone(),
+            value: flag_str(&flags[i]),
             max: 4,
         });
     }
     let mut primaries = 0;
-    let mut seen_logical = false;
-    let mut logical_ended = false;
+    let mut seen_logical = slots.extended.is_some();
+    let mut logical_ended = slots.extended == Some(false);
     for (p, f) in parts.iter_mut().zip(flags) {
         let logical = if f.contains(&Flag::Logical) {
             true
         } else if f.contains(&Flag::Primary) {
             false
         } else {
-            seen_logical && !logical_ended || primaries >= 3
+            (seen_logical && !logical_ended) || primaries >= allowed
         };
+        if logical && logical_ended && !f.contains(&Flag::Logical) {
+            return Err(Error::TooManyPrimaries {
+                part: p.part.clone(),
+                value: flag_str(f),
+                max,
+            });
+        }
         if logical {
             if logical_ended {
                 return Err(Error::InvalidField {
                     part: p.part.clone(),
                     field: "flags",
                     value: flag_str(f),
-                    reason: "logical partitions must be consecutive: they share one extended \
+                    reason: "logical partitions must be consecutive at the end of the extended \
                              partition, and a primary one comes before this"
                         .into(),
                 });
@@ -306,16 +329,72 @@ fn assign_mbr_kinds(parts: &mut [Parsed], flags: &[Vec<Flag>]) -> Result<()> {
                 logical_ended = true;
             }
             primaries += 1;
-            if primaries > 3 {
+            if primaries > allowed {
                 return Err(Error::TooManyPrimaries {
                     part: p.part.clone(),
                     value: flag_str(f),
-                    max: 3,
+                    max,
                 });
             }
         }
     }
     Ok(())
+}
+
+/// Sector size, alignment and usable area of one disk.
+struct Geometry {
+    label: Label,
+    ss: u64,
+    align_bytes: u64,
+    al: u64,
+    total: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Geometry {
+    fn new(
+        label: Label,
+        sector_size: u32,
+        align: Option<&str>,
+        disk_size_bytes: u64,
+    ) -> Result<Self> {
+        let ss = u64::from(sector_size);
+        if ss != 512 && ss != 4096 {
+            return Err(Error::InvalidLayout {
+                field: "sector_size",
+                value: ss.to_string(),
+                reason: "must be 512 or 4096".into(),
+            });
+        }
+        let align_str = align.unwrap_or(DEFAULT_ALIGN);
+        let bad_align = |reason: String| Error::InvalidLayout {
+            field: "align",
+            value: align_str.to_owned(),
+            reason,
+        };
+        let align_bytes = parse_bytes(align_str).map_err(|e| bad_align(e.to_string()))?;
+        if align_bytes == 0 || align_bytes % ss != 0 {
+            return Err(bad_align(format!(
+                "must be a positive multiple of the {ss}-byte sector"
+            )));
+        }
+        let total = disk_size_bytes / ss;
+        let (first, last) = usable(label, total, ss).ok_or_else(|| Error::InvalidLayout {
+            field: "disk size",
+            value: disk_size_bytes.to_string(),
+            reason: format!("too small for a {label} table"),
+        })?;
+        Ok(Geometry {
+            label,
+            ss,
+            align_bytes,
+            al: align_bytes / ss,
+            total,
+            first,
+            last,
+        })
+    }
 }
 
 /// Compute where every partition of `layout` goes on a disk of `disk_size_bytes`.
@@ -325,43 +404,72 @@ fn assign_mbr_kinds(parts: &mut [Parsed], flags: &[Vec<Flag>]) -> Result<()> {
 /// not fit or overlap, too many MBR primaries.
 pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
     let label = layout.label;
-    let ss = u64::from(layout.sector_size.unwrap_or(512));
-    if ss != 512 && ss != 4096 {
-        return Err(Error::InvalidLayout {
-            field: "sector_size",
-            value: ss.to_string(),
-            reason: "must be 512 or 4096".into(),
-        });
-    }
-    let align_str = layout.align.as_deref().unwrap_or(DEFAULT_ALIGN);
-    let bad_align = |reason: String| Error::InvalidLayout {
-        field: "align",
-        value: align_str.to_owned(),
-        reason,
-    };
-    let align_bytes = parse_bytes(align_str).map_err(|e| bad_align(e.to_string()))?;
-    if align_bytes == 0 || align_bytes % ss != 0 {
-        return Err(bad_align(format!(
-            "must be a positive multiple of the {ss}-byte sector"
-        )));
-    }
-    let al = align_bytes / ss;
-    let total = disk_size_bytes / ss;
-    let (first, last) = usable(label, total, ss).ok_or_else(|| Error::InvalidLayout {
-        field: "disk size",
-        value: disk_size_bytes.to_string(),
-        reason: format!("too small for a {label} table"),
-    })?;
+    let g = Geometry::new(
+        label,
+        layout.sector_size.unwrap_or(512),
+        layout.align.as_deref(),
+        disk_size_bytes,
+    )?;
     let disk_uuid = layout
         .disk_uuid
         .as_deref()
         .map(|u| parse_disk_uuid(label, u))
         .transpose()?;
-    if label == Label::Gpt && layout.partitions.len() as u64 > GPT_ENTRIES {
-        let p = &layout.partitions[GPT_ENTRIES as usize];
+    let table = Table {
+        label,
+        sector_size: g.ss as u32,
+        disk_size_bytes: g.total * g.ss,
+        disk_uuid,
+        first_usable_lba: g.first,
+        last_usable_lba: g.last,
+        align_bytes: Some(g.align_bytes),
+        pmbr_boot: label == Label::Gpt && layout.pmbr_boot,
+        extended: None,
+        partitions: Vec::new(),
+    };
+    place(&g, table, &layout.partitions).map(|table| Plan { table })
+}
+
+/// Plan adding `specs` to an existing table (read with [`crate::read`]): new partitions go
+/// after everything already there, in order; percentages and `rest` share the free space at
+/// the end. On MBR they take free primary slots, or become logical partitions appended to an
+/// extended partition that ends the used space (or in a new one). GPT entries are renumbered
+/// 1, 2, … in their current order (the `gpt` crate writes the entry array compactly).
+pub fn plan_add(existing: &Table, specs: &[PartSpec], align: Option<&str>) -> Result<Plan> {
+    let g = Geometry::new(
+        existing.label,
+        existing.sector_size,
+        align,
+        existing.disk_size_bytes,
+    )?;
+    let mut table = existing.clone();
+    table.align_bytes = Some(g.align_bytes);
+    compact_gpt_numbers(&mut table);
+    place(&g, table, specs).map(|table| Plan { table })
+}
+
+/// Renumber GPT partitions 1, 2, … keeping their order (what the `gpt` crate writes).
+pub(crate) fn compact_gpt_numbers(t: &mut Table) {
+    if t.label == Label::Gpt {
+        t.partitions.sort_by_key(|p| p.number);
+        for (i, p) in t.partitions.iter_mut().enumerate() {
+            p.number = i as u32 + 1;
+        }
+        t.partitions.sort_by_key(|p| p.start_lba);
+    }
+}
+
+/// Place `specs` after what `table` already holds.
+fn place(g: &Geometry, mut table: Table, specs: &[PartSpec]) -> Result<Table> {
+    let label = g.label;
+    let (ss, al, first, last) = (g.ss, g.al, g.first, g.last);
+    let existing = table.partitions.len();
+    if label == Label::Gpt && (existing + specs.len()) as u64 > GPT_ENTRIES {
+        let i = (GPT_ENTRIES as usize).saturating_sub(existing);
+        let p = &specs[i.min(specs.len() - 1)];
         return Err(Error::InvalidField {
             part: PartRef {
-                index: GPT_ENTRIES as usize + 1,
+                index: existing + i + 1,
                 name: p.name.clone(),
             },
             field: "name",
@@ -370,21 +478,74 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
         });
     }
 
-    let mut parts = Vec::with_capacity(layout.partitions.len());
-    let mut raw_flags = Vec::with_capacity(layout.partitions.len());
-    for (i, s) in layout.partitions.iter().enumerate() {
-        let (p, f) = parse_spec(i, s, label, ss)?;
+    let mut parts = Vec::with_capacity(specs.len());
+    let mut raw_flags = Vec::with_capacity(specs.len());
+    for (i, s) in specs.iter().enumerate() {
+        let (p, f) = parse_spec(existing + i, s, label, ss)?;
         parts.push(p);
         raw_flags.push(f);
     }
+
+    // Everything already on the disk: reserved sectors, partitions (with their EBRs), and
+    // the extended partition as a whole.
+    let reserved_name = match label {
+        Label::Gpt => "the GPT header and entries",
+        Label::Mbr => "the MBR",
+    };
+    let mut placed: Vec<(String, u64, u64)> = vec![(reserved_name.to_owned(), 0, first - 1)];
+    for p in &table.partitions {
+        placed.push((
+            format!("partition {}", p.number),
+            p.ebr_lba.unwrap_or(p.start_lba),
+            p.end_lba,
+        ));
+    }
+    // Where new partitions may begin. An extended partition with no primary after it is
+    // "last": its unused tail is free space that new logical partitions (or, once it has been
+    // shrunk to its last logical one, new primaries) may use.
+    let end_of = |kind: Option<PartKind>| {
+        table
+            .partitions
+            .iter()
+            .filter(|p| kind.is_none_or(|k| p.kind == k))
+            .map(|p| p.end_lba + 1)
+            .max()
+            .unwrap_or(first)
+    };
+    let prim_end = end_of(Some(PartKind::Primary));
+    let ext_is_last = table.extended.as_ref().map(|e| e.start_lba >= prim_end);
+    let used_end = match (&table.extended, ext_is_last) {
+        (Some(e), Some(true)) => end_of(None).max(e.start_lba),
+        (Some(e), _) => end_of(None).max(e.start_lba + e.size_lba),
+        (None, _) => end_of(None),
+    };
+    let mut free_slots: Vec<u32> = Vec::new();
     if label == Label::Mbr {
-        assign_mbr_kinds(&mut parts, &raw_flags)?;
+        free_slots = (1..=4)
+            .filter(|n| {
+                table.partitions.iter().all(|p| p.number != *n)
+                    && table.extended.as_ref().is_none_or(|e| e.number != *n)
+            })
+            .collect();
+        let slots = MbrSlots {
+            free: free_slots.len(),
+            extended: ext_is_last,
+        };
+        assign_mbr_kinds(&mut parts, &raw_flags, slots)?;
+    }
+    if let (Some(e), Some(false)) = (&table.extended, ext_is_last) {
+        // Primary partitions may not start inside an extended partition that stays.
+        placed.push((
+            "the extended partition".into(),
+            e.start_lba,
+            e.start_lba + e.size_lba - 1,
+        ));
     }
 
     // Percentages and the one `rest`.
     let mut pct_total = 0u32;
     let mut rest_seen: Option<&PartRef> = None;
-    for (p, s) in parts.iter().zip(&layout.partitions) {
+    for (p, s) in parts.iter().zip(specs) {
         match p.size {
             SizeSpec::Percent(v) => {
                 let before = pct_total;
@@ -424,10 +585,10 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
         }
     }
 
-    // Space shared by percentages and `rest`: the aligned usable area minus the fixed
-    // partitions (rounded up to the alignment) and one alignment unit before each logical
-    // partition for its EBR.
-    let cursor0 = align_up(first, al);
+    // Space shared by percentages and `rest`: the aligned free area after what exists minus
+    // the fixed partitions (rounded up to the alignment) and one alignment unit before each
+    // logical partition for its EBR.
+    let cursor0 = align_up(used_end, al);
     let budget_end = align_down(last + 1, al);
     let mut fixed = 0u64;
     for p in &parts {
@@ -439,30 +600,29 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
         }
     }
     let avail = budget_end.saturating_sub(cursor0).saturating_sub(fixed);
+    let pct_size = |v: u32| align_down(avail * u64::from(v) / 100, al);
     let pct_sizes: u64 = parts
         .iter()
         .map(|p| match p.size {
-            SizeSpec::Percent(v) => align_down(avail * u64::from(v) / 100, al),
+            SizeSpec::Percent(v) => pct_size(v),
             _ => 0,
         })
         .sum();
     let rest_size = avail.saturating_sub(pct_sizes);
 
-    // Placement, in layout order.
-    let reserved_name = match label {
-        Label::Gpt => "the GPT header and entries",
-        Label::Mbr => "the MBR",
-    };
-    let mut placed: Vec<(String, u64, u64)> = vec![(reserved_name.to_owned(), 0, first - 1)];
-    let mut cursor = first;
-    let mut out = Vec::with_capacity(parts.len());
-    let mut extended: Option<Extended> = None;
-    let mut next_primary = 1u32;
-    let mut next_logical = 5u32;
-    for (p, s) in parts.into_iter().zip(&layout.partitions) {
+    // Placement, in order.
+    let mut cursor = used_end;
+    let mut next_gpt = table.partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1;
+    let mut next_logical = 5 + table
+        .partitions
+        .iter()
+        .filter(|p| p.kind == PartKind::Logical)
+        .count() as u32;
+    let mut slots = free_slots.into_iter();
+    for (p, s) in parts.into_iter().zip(specs) {
         let size_lba = match p.size {
             SizeSpec::Bytes(b) => b.div_ceil(ss),
-            SizeSpec::Percent(v) => align_down(avail * u64::from(v) / 100, al),
+            SizeSpec::Percent(v) => pct_size(v),
             SizeSpec::Rest => rest_size,
         };
         if size_lba == 0 {
@@ -476,14 +636,20 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
             (PartKind::Logical, _) => {
                 let ebr = align_up(cursor, al);
                 ebr_lba = Some(ebr);
-                if extended.is_none() {
-                    extended = Some(Extended {
-                        number: next_primary,
+                let has_logical = table.partitions.iter().any(|q| q.kind == PartKind::Logical);
+                if let (Some(ext), false) = (table.extended.as_mut(), has_logical) {
+                    // The first EBR sits at the start of the extended partition.
+                    ext.start_lba = ebr;
+                }
+                if table.extended.is_none() {
+                    // assign_mbr_kinds kept a slot for it.
+                    let number = slots.next().unwrap_or(4);
+                    table.extended = Some(Extended {
+                        number,
                         start_lba: ebr,
                         size_lba: 0,
                         type_byte: format!("0x{EXTENDED_TYPE:02x}"),
                     });
-                    next_primary += 1;
                 }
                 align_up(ebr + 1, al)
             }
@@ -513,22 +679,20 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
                 limit_bytes: (last + 1) * ss,
             });
         }
-        let number = match p.kind {
-            PartKind::Logical => {
+        let number = match (label, p.kind) {
+            (Label::Gpt, _) => {
+                next_gpt += 1;
+                next_gpt - 1
+            }
+            (Label::Mbr, PartKind::Logical) => {
                 next_logical += 1;
                 next_logical - 1
             }
-            PartKind::Primary => {
-                next_primary += 1;
-                next_primary - 1
-            }
+            (Label::Mbr, PartKind::Primary) => slots.next().unwrap_or(4),
         };
-        if let (PartKind::Logical, Some(ext)) = (p.kind, extended.as_mut()) {
-            ext.size_lba = end + 1 - ext.start_lba;
-        }
         placed.push((p.part.to_string(), ebr_lba.unwrap_or(start), end));
         cursor = cursor.max(end + 1);
-        out.push(PartitionInfo {
+        table.partitions.push(PartitionInfo {
             number,
             name: p.part.name.clone(),
             kind: p.kind,
@@ -544,26 +708,26 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
             ebr_lba,
         });
     }
+    table.partitions.sort_by_key(|p| p.start_lba);
+    // The extended partition ends with its last logical partition; without any, it goes.
+    let logical_end = table
+        .partitions
+        .iter()
+        .filter(|p| p.kind == PartKind::Logical)
+        .map(|p| p.end_lba + 1)
+        .max();
+    match (logical_end, table.extended.as_mut()) {
+        (Some(end), Some(ext)) => ext.size_lba = end - ext.start_lba,
+        (None, _) => table.extended = None,
+        (Some(_), None) => {}
+    }
     // MBR PARTUUIDs follow from the signature once it is known.
-    if let (Label::Mbr, Some(sig)) = (label, &disk_uuid) {
-        for p in &mut out {
-            p.uuid = Some(mbr_partuuid(sig, p.number));
+    if let (Label::Mbr, Some(sig)) = (label, table.disk_uuid.clone()) {
+        for p in &mut table.partitions {
+            p.uuid = Some(mbr_partuuid(&sig, p.number));
         }
     }
-    Ok(Plan {
-        table: Table {
-            label,
-            sector_size: ss as u32,
-            disk_size_bytes: total * ss,
-            disk_uuid,
-            first_usable_lba: first,
-            last_usable_lba: last,
-            align_bytes: Some(align_bytes),
-            pmbr_boot: label == Label::Gpt && layout.pmbr_boot,
-            extended,
-            partitions: out,
-        },
-    })
+    Ok(table)
 }
 
 /// The PARTUUID Linux gives MBR partition `number` on a disk with signature `0x1234abcd`.
@@ -721,6 +885,45 @@ mod tests {
         );
         assert_eq!(m.partitions[0].uuid, None);
         insta::assert_yaml_snapshot!((a.disk_uuid, m.disk_uuid, &a.partitions[0].uuid));
+    }
+
+    #[test]
+    fn add_to_existing_tables() {
+        // GPT: after the last partition, numbered on.
+        let base = plan(&layout(Label::Gpt, &[("a", "100MiB", "8300")]), GIB).expect("plan");
+        let add = [PartSpec::new("b", "25%"), PartSpec::new("c", "rest")];
+        let p = plan_add(&base.table, &add, None).expect("add").table;
+        assert_eq!(
+            p.partitions.iter().map(|p| p.number).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(p.partitions[1].start_bytes, 101 << 20);
+        // MBR: one free slot left and two new partitions: an extended one with two logicals.
+        let base = plan(
+            &layout(
+                Label::Mbr,
+                &[
+                    ("a", "10MiB", "0x83"),
+                    ("b", "10MiB", "0x82"),
+                    ("c", "10MiB", "0x8e"),
+                ],
+            ),
+            GIB,
+        )
+        .expect("plan");
+        let add = [PartSpec::new("d", "10MiB"), PartSpec::new("e", "rest")];
+        let p = plan_add(&base.table, &add, Some("4MiB"))
+            .expect("add")
+            .table;
+        insta::assert_yaml_snapshot!(p);
+        // No primary slot is left.
+        let mut q = PartSpec::new("f", "1MiB").with_flag(Flag::Primary);
+        q.start = Some(format!("{}", p.partitions[3].start_bytes));
+        let err = plan_add(&p, &[q], None).expect_err("full").to_string();
+        assert!(
+            err.starts_with("partition 6 (f): flags=\"primary\": too many primary"),
+            "{err}"
+        );
     }
 
     /// Every error path: the message names the partition (position and name), field and value.

@@ -189,7 +189,7 @@ fn read_gpt(mut f: File, path: &Path, ss: u32, total: u64, lba0: &[u8; 512]) -> 
         }
         partitions.push(PartitionInfo {
             number: *number,
-            name: Some(p.name.clone()),
+            name: (!p.name.is_empty()).then(|| p.name.clone()),
             kind: PartKind::Primary,
             start_lba: p.first_lba,
             end_lba: p.last_lba,

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::layout::{Label, Layout, random_uuid};
-use crate::plan::{EXTENDED_TYPE, Plan, mbr_partuuid, plan};
+use crate::plan::{EXTENDED_TYPE, Plan, compact_gpt_numbers, mbr_partuuid, plan};
 use crate::read::{
     BOOT_SIGNATURE, ENTRIES_OFFSET, device_sector_size, disk_size, io_err, read_with_sector_size,
 };
@@ -100,6 +100,7 @@ pub fn apply(path: &Path, plan: &Plan) -> Result<Table> {
             ),
         });
     }
+    compact_gpt_numbers(&mut table);
     fill_uuids(&mut table);
     tracing::debug!(path = %path.display(), label = %table.label, parts = table.partitions.len(), "writing partition table");
     match table.label {
@@ -365,7 +366,10 @@ fn write_mbr(f: &mut File, path: &Path, t: &Table) -> Result<()> {
     if let Some(ext) = &t.extended
         && let Some(e) = header.get_mut(ext.number as usize)
     {
-        *e = mbr_entry(false, EXTENDED_TYPE, ext.start_lba, ext.size_lba);
+        // Keep the type of an extended partition we read (0x05, 0x0f or 0x85).
+        let sys =
+            u8::from_str_radix(ext.type_byte.trim_start_matches("0x"), 16).unwrap_or(EXTENDED_TYPE);
+        *e = mbr_entry(false, sys, ext.start_lba, ext.size_lba);
     }
     let mbr_err = |source| Error::Mbr {
         path: path.to_owned(),

@@ -19,7 +19,8 @@ Exit codes:
   2  bad usage (unknown option, malformed --part)
   3  the layout is invalid (bad size or type, overlap, does not fit, too
      many primaries, percentages over 100%); nothing was written
-  4  show: no partition table, or a damaged one
+     (add/delete/set: also a partition number that does not exist)
+  4  show/add/delete/set: no partition table, or a damaged one
 
 Sizes: K M G T P and KiB MiB GiB TiB PiB are binary (powers of 1024);
 KB MB GB TB PB are decimal (powers of 1000); a bare number is bytes.
@@ -34,6 +35,9 @@ Examples:
       --part size=1G,type=8e00 --part size=rest,type=0x83,flags=logical
   dfpart create disk.img --layout layout.yaml --uuid-seed build-42
   dfpart create disk.img --label gpt --size 1G --part size=rest --dry-run
+  dfpart add disk.img --part name=home,size=50% --part name=srv,size=rest
+  dfpart set disk.img 2 --name root --type 8304 --flags legacy_boot
+  dfpart delete disk.img 3 --dry-run
   dfpart show disk.img
   dfpart show disk.img --json
   dfpart show disk.img --offsets     # NUMBER START_BYTES SIZE_BYTES";
@@ -53,6 +57,14 @@ enum Command {
     /// The table is planned first (nothing is written if the layout is
     /// invalid), written, read back and checked.
     Create(CreateArgs),
+    /// Add partitions after the existing ones (sizes NN% and rest share the
+    /// free space at the end).
+    Add(AddArgs),
+    /// Delete partitions by number (GPT renumbers the rest 1, 2, ...; MBR
+    /// renumbers logical partitions after a removed one).
+    Delete(DeleteArgs),
+    /// Change one partition's name, type, UUID or flags.
+    Set(SetArgs),
     /// Print the partition table of IMAGE.
     Show {
         /// Image file or block device.
@@ -111,6 +123,64 @@ struct CreateArgs {
     /// Print the result (or the plan) as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Options shared by the commands that change a table.
+#[derive(Debug, clap::Args)]
+struct ChangeOpts {
+    /// Print the computed plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the result (or the plan) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    /// Image file or block device with a partition table.
+    image: PathBuf,
+    /// A partition, as for create. Repeat for each partition.
+    #[arg(long = "part", value_name = "SPEC", required = true)]
+    parts: Vec<String>,
+    /// Partition start alignment [default: 1MiB].
+    #[arg(long)]
+    align: Option<String>,
+    #[command(flatten)]
+    opts: ChangeOpts,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeleteArgs {
+    /// Image file or block device with a partition table.
+    image: PathBuf,
+    /// Partition numbers, as `show` prints them.
+    #[arg(required = true)]
+    numbers: Vec<u32>,
+    #[command(flatten)]
+    opts: ChangeOpts,
+}
+
+#[derive(Debug, clap::Args)]
+struct SetArgs {
+    /// Image file or block device with a partition table.
+    image: PathBuf,
+    /// Partition number, as `show` prints it.
+    number: u32,
+    /// New GPT name.
+    #[arg(long)]
+    name: Option<String>,
+    /// New type (8300, EF00, 0x83, a GUID...).
+    #[arg(long = "type", value_name = "TYPE")]
+    type_code: Option<String>,
+    /// New GPT partition GUID.
+    #[arg(long)]
+    uuid: Option<String>,
+    /// New flags, joined with + (boot, legacy_boot, required); "" clears.
+    #[arg(long)]
+    flags: Option<String>,
+    #[command(flatten)]
+    opts: ChangeOpts,
 }
 
 fn parse_label(s: &str) -> Result<Label, String> {
@@ -245,6 +315,84 @@ fn create(args: &CreateArgs, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// Print `plan` (dry run) or apply it and print the result.
+fn finish(
+    image: &Path,
+    plan: &diskforge_part::Plan,
+    opts: &ChangeOpts,
+    out: &mut impl Write,
+) -> Result<()> {
+    if opts.dry_run {
+        if opts.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(plan)?)?;
+        } else {
+            writeln!(
+                out,
+                "plan for {} (dry run: nothing written)",
+                image.display()
+            )?;
+            render(&plan.table, out)?;
+        }
+        return Ok(());
+    }
+    let table = diskforge_part::apply(image, plan)?;
+    if opts.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&table)?)?;
+    } else {
+        writeln!(out, "{}: wrote", image.display())?;
+        render(&table, out)?;
+    }
+    Ok(())
+}
+
+fn add(args: &AddArgs, out: &mut impl Write) -> Result<()> {
+    let table = diskforge_part::read(&args.image)?;
+    let first = table.partitions.len() + 1;
+    let specs = args
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_part(first + i, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = diskforge_part::plan_add(&table, &specs, args.align.as_deref())?;
+    finish(&args.image, &plan, &args.opts, out)
+}
+
+fn delete(args: &DeleteArgs, out: &mut impl Write) -> Result<()> {
+    let table = diskforge_part::read(&args.image)?;
+    let plan = diskforge_part::plan_delete(&table, &args.numbers)?;
+    finish(&args.image, &plan, &args.opts, out)
+}
+
+fn set(args: &SetArgs, out: &mut impl Write) -> Result<()> {
+    let flags = match &args.flags {
+        None => None,
+        Some(f) => Some(
+            f.split(['+', ':', ','])
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    x.parse::<Flag>()
+                        .map_err(|e| Usage(format!("--flags {x:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let change = diskforge_part::PartChange {
+        name: args.name.clone(),
+        type_code: args.type_code.clone(),
+        uuid: args.uuid.clone(),
+        flags,
+    };
+    if change == diskforge_part::PartChange::default() {
+        return Err(
+            Usage("nothing to change: give --name, --type, --uuid or --flags".into()).into(),
+        );
+    }
+    let table = diskforge_part::read(&args.image)?;
+    let plan = diskforge_part::plan_set(&table, args.number, &change)?;
+    finish(&args.image, &plan, &args.opts, out)
+}
+
 fn show(
     image: &Path,
     json: bool,
@@ -371,7 +519,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             | PartError::Oversize { .. }
             | PartError::NoSpace { .. }
             | PartError::Overlap { .. }
-            | PartError::TooManyPrimaries { .. },
+            | PartError::TooManyPrimaries { .. }
+            | PartError::NoSuchPartition { .. },
         ) => 3,
         Some(PartError::NoTable { .. } | PartError::Corrupt { .. }) => 4,
         _ => 1,
@@ -383,6 +532,9 @@ fn run(cli: &Cli) -> Result<()> {
     let mut out = stdout.lock();
     let r = match &cli.cmd {
         Command::Create(args) => create(args, &mut out),
+        Command::Add(args) => add(args, &mut out),
+        Command::Delete(args) => delete(args, &mut out),
+        Command::Set(args) => set(args, &mut out),
         Command::Show {
             image,
             json,

@@ -366,3 +366,118 @@ fn help_fits_80_columns_and_is_snapshotted() {
         insta::assert_snapshot!(name, out);
     }
 }
+
+#[test]
+fn add_set_delete() {
+    let dir = diskforge_testutil::scratch_dir();
+    ok(dir.path(), MBR_ARGS);
+    let d = dir.path();
+    // Dry runs change nothing.
+    let before = ok(d, &["show", "mbr.img", "--json"]);
+    insta::assert_snapshot!(
+        "mbr_delete_dry_run",
+        ok(d, &["delete", "mbr.img", "5", "--dry-run"])
+    );
+    assert_eq!(ok(d, &["show", "mbr.img", "--json"]), before);
+    insta::assert_snapshot!("mbr_delete", ok(d, &["delete", "mbr.img", "5"]));
+    insta::assert_snapshot!(
+        "mbr_set",
+        ok(
+            d,
+            &["set", "mbr.img", "2", "--type", "0x83", "--flags", "boot"]
+        )
+    );
+    let v: serde_json::Value = Cmd::new("sfdisk")
+        .args(["--json", "mbr.img"])
+        .dir(d)
+        .json()
+        .expect("sfdisk");
+    let p2 = &v["partitiontable"]["partitions"][1];
+    assert_eq!(
+        (p2["type"].as_str(), p2["bootable"].as_bool()),
+        (Some("83"), Some(true)),
+        "{v}"
+    );
+
+    ok(
+        d,
+        &[
+            "create",
+            "g.img",
+            "--label",
+            "gpt",
+            "--size",
+            "256M",
+            "--uuid-seed",
+            "s",
+            "--part",
+            "name=a,size=64M",
+        ],
+    );
+    let out = ok(
+        d,
+        &[
+            "add",
+            "g.img",
+            "--part",
+            "name=b,size=50%",
+            "--part",
+            "name=c,size=rest,uuid=00000000-0000-4000-8000-00000000000c",
+        ],
+    );
+    assert!(
+        out.contains("00000000-0000-4000-8000-00000000000c"),
+        "{out}"
+    );
+    ok(
+        d,
+        &[
+            "set",
+            "g.img",
+            "2",
+            "--name",
+            "bee",
+            "--flags",
+            "required+legacy_boot",
+            "--uuid",
+            "00000000-0000-4000-8000-00000000000b",
+        ],
+    );
+    insta::assert_snapshot!("gpt_after_add_set", ok(d, &["show", "g.img"]));
+    let sg = Cmd::new("sgdisk")
+        .args(["-v", "g.img"])
+        .dir(d)
+        .read()
+        .expect("sgdisk");
+    assert!(sg.contains("No problems found"), "{sg}");
+
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["delete", "g.img", "9"], 3, "no partition 9"),
+        (&["set", "g.img", "1"], 2, "nothing to change"),
+        (
+            &["set", "g.img", "1", "--flags", "shiny"],
+            2,
+            "--flags \"shiny\": unknown flag",
+        ),
+        (
+            &["set", "g.img", "1", "--type", "zz"],
+            3,
+            "partition 1 (a): type=\"zz\": unknown type",
+        ),
+        (
+            &["add", "g.img", "--part", "name=d,size=1M"],
+            3,
+            "partition 4 (d): size=\"1M\": does not fit",
+        ),
+        (
+            &["set", "mbr.img", "1", "--name", "x"],
+            3,
+            "name=\"x\": MBR partitions have no names",
+        ),
+    ];
+    for (args, code, msg) in cases {
+        let (c, _, err) = dfpart(d, args);
+        assert_eq!(c, *code, "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+}
