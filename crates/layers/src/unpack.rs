@@ -225,7 +225,7 @@ impl Unpacker<'_> {
     /// directory is kept when the new entry is a directory too. Returns whether a directory
     /// already exists there.
     fn clear_slot(
-        &self,
+        &mut self,
         parent: &OwnedFd,
         name: &OsStr,
         comps: &[OsString],
@@ -238,6 +238,8 @@ impl Unpacker<'_> {
                     return Ok(true);
                 }
                 let flags = if is_dir {
+                    // The cached parent fd may be this directory (or below it).
+                    self.cached = None;
                     AtFlags::REMOVEDIR
                 } else {
                     AtFlags::empty()

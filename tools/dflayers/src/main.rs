@@ -71,15 +71,8 @@ enum Command {
     },
     /// Mount a stack on TARGET and leave it mounted (undo with `dflayers umount`).
     Mount {
-        /// A layer, base first, top last (repeat).
-        #[arg(long = "layer", short = 'l', required = true)]
-        layers: Vec<String>,
-        /// Upper dir for changes (read-only stack without it).
-        #[arg(long)]
-        upper: Option<PathBuf>,
-        /// Work dir for --upper [default: .NAME.work next to the upper dir]
-        #[arg(long, requires = "upper")]
-        work: Option<PathBuf>,
+        #[command(flatten)]
+        stack: StackArgs,
         /// Mount point (an existing directory).
         target: PathBuf,
     },
@@ -91,15 +84,8 @@ enum Command {
     /// Run a command chrooted into the merged view (with /proc, /sys, /dev) in a private
     /// mount namespace; everything is unmounted afterwards and on SIGINT/SIGTERM.
     Run {
-        /// A layer, base first, top last (repeat).
-        #[arg(long = "layer", short = 'l', required = true)]
-        layers: Vec<String>,
-        /// Upper dir that keeps the changes [default: a temporary one, discarded]
-        #[arg(long)]
-        upper: Option<PathBuf>,
-        /// Work dir for --upper [default: .NAME.work next to the upper dir]
-        #[arg(long, requires = "upper")]
-        work: Option<PathBuf>,
+        #[command(flatten)]
+        stack: StackArgs,
         /// Where the temporary mount point (and upper dir) go [default: /var/tmp]
         #[arg(long, value_name = "DIR")]
         scratch: Option<PathBuf>,
@@ -154,6 +140,21 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The layers and upper dir of `mount` and `run`.
+#[derive(Debug, clap::Args)]
+struct StackArgs {
+    /// A layer, base first, top last (repeat).
+    #[arg(long = "layer", short = 'l', required = true)]
+    layers: Vec<String>,
+    /// Upper dir that keeps the changes [default: mount: none (read-only stack);
+    /// run: a temporary one, discarded]
+    #[arg(long)]
+    upper: Option<PathBuf>,
+    /// Work dir for --upper [default: .NAME.work next to the upper dir]
+    #[arg(long, requires = "upper")]
+    work: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -273,9 +274,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Mount {
-            layers,
-            upper,
-            work,
+            stack:
+                StackArgs {
+                    layers,
+                    upper,
+                    work,
+                },
             target,
         } => {
             let layers = resolve_all(&store()?, &layers)?;
@@ -306,9 +310,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Run {
-            layers,
-            upper,
-            work,
+            stack:
+                StackArgs {
+                    layers,
+                    upper,
+                    work,
+                },
             scratch,
             command,
         } => {

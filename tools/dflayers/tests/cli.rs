@@ -14,6 +14,15 @@ fn dflayers(store: &Path) -> Cmd {
 }
 
 #[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", Cmd::new(BIN).arg("--help").read().unwrap());
+    for sub in ["mount", "run", "commit", "diff", "squash"] {
+        let text = Cmd::new(BIN).args([sub, "--help"]).read().unwrap();
+        insta::assert_snapshot!(format!("help_{sub}"), text);
+    }
+}
+
+#[test]
 fn help_documents_exit_codes_and_examples() {
     let out = Cmd::new(BIN).arg("--help").read().unwrap();
     for needle in [
