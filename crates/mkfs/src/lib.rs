@@ -279,7 +279,8 @@ pub enum Target {
     File {
         /// The image file.
         path: PathBuf,
-        /// Its size in bytes; default: keep the existing file's size.
+        /// Its size in bytes; default: keep the existing file's size. For squashfs and erofs
+        /// (which size their own output) an upper limit instead.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
     },

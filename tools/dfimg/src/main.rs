@@ -125,6 +125,9 @@ enum Cmd {
         /// Allow an absolute size smaller than the current one.
         #[arg(long)]
         shrink: bool,
+        /// Print the resized image's info as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check an image's consistency (exit 3: corrupt, 4: leaks, 5: not checkable).
     Check {
@@ -382,10 +385,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             size,
             format,
             shrink,
+            json,
         } => {
             qemu_img_cmd::resize(&image, format, size, shrink)?;
             let info = qemu_img_cmd::info(&image, format)?;
-            println!("{}: {}", image.display(), human_size(info.virtual_size));
+            if json {
+                print_json(&info)?;
+            } else {
+                println!("{}: {}", image.display(), human_size(info.virtual_size));
+            }
         }
         Cmd::Check {
             image,
@@ -460,6 +468,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     offset,
                     size,
                 },
+                (None, Some(_)) if is_device => anyhow::bail!(
+                    "--size on block device {}: give --offset too (a range), or drop --size",
+                    target.display()
+                ),
                 _ if is_device => Target::Device {
                     path: target.clone(),
                 },
