@@ -101,6 +101,14 @@ fn run_mode(mode: Mode, appended_esp: bool) -> Result<()> {
     }
     let o = remaster(&req, &mut |_| {}).with_context(|| format!("remaster in {mode} mode"))?;
     ensure!(o.mode == mode, "ran {} instead of {mode}", o.mode);
+    if mode == Mode::Copy {
+        // With iso9660 in the kernel, copy is the conventional mount + rsync route.
+        ensure!(
+            o.steps.iter().any(|s| s.name.contains("mount + rsync")),
+            "{:?}",
+            o.steps
+        );
+    }
     let leaked = KernelState::capture();
     ensure!(
         leaked.mounts_under(dir.path()).is_empty(),

@@ -824,6 +824,23 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         (Some(out), None) => {
             let staged = Staged::new(out)?;
             match mode {
+                Mode::Direct if req.implant_md5 => {
+                    let sums = timed(
+                        &mut steps,
+                        "xorriso replay + md5 (streamed)",
+                        progress,
+                        |_| {
+                            direct_streamed(
+                                &req.input,
+                                staged.path(),
+                                insp.joliet.is_some(),
+                                &changes,
+                                scratch.path(),
+                            )
+                        },
+                    )?;
+                    md5 = sums;
+                }
                 Mode::Direct => timed(&mut steps, "xorriso replay", progress, |_| {
                     direct(
                         &req.input,
@@ -881,7 +898,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                 })?,
                 Mode::Auto | Mode::Patch => unreachable_mode(mode)?,
             }
-            if req.implant_md5 {
+            if req.implant_md5 && md5.is_none() {
                 md5 = Some(implant_file(staged.path(), &mut steps, progress)?);
             }
             let after = timed(&mut steps, "verify boot entries", progress, |_| {
@@ -994,6 +1011,111 @@ pub fn direct(
     }
     c.args(["-commit"]).run()?;
     Ok(())
+}
+
+/// Pipe buffer asked for on the FIFO (the default 64 KiB costs a context switch per write).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Where an output volume's PVD sits (xorriso always writes it at block 16).
+const PVD_LBA: u32 = 16;
+
+/// Reads the FIFO xorriso writes to: hashes (once the PVD has streamed past and the volume
+/// size is known) and writes to `output`. Returns `None` for the sums when the stream had no
+/// primary volume descriptor at block 16.
+fn drain_fifo(fifo: &Path, output: &Path) -> Result<Option<Md5Sums>> {
+    let mut input = File::open(fifo).map_err(|e| Error::io("opening", fifo, e))?;
+    // A bigger pipe means fewer context switches between xorriso and us (best effort).
+    let _ = rustix::pipe::fcntl_setpipe_size(&input, PIPE_SIZE);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .open(output)
+        .map_err(|e| Error::io("opening", output, e))?;
+    let head_len = (u64::from(PVD_LBA) + 1) * SECTOR;
+    let mut head: Vec<u8> = Vec::with_capacity(head_len as usize);
+    let mut hasher: Option<IsoMd5> = None;
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("reading", fifo, e)),
+        };
+        let data = &buf[..n];
+        out.write_all(data)
+            .map_err(|e| Error::io("writing", output, e))?;
+        match hasher.as_mut() {
+            Some(h) => h.update(data),
+            None => {
+                head.extend_from_slice(data);
+                if head.len() as u64 >= head_len {
+                    let pvd = &head[(u64::from(PVD_LBA) * SECTOR) as usize..];
+                    if pvd[0] == 1 && &pvd[1..6] == b"CD001" {
+                        let blocks = u64::from(crate::iso9660::le32(pvd, 80));
+                        let mut h = IsoMd5::new(
+                            blocks * SECTOR,
+                            u64::from(PVD_LBA) * SECTOR,
+                            crate::isomd5::SKIP_SECTORS,
+                            crate::isomd5::FRAGMENT_COUNT,
+                        );
+                        h.update(&head);
+                        hasher = Some(h);
+                    } else {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+    Ok(hasher.map(IsoMd5::finish))
+}
+
+/// `direct` with `--implant-md5` in one pass: xorriso writes into a FIFO, a thread hashes the
+/// bytes as they pass on their way to `output`, then the sum goes into the PVD.
+pub fn direct_streamed(
+    input: &Path,
+    output: &Path,
+    joliet: bool,
+    changes: &Changes,
+    scratch: &Path,
+) -> Result<Option<Md5Sums>> {
+    let fifo = scratch.join("xorriso-out.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| Error::io("creating the FIFO", &fifo, e.into()))?;
+    let (sums, run) = std::thread::scope(|s| {
+        let reader = s.spawn(|| drain_fifo(&fifo, output));
+        let run = direct(input, &fifo, joliet, changes, scratch);
+        // If xorriso never opened the FIFO, the reader still blocks in open(): release it.
+        if let Ok(fd) = rustix::fs::open(
+            &fifo,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        ) {
+            drop(fd);
+        }
+        let sums = reader.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                "hashing",
+                output,
+                std::io::Error::other("reader thread panicked"),
+            ))
+        });
+        (sums, run)
+    });
+    run?;
+    let sums = sums?;
+    match &sums {
+        Some(s) => write_appdata(output, PVD_LBA, s)?,
+        // No PVD where xorriso puts it: hash the finished file instead.
+        None => return crate::isomd5::implant(output, &mut |_, _| {}).map(Some),
+    }
+    Ok(sums)
 }
 
 /// Extract the whole tree with osirrox (no mount) and make it writable.
