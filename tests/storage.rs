@@ -554,3 +554,41 @@ fn qemu_img_round_trip_raw_qcow2_vhdx_raw() {
     info.actual_size = None;
     insta::assert_yaml_snapshot!(info);
 }
+
+#[test]
+fn xfs_refuses_names_a_protofile_cannot_express() {
+    let dir = diskforge_testutil::scratch_dir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("has space"), "x").unwrap();
+    let mut o = MkfsOptions::new(FsType::Xfs);
+    o.populate_from = Some(tree);
+    let img = dir.path().join("x.img");
+    let err = mkfs(
+        &o,
+        &Target::File {
+            path: img,
+            size: Some(300 << 20),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, diskforge_mkfs::Error::BadName { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("has space: xfs protofile names cannot contain whitespace"),
+        "{err}"
+    );
+    // The protofile temporary is gone even though the plan failed half-way.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.to_string_lossy().ends_with(".proto")),
+        "{left:?}"
+    );
+}
