@@ -45,7 +45,7 @@ pub use layer_tar::{Compression, TarOptions, TarStats, squash, write_layer, writ
 pub use merge::{Change, ChangeKind, MergedEntry, diff, merged_tree};
 pub use run::{RunOptions, RunOutcome, run_in_stack};
 pub use stack::{StackMount, default_work_dir, mount_stack};
-pub use store::{Layer, LayerOrigin, Store};
+pub use store::{Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
 pub use unpack::{Limits, UnpackStats, unpack_tar};
 
 /// The xattr overlayfs uses to mark a directory opaque.

@@ -49,11 +49,62 @@ pub struct Layer {
     pub unpacked: Option<UnpackStats>,
 }
 
+/// Progress of an unpack, reported to the callback given to [`Store::with_progress`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnpackProgress {
+    /// The archive being unpacked.
+    pub source: PathBuf,
+    /// Bytes of the (possibly compressed) archive read so far.
+    pub read: u64,
+    /// The archive's size.
+    pub total: u64,
+    /// Whether this archive is finished.
+    pub done: bool,
+}
+
+/// Callback for [`UnpackProgress`].
+pub type ProgressFn = std::sync::Arc<dyn Fn(&UnpackProgress) + Send + Sync>;
+
+/// How often (in archive bytes) progress is reported.
+const PROGRESS_STEP: u64 = 4 << 20;
+
 /// A content-addressed store of unpacked layers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     limits: Limits,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Counts bytes read from an archive file and reports them.
+struct ProgressReader<R> {
+    inner: R,
+    report: Option<ProgressFn>,
+    state: UnpackProgress,
+    last: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.state.read += n as u64;
+        if let Some(r) = &self.report
+            && self.state.read - self.last >= PROGRESS_STEP
+        {
+            self.last = self.state.read;
+            r(&self.state);
+        }
+        Ok(n)
+    }
 }
 
 impl Store {
@@ -75,12 +126,19 @@ impl Store {
         Ok(Store {
             root,
             limits: Limits::default(),
+            progress: None,
         })
     }
 
     /// Use these limits for every archive unpacked from now on.
     pub fn with_limits(mut self, limits: Limits) -> Store {
         self.limits = limits;
+        self
+    }
+
+    /// Report unpack progress to `f` (every few MiB of archive read, and when done).
+    pub fn with_progress(mut self, f: ProgressFn) -> Store {
+        self.progress = Some(f);
         self
     }
 
@@ -203,7 +261,23 @@ impl Store {
         )
         .map_err(|e| Error::io("chmod", tmp.path(), e))?;
         let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        let reader = decompress(BufReader::with_capacity(1 << 20, file))
+        let total = file
+            .metadata()
+            .map_err(|e| Error::io("inspecting", path, e))?
+            .len();
+        let state = UnpackProgress {
+            source: path.to_owned(),
+            read: 0,
+            total,
+            done: false,
+        };
+        let counted = ProgressReader {
+            inner: file,
+            report: self.progress.clone(),
+            state,
+            last: 0,
+        };
+        let reader = decompress(BufReader::with_capacity(1 << 20, counted))
             .map_err(|e| Error::io("reading", path, e))?;
         let mut hashed = HashReader::new(reader);
         let name = path.display().to_string();
@@ -240,6 +314,69 @@ impl Store {
             Err(e) => return Err(Error::io("moving unpacked layer to", &dir, e)),
         }
         write_atomic(&index, diff_id.as_bytes())?;
+        if let Some(report) = &self.progress {
+            report(&UnpackProgress {
+                source: path.to_owned(),
+                read: total,
+                total,
+                done: true,
+            });
+        }
         Ok((dir, diff_id, false, Some(stats)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn unpacks_once_and_reports_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(5);
+        h.set_mode(0o640);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "d/hello", &b"hello"[..]).unwrap();
+        let tar = dir.path().join("l.tar");
+        std::fs::write(&tar, b.into_inner().unwrap()).unwrap();
+
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let store = Store::open(dir.path().join("store"))
+            .unwrap()
+            .with_progress(Arc::new(move |p| sink.lock().unwrap().push(p.clone())));
+        let l = store.import_tarball(&tar).unwrap();
+        assert!(!l.reused);
+        assert_eq!(
+            std::fs::read_to_string(l.path.join("d/hello")).unwrap(),
+            "hello"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(l.path.join("d/hello"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o640);
+        assert_eq!(
+            l.diff_id.as_deref(),
+            Some(crate::digest::file_digest(&tar).unwrap().as_str())
+        );
+        let ev = events.lock().unwrap().clone();
+        assert_eq!(
+            ev.last().map(|e| (e.done, e.read == e.total)),
+            Some((true, true))
+        );
+        assert!(store.import_tarball(&tar).unwrap().reused);
+        assert_eq!(
+            events.lock().unwrap().len(),
+            ev.len(),
+            "a reused layer is not unpacked again"
+        );
     }
 }

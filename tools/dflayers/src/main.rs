@@ -3,6 +3,7 @@
 //!
 //! A thin CLI over `diskforge-layers`: parse, call, print.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -217,6 +218,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// A progress bar on stderr for unpacking (only used when stderr is a terminal).
+fn progress_bar() -> diskforge_layers::ProgressFn {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Arc::new(move |p: &diskforge_layers::UnpackProgress| {
+        bar.set_length(p.total);
+        bar.set_position(p.read);
+        let name = p.source.file_name().unwrap_or_default().to_string_lossy();
+        bar.set_message(format!("unpacking {name}"));
+        if p.done {
+            bar.finish_and_clear();
+            bar.reset();
+        }
+    })
+}
+
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -255,10 +275,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         limits.max_total_size = n;
     }
     let store_root = cli.store.clone().unwrap_or_else(Store::default_root);
+    let progress = (!cli.json && std::io::stderr().is_terminal()).then(progress_bar);
     let store = || -> anyhow::Result<Store> {
-        Ok(Store::open(&store_root)
+        let s = Store::open(&store_root)
             .with_context(|| format!("opening layer store {}", store_root.display()))?
-            .with_limits(limits))
+            .with_limits(limits);
+        Ok(match &progress {
+            Some(p) => s.with_progress(p.clone()),
+            None => s,
+        })
     };
     match cli.command {
         Command::Unpack { layers } => {
