@@ -62,8 +62,52 @@ fn sfdisk_verify(path: &Path) {
     );
 }
 
-/// Check every partition of `t` against what `sfdisk --json` reports.
+/// Check every partition of `t` against `partx` (libblkid's partition parser, independent of
+/// sfdisk's libfdisk): number, start, sectors, type, UUID (MBR: the PARTUUID the kernel
+/// derives), and flags (MBR boot byte, GPT attribute bits).
+fn assert_partx_agrees(path: &Path, t: &Table) {
+    let out = Cmd::new("partx")
+        .args(["-g", "-r", "-o", "NR,START,SECTORS,TYPE,UUID,FLAGS"])
+        .arg(path)
+        .read()
+        .expect("partx");
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
+    let ext = usize::from(t.extended.is_some());
+    assert_eq!(rows.len(), t.partitions.len() + ext, "partx:\n{out}");
+    for p in &t.partitions {
+        let r = rows
+            .iter()
+            .find(|r| r[0] == p.number.to_string())
+            .unwrap_or_else(|| panic!("partition {} not in partx:\n{out}", p.number));
+        let (ty, flags) = match t.label {
+            Label::Gpt => (
+                p.part_type.guid.clone().unwrap_or_default().to_lowercase(),
+                format!("0x{:x}", p.attributes),
+            ),
+            Label::Mbr => (
+                format!("0x{:x}", p.part_type.mbr_byte().unwrap_or(0)),
+                if p.flags.contains(&Flag::Boot) {
+                    "0x80".into()
+                } else {
+                    "0x0".into()
+                },
+            ),
+        };
+        let want = [
+            p.number.to_string(),
+            p.start_lba.to_string(),
+            p.size_lba.to_string(),
+            ty,
+            p.uuid.clone().unwrap_or_default(),
+            flags,
+        ];
+        assert_eq!(r[..], want, "partx row for partition {}:\n{out}", p.number);
+    }
+}
+
+/// Check every partition of `t` against what `sfdisk --json` reports, and against `partx`.
 fn assert_sfdisk_agrees(path: &Path, t: &Table) {
+    assert_partx_agrees(path, t);
     let j = sfdisk_json(path);
     let parts = j["partitions"].as_array().expect("partitions");
     match t.label {
@@ -441,6 +485,35 @@ fn read_errors() {
             .contains("the plan is for 2147483648 bytes but the disk has 1073741824"),
         "{err}"
     );
+    // Hand-edited plans that no planning function makes are refused before writing.
+    let good = diskforge_part::plan(&gpt_layout(), GIB).expect("plan");
+    let mut bad = good.clone();
+    bad.table.partitions[1].start_lba = bad.table.partitions[0].start_lba;
+    let err = diskforge_part::apply(&gpt, &bad).expect_err("overlap");
+    assert!(
+        err.to_string()
+            .contains("not a valid plan: partition 2 has an impossible extent"),
+        "{err}"
+    );
+    let mut bad = good.clone();
+    bad.table.partitions[0].end_lba = bad.table.partitions[1].start_lba;
+    bad.table.partitions[0].size_lba =
+        bad.table.partitions[0].end_lba - bad.table.partitions[0].start_lba + 1;
+    let err = diskforge_part::apply(&gpt, &bad).expect_err("overlap");
+    assert!(
+        err.to_string()
+            .contains("not a valid plan: partitions 1 and 2 overlap"),
+        "{err}"
+    );
+    let mut bad = good;
+    bad.table.partitions[6].end_lba += 1 << 30;
+    bad.table.partitions[6].size_lba += 1 << 30;
+    let err = diskforge_part::apply(&gpt, &bad).expect_err("past the end");
+    assert!(
+        err.to_string()
+            .contains("not a valid plan: partition 7 has an impossible extent"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -710,4 +783,75 @@ fn assert_sfdisk_agrees_except_ext_type(path: &Path, t: &Table) {
     } else {
         assert_sfdisk_agrees(path, &t);
     }
+}
+
+/// Damaged tables give errors, never panics: poke bytes of the headers, entries and EBRs one
+/// at a time and read.
+#[test]
+fn corrupt_tables_do_not_panic() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = diskforge_testutil::scratch_dir();
+    let gpt = dir.path().join("gpt.img");
+    let mut l = Layout::new(Label::Gpt);
+    l.partitions = vec![PartSpec::new("a", "1MiB"), PartSpec::new("b", "rest")];
+    let tg = diskforge_part::create(
+        &gpt,
+        &l,
+        &WriteOptions {
+            size: Some(4 * MIB),
+        },
+    )
+    .expect("gpt");
+    let mbr = dir.path().join("mbr.img");
+    let mut l = Layout::new(Label::Mbr);
+    l.partitions = ["a", "b", "c"]
+        .iter()
+        .map(|n| PartSpec::new(*n, "1MiB").with_flag(Flag::Logical))
+        .collect();
+    let tm = diskforge_part::create(
+        &mbr,
+        &l,
+        &WriteOptions {
+            size: Some(8 * MIB),
+        },
+    )
+    .expect("mbr");
+
+    let size = 4 * MIB;
+    let mut spots: Vec<(&Path, u64)> = Vec::new();
+    // GPT: primary header, first entries, backup header.
+    spots.extend((512..512 + 92).map(|o| (gpt.as_path(), o)));
+    spots.extend((1024..1024 + 256).step_by(3).map(|o| (gpt.as_path(), o)));
+    spots.extend((size - 512..size - 512 + 92).map(|o| (gpt.as_path(), o)));
+    spots.push((gpt.as_path(), 446 + 4));
+    // MBR: the four entries and every EBR's two entries.
+    spots.extend((446..510).map(|o| (mbr.as_path(), o)));
+    for p in &tm.partitions {
+        let ebr = p.ebr_lba.expect("logical") * 512;
+        spots.extend((ebr + 446..ebr + 512).map(|o| (mbr.as_path(), o)));
+    }
+    let mut errors = 0;
+    for (path, off) in spots {
+        let orig = std::fs::read(path).expect("read")[off as usize];
+        for v in [0x00u8, 0xff, 0x80, orig ^ 0x01] {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open");
+            f.seek(SeekFrom::Start(off))
+                .and_then(|_| f.write_all(&[v]))
+                .expect("poke");
+            if diskforge_part::read(path).is_err() {
+                errors += 1;
+            }
+            f.seek(SeekFrom::Start(off))
+                .and_then(|_| f.write_all(&[orig]))
+                .expect("restore");
+        }
+    }
+    assert!(errors > 0, "some damage must be noticed");
+    assert_eq!(
+        diskforge_part::read(&gpt).expect("intact").partitions,
+        tg.partitions
+    );
 }

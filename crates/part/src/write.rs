@@ -7,7 +7,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::layout::{Label, Layout, random_uuid};
-use crate::plan::{EXTENDED_TYPE, Plan, compact_gpt_numbers, mbr_partuuid, plan};
+use crate::plan::{EXTENDED_TYPE, Plan, compact_gpt_numbers, mbr_partuuid, plan, usable};
 use crate::read::{
     BOOT_SIGNATURE, ENTRIES_OFFSET, device_sector_size, disk_size, io_err, read_with_sector_size,
 };
@@ -101,6 +101,10 @@ pub fn apply(path: &Path, plan: &Plan) -> Result<Table> {
         });
     }
     compact_gpt_numbers(&mut table);
+    check_plan(&table).map_err(|reason| Error::Mismatch {
+        path: path.to_owned(),
+        reason: format!("not a valid plan: {reason}"),
+    })?;
     fill_uuids(&mut table);
     tracing::debug!(path = %path.display(), label = %table.label, parts = table.partitions.len(), "writing partition table");
     match table.label {
@@ -123,6 +127,64 @@ pub fn apply(path: &Path, plan: &Plan) -> Result<Table> {
         }
     }
     Ok(back)
+}
+
+/// Reject tables no planning function makes (hand-edited plans), before any byte is written.
+fn check_plan(t: &Table) -> std::result::Result<(), String> {
+    let ss = u64::from(t.sector_size);
+    let (first, last) = usable(t.label, t.disk_size_bytes / ss, ss)
+        .ok_or_else(|| "the disk is too small".to_owned())?;
+    if (t.first_usable_lba, t.last_usable_lba) != (first, last) {
+        return Err(format!(
+            "usable sectors {}..={} but this disk has {first}..={last}",
+            t.first_usable_lba, t.last_usable_lba
+        ));
+    }
+    let mut ranges: Vec<(u64, u64, u32)> = Vec::new();
+    for p in &t.partitions {
+        let low = p.ebr_lba.unwrap_or(p.start_lba);
+        if p.size_lba == 0
+            || p.end_lba != p.start_lba + p.size_lba - 1
+            || low < first
+            || p.end_lba > last
+            || low > p.start_lba
+        {
+            return Err(format!("partition {} has an impossible extent", p.number));
+        }
+        let number_ok = match (t.label, p.kind) {
+            (Label::Gpt, PartKind::Primary) => (1..=128).contains(&p.number),
+            (Label::Gpt, PartKind::Logical) => false,
+            (Label::Mbr, PartKind::Primary) => (1..=4).contains(&p.number),
+            (Label::Mbr, PartKind::Logical) => {
+                p.number >= 5 && p.ebr_lba.is_some() && t.extended.is_some()
+            }
+        };
+        if !number_ok {
+            return Err(format!(
+                "partition {} has an impossible number or kind",
+                p.number
+            ));
+        }
+        ranges.push((low, p.end_lba, p.number));
+    }
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        if w[1].0 <= w[0].1 {
+            return Err(format!("partitions {} and {} overlap", w[0].2, w[1].2));
+        }
+    }
+    if let Some(e) = &t.extended {
+        let inside = t
+            .partitions
+            .iter()
+            .filter(|p| p.kind == PartKind::Logical)
+            .all(|p| p.ebr_lba.unwrap_or(0) >= e.start_lba && p.end_lba < e.start_lba + e.size_lba);
+        if e.size_lba == 0 || e.start_lba < first || e.start_lba + e.size_lba - 1 > last || !inside
+        {
+            return Err("the extended partition does not hold its logical partitions".into());
+        }
+    }
+    Ok(())
 }
 
 fn fill_uuids(t: &mut Table) {
