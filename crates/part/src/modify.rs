@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::layout::{Flag, Label};
-use crate::plan::{ATTR_LEGACY_BOOT, ATTR_REQUIRED, Plan, compact_gpt_numbers, mbr_partuuid};
+use crate::plan::{
+    ATTR_LEGACY_BOOT, ATTR_REQUIRED, Plan, check_name, compact_gpt_numbers, mbr_partuuid,
+};
 use crate::types::resolve;
 use crate::{Error, PartKind, PartRef, Result, Table};
 
@@ -104,13 +106,7 @@ pub fn plan_set(existing: &Table, number: u32, change: &PartChange) -> Result<Pl
         if label == Label::Mbr {
             return Err(invalid("name", n, "MBR partitions have no names".into()));
         }
-        if n.contains('\0') || n.encode_utf16().count() > 36 {
-            return Err(invalid(
-                "name",
-                n,
-                "a GPT name is at most 36 UTF-16 units, no NUL".into(),
-            ));
-        }
+        check_name(label, n).map_err(|reason| invalid("name", n, reason))?;
         p.name = (!n.is_empty()).then(|| n.clone());
     }
     if let Some(ty) = &change.type_code {

@@ -121,16 +121,7 @@ fn parse_spec(
         reason,
     };
     if let Some(n) = &s.name {
-        if n.contains('\0') {
-            return Err(field_err("name", n, "contains a NUL character".into()));
-        }
-        if label == Label::Gpt && n.encode_utf16().count() > GPT_NAME_MAX {
-            return Err(field_err(
-                "name",
-                n,
-                format!("longer than the {GPT_NAME_MAX} UTF-16 units a GPT entry holds"),
-            ));
-        }
+        check_name(label, n).map_err(|reason| field_err("name", n, reason))?;
     }
     let size: SizeSpec = s
         .size
@@ -251,6 +242,19 @@ struct MbrSlots {
     /// Whether an extended partition exists, and whether it is the last thing on the disk
     /// (so logical partitions can be appended to it).
     extended: Option<bool>,
+}
+
+/// Why `name` cannot be a partition name on `label`, if it cannot.
+pub(crate) fn check_name(label: Label, name: &str) -> std::result::Result<(), String> {
+    if name.contains('\0') {
+        return Err("contains a NUL character".into());
+    }
+    if label == Label::Gpt && name.encode_utf16().count() > GPT_NAME_MAX {
+        return Err(format!(
+            "longer than the {GPT_NAME_MAX} UTF-16 units a GPT entry holds"
+        ));
+    }
+    Ok(())
 }
 
 /// Decide which new MBR partitions are logical.

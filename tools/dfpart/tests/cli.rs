@@ -211,12 +211,21 @@ fn layout_file_yaml_and_json() {
     assert!(err.contains("bad.yaml") && err.contains("colour"), "{err}");
 }
 
-fn gpt<'a>(parts: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["create", "e.img", "--label", "gpt", "--size", "1G"];
+/// `dfpart create e.img --label LABEL --size 1G --part P…`
+fn create_args<'a>(label: &'a str, parts: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["create", "e.img", "--label", label, "--size", "1G"];
     for p in parts {
         a.extend(["--part", p]);
     }
     a
+}
+
+fn gpt<'a>(parts: &[&'a str]) -> Vec<&'a str> {
+    create_args("gpt", parts)
+}
+
+fn mbr<'a>(parts: &[&'a str]) -> Vec<&'a str> {
+    create_args("mbr", parts)
 }
 
 #[test]
@@ -282,38 +291,18 @@ fn exit_codes_and_messages() {
             "partition 2 (b): start=\"50M\": overlaps partition 1 (a)",
         ),
         (
-            vec![
-                "create",
-                "e.img",
-                "--label",
-                "mbr",
-                "--size",
-                "1G",
-                "--part",
+            mbr(&[
                 "size=1M,flags=primary",
-                "--part",
                 "size=1M,flags=primary",
-                "--part",
                 "size=1M,flags=primary",
-                "--part",
                 "size=1M,flags=primary",
-                "--part",
                 "name=five,size=1M,flags=primary",
-            ],
+            ]),
             3,
             "partition 5 (five): flags=\"primary\": too many primary partitions",
         ),
         (
-            vec![
-                "create",
-                "e.img",
-                "--label",
-                "mbr",
-                "--size",
-                "1G",
-                "--part",
-                "name=a,size=1M,uuid=x",
-            ],
+            mbr(&["name=a,size=1M,uuid=x"]),
             3,
             "uuid=\"x\": MBR partitions have no UUID",
         ),
