@@ -58,6 +58,23 @@ pub enum Error {
         /// Its format as given or detected (`"auto"` when not given).
         format: String,
     },
+    /// The destination of [`convert_into_place`] exists already.
+    #[error("{}: exists already (remove it first)", path.display())]
+    Exists {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// Renaming the finished temporary output into place failed.
+    #[error("renaming {} to {}", from.display(), to.display())]
+    Rename {
+        /// The temporary output.
+        from: PathBuf,
+        /// The destination.
+        to: PathBuf,
+        /// The OS error.
+        #[source]
+        source: rustix::io::Errno,
+    },
     /// An unknown image format name.
     #[error("unknown image format {0:?} (one of raw, qcow2, vmdk, vhdx, vpc)")]
     UnknownFormat(String),
@@ -385,6 +402,49 @@ pub fn convert(
             path: src.to_owned(),
             source: Box::new(source),
         })
+}
+
+/// Like [`convert`], but all-or-nothing: writes `.NAME.partial` beside `dst` and renames it
+/// into place only when qemu-img succeeded, never overwriting (`renameat2(RENAME_NOREPLACE)`;
+/// an existing `dst` gives [`Error::Exists`]). The partial file is removed on failure.
+///
+/// Not for vmdk subformats that write extra extent files named after the output
+/// (`monolithicFlat`, `twoGbMaxExtent*`): use [`convert`] for those.
+pub fn convert_into_place(
+    src: &Path,
+    dst: &Path,
+    opts: &ConvertOptions,
+    on_progress: impl FnMut(f64),
+) -> Result<()> {
+    if dst.exists() {
+        return Err(Error::Exists {
+            path: dst.to_owned(),
+        });
+    }
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dst.with_file_name(format!(".{name}.partial"));
+    let res = convert(src, &tmp, opts, on_progress).and_then(|()| {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &tmp,
+            rustix::fs::CWD,
+            dst,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|source| Error::Rename {
+            from: tmp.clone(),
+            to: dst.to_owned(),
+            source,
+        })
+    });
+    if res.is_err() {
+        // Best effort: qemu-img may have failed before creating it.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// A new size for `resize`.

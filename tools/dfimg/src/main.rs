@@ -62,6 +62,8 @@ enum Cmd {
         json: bool,
     },
     /// Convert an image between raw, qcow2, vmdk, vhdx and vpc (VHD).
+    ///
+    /// DST must not exist; it appears only when the conversion succeeded.
     Convert {
         /// Input image.
         src: PathBuf,
@@ -330,12 +332,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 options,
             };
             let pb = progress_bar();
-            qemu_img_cmd::convert(&src, &dst, &opts, |p| {
+            let on_progress = |p: f64| {
                 if let Some(pb) = &pb {
                     pb.set_position((p * 100.0) as u64);
                     pb.set_message(format!("{p:5.1}%"));
                 }
-            })?;
+            };
+            // vmdk subformats with extent files named after the output cannot be renamed.
+            let extents = output_format == Format::Vmdk
+                && opts.options.iter().any(|o| {
+                    o.starts_with("subformat=")
+                        && !matches!(
+                            &o["subformat=".len()..],
+                            "monolithicSparse" | "streamOptimized"
+                        )
+                });
+            if extents {
+                qemu_img_cmd::convert(&src, &dst, &opts, on_progress)?;
+            } else {
+                qemu_img_cmd::convert_into_place(&src, &dst, &opts, on_progress)?;
+            }
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }

@@ -89,6 +89,12 @@ fn create_convert_check_exit_codes() {
         d,
     ));
     assert_eq!(info["format"], "qcow2");
+    let again = dfimg(&["convert", "disk.raw", "disk.qcow2", "-O", "qcow2"], d);
+    assert_eq!(code(&again), 1);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("disk.qcow2: exists already"));
+    let missing = dfimg(&["convert", "nope.raw", "nope.qcow2", "-O", "qcow2"], d);
+    assert_eq!(code(&missing), 1);
+    assert!(!d.join("nope.qcow2").exists() && !d.join(".nope.qcow2.partial").exists());
     let report = json(&dfimg(&["check", "disk.qcow2", "--json"], d));
     assert_eq!(report["check-errors"], 0);
     assert_eq!(code(&dfimg(&["check", "disk.raw", "-f", "raw"], d)), 5);
