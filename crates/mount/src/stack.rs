@@ -14,69 +14,42 @@ pub trait Teardown: Send {
     fn release_boxed(self: Box<Self>);
 }
 
-impl Teardown for Mount {
-    fn describe(&self) -> String {
-        format!("unmount {}", self.target().display())
-    }
-    fn teardown_boxed(self: Box<Self>) -> Result<()> {
-        (*self).teardown()
-    }
-    fn release_boxed(self: Box<Self>) {
-        drop((*self).release());
-    }
+/// `Teardown` for a guard with `teardown(self)` and `release(self) -> PathBuf`; `$describe`
+/// renders the step for error reports.
+macro_rules! guard_teardown {
+    ($ty:ty, |$g:ident| $describe:expr) => {
+        impl Teardown for $ty {
+            fn describe(&self) -> String {
+                let $g = self;
+                $describe
+            }
+            fn teardown_boxed(self: Box<Self>) -> Result<()> {
+                // `?` converts diskforge_loop::Error for the loop guards.
+                #[allow(clippy::needless_question_mark)]
+                Ok((*self).teardown()?)
+            }
+            fn release_boxed(self: Box<Self>) {
+                drop((*self).release());
+            }
+        }
+    };
 }
 
-impl Teardown for OverlayMount {
-    fn describe(&self) -> String {
-        format!("unmount overlay {}", self.target().display())
-    }
-    fn teardown_boxed(self: Box<Self>) -> Result<()> {
-        (*self).teardown()
-    }
-    fn release_boxed(self: Box<Self>) {
-        drop((*self).release());
-    }
-}
-
-impl Teardown for ImageMount {
-    fn describe(&self) -> String {
-        format!(
-            "unmount {} and detach {}",
-            self.target().display(),
-            self.device().display()
-        )
-    }
-    fn teardown_boxed(self: Box<Self>) -> Result<()> {
-        (*self).teardown()
-    }
-    fn release_boxed(self: Box<Self>) {
-        drop((*self).release());
-    }
-}
-
-impl Teardown for LoopDevice {
-    fn describe(&self) -> String {
-        format!("detach {}", self.path().display())
-    }
-    fn teardown_boxed(self: Box<Self>) -> Result<()> {
-        Ok((*self).detach()?)
-    }
-    fn release_boxed(self: Box<Self>) {
-        drop((*self).release());
-    }
-}
-
-impl Teardown for PartitionDevice {
-    fn describe(&self) -> String {
-        format!("release partition {}", self.path().display())
-    }
-    fn teardown_boxed(self: Box<Self>) -> Result<()> {
-        Ok((*self).teardown()?)
-    }
-    fn release_boxed(self: Box<Self>) {
-        drop((*self).release());
-    }
-}
+guard_teardown!(Mount, |m| format!("unmount {}", m.target().display()));
+guard_teardown!(OverlayMount, |m| format!(
+    "unmount overlay {}",
+    m.target().display()
+));
+guard_teardown!(ImageMount, |m| format!(
+    "unmount {} and detach {}",
+    m.target().display(),
+    m.device().display()
+));
+guard_teardown!(LoopDevice, |d| format!("detach {}", d.path().display()));
+guard_teardown!(PartitionDevice, |p| format!(
+    "release partition {}",
+    p.path().display()
+));
 
 /// One failed step of a teardown.
 #[derive(Debug)]
