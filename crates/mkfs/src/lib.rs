@@ -275,7 +275,7 @@ pub fn source_date_epoch_from_env() -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
-    /// An image file, created or resized (sparse) to `size` when given.
+    /// An image file; with `size` it is created, or emptied, and made `size` bytes (sparse).
     File {
         /// The image file.
         path: PathBuf,
@@ -314,7 +314,8 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "step")]
 pub enum Step {
-    /// Create `path` if needed and set its length to `size` (sparse).
+    /// Create `path`, or empty an existing one, and give it `size` zero bytes (sparse), so no
+    /// stale data from an earlier image remains (output depends only on the inputs).
     SizeFile {
         /// The file.
         path: PathBuf,
@@ -833,7 +834,7 @@ fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
         Step::SizeFile { path, size } => {
             let f = std::fs::OpenOptions::new()
                 .create(true)
-                .truncate(false)
+                .truncate(true)
                 .write(true)
                 .open(path)
                 .map_err(io("creating", path))?;

@@ -163,7 +163,7 @@ enum Cmd {
         fs: FsType,
         /// Image file or block device.
         target: PathBuf,
-        /// Size of the file (created or resized), or of the range with --offset.
+        /// Size of the file (created or emptied), or of the range with --offset.
         #[arg(long, value_parser = qemu_img_cmd::parse_size)]
         size: Option<u64>,
         /// Byte offset into TARGET (needs --size): a partition without a loop device.
