@@ -599,3 +599,47 @@ fn private_namespace_mounts_stay_invisible() {
     assert_eq!(seen_inside, (true, false));
     assert_clean(dir.path());
 }
+
+#[test]
+fn block_size_direct_io_and_autoclear() {
+    if !require_root("block_size_direct_io_and_autoclear") {
+        return;
+    }
+    let dir = scratch_dir();
+    let img = dir.path().join("img");
+    patterned(&img, 4 * MIB);
+    for legacy in [false, true] {
+        let opts = AttachOptions::new()
+            .block_size(4096)
+            .direct_io(true)
+            .autoclear(true)
+            .legacy_ioctls(legacy);
+        let dev = LoopDevice::attach(&img, &opts).unwrap();
+        let info = dev.info().unwrap();
+        assert_eq!(info.log_sec, 4096, "legacy={legacy}");
+        assert!(info.autoclear && info.dio, "legacy={legacy}: {info:?}");
+        let sec = Cmd::new("blockdev")
+            .arg("--getss")
+            .arg(dev.path())
+            .read()
+            .unwrap();
+        assert_eq!(sec.trim(), "4096");
+        assert_eq!(
+            read_range(dev.path(), 8192, 4096),
+            read_range(&img, 8192, 4096)
+        );
+        // Autoclear: once the guard lets go and nobody holds it, the kernel detaches it.
+        let path = dev.release();
+        let mut gone = false;
+        for _ in 0..200 {
+            // Another test may reuse the number at once: only "not ours any more" counts.
+            if diskforge_loop::info(&path).map_or(true, |i| i.back_file != img) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(gone, "{} still attached", path.display());
+    }
+    assert_clean(dir.path());
+}
