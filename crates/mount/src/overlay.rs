@@ -89,6 +89,9 @@ pub enum OverlayMethod {
 
 /// An overlay stack to mount. Lower dirs are listed top first, as in `lowerdir=top:…:bottom`.
 ///
+/// overlayfs reads each lower dir beneath any mounts on it: a bind mount *inside* a lower dir
+/// is not visible through the overlay (bind over the merged view instead).
+///
 /// ```no_run
 /// use diskforge_mount::Overlay;
 /// let m = Overlay::new()
