@@ -643,3 +643,18 @@ fn block_size_direct_io_and_autoclear() {
     }
     assert_clean(dir.path());
 }
+
+#[test]
+fn guard_unmounts_a_mount_made_through_a_symlink() {
+    if !require_root("guard_unmounts_a_mount_made_through_a_symlink") {
+        return;
+    }
+    let dir = scratch_dir();
+    let d = mkdirs(dir.path(), &["src", "real"]);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&d[1], &link).unwrap();
+    let m = Mount::bind(&d[0], &link).unwrap();
+    assert_eq!(m.target(), d[1]);
+    m.teardown().unwrap();
+    assert_clean(dir.path());
+}

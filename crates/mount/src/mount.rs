@@ -149,8 +149,12 @@ impl Mount {
     }
 
     fn owned(target: impl Into<PathBuf>) -> Mount {
+        let target = target.into();
+        // mount(2) follows symlinks in the target but we unmount with UMOUNT_NOFOLLOW, so
+        // keep the resolved path.
+        let target = std::fs::canonicalize(&target).unwrap_or(target);
         Mount {
-            target: Some(target.into()),
+            target: Some(target),
             lazy: false,
         }
     }
@@ -224,7 +228,9 @@ fn check_bind(source: &Path, target: &Path) -> Result<()> {
 ///  - [umount(2)](https://man7.org/linux/man-pages/man2/umount.2.html)
 #[doc(alias = "umount2")]
 pub fn unmount(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {
-    let target = target.as_ref();
+    // Like umount(8), act on the resolved path (the final component is never followed below).
+    let resolved = std::fs::canonicalize(target.as_ref());
+    let target = resolved.as_deref().unwrap_or(target.as_ref());
     for attempt in 1..=UNMOUNT_ATTEMPTS {
         match rustix::io::retry_on_intr(|| rustix::mount::unmount(target, UnmountFlags::NOFOLLOW)) {
             Ok(()) => {
