@@ -170,6 +170,49 @@ fn commit_squash_and_diff_round_trip() {
         listing.lines().collect::<Vec<_>>(),
         ["./", "etc/", "etc/a", "etc/c"]
     );
+
+    // Two images in an OCI layout: base, then the upper dir on top of it; read back as
+    // LAYOUT:REF and squashed to the same content.
+    let layout = d.join("oci");
+    for (dir, tag, base) in [(&base, "base", None), (&upper, "v2", Some("base"))] {
+        let mut cmd = dflayers(&store)
+            .args(["--json", "commit"])
+            .arg(dir)
+            .arg("--oci-layout")
+            .arg(&layout)
+            .args(["--tag", tag]);
+        if let Some(b) = base {
+            cmd = cmd.args(["--base", b]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&cmd.read().unwrap()).unwrap();
+        assert_eq!(v["image"]["reference"], tag);
+    }
+    let spec = format!("{}:v2", layout.display());
+    let out = dflayers(&store)
+        .args(["--json", "unpack", &spec])
+        .read()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    let flat2 = d.join("flat2.tar");
+    dflayers(&store)
+        .args(["squash", "-l", &spec, "-o"])
+        .arg(&flat2)
+        .run()
+        .unwrap();
+    let listing = Cmd::new("tar").arg("-tf").arg(&flat2).read().unwrap();
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        ["./", "etc/", "etc/a", "etc/c"]
+    );
+    let err = dflayers(&store)
+        .args(["unpack", &format!("{}:nope", layout.display())])
+        .run()
+        .unwrap_err();
+    assert!(
+        err.stderr().unwrap().contains("no image named \"nope\""),
+        "{err}"
+    );
 }
 
 fn rustix_whiteout(path: &Path) {
