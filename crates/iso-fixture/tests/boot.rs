@@ -1,9 +1,17 @@
-//! Real boots of the fixture under QEMU (TCG unless a KVM probe passes), one per firmware
-//! path: SeaBIOS with the ISO as a CD and as a hard disk (USB stick), OVMF with the ISO as a
-//! CD, and OVMF with it as a hard disk using the appended-ESP layout. Each checks the marker,
-//! the kernel command line and what `/init` read from the medium. No root needed.
+//! Real boots under QEMU (TCG unless a KVM probe passes), one per firmware path. The first
+//! boots the fixture as built (its own `inst.ks=`), isolating the fixture from the
+//! remaster code; the other three boot the fixture after `diskforge_iso::remaster`
+//! (`--kickstart`, `--add`, `--implant-md5`, mode auto), which is the check that
+//! a remastered installer still boots on BIOS and UEFI, from CD and from a USB stick, and
+//! that the kickstart reaches the kernel and is readable from the medium:
+//! - SeaBIOS, ISO as CD: fixture as built;
+//! - SeaBIOS, ISO as hard disk (isohybrid MBR): remastered;
+//! - OVMF, ISO as CD (El Torito EFI → GRUB → tree `EFI/BOOT/grub.cfg`): remastered;
+//! - OVMF, ISO as hard disk with the appended-ESP layout (GRUB reads the `grub.cfg` inside
+//!   the FAT partition): remastered — the USB/UEFI case that ignores a kickstart when a tool
+//!   forgets the FAT image.
 //!
-//! Not covered: real USB controllers (the hard disk is IDE), Secure Boot, 32-bit UEFI.
+//! No root needed. Not covered: real USB controllers (the disk is IDE), Secure Boot.
 
 // Helpers outside #[test] fns: a failed unwrap is the test failing, with its message.
 #![allow(clippy::unwrap_used)]
@@ -11,30 +19,25 @@
 use std::path::Path;
 use std::time::Duration;
 
+use diskforge_iso::{Edit, Mode, Request, remaster};
 use diskforge_iso_fixture::boot::{BootReport, Firmware, boot};
-use diskforge_iso_fixture::{EspLayout, FixtureSpec, build};
+use diskforge_iso_fixture::{EspLayout, Fixture, FixtureSpec, build};
 
-/// Generous: a TCG boot takes 8–15 s here, but CI machines are shared.
+/// Generous: a TCG boot takes 8–16 s here, but CI machines are shared.
 const TIMEOUT: Duration = Duration::from_secs(240);
+const KS_FIRST_LINE: &str = "# kickstart from the boot test";
+const ADDED_FIRST_LINE: &str = "hello from the medium";
 
-fn boot_fixture(dir: &Path, esp: EspLayout, ks_arg: Option<&str>, fw: Firmware) -> BootReport {
+fn fixture(dir: &Path, esp: EspLayout, extra: impl FnOnce(&mut FixtureSpec)) -> Fixture {
     let mut spec = FixtureSpec::new(dir);
     spec.esp = esp;
-    spec.extra_files = vec![
-        (
-            "ks/fixture-ks.cfg".into(),
-            b"# kickstart on the fixture\ntext\n".to_vec(),
-        ),
-        (
-            "diskforge-added.txt".into(),
-            b"hello from the medium\n".to_vec(),
-        ),
-    ];
-    if let Some(ks) = ks_arg {
-        spec.extra_args = format!("inst.ks={ks}");
-    }
-    let f = build(&spec).unwrap();
-    let r = boot(&f.iso, fw, TIMEOUT).unwrap();
+    extra(&mut spec);
+    build(&spec).unwrap()
+}
+
+/// Boot and check what every boot must show.
+fn boot_ok(iso: &Path, volid: &str, fw: Firmware) -> BootReport {
+    let r = boot(iso, fw, TIMEOUT).unwrap();
     eprintln!("{}: {:.1} s ({:?})", fw.name(), r.seconds, r.accel);
     assert!(
         r.ok(),
@@ -47,54 +50,100 @@ fn boot_fixture(dir: &Path, esp: EspLayout, ks_arg: Option<&str>, fw: Firmware) 
     assert_eq!(r.kernel_arg("panic"), Some("-1"));
     assert_eq!(
         r.kernel_arg("inst.stage2"),
-        Some(format!("hd:LABEL={}", f.volid).as_str())
+        Some(format!("hd:LABEL={volid}").as_str())
+    );
+    r
+}
+
+/// Remaster `f` with a kickstart, an added file and an MD5; boot it; check all three.
+fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware) -> BootReport {
+    let ks = dir.join("ks.cfg");
+    std::fs::write(&ks, format!("{KS_FIRST_LINE}\ntext\n")).unwrap();
+    let added = dir.join("added.txt");
+    std::fs::write(&added, format!("{ADDED_FIRST_LINE}\n")).unwrap();
+    let out = dir.join("remastered.iso");
+    let mut req = Request::new(&f.iso);
+    req.output = Some(out.clone());
+    req.kickstart = Some(ks);
+    req.edits.push(Edit::Add {
+        src: added,
+        dest: "/diskforge-added.txt".into(),
+    });
+    req.implant_md5 = true;
+    req.mode = Mode::Auto;
+    let outcome = remaster(&req, &mut |_| {}).unwrap();
+    eprintln!(
+        "{}: remastered in mode {} ({})",
+        fw.name(),
+        outcome.mode,
+        outcome.reason
+    );
+    let r = boot_ok(&out, &f.volid, fw);
+    let ks_arg = r.kernel_arg("inst.ks").unwrap_or_else(|| {
+        panic!(
+            "{}: no inst.ks= on the kernel command line: {:?}",
+            fw.name(),
+            r.cmdline
+        )
+    });
+    assert!(ks_arg.ends_with(":/ks.cfg"), "{ks_arg}");
+    assert_eq!(
+        r.kickstart.as_deref(),
+        Some(KS_FIRST_LINE),
+        "{}: {:?}",
+        fw.name(),
+        r.kickstart_missing
     );
     assert_eq!(
         r.files.get("/diskforge-added.txt").map(String::as_str),
-        Some("hello from the medium")
+        Some(ADDED_FIRST_LINE)
     );
     r
 }
 
 #[test]
-fn seabios_cdrom_boots_and_reads_the_kickstart() {
+fn seabios_cdrom_boots_the_fixture_and_reads_its_kickstart() {
     let dir = diskforge_testutil::scratch_dir();
     let ks = "hd:LABEL=Diskforge-Fixture-x86_64:/ks/fixture-ks.cfg";
-    let r = boot_fixture(
-        dir.path(),
-        EspLayout::InTree,
-        Some(ks),
-        Firmware::SeaBiosCdrom,
-    );
+    let f = fixture(dir.path(), EspLayout::InTree, |s| {
+        s.extra_files = vec![
+            (
+                "ks/fixture-ks.cfg".into(),
+                b"# kickstart on the fixture\ntext\n".to_vec(),
+            ),
+            (
+                "diskforge-added.txt".into(),
+                format!("{ADDED_FIRST_LINE}\n").into_bytes(),
+            ),
+        ];
+        s.extra_args = format!("inst.ks={ks}");
+    });
+    let r = boot_ok(&f.iso, &f.volid, Firmware::SeaBiosCdrom);
     assert_eq!(r.medium.as_deref(), Some("/dev/sr0"));
     // isolinux passes initrd= through; GRUB does not.
     assert_eq!(r.kernel_arg("initrd"), Some("/images/pxeboot/initrd.img"));
     assert_eq!(r.kickstart_arg.as_deref(), Some(ks));
     assert_eq!(r.kickstart.as_deref(), Some("# kickstart on the fixture"));
+    assert_eq!(
+        r.files.get("/diskforge-added.txt").map(String::as_str),
+        Some(ADDED_FIRST_LINE)
+    );
 }
 
 #[test]
-fn seabios_hard_disk_boots_the_isohybrid_mbr() {
+fn seabios_hard_disk_boots_the_remastered_isohybrid_mbr() {
     let dir = diskforge_testutil::scratch_dir();
-    let r = boot_fixture(
-        dir.path(),
-        EspLayout::InTree,
-        None,
-        Firmware::SeaBiosHardDisk,
-    );
+    let f = fixture(dir.path(), EspLayout::InTree, |_| {});
+    let r = remastered_boot(dir.path(), &f, Firmware::SeaBiosHardDisk);
     assert_eq!(r.medium.as_deref(), Some("/dev/sda"));
-    assert_eq!(r.kickstart_arg, None);
+    assert_eq!(r.kernel_arg("initrd"), Some("/images/pxeboot/initrd.img"));
 }
 
 #[test]
-fn ovmf_cdrom_boots_grub_and_reads_the_kickstart() {
+fn ovmf_cdrom_boots_remastered_grub_from_el_torito() {
     let dir = diskforge_testutil::scratch_dir();
-    let r = boot_fixture(
-        dir.path(),
-        EspLayout::InTree,
-        Some("cdrom:/ks/fixture-ks.cfg"),
-        Firmware::Ovmf,
-    );
+    let f = fixture(dir.path(), EspLayout::InTree, |_| {});
+    let r = remastered_boot(dir.path(), &f, Firmware::Ovmf);
     assert_eq!(r.medium.as_deref(), Some("/dev/sr0"));
     assert_eq!(r.kernel_arg("BOOT_IMAGE"), Some("/images/pxeboot/vmlinuz"));
     assert_eq!(
@@ -102,24 +151,17 @@ fn ovmf_cdrom_boots_grub_and_reads_the_kickstart() {
         None,
         "GRUB, not isolinux, should have booted"
     );
-    assert_eq!(r.kickstart.as_deref(), Some("# kickstart on the fixture"));
 }
 
 #[test]
-fn ovmf_hard_disk_boots_the_appended_esp_and_reports_a_missing_kickstart() {
+fn ovmf_hard_disk_boots_the_remastered_appended_esp() {
     let dir = diskforge_testutil::scratch_dir();
-    let r = boot_fixture(
-        dir.path(),
-        EspLayout::Appended,
-        Some("hd:LABEL=X:/nope.cfg"),
-        Firmware::OvmfHardDisk,
-    );
+    let f = fixture(dir.path(), EspLayout::Appended, |_| {});
+    let r = remastered_boot(dir.path(), &f, Firmware::OvmfHardDisk);
     assert_eq!(r.medium.as_deref(), Some("/dev/sda"));
     assert_eq!(
         r.kernel_arg("initrd"),
         None,
         "GRUB, not isolinux, should have booted"
     );
-    assert_eq!(r.kickstart, None);
-    assert_eq!(r.kickstart_missing.as_deref(), Some("/nope.cfg"));
 }
