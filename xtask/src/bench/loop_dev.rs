@@ -6,7 +6,8 @@
 //! - ours, as processes: `dfloop attach FILE` + `dfloop detach DEV`, N times;
 //! - conventional: `losetup --find --show FILE` + `losetup -d DEV`, N times.
 //!
-//! The table gives cycles/s and the ratio to `losetup`. Needs root.
+//! Three interleaved rounds (one with `--quick`); the table gives each route's median round
+//! in cycles/s and the ratio to `losetup`. Needs root.
 
 use std::time::Instant;
 
@@ -43,27 +44,35 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
         (2000, 200)
     };
 
-    // Ours, in process: the example reports `cycles=N elapsed_s=S per_s=R`.
-    let n_s = n_lib.to_string();
-    let out = cmd!(sh, "{example} {file} {n_s}").quiet().read()?;
-    let lib_s: f64 = out
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("elapsed_s="))
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("unexpected output from attach_detach: {out:?}"))?;
-
-    let cli_s = time_cycles(n_proc, || {
-        let dev = cmd!(sh, "{dfloop} attach {file}").quiet().read()?;
-        let dev = dev.trim();
-        cmd!(sh, "{dfloop} detach {dev}").quiet().run()?;
-        Ok(())
-    })?;
-    let losetup_s = time_cycles(n_proc, || {
-        let dev = cmd!(sh, "losetup --find --show {file}").quiet().read()?;
-        let dev = dev.trim();
-        cmd!(sh, "losetup -d {dev}").quiet().run()?;
-        Ok(())
-    })?;
+    // Rounds are interleaved so that load from other work on the machine hits every route;
+    // each route's median round is reported (the kernel's LOOP_CONFIGURE/LOOP_CLR_FD time
+    // swings with RCU grace periods, i.e. with how busy the CPUs are).
+    let rounds = if args.quick { 1 } else { 3 };
+    let (mut lib, mut cli, mut los) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Ours, in process: the example reports `cycles=N elapsed_s=S per_s=R`.
+        let n_s = n_lib.to_string();
+        let out = cmd!(sh, "{example} {file} {n_s}").quiet().read()?;
+        lib.push(
+            out.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("elapsed_s="))
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("unexpected output from attach_detach: {out:?}"))?,
+        );
+        cli.push(time_cycles(n_proc, || {
+            let dev = cmd!(sh, "{dfloop} attach {file}").quiet().read()?;
+            let dev = dev.trim();
+            cmd!(sh, "{dfloop} detach {dev}").quiet().run()?;
+            Ok(())
+        })?);
+        los.push(time_cycles(n_proc, || {
+            let dev = cmd!(sh, "losetup --find --show {file}").quiet().read()?;
+            let dev = dev.trim();
+            cmd!(sh, "losetup -d {dev}").quiet().run()?;
+            Ok(())
+        })?);
+    }
+    let (lib_s, cli_s, losetup_s) = (median(lib), median(cli), median(los));
 
     let losetup_rate = f64::from(n_proc) / losetup_s;
     let rows = [
@@ -84,6 +93,11 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn time_cycles(n: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
