@@ -236,14 +236,14 @@ fn seed_layers(dir: &Path) -> (PathBuf, PathBuf) {
         .write(&dir.join("l2.tar"));
     // Compress the second layer to exercise gzip detection.
     let gz = dir.join("l2.tar.gz");
-    let mut enc = flate2_encoder(&gz);
+    let mut enc = gzip_writer(&gz);
     std::io::copy(&mut std::fs::File::open(&l2).unwrap(), &mut enc).unwrap();
     drop(enc);
     (base, gz)
 }
 
-fn flate2_encoder(path: &Path) -> impl std::io::Write {
-    // `gzip` through the command runner: the tests crate does not depend on flate2.
+fn gzip_writer(path: &Path) -> impl std::io::Write {
+    // `gzip -n` through the command runner (the tests crate does not depend on flate2).
     struct Gz(PathBuf, Vec<u8>);
     impl std::io::Write for Gz {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
