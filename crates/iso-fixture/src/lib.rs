@@ -229,6 +229,9 @@ pub struct Fixture {
     pub filler_files: u64,
     /// Bytes of filler.
     pub filler_bytes: u64,
+    /// The line the initrd prints once it runs ([`markers::BOOTED`]; the others are in
+    /// [`markers`]).
+    pub marker: String,
 }
 
 /// Progress of [`build_with_progress`].
@@ -557,6 +560,7 @@ pub fn build_with_progress(
         modules,
         filler_files: spec.filler_files,
         filler_bytes: spec.filler_bytes,
+        marker: markers::BOOTED.into(),
     })
 }
 
