@@ -855,3 +855,95 @@ fn corrupt_tables_do_not_panic() {
         tg.partitions
     );
 }
+
+/// Block devices: a loop device over an image, with 512- and 4096-byte logical sectors
+/// (`BLKSSZGET` decides the sector size `read` uses; plans for the other size are refused).
+#[test]
+fn block_devices_with_512_and_4096_byte_sectors() {
+    if !diskforge_testutil::require_root("part::block_devices_with_512_and_4096_byte_sectors") {
+        return;
+    }
+    use diskforge_loop::{AttachOptions, LoopDevice};
+    let dir = diskforge_testutil::scratch_dir();
+    for ss in [512u32, 4096] {
+        let img = dir.path().join(format!("dev{ss}.img"));
+        diskforge_part::ensure_size(&img, 64 * MIB).expect("size");
+        let dev = LoopDevice::attach(&img, &AttachOptions::new().block_size(ss)).expect("attach");
+        let res = std::panic::catch_unwind(|| {
+            let mut l = Layout::new(Label::Gpt);
+            l.partitions = vec![PartSpec::new("a", "16MiB"), PartSpec::new("b", "rest")];
+            // The wrong sector size is refused before anything is written.
+            l.sector_size = Some(if ss == 512 { 4096 } else { 512 });
+            let err =
+                diskforge_part::create(dev.path(), &l, &WriteOptions::default()).expect_err("ss");
+            assert!(
+                err.to_string()
+                    .contains(&format!("device has {ss}-byte sectors")),
+                "{err}"
+            );
+            l.sector_size = Some(ss);
+            let t =
+                diskforge_part::create(dev.path(), &l, &WriteOptions::default()).expect("create");
+            assert_eq!(t.sector_size, ss);
+            // Read back through the device (sector size from BLKSSZGET) and the file.
+            assert_eq!(
+                diskforge_part::read(dev.path())
+                    .expect("read dev")
+                    .partitions,
+                t.partitions
+            );
+            let via_file = diskforge_part::read_with_sector_size(&img, ss).expect("read file");
+            assert_eq!(via_file.partitions, t.partitions);
+            let err = diskforge_part::create(dev.path(), &l, &WriteOptions { size: Some(GIB) })
+                .expect_err("resize");
+            assert!(
+                err.to_string().contains("cannot resize a block device"),
+                "{err}"
+            );
+        });
+        dev.detach().expect("detach");
+        if let Err(p) = res {
+            std::panic::resume_unwind(p);
+        }
+    }
+    let st = diskforge_testutil::KernelState::capture();
+    assert!(
+        st.loops_under(dir.path()).is_empty(),
+        "{:?}",
+        st.loops_under(dir.path())
+    );
+}
+
+#[test]
+fn disks_past_2tib() {
+    let dir = diskforge_testutil::scratch_dir();
+    let img = dir.path().join("3t.img");
+    // GPT: the protective MBR entry saturates at 0xffffffff sectors; sgdisk is happy.
+    let mut l = Layout::new(Label::Gpt);
+    l.partitions = vec![PartSpec::new("a", "1TiB"), PartSpec::new("b", "rest")];
+    let t = diskforge_part::create(
+        &img,
+        &l,
+        &WriteOptions {
+            size: Some(3 << 40),
+        },
+    )
+    .expect("gpt");
+    assert!(t.partitions[1].start_bytes + t.partitions[1].size_bytes > 2 << 40);
+    assert_eq!(bytes_at(&img, 446 + 12, 4), [0xff; 4]);
+    sgdisk_verify(&img);
+    assert_sfdisk_agrees(&img, &t);
+    // MBR: nothing may end past 2^32 sectors; `rest` stops there, a fixed size errors.
+    let mut l = Layout::new(Label::Mbr);
+    l.partitions = vec![PartSpec::new("a", "1TiB"), PartSpec::new("b", "rest")];
+    let t = diskforge_part::create(&img, &l, &WriteOptions::default()).expect("mbr");
+    assert!(t.partitions[1].end_lba < u64::from(u32::MAX));
+    assert_sfdisk_agrees(&img, &t);
+    l.partitions[1].size = "1.5TiB".into();
+    let err = diskforge_part::plan(&l, 3 << 40).expect_err("too big for mbr");
+    assert!(
+        err.to_string()
+            .starts_with("partition 2 (b): size=\"1.5TiB\": does not fit"),
+        "{err}"
+    );
+}
