@@ -518,6 +518,22 @@ fn bad_input_errors_name_the_path_and_leave_nothing() {
         e.to_string(),
         format!("overlay work dir {} is not empty", d[2].display())
     );
+    // A read-write attach of a file on a read-only mount says to attach read-only.
+    let ro_view = mkdirs(dir.path(), &["ro-view"]).remove(0);
+    let ro = Mount::bind_read_only(dir.path().join("l1"), &ro_view).unwrap();
+    fs::write(dir.path().join("l1/img"), vec![0u8; 4096]).unwrap();
+    let e = LoopDevice::attach(ro_view.join("img"), &AttachOptions::new()).unwrap_err();
+    assert!(
+        matches!(e, diskforge_loop::Error::BackingNotWritable { .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("ro-view/img") && e.to_string().contains("attach it read-only"),
+        "{e}"
+    );
+    let dev = LoopDevice::attach_read_only(ro_view.join("img")).unwrap();
+    dev.detach().unwrap();
+    ro.teardown().unwrap();
     // Unmounting what is not mounted.
     let e = diskforge_mount::unmount(&d[3], UnmountOptions::default()).unwrap_err();
     assert!(matches!(e, MountError::NotMounted { .. }), "{e}");

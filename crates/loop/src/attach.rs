@@ -409,7 +409,17 @@ fn open_backing(file: &Path, opts: &AttachOptions) -> Result<File> {
         .read(true)
         .write(!opts.read_only)
         .open(file)
-        .map_err(err)?;
+        .map_err(|source| match source.raw_os_error() {
+            // EROFS, EACCES, EPERM on a read-write open: say how to get what was probably meant.
+            Some(30 | 13 | 1) if !opts.read_only => Error::BackingNotWritable {
+                path: file.to_owned(),
+                source,
+            },
+            _ => Error::OpenBacking {
+                path: file.to_owned(),
+                source,
+            },
+        })?;
     let size = if ft.is_file() {
         meta.len()
     } else {

@@ -48,6 +48,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A read-write attach of a file that cannot be written (read-only filesystem or mode).
+    #[error("{path} cannot be opened for writing ({source}); attach it read-only")]
+    BackingNotWritable {
+        /// The backing file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The backing path is neither a regular file nor a block device (a directory, say).
     #[error("{path}: not a regular file or block device")]
     NotAFile {
