@@ -99,6 +99,8 @@ struct CreateArgs {
     #[arg(long)]
     disk_uuid: Option<String>,
     /// Derive every UUID not given from SEED: same seed, same table.
+    /// Without it, SOURCE_DATE_EPOCH (when set) and the image's file name
+    /// make the seed; otherwise UUIDs are random.
     #[arg(long, value_name = "SEED")]
     uuid_seed: Option<String>,
     /// Logical sector size: 512 or 4096 [default: 512].
@@ -274,10 +276,28 @@ fn load_layout(args: &CreateArgs) -> Result<Layout> {
     if layout.partitions.is_empty() {
         return Err(Usage("no partitions: give --part or --layout".into()).into());
     }
-    if let Some(seed) = &args.uuid_seed {
-        layout.seed_uuids(seed);
+    if let Some(seed) = uuid_seed(args) {
+        layout.seed_uuids(&seed);
     }
     Ok(layout)
+}
+
+/// `--uuid-seed`, else `SOURCE_DATE_EPOCH:FILE_NAME` for reproducible builds (the file name
+/// keeps two images of one build from sharing GUIDs).
+fn uuid_seed(args: &CreateArgs) -> Option<String> {
+    args.uuid_seed.clone().or_else(|| {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .filter(|e| !e.is_empty())?;
+        let name = args
+            .image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        Some(format!(
+            "SOURCE_DATE_EPOCH={epoch}:{}",
+            name.unwrap_or_default()
+        ))
+    })
 }
 
 fn create(args: &CreateArgs, out: &mut impl Write) -> Result<()> {

@@ -9,7 +9,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_dfpart");
 
 /// Run dfpart in `dir`: (exit code, stdout, stderr).
 fn dfpart(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    match Cmd::new(BIN).args(args).dir(dir).run() {
+    // An empty SOURCE_DATE_EPOCH counts as unset: outputs do not depend on the caller's.
+    match Cmd::new(BIN)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "")
+        .dir(dir)
+        .run()
+    {
         Ok(out) => (
             0,
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -156,6 +162,41 @@ fn dry_run_prints_plan_and_writes_nothing() {
         out.contains("(random when written)") && out.contains("(random)"),
         "{out}"
     );
+}
+
+#[test]
+fn source_date_epoch_makes_uuids_reproducible() {
+    let dir = diskforge_testutil::scratch_dir();
+    let run = |name: &str, epoch: &str| {
+        let out = Cmd::new(BIN)
+            .args([
+                "create",
+                name,
+                "--label",
+                "gpt",
+                "--size",
+                "64M",
+                "--part",
+                "size=rest",
+                "--json",
+                "--dry-run",
+            ])
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .dir(dir.path())
+            .read()
+            .expect("dfpart");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (v["disk_uuid"].clone(), v["partitions"][0]["uuid"].clone())
+    };
+    let a = run("a.img", "1700000000");
+    assert!(a.0.is_string() && a.1.is_string(), "{a:?}");
+    assert_eq!(a, run("a.img", "1700000000"));
+    assert_ne!(
+        a,
+        run("b.img", "1700000000"),
+        "another image of the same build"
+    );
+    assert_ne!(a, run("a.img", "1700000001"));
 }
 
 #[test]
