@@ -674,3 +674,39 @@ fn guard_unmounts_a_mount_made_through_a_symlink() {
     m.teardown().unwrap();
     assert_clean(dir.path());
 }
+
+#[test]
+fn recursive_bind_teardown_takes_submounts_down() {
+    if !require_root("recursive_bind_teardown_takes_submounts_down") {
+        return;
+    }
+    let dir = scratch_dir();
+    let d = mkdirs(dir.path(), &["src/sub", "dst"]);
+    let (src, dst) = (d[0].parent().unwrap().to_owned(), d[1].clone());
+    let base = dir.path().to_owned();
+    // In a private namespace, so propagation cannot touch anything outside this test.
+    let left = diskforge_mount::in_private_namespace(|| {
+        let sub = Mount::new(
+            "tmpfs",
+            src.join("sub"),
+            "tmpfs",
+            MountFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        fs::write(src.join("sub/in-tmpfs"), "x").unwrap();
+        let r = Mount::bind_recursive(&src, &dst).unwrap();
+        assert!(dst.join("sub/in-tmpfs").exists(), "submount not copied");
+        r.teardown().unwrap();
+        assert!(!dst.join("sub").exists());
+        sub.teardown().unwrap();
+        let mi = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        diskforge_mount::parse_mountinfo(&mi)
+            .into_iter()
+            .filter(|m| m.target.starts_with(&base))
+            .count()
+    })
+    .unwrap();
+    assert_eq!(left, 0);
+    assert_clean(dir.path());
+}

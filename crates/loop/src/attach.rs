@@ -191,7 +191,20 @@ impl LoopDevice {
             } else {
                 OFlags::RDWR
             };
-            let fd = open_node(&path, mode)?;
+            let fd = match open_node(&path, mode) {
+                Ok(fd) => fd,
+                // Being removed (LOOP_CTL_REMOVE) or torn down by someone else: next one.
+                Err(Error::OpenDevice {
+                    source: Errno::NXIO,
+                    ..
+                }) => {
+                    tracing::debug!(device = %path.display(), attempt, "free loop device vanished; retrying");
+                    last = path;
+                    std::thread::sleep(ATTACH_RETRY_DELAY);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let res = if legacy {
                 attach_legacy(&fd, &path, &backing, &info, opts)
             } else {

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 
 pub use mount::{
     ImageMount, Mount, UNMOUNT_ATTEMPTS, UnmountOptions, make_private, parse_mount_options,
-    remount_read_only, unmount,
+    remount_read_only, unmount, unmount_recursive,
 };
 pub use mountinfo::{MountInfo, find_mount, mounts, parse_mountinfo};
 pub use ns::in_private_namespace;

@@ -57,6 +57,7 @@ pub(crate) fn metadata(what: &'static str, path: &Path) -> Result<std::fs::Metad
 pub struct Mount {
     target: Option<PathBuf>,
     lazy: bool,
+    recursive: bool,
 }
 
 impl Mount {
@@ -116,7 +117,10 @@ impl Mount {
             format!("rbind {} on", source.display()),
             target,
         ))?;
-        Ok(Mount::owned(target))
+        let mut m = Mount::owned(target);
+        // Teardown must take the copied submounts down first (see unmount_recursive).
+        m.recursive = true;
+        Ok(m)
     }
 
     /// A bind mount that is read-only from the start (bind, then remount the bind read-only;
@@ -156,6 +160,7 @@ impl Mount {
         Mount {
             target: Some(target),
             lazy: false,
+            recursive: false,
         }
     }
 
@@ -192,6 +197,7 @@ impl Mount {
 
     fn release_inner(&mut self) -> Result<()> {
         match self.target.take() {
+            Some(t) if self.recursive => unmount_recursive(&t, UnmountOptions { lazy: self.lazy }),
             Some(t) => unmount(&t, UnmountOptions { lazy: self.lazy }),
             None => Ok(()),
         }
@@ -260,6 +266,25 @@ pub fn unmount(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {
         target: target.to_owned(),
         attempts: UNMOUNT_ATTEMPTS,
     })
+}
+
+/// Unmount `target` and every mount below it, deepest (most recent) first, like
+/// `umount -R`; each step as in [`unmount`]. Mounts that vanish meanwhile are skipped.
+pub fn unmount_recursive(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {
+    let resolved = std::fs::canonicalize(target.as_ref());
+    let target = resolved.as_deref().unwrap_or(target.as_ref());
+    let below: Vec<PathBuf> = crate::mounts()?
+        .into_iter()
+        .filter(|m| m.target != target && m.target.starts_with(target))
+        .map(|m| m.target)
+        .collect();
+    for sub in below.iter().rev() {
+        match unmount(sub, opts) {
+            Ok(()) | Err(Error::NotMounted { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    unmount(target, opts)
 }
 
 /// `mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY)`: make one mount point

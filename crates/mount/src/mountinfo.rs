@@ -1,4 +1,4 @@
-//! Reading the mount table (`/proc/self/mountinfo`, proc(5)).
+//! Reading the mount table (`/proc/thread-self/mountinfo`, proc(5)).
 
 use std::path::{Path, PathBuf};
 
@@ -32,9 +32,10 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
-/// The mounts of the calling process's mount namespace, in mount order.
+/// The mounts of the calling thread's mount namespace (`/proc/thread-self/mountinfo`, which
+/// differs from the process's inside [`crate::in_private_namespace`]), in mount order.
 pub fn mounts() -> Result<Vec<MountInfo>> {
-    let p = Path::new("/proc/self/mountinfo");
+    let p = Path::new("/proc/thread-self/mountinfo");
     let text = std::fs::read_to_string(p).map_err(|source| Error::Stat {
         path: p.into(),
         source,

@@ -33,6 +33,7 @@ Examples:
           --upper /s/upper --work /s/work /mnt/merged
   dfmount overlay --lower /mnt/iso --lower /srv/extra --hold /mnt/view
   dfmount umount --lazy /mnt/merged
+  dfmount bind -R /srv/root /mnt/chroot && dfmount umount -R /mnt/chroot
   dfmount list --json --type overlay";
 
 /// Mount, bind, overlay and unmount.
@@ -114,6 +115,9 @@ enum Cmd {
         /// Detach lazily when still busy after the retries.
         #[arg(long, short = 'l')]
         lazy: bool,
+        /// Unmount the mounts below DST first (umount -R).
+        #[arg(long, short = 'R')]
+        recursive: bool,
     },
     /// List mounts (like findmnt).
     List {
@@ -306,8 +310,16 @@ fn run(cli: Cli) -> Result<()> {
             };
             finish(stack, &report, &common, flag)
         }
-        Cmd::Umount { dst, lazy } => {
-            diskforge_mount::unmount(&dst, UnmountOptions { lazy })?;
+        Cmd::Umount {
+            dst,
+            lazy,
+            recursive,
+        } => {
+            if recursive {
+                diskforge_mount::unmount_recursive(&dst, UnmountOptions { lazy })?;
+            } else {
+                diskforge_mount::unmount(&dst, UnmountOptions { lazy })?;
+            }
             Ok(())
         }
         Cmd::List {
