@@ -340,7 +340,19 @@ impl Drop for LoopDevice {
 pub fn detach(device: impl AsRef<Path>) -> Result<()> {
     let device = device.as_ref();
     let number = crate::list::loop_number(device)?;
-    let fd = open_node(device, OFlags::RDONLY)?;
+    let fd = match open_node(device, OFlags::RDONLY) {
+        Ok(fd) => fd,
+        // The kernel refuses opens while a device is being torn down.
+        Err(Error::OpenDevice {
+            source: Errno::NXIO,
+            ..
+        }) => {
+            return Err(Error::NotAttached {
+                device: device.to_owned(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let res = ioctl::clr_fd(&fd);
     drop(fd);
     match res {
