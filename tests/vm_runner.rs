@@ -15,7 +15,10 @@ fn workspace() -> PathBuf {
 
 /// QEMU processes started by this workspace's runner (their argv names `<root>/target/vm/run-`).
 fn our_qemus() -> Vec<String> {
-    let marker = workspace().canonicalize().expect("workspace dir").join("target/vm/run-");
+    let marker = workspace()
+        .canonicalize()
+        .expect("workspace dir")
+        .join("target/vm/run-");
     let marker = marker.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
