@@ -441,3 +441,69 @@ fn bad_input_names_the_value_and_leaves_no_output() -> R {
     );
     Ok(())
 }
+
+/// The installer-like fixture (`diskforge-iso-fixture`: real GRUB EFI in the FAT image, in the
+/// tree or as an appended GPT partition): a kickstart remaster in patch and direct mode edits
+/// every config the fixture lists, including the ones inside the EFI image, keeps the boot
+/// entries, and passes `checkisomd5`. (Booting the results is the fixture's QEMU check.)
+#[test]
+fn installer_fixture_kickstart_in_patch_and_direct() -> R {
+    use diskforge_iso_fixture::{EspLayout, FixtureSpec, build};
+    let dir = tempfile::tempdir()?;
+    let ks = dir.path().join("ks.cfg");
+    std::fs::write(&ks, "text\n")?;
+    for esp in [EspLayout::InTree, EspLayout::Appended] {
+        let mut spec = FixtureSpec::new(dir.path().join(format!("{esp:?}")));
+        spec.esp = esp;
+        spec.filler_bytes = 2 << 20;
+        spec.filler_files = 4;
+        let fx = build(&spec)?;
+        let arg = format!(
+            "inst.ks=hd:LABEL={}:/ks.cfg",
+            fx.volid.replace(' ', "\\x20")
+        );
+        for mode in [Mode::Auto, Mode::Direct, Mode::Copy] {
+            let out = dir.path().join(format!("{esp:?}-{mode}.iso"));
+            let mut req = Request::new(&fx.iso);
+            req.output = Some(out.clone());
+            req.mode = mode;
+            req.kickstart = Some(ks.clone());
+            req.implant_md5 = true;
+            let o = remaster(&req, &mut |_| {})?;
+            if mode == Mode::Auto {
+                assert_eq!(o.mode, Mode::Patch, "{esp:?}: {}", o.reason);
+            }
+            assert_eq!(
+                el_torito_report(&fx.iso)?,
+                el_torito_report(&out)?,
+                "{esp:?} {mode}"
+            );
+            Cmd::new("checkisomd5").arg(&out).run()?;
+            for cfg in &fx.tree_configs {
+                let text = String::from_utf8(extract(&out, &format!("/{cfg}"), dir.path())?)?;
+                assert!(text.contains(&arg), "{esp:?} {mode} {cfg}:\n{text}");
+            }
+            let efi = dir.path().join("efi.img");
+            match (&fx.efiboot, fx.esp_partition) {
+                (Some(p), _) => std::fs::write(&efi, extract(&out, &format!("/{p}"), dir.path())?)?,
+                (None, Some(_)) => {
+                    let r = diskforge_iso::inspect(&out)?;
+                    let (off, len) = r.hybrid.esp_ranges()[0];
+                    let data = std::fs::read(&out)?;
+                    std::fs::write(&efi, &data[off as usize..(off + len) as usize])?;
+                }
+                (None, None) => unreachable!("the fixture has UEFI"),
+            }
+            for cfg in &fx.efiboot_configs {
+                let text = Cmd::new("mtype")
+                    .env("MTOOLS_SKIP_CHECK", "1")
+                    .arg("-i")
+                    .arg(&efi)
+                    .arg(format!("::/{}", cfg.trim_start_matches('/')))
+                    .read()?;
+                assert!(text.contains(&arg), "{esp:?} {mode} efi {cfg}:\n{text}");
+            }
+        }
+    }
+    Ok(())
+}

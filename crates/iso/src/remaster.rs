@@ -218,7 +218,7 @@ pub struct RawWrite {
     pub data: Vec<u8>,
     /// What it is.
     pub what: String,
-    /// The MBR partition number it fills, when it is an appended partition.
+    /// The MBR (or GPT) partition number it fills, when it is an appended partition.
     pub partition: Option<u8>,
 }
 
@@ -506,8 +506,13 @@ pub fn resolve(req: &Request, vol: &Volume, insp: &Inspection, scratch: &Path) -
                     .mbr
                     .iter()
                     .flatten()
-                    .find(|p| u64::from(p.start) * 512 == off)
-                    .map(|p| p.number);
+                    .find(|p| u64::from(p.start) * 512 == off && p.ptype != 0xee)
+                    .map(|p| p.number)
+                    .or_else(|| {
+                        let gpt = insp.hybrid.gpt.iter().flatten();
+                        gpt.filter(|p| p.first_lba * 512 == off)
+                            .find_map(|p| u8::try_from(p.number).ok())
+                    });
                 ch.raw.push(RawWrite {
                     offset: off,
                     data: new,
@@ -833,7 +838,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                             direct_streamed(
                                 &req.input,
                                 staged.path(),
-                                insp.joliet.is_some(),
+                                &insp,
                                 &changes,
                                 scratch.path(),
                             )
@@ -842,27 +847,9 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                     md5 = sums;
                 }
                 Mode::Direct => timed(&mut steps, "xorriso replay", progress, |_| {
-                    direct(
-                        &req.input,
-                        staged.path(),
-                        insp.joliet.is_some(),
-                        &changes,
-                        scratch.path(),
-                    )
+                    direct(&req.input, staged.path(), &insp, &changes, scratch.path())
                 })?,
-                Mode::Copy if crate::kernel::unavailable().is_none() => {
-                    timed(&mut steps, "mount + rsync + rebuild", progress, |_| {
-                        crate::kernel::run(
-                            mode,
-                            &req.input,
-                            &insp,
-                            staged.path(),
-                            &changes,
-                            scratch.path(),
-                        )
-                    })?
-                }
-                Mode::Copy => {
+                Mode::Copy if crate::kernel::unavailable().is_some() => {
                     let tree = scratch.path().join("tree");
                     timed(&mut steps, "extract (osirrox)", progress, |_| {
                         extract_tree(&req.input, &tree)
@@ -886,16 +873,22 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                         },
                     )?;
                 }
-                Mode::Overlay | Mode::Bind => timed(&mut steps, "kernel route", progress, |_| {
-                    crate::kernel::run(
-                        mode,
-                        &req.input,
-                        &insp,
-                        staged.path(),
-                        &changes,
-                        scratch.path(),
-                    )
-                })?,
+                Mode::Overlay | Mode::Bind | Mode::Copy => {
+                    let name = match mode {
+                        Mode::Copy => "mount + rsync + rebuild",
+                        _ => "mount + rebuild",
+                    };
+                    timed(&mut steps, name, progress, |_| {
+                        crate::kernel::run(
+                            mode,
+                            &req.input,
+                            &insp,
+                            staged.path(),
+                            &changes,
+                            scratch.path(),
+                        )
+                    })?
+                }
                 Mode::Auto | Mode::Patch => unreachable_mode(mode)?,
             }
             if req.implant_md5 && md5.is_none() {
@@ -961,7 +954,8 @@ fn raw_images(changes: &Changes, scratch: &Path) -> Result<Vec<(u8, PathBuf)>> {
     let mut v = Vec::new();
     for (i, r) in changes.raw.iter().enumerate() {
         let Some(n) = r.partition else {
-            return Err(Error::DoesNotFit {
+            return Err(Error::ModeUnavailable {
+                mode: "direct/copy".into(),
                 reason: format!(
                     "{} is not an appended partition xorriso can replace",
                     r.what
@@ -979,7 +973,7 @@ fn raw_images(changes: &Changes, scratch: &Path) -> Result<Vec<(u8, PathBuf)>> {
 pub fn direct(
     input: &Path,
     output: &Path,
-    joliet: bool,
+    insp: &Inspection,
     changes: &Changes,
     scratch: &Path,
 ) -> Result<()> {
@@ -992,7 +986,7 @@ pub fn direct(
         // No fsync every 32 MiB (cp does not sync either).
         .args(["-stdio_sync", "off"])
         .args(["-boot_image", "any", "replay"]);
-    if joliet {
+    if insp.joliet.is_some() {
         c = c.args(["-joliet", "on", "-compliance", "joliet_long_names"]);
     }
     if let Some(v) = &changes.volid {
@@ -1009,12 +1003,45 @@ pub fn direct(
             .args(["-append_partition", &n.to_string(), "0xef"])
             .arg(img);
     }
+    if let Some(n) = gpt_only_hidden_efi(insp) {
+        // Replay reports "Cannot enable EL Torito boot image" (SORRY) and drops the entry;
+        // add it again. The boot entries are compared with the input's afterwards.
+        c = c.args(["-boot_image", "any", "appended_part_as=gpt"]);
+        c = c.args(["-boot_image", "any", "next", "-boot_image", "any"]);
+        c = c.arg(format!("efi_path=--interval:appended_partition_{n}:all::"));
+        c = c.args(["-return_with", "FAILURE", "32"]);
+    }
     c.args(["-commit"]).run()?;
     Ok(())
 }
 
 /// Pipe buffer asked for on the FIFO (the default 64 KiB costs a context switch per write).
 const PIPE_SIZE: usize = 1 << 20;
+
+/// The GPT partition number of a hidden El Torito UEFI image that only the GPT describes
+/// (`-appended_part_as_gpt`): xorriso 1.5.4 neither replays nor reports that entry.
+pub fn gpt_only_hidden_efi(insp: &Inspection) -> Option<u32> {
+    let entries = insp.el_torito.as_ref()?.entries.iter();
+    let e = entries
+        .filter(|e| e.platform == Platform::Uefi && e.image.is_none())
+        .find(|_| true)?;
+    let start = u64::from(e.load_rba) * 4;
+    let in_mbr = insp
+        .hybrid
+        .mbr
+        .iter()
+        .flatten()
+        .any(|p| u64::from(p.start) == start);
+    let gpt = insp.hybrid.gpt.iter().flatten();
+    gpt.filter(|p| p.first_lba == start && !in_mbr)
+        .map(|p| p.number)
+        .next()
+}
+
+/// Attempts to release a FIFO reader that xorriso never connected to, and the delay between.
+const UNBLOCK_ATTEMPTS: usize = 500;
+/// See [`UNBLOCK_ATTEMPTS`].
+const UNBLOCK_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Where an output volume's PVD sits (xorriso always writes it at block 16).
 const PVD_LBA: u32 = 16;
@@ -1075,7 +1102,7 @@ fn drain_fifo(fifo: &Path, output: &Path) -> Result<Option<Md5Sums>> {
 pub fn direct_streamed(
     input: &Path,
     output: &Path,
-    joliet: bool,
+    insp: &Inspection,
     changes: &Changes,
     scratch: &Path,
 ) -> Result<Option<Md5Sums>> {
@@ -1090,14 +1117,25 @@ pub fn direct_streamed(
     .map_err(|e| Error::io("creating the FIFO", &fifo, e.into()))?;
     let (sums, run) = std::thread::scope(|s| {
         let reader = s.spawn(|| drain_fifo(&fifo, output));
-        let run = direct(input, &fifo, joliet, changes, scratch);
-        // If xorriso never opened the FIFO, the reader still blocks in open(): release it.
-        if let Ok(fd) = rustix::fs::open(
-            &fifo,
-            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
-            rustix::fs::Mode::empty(),
-        ) {
-            drop(fd);
+        let run = direct(input, &fifo, insp, changes, scratch);
+        // If xorriso never opened the FIFO, the reader blocks in open(): open the write side
+        // once (retrying until the reader has reached open(), since a non-blocking writer
+        // open fails with ENXIO while no reader waits) so it sees EOF.
+        for _ in 0..UNBLOCK_ATTEMPTS {
+            if reader.is_finished() {
+                break;
+            }
+            match rustix::fs::open(
+                &fifo,
+                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+                rustix::fs::Mode::empty(),
+            ) {
+                Ok(fd) => {
+                    drop(fd);
+                    break;
+                }
+                Err(_) => std::thread::sleep(UNBLOCK_DELAY),
+            }
         }
         let sums = reader.join().unwrap_or_else(|_| {
             Err(Error::io(
@@ -1222,6 +1260,8 @@ pub fn mkisofs_boot_args(
     let report = Cmd::new("xorriso")
         .arg("-indev")
         .arg(&abs)
+        // Loading may report a SORRY (a boot image it cannot map); the report is still whole.
+        .args(["-return_with", "FAILURE", "32"])
         .args(["-report_system_area", "as_mkisofs"])
         .read()?;
     let mut args = split_report(&report);
@@ -1256,6 +1296,16 @@ pub fn mkisofs_boot_args(
         }
     }
     all.extend(args);
+    if let Some(n) = gpt_only_hidden_efi(insp) {
+        // Not in xorriso 1.5.4's report: the UEFI entry inside a GPT-only appended partition.
+        all.extend([
+            "-appended_part_as_gpt".to_owned(),
+            "-eltorito-alt-boot".into(),
+            "-e".into(),
+        ]);
+        all.push(format!("--interval:appended_partition_{n}:all::"));
+        all.push("-no-emul-boot".into());
+    }
     Ok(all)
 }
 
