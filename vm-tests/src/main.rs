@@ -11,6 +11,7 @@ use libtest_mimic::{Arguments, Trial};
 mod basics;
 mod iso;
 mod loop_mount;
+mod part;
 mod storage;
 
 /// Wrap a test body returning `anyhow::Result` into a libtest-mimic trial.
@@ -25,6 +26,7 @@ fn main() {
     tests.extend(basics::tests());
     tests.extend(loop_mount::tests());
     tests.extend(storage::tests());
+    tests.extend(part::tests());
     tests.extend(iso::tests());
     if std::env::var_os("DISKFORGE_VM").is_none() && !args.list {
         eprintln!("vm-tests: run me through `cargo xtask vm-test` (I expect to be inside its VM)");
