@@ -598,41 +598,48 @@ fn fast_copy(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copy `src` to `dst` applying `plan` to the bytes in flight and feeding `hasher`: one pass.
-fn stream_copy(
+/// Copy `src` to `dst` (reflink or `copy_file_range`) and patch it, while this thread hashes
+/// the same bytes — the input with the patches overlaid — from the page cache: the MD5 costs
+/// no extra pass over the output and runs beside the copy.
+fn copy_and_hash(
     src: &Path,
     dst: &Path,
     plan: &PatchPlan,
-    hasher: &mut IsoMd5,
+    mut hasher: IsoMd5,
     progress: &mut dyn FnMut(Event<'_>),
-) -> Result<()> {
-    let mut input = File::open(src).map_err(|e| Error::io("opening", src, e))?;
-    let mut output = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dst)
-        .map_err(|e| Error::io("opening", dst, e))?;
-    let total = input
-        .metadata()
-        .map_err(|e| Error::io("reading metadata of", src, e))?
-        .len();
-    let mut buf = vec![0u8; IO_BUF];
-    let mut off = 0u64;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(|e| Error::io("reading", src, e))?;
-        if n == 0 {
-            break;
-        }
-        plan.overlay(off, &mut buf[..n]);
-        hasher.update(&buf[..n]);
-        output
-            .write_all(&buf[..n])
-            .map_err(|e| Error::io("writing", dst, e))?;
-        off += n as u64;
-        progress(Event::Bytes(off, total));
-    }
-    Ok(())
+) -> Result<Md5Sums> {
+    std::thread::scope(|s| {
+        let copier = s.spawn(|| -> Result<()> {
+            fast_copy(src, dst)?;
+            apply_plan(dst, plan)
+        });
+        let hashed = (|| -> Result<()> {
+            let f = File::open(src).map_err(|e| Error::io("opening", src, e))?;
+            let total = hasher.covered();
+            let mut buf = vec![0u8; IO_BUF];
+            let mut off = 0u64;
+            while off < total {
+                let n = (total - off).min(IO_BUF as u64) as usize;
+                f.read_exact_at(&mut buf[..n], off)
+                    .map_err(|e| Error::io("reading", src, e))?;
+                plan.overlay(off, &mut buf[..n]);
+                hasher.update(&buf[..n]);
+                off += n as u64;
+                progress(Event::Bytes(off, total));
+            }
+            Ok(())
+        })();
+        let copied = copier.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                "copying to",
+                dst,
+                std::io::Error::other("copy thread panicked"),
+            ))
+        });
+        copied?;
+        hashed
+    })?;
+    Ok(hasher.finish())
 }
 
 fn apply_plan(path: &Path, plan: &PatchPlan) -> Result<()> {
@@ -808,11 +815,10 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         (Some(out), Some(plan)) => {
             let staged = Staged::new(out)?;
             if req.implant_md5 {
-                let mut hasher = IsoMd5::for_volume(&vol);
-                timed(&mut steps, "copy + patch + md5", progress, |p| {
-                    stream_copy(&req.input, staged.path(), &plan, &mut hasher, p)
+                let hasher = IsoMd5::for_volume(&vol);
+                let sums = timed(&mut steps, "copy + patch || md5", progress, |p| {
+                    copy_and_hash(&req.input, staged.path(), &plan, hasher, p)
                 })?;
-                let sums = hasher.finish();
                 write_appdata(staged.path(), vol.primary.lba, &sums)?;
                 md5 = Some(sums);
             } else {
