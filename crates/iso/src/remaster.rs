@@ -560,9 +560,12 @@ impl Staged {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
+        // 0666 minus the umask, as `cp` or `genisoimage -o` would create it (not tempfile's
+        // 0600, which an HTTP or PXE server could not read).
         let tmp = tempfile::Builder::new()
             .prefix(".iso-remaster-")
             .suffix(".tmp")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(&dir)
             .map_err(|e| Error::io("creating a temporary file in", &dir, e))?;
         Ok(Staged {
