@@ -4,14 +4,19 @@
 //! The runner:
 //! - logs the argv at `debug` level (`tracing`) before spawning;
 //! - keeps stdin null unless [`Cmd::stdin_bytes`] gives it data (scripts are piped, never
-//!   written to temp files);
+//!   written to temp files), except for [`Cmd::status`]/[`Cmd::spawn`], which inherit it;
 //! - captures stderr and puts its tail, the program, the args and the exit status into
 //!   [`Error::Failed`];
 //! - kills the child when a [`Cmd::timeout`] passes ([`Error::Timeout`]) and when our process
 //!   dies (`PR_SET_PDEATHSIG`);
 //! - turns a missing binary into [`Error::NotFound`], naming the Debian package that ships it
 //!   (`mkfs.vfat: not found (install dosfstools)`);
-//! - deserialises JSON stdout into a type with [`Cmd::json`].
+//! - deserialises JSON stdout into a type with [`Cmd::json`];
+//! - runs interactive programs with the terminal's stdin/stdout/stderr ([`Cmd::status`],
+//!   [`Cmd::spawn`] and its [`Child`] handle), where a non-zero exit is data, not an error.
+//!
+//! [`exit_quietly_on_broken_pipe`] is for the tools' `main`: a report piped into `head`
+//! ends quietly instead of panicking with "failed printing to stdout: Broken pipe".
 //!
 //! It deliberately does not offer a shell: argv is always a vector, never a string that a shell
 //! would split. Nothing here prints; callers decide how to show output.
@@ -249,8 +254,13 @@ impl Cmd {
         render_argv(&self.program(), &self.arg_strings())
     }
 
-    #[allow(clippy::disallowed_methods)] // this crate is the one place allowed to spawn
     fn expression(&self) -> duct::Expression {
+        self.expression_with(false)
+    }
+
+    /// The duct expression; `inherit_stdin` keeps our stdin unless bytes were given.
+    #[allow(clippy::disallowed_methods)] // this crate is the one place allowed to spawn
+    fn expression_with(&self, inherit_stdin: bool) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args);
         for (k, v) in &self.env {
             e = e.env(k, v);
@@ -260,6 +270,7 @@ impl Cmd {
         }
         e = match &self.stdin {
             Some(bytes) => e.stdin_bytes(bytes.clone()),
+            None if inherit_stdin => e,
             None => e.stdin_null(),
         };
         e.unchecked().before_spawn(|c| {
@@ -332,6 +343,48 @@ impl Cmd {
         self.check(out)
     }
 
+    /// Start the program with our stdin, stdout and stderr (stdin is the
+    /// [`Cmd::stdin_bytes`] data instead when given) and return a handle to it. The
+    /// [`Cmd::timeout`] does not apply: the caller decides when to [`Child::kill`].
+    pub fn spawn(&self) -> Result<Child> {
+        tracing::debug!(argv = %self.display(), "spawn");
+        let handle = self
+            .expression_with(true)
+            .start()
+            .map_err(|e| self.spawn_error(e))?;
+        Ok(Child {
+            handle,
+            cmd: self.clone(),
+        })
+    }
+
+    /// Run to completion with our stdin, stdout and stderr (stdin is the
+    /// [`Cmd::stdin_bytes`] data instead when given) and return its exit status; a non-zero
+    /// exit is not an error. Honours [`Cmd::timeout`].
+    pub fn status(&self) -> Result<ExitStatus> {
+        let child = self.spawn()?;
+        let Some(t) = self.timeout else {
+            return child.wait();
+        };
+        let deadline = Instant::now() + t;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                // Best effort: the child may have exited between try_wait and kill.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Timeout {
+                    program: self.program(),
+                    args: self.arg_strings(),
+                    timeout: t,
+                });
+            }
+            std::thread::sleep(TIMEOUT_POLL);
+        }
+    }
+
     /// Run and return stdout as text with trailing whitespace removed.
     pub fn read(&self) -> Result<String> {
         let out = self.run()?;
@@ -390,6 +443,72 @@ impl Cmd {
             })?;
         self.check(out).map(|_| ())
     }
+}
+
+/// A running program started by [`Cmd::spawn`]. It is killed when our process dies
+/// (`PR_SET_PDEATHSIG`), not when the handle is dropped.
+#[derive(Debug)]
+#[must_use]
+pub struct Child {
+    handle: duct::Handle,
+    cmd: Cmd,
+}
+
+impl Child {
+    /// The process ids of the program (one: diskforge never builds pipelines).
+    pub fn pids(&self) -> Vec<u32> {
+        self.handle.pids()
+    }
+
+    /// Wait for the program to exit and return its status (non-zero is not an error).
+    pub fn wait(&self) -> Result<ExitStatus> {
+        self.handle
+            .wait()
+            .map(|o| o.status)
+            .map_err(|e| self.cmd.spawn_error(e))
+    }
+
+    /// The exit status if the program has exited, without blocking.
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
+        self.handle
+            .try_wait()
+            .map(|o| o.map(|o| o.status))
+            .map_err(|e| self.cmd.spawn_error(e))
+    }
+
+    /// Send SIGKILL to the program (not to processes it started); [`Child::wait`] reaps it.
+    pub fn kill(&self) -> Result<()> {
+        self.handle.kill().map_err(|e| self.cmd.spawn_error(e))
+    }
+}
+
+/// Make a broken stdout end the process quietly with exit code 0.
+///
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe (`dfpart show | head -1`) panics
+/// with "failed printing to stdout: Broken pipe". Call this first thing in `main`: it
+/// installs a panic hook that exits 0 without a message for exactly that panic and hands
+/// every other panic to the previous hook. SIGPIPE itself stays ignored, so a child that
+/// stops reading its [`Cmd::stdin_bytes`] early cannot kill us.
+pub fn exit_quietly_on_broken_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if is_broken_stdout(msg) {
+            std::process::exit(0);
+        }
+        previous(info);
+    }));
+}
+
+/// Whether a panic message is std's "failed printing to stdout/stderr: Broken pipe".
+fn is_broken_stdout(msg: &str) -> bool {
+    msg.starts_with("failed printing to std")
+        && (msg.contains("Broken pipe") || msg.contains("os error 32"))
 }
 
 /// Ask the kernel to SIGKILL the child when we die, so no tool outlives diskforge.
@@ -535,6 +654,65 @@ mod tests {
             .stream_stdout(|_| {})
             .unwrap_err();
         assert_eq!(err.stderr().map(str::trim), Some("boom"));
+    }
+
+    #[test]
+    fn status_passes_exit_codes_through() {
+        let status = Cmd::new("sh").args(["-c", "exit 7"]).status().unwrap();
+        assert_eq!(status.code(), Some(7));
+        assert!(Cmd::new("true").status().unwrap().success());
+        let err = Cmd::new("/nonexistent/mkfs.vfat").status().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/mkfs.vfat: not found (install dosfstools)"
+        );
+        let err = Cmd::new("sleep")
+            .arg("10")
+            .timeout(Duration::from_millis(100))
+            .status()
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn status_feeds_stdin_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let status = Cmd::new("sh")
+            .args(["-c", "cat > \"$0\""])
+            .arg(&out)
+            .stdin_bytes("piped")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "piped");
+    }
+
+    #[test]
+    fn spawned_child_is_visible_and_killable() {
+        let child = Cmd::new("sleep").arg("30").spawn().unwrap();
+        let pids = child.pids();
+        assert_eq!(pids.len(), 1);
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+        assert!(cmdline.starts_with(b"sleep\0"), "{cmdline:?}");
+        assert_eq!(child.try_wait().unwrap(), None);
+        child.kill().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
+        assert!(child.try_wait().unwrap().is_some());
+        let done = Cmd::new("sh").args(["-c", "exit 4"]).spawn().unwrap();
+        assert_eq!(done.wait().unwrap().code(), Some(4));
+    }
+
+    #[test]
+    fn broken_stdout_panic_is_recognised() {
+        assert!(is_broken_stdout(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        assert!(!is_broken_stdout(
+            "failed printing to stdout: No space left"
+        ));
+        assert!(!is_broken_stdout("index out of bounds"));
     }
 
     #[test]
