@@ -106,6 +106,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    diskforge_cmd::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -26,6 +26,7 @@ fn usage() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    diskforge_cmd::exit_quietly_on_broken_pipe();
     let mut args = std::env::args_os().skip(1);
     let Some(tool) = args.next() else {
         eprint!("{}", usage());

@@ -101,6 +101,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    diskforge_cmd::exit_quietly_on_broken_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
