@@ -477,27 +477,34 @@ pub fn resolve(req: &Request, vol: &Volume, insp: &Inspection, scratch: &Path) -
         {
             continue;
         }
-        let img = scratch.join(format!("efi-image-{i}.img"));
-        let data = vol.src.read_vec(off, len as usize)?;
-        std::fs::write(&img, &data).map_err(|e| Error::io("writing", &img, e))?;
+        let mut data = vol.src.read_vec(off, len as usize)?;
         let label = path
             .clone()
             .unwrap_or_else(|| format!("hidden EFI image at byte {off}"));
-        let changed = match crate::fat::edit_configs(&img, &edit, scratch) {
-            Ok(c) => c,
-            // Not a FAT image mtools can read (e.g. an ISO 9660 partition): nothing to edit.
-            Err(Error::Cmd(e)) if e.exit_status().is_some() => {
-                tracing::debug!(image = %label, error = %e, "not an editable FAT image");
-                continue;
+        // Our own FAT code when every edit fits its clusters; mtools otherwise.
+        let (changed, new) = match crate::fat::edit_configs_in_memory(&mut data, &edit) {
+            Some(changed) => (changed, data),
+            None => {
+                let img = scratch.join(format!("efi-image-{i}.img"));
+                std::fs::write(&img, &data).map_err(|e| Error::io("writing", &img, e))?;
+                let changed = match crate::fat::edit_configs(&img, &edit, scratch) {
+                    Ok(c) => c,
+                    // Not a FAT image mtools can read (e.g. an ISO 9660 partition).
+                    Err(Error::Cmd(e)) if e.exit_status().is_some() => {
+                        tracing::debug!(image = %label, error = %e, "not an editable FAT image");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let new = std::fs::read(&img).map_err(|e| Error::io("reading", &img, e))?;
+                (changed, new)
             }
-            Err(e) => return Err(e),
         };
         if changed.is_empty() {
             continue;
         }
         ch.configs
             .extend(changed.iter().map(|c| format!("{label}::{c}")));
-        let new = std::fs::read(&img).map_err(|e| Error::io("reading", &img, e))?;
         match path {
             Some(p) => put(&mut ch, p, Content::Bytes(new), "EFI image configs".into()),
             None => {
