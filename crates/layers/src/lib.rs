@@ -19,7 +19,8 @@
 //!   one tarball and [`diff`] reports what an upper dir changes relative to its lowers.
 //! - [`mount_stack`] mounts a stack with `diskforge-mount` (many lowers, past the one-page
 //!   option limit) and [`run_in_stack`] runs a command chrooted into it in a private mount
-//!   namespace with `/proc`, `/sys` and `/dev`.
+//!   namespace with `/proc`, `/sys` and `/dev` (output line by line, stdin null;
+//!   [`run_in_stack_interactive`] passes our stdin/stdout/stderr through instead).
 //!
 //! What it does not do: pull from registries (use `skopeo copy` to get an OCI layout), run
 //! containers with cgroups/user namespaces, or handle `redirect_dir`/`metacopy` upper dirs
@@ -43,7 +44,7 @@ pub use error::{Error, Result};
 pub use fsutil::source_date_epoch;
 pub use layer_tar::{Compression, TarOptions, TarStats, squash, write_layer, write_layer_to};
 pub use merge::{Change, ChangeKind, MergedEntry, diff, merged_tree};
-pub use run::{RunOptions, RunOutcome, run_in_stack};
+pub use run::{RunOptions, RunOutcome, run_in_stack, run_in_stack_interactive};
 pub use stack::{StackMount, default_work_dir, mount_stack};
 pub use store::{Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
 pub use unpack::{Limits, UnpackStats, unpack_tar};

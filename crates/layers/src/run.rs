@@ -15,6 +15,9 @@ use crate::{Error, Result, mount_stack};
 
 /// How often the interrupt flag is polled while the command runs.
 const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+/// How long an interrupted interactive command gets after SIGTERM before SIGKILL (an
+/// interactive shell ignores SIGTERM).
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// What to run and where.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +54,21 @@ pub fn run_in_stack(
     layers: &[PathBuf],
     opts: &RunOptions,
     on_line: impl FnMut(&str) + Send,
+) -> Result<RunOutcome> {
+    run_with(layers, opts, Some(on_line))
+}
+
+/// Like [`run_in_stack`], but the command gets our stdin, stdout and stderr, so an
+/// interactive `sh` works. On the interrupt flag its process tree gets SIGTERM, and SIGKILL
+/// five seconds later if it is still there; then everything is torn down.
+pub fn run_in_stack_interactive(layers: &[PathBuf], opts: &RunOptions) -> Result<RunOutcome> {
+    run_with(layers, opts, None::<fn(&str)>)
+}
+
+fn run_with(
+    layers: &[PathBuf],
+    opts: &RunOptions,
+    on_line: Option<impl FnMut(&str) + Send>,
 ) -> Result<RunOutcome> {
     if opts.command.is_empty() {
         return Err(Error::BadSource {
@@ -114,7 +132,7 @@ fn run_inside(
     work: &Path,
     merged: &Path,
     opts: &RunOptions,
-    on_line: impl FnMut(&str),
+    on_line: Option<impl FnMut(&str)>,
 ) -> Result<RunOutcome> {
     let root = mount_stack(layers, Some((upper, work)), merged)?;
     let mut stack = MountStack::new();
@@ -137,7 +155,10 @@ fn run_inside(
             source: Box::new(e),
         })?;
         stack.push(m.lazy(true));
-        run_command(merged, opts, on_line)
+        match on_line {
+            Some(on_line) => run_captured(merged, opts, on_line),
+            None => run_attached(merged, opts),
+        }
     })();
     // Unwind in reverse: /dev, /sys, /proc, then the stack itself; report every failure.
     let mut failures = Vec::new();
@@ -157,7 +178,59 @@ fn run_inside(
     Ok(outcome)
 }
 
-fn run_command(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Result<RunOutcome> {
+/// Whether the caller's interrupt flag is set.
+fn interrupt_requested(opts: &RunOptions) -> bool {
+    opts.interrupt
+        .as_ref()
+        .is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Its exit code, or 128 + the signal that killed it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Run with our stdio; the handle's pid is the command itself (`chroot` execs it).
+fn run_attached(root: &Path, opts: &RunOptions) -> Result<RunOutcome> {
+    let child = Cmd::new("chroot")
+        .arg(root)
+        .args(&opts.command)
+        .spawn()
+        .map_err(Error::Command)?;
+    let roots = || {
+        child
+            .pids()
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok())
+    };
+    let mut signalled: Option<std::time::Instant> = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(Error::Command)? {
+            break status;
+        }
+        match signalled {
+            None if interrupt_requested(opts) => {
+                signal_tree(roots().collect(), rustix::process::Signal::TERM);
+                signalled = Some(std::time::Instant::now());
+            }
+            Some(t) if t.elapsed() >= KILL_GRACE => {
+                signal_tree(roots().collect(), rustix::process::Signal::KILL);
+            }
+            _ => {}
+        }
+        std::thread::sleep(INTERRUPT_POLL);
+    };
+    Ok(RunOutcome {
+        code: exit_code(status),
+        interrupted: signalled.is_some() || interrupt_requested(opts),
+    })
+}
+
+fn run_captured(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Result<RunOutcome> {
     // The host's sh merges stderr into stdout before exec'ing chroot, so the rootfs needs no
     // shell of its own and the two streams stay in order.
     let cmd = Cmd::new("sh")
@@ -173,7 +246,7 @@ fn run_command(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Res
                 while !done.load(Ordering::Relaxed) {
                     if flag.load(Ordering::Relaxed) {
                         interrupted.store(true, Ordering::Relaxed);
-                        terminate_children();
+                        signal_tree(children_of("self"), rustix::process::Signal::TERM);
                         return;
                     }
                     std::thread::sleep(INTERRUPT_POLL);
@@ -186,34 +259,26 @@ fn run_command(root: &Path, opts: &RunOptions, on_line: impl FnMut(&str)) -> Res
     });
     // The signal may also have reached the command directly (same process group) and ended
     // it before the watcher looked.
-    let interrupted = interrupted.load(Ordering::Relaxed)
-        || opts
-            .interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed));
+    let interrupted = interrupted.load(Ordering::Relaxed) || interrupt_requested(opts);
     match result {
         Ok(()) => Ok(RunOutcome {
             code: 0,
             interrupted,
         }),
         Err(e) => match e.exit_status() {
-            Some(status) => {
-                use std::os::unix::process::ExitStatusExt;
-                let code = status
-                    .code()
-                    .or_else(|| status.signal().map(|s| 128 + s))
-                    .unwrap_or(1);
-                Ok(RunOutcome { code, interrupted })
-            }
+            Some(status) => Ok(RunOutcome {
+                code: exit_code(status),
+                interrupted,
+            }),
             None => Err(Error::Command(e)),
         },
     }
 }
 
-/// Send SIGTERM to every process we started and their descendants (by pid, from
+/// Send `signal` to the processes `roots` and their descendants (by pid, from
 /// `/proc/PID/task/*/children`), so nothing keeps the stack busy or its output open.
-fn terminate_children() {
-    let mut pending = children_of("self");
+fn signal_tree(roots: Vec<i32>, signal: rustix::process::Signal) {
+    let mut pending = roots;
     let mut seen = std::collections::BTreeSet::new();
     while let Some(pid) = pending.pop() {
         if !seen.insert(pid) {
@@ -221,7 +286,7 @@ fn terminate_children() {
         }
         pending.extend(children_of(&pid.to_string()));
         if let Some(p) = rustix::process::Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process(p, signal);
         }
     }
 }

@@ -23,13 +23,15 @@ Exit codes:
   3    refused input: unsafe tar entry (.., absolute path, escaping symlink or
        hardlink), entry or archive over the size limits, digest mismatch
   run: the command's own exit code (128+N when killed by signal N; 130 when
-       dflayers itself was interrupted by SIGINT or SIGTERM)";
+       dflayers itself was interrupted by SIGINT or SIGTERM; on a terminal,
+       Ctrl-C goes to the command, so an interactive shell survives it)";
 
 const EXAMPLES: &str = "\
 Examples:
   dflayers mount --layer base.tar.gz --layer app.tar --upper up /mnt/root
   dflayers umount /mnt/root
   dflayers run --layer oci-dir:latest --upper up -- apt-get install -y curl
+  dflayers run --layer oci-dir:latest -- /bin/sh     (interactive shell)
   SOURCE_DATE_EPOCH=0 dflayers commit up -o layer.tar.zst
   dflayers commit up --oci-layout oci-dir --base latest --tag v2
   dflayers diff base.tar.gz app.tar up
@@ -83,7 +85,8 @@ enum Command {
         target: PathBuf,
     },
     /// Run a command chrooted into the merged view (with /proc, /sys, /dev) in a private
-    /// mount namespace; everything is unmounted afterwards and on SIGINT/SIGTERM.
+    /// mount namespace, on this terminal's stdin/stdout/stderr (--json: stdin null, output
+    /// collected); everything is unmounted afterwards and on SIGTERM (SIGINT off a terminal).
     Run {
         #[command(flatten)]
         stack: StackArgs,
@@ -200,6 +203,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    diskforge_cmd::exit_quietly_on_broken_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("DFLAYERS_LOG"))
         .with_writer(std::io::stderr)
@@ -346,9 +350,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let layers = resolve_all(&store()?, &layers)?;
             let interrupt = Arc::new(AtomicBool::new(false));
+            // On a terminal, Ctrl-C reaches the command itself (same foreground process
+            // group): an interactive shell handles it, and a command it kills exits 130 on
+            // its own. So SIGINT only tears down when stdin is not a terminal; SIGTERM always.
+            let attached = !cli.json && std::io::stdin().is_terminal();
+            let ignored = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, interrupt.clone())
-                    .context("installing signal handlers")?;
+                let flag = if attached && sig == signal_hook::consts::SIGINT {
+                    ignored.clone()
+                } else {
+                    interrupt.clone()
+                };
+                signal_hook::flag::register(sig, flag).context("installing signal handlers")?;
             }
             let opts = RunOptions {
                 command,
@@ -359,13 +372,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let json = cli.json;
             let mut lines = Vec::new();
-            let outcome = diskforge_layers::run_in_stack(&paths(&layers), &opts, |l| {
-                if json {
+            let outcome = if json {
+                diskforge_layers::run_in_stack(&paths(&layers), &opts, |l| {
                     lines.push(l.to_owned());
-                } else {
-                    println!("{l}");
-                }
-            })?;
+                })?
+            } else {
+                diskforge_layers::run_in_stack_interactive(&paths(&layers), &opts)?
+            };
             if json {
                 print_json(
                     &serde_json::json!({ "code": outcome.code, "interrupted": outcome.interrupted, "output": lines }),

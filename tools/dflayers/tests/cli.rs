@@ -269,3 +269,57 @@ fn run_tears_everything_down_on_sigterm() {
     let now = diskforge_testutil::KernelState::capture();
     assert!(now.mounts_under(d).is_empty(), "{:?}", now.mounts_under(d));
 }
+
+#[test]
+fn run_passes_stdin_and_stdout_through() {
+    if !diskforge_testutil::require_root("dflayers::run_passes_stdin_and_stdout_through") {
+        return;
+    }
+    let dir = diskforge_testutil::scratch_dir();
+    let d = dir.path();
+    let root = d.join("busybox");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    let scratch = d.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let run = |args: &[&str]| {
+        Cmd::new(BIN)
+            .arg("--store")
+            .arg(d.join("store"))
+            .args(["run", "-l"])
+            .arg(&root)
+            .arg("--scratch")
+            .arg(&scratch)
+            .arg("--")
+            .args(args)
+            .stdin_bytes("line one\nline two\n")
+    };
+    let out = run(&["/bin/cat"]).run().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line one\nline two\n");
+    // stderr is ours too (not merged into stdout), and the exit code passes through.
+    let err = run(&[
+        "/bin/sh",
+        "-c",
+        "read a; echo \"got $a\"; echo oops >&2; exit 5",
+    ])
+    .run()
+    .unwrap_err();
+    let diskforge_cmd::Error::Failed {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert_eq!(stdout.as_str(), "got line one\n");
+    assert_eq!(stderr.trim(), "oops");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    let now = diskforge_testutil::KernelState::capture();
+    assert!(now.mounts_under(d).is_empty(), "{:?}", now.mounts_under(d));
+}
