@@ -319,27 +319,11 @@ impl Cmd {
         tracing::debug!(argv = %self.display(), "run");
         let expr = self.expression().stdout_capture().stderr_capture();
         let handle = expr.start().map_err(|e| self.spawn_error(e))?;
-        let out = match self.timeout {
-            None => handle.wait().map_err(|e| self.spawn_error(e))?.clone(),
-            Some(t) => {
-                let deadline = Instant::now() + t;
-                loop {
-                    if let Some(out) = handle.try_wait().map_err(|e| self.spawn_error(e))? {
-                        break out.clone();
-                    }
-                    if Instant::now() >= deadline {
-                        // Best effort: the child may have exited between try_wait and kill.
-                        let _ = handle.kill();
-                        return Err(Error::Timeout {
-                            program: self.program(),
-                            args: self.arg_strings(),
-                            timeout: t,
-                        });
-                    }
-                    std::thread::sleep(TIMEOUT_POLL);
-                }
-            }
+        let child = Child {
+            handle,
+            cmd: self.clone(),
         };
+        let out = child.finish(self.timeout)?;
         self.check(out)
     }
 
@@ -362,27 +346,7 @@ impl Cmd {
     /// [`Cmd::stdin_bytes`] data instead when given) and return its exit status; a non-zero
     /// exit is not an error. Honours [`Cmd::timeout`].
     pub fn status(&self) -> Result<ExitStatus> {
-        let child = self.spawn()?;
-        let Some(t) = self.timeout else {
-            return child.wait();
-        };
-        let deadline = Instant::now() + t;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                // Best effort: the child may have exited between try_wait and kill.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::Timeout {
-                    program: self.program(),
-                    args: self.arg_strings(),
-                    timeout: t,
-                });
-            }
-            std::thread::sleep(TIMEOUT_POLL);
-        }
+        self.spawn()?.finish(self.timeout).map(|o| o.status)
     }
 
     /// Run and return stdout as text with trailing whitespace removed.
@@ -474,6 +438,38 @@ impl Child {
             .try_wait()
             .map(|o| o.map(|o| o.status))
             .map_err(|e| self.cmd.spawn_error(e))
+    }
+
+    /// Wait for the program, killing it and failing with [`Error::Timeout`] once `timeout`
+    /// has passed.
+    fn finish(&self, timeout: Option<Duration>) -> Result<Output> {
+        let Some(t) = timeout else {
+            return self
+                .handle
+                .wait()
+                .cloned()
+                .map_err(|e| self.cmd.spawn_error(e));
+        };
+        let deadline = Instant::now() + t;
+        loop {
+            if let Some(out) = self
+                .handle
+                .try_wait()
+                .map_err(|e| self.cmd.spawn_error(e))?
+            {
+                return Ok(out.clone());
+            }
+            if Instant::now() >= deadline {
+                // Best effort: the child may have exited between try_wait and kill.
+                let _ = self.handle.kill();
+                return Err(Error::Timeout {
+                    program: self.cmd.program(),
+                    args: self.cmd.arg_strings(),
+                    timeout: t,
+                });
+            }
+            std::thread::sleep(TIMEOUT_POLL);
+        }
     }
 
     /// Send SIGKILL to the program (not to processes it started); [`Child::wait`] reaps it.

@@ -3,7 +3,7 @@
 // Test helpers panic on failure by design (the lint's test exemption covers only #[test] fns).
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
 
@@ -231,14 +231,7 @@ fn run_tears_everything_down_on_sigterm() {
     }
     let dir = diskforge_testutil::scratch_dir();
     let d = dir.path();
-    let root = d.join("busybox");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for tool in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
-    }
-    let scratch = d.join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
+    let (root, scratch) = busybox_root(d, &["sh", "sleep"]);
     let start = std::time::Instant::now();
     // `timeout` sends SIGTERM to dflayers after 2 s; --preserve-status passes its exit code on.
     let err = Cmd::new("timeout")
@@ -277,14 +270,7 @@ fn run_passes_stdin_and_stdout_through() {
     }
     let dir = diskforge_testutil::scratch_dir();
     let d = dir.path();
-    let root = d.join("busybox");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for tool in ["sh", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
-    }
-    let scratch = d.join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
+    let (root, scratch) = busybox_root(d, &["sh", "cat"]);
     let run = |args: &[&str]| {
         Cmd::new(BIN)
             .arg("--store")
@@ -322,4 +308,17 @@ fn run_passes_stdin_and_stdout_through() {
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
     let now = diskforge_testutil::KernelState::capture();
     assert!(now.mounts_under(d).is_empty(), "{:?}", now.mounts_under(d));
+}
+
+/// A root dir with a static busybox and `tools` linked to it, and an empty scratch dir.
+fn busybox_root(d: &Path, tools: &[&str]) -> (PathBuf, PathBuf) {
+    let root = d.join("busybox");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for tool in tools {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    let scratch = d.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    (root, scratch)
 }
