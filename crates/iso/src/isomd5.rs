@@ -222,18 +222,61 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// Hash an existing file in one pass with `hasher`.
 pub fn hash_file(path: &Path, mut hasher: IsoMd5, progress: Progress<'_>) -> Result<Md5Sums> {
     let f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let mut buf = vec![0u8; IO_BUF];
-    let total = hasher.covered();
-    let mut off = 0u64;
-    while off < total {
-        let n = (total - off).min(IO_BUF as u64) as usize;
-        f.read_exact_at(&mut buf[..n], off)
-            .map_err(|e| Error::io("reading", path, e))?;
-        hasher.update(&buf[..n]);
-        off += n as u64;
-        progress(off, total);
-    }
+    hash_reads(&f, path, &|_, _| {}, &mut hasher, progress)?;
     Ok(hasher.finish())
+}
+
+/// Feed `hasher` the first [`IsoMd5::covered`] bytes of `f` (named `path` in errors), each
+/// block passed through `fix(offset, block)` first. A second thread reads ahead into a few
+/// recycled buffers, so the reads (and `fix`) overlap the hashing: MD5 is one serial chain,
+/// the reads need not wait for it.
+pub(crate) fn hash_reads(
+    f: &std::fs::File,
+    path: &Path,
+    fix: &(dyn Fn(u64, &mut [u8]) + Sync),
+    hasher: &mut IsoMd5,
+    progress: Progress<'_>,
+) -> Result<()> {
+    use std::sync::mpsc::{channel, sync_channel};
+    let total = hasher.covered();
+    let (full_tx, full_rx) = sync_channel::<(u64, usize, Vec<u8>)>(2);
+    let (free_tx, free_rx) = channel::<Vec<u8>>();
+    for _ in 0..3 {
+        // The receiver lives until the reader ends: cannot fail here.
+        let _ = free_tx.send(vec![0u8; IO_BUF]);
+    }
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<()> {
+            let mut off = 0u64;
+            while off < total {
+                // Both ends are gone only when the hashing side stopped: nothing to do.
+                let Ok(mut buf) = free_rx.recv() else {
+                    return Ok(());
+                };
+                let n = (total - off).min(IO_BUF as u64) as usize;
+                f.read_exact_at(&mut buf[..n], off)
+                    .map_err(|e| Error::io("reading", path, e))?;
+                fix(off, &mut buf[..n]);
+                if full_tx.send((off, n, buf)).is_err() {
+                    return Ok(());
+                }
+                off += n as u64;
+            }
+            Ok(())
+        });
+        for (off, n, buf) in full_rx {
+            hasher.update(&buf[..n]);
+            progress(off + n as u64, total);
+            let _ = free_tx.send(buf);
+        }
+        reader.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                "reading",
+                path,
+                std::io::Error::other("reader thread panicked"),
+            ))
+        })
+    })
 }
 
 /// Write the application-use area of an image whose sums are `sums`.

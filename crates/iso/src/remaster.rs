@@ -625,19 +625,13 @@ fn copy_and_hash(
         });
         let hashed = (|| -> Result<()> {
             let f = File::open(src).map_err(|e| Error::io("opening", src, e))?;
-            let total = hasher.covered();
-            let mut buf = vec![0u8; IO_BUF];
-            let mut off = 0u64;
-            while off < total {
-                let n = (total - off).min(IO_BUF as u64) as usize;
-                f.read_exact_at(&mut buf[..n], off)
-                    .map_err(|e| Error::io("reading", src, e))?;
-                plan.overlay(off, &mut buf[..n]);
-                hasher.update(&buf[..n]);
-                off += n as u64;
-                progress(Event::Bytes(off, total));
-            }
-            Ok(())
+            crate::isomd5::hash_reads(
+                &f,
+                src,
+                &|off, buf| plan.overlay(off, buf),
+                &mut hasher,
+                &mut |done, total| progress(Event::Bytes(done, total)),
+            )
         })();
         let copied = copier.join().unwrap_or_else(|_| {
             Err(Error::io(
