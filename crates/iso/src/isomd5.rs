@@ -18,9 +18,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use ::md5::{Digest, Md5};
-
 use crate::iso9660::{SECTOR, Volume};
+use crate::md5core::Md5;
 use crate::{Error, Result};
 
 /// Offset of the application-use area inside the primary volume descriptor.

@@ -23,6 +23,7 @@ pub mod inspect;
 pub mod iso9660;
 pub mod isomd5;
 pub mod kernel;
+mod md5core;
 pub mod patch;
 pub mod remaster;
 pub mod sample;
