@@ -131,12 +131,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     let tty = std::io::stderr().is_terminal() && !cli.json;
     if cli.check_md5 {
-        let mut last = 0;
+        let bar = progress_bar(tty);
+        bar.set_message("checking md5");
         let mut cb = |done: u64, total: u64| {
-            if tty && total > 0 && done * 20 / total != last {
-                last = done * 20 / total;
-                eprint!("\rchecking {:3}%", done * 100 / total);
-            }
+            bar.set_length(total);
+            bar.set_position(done);
         };
         let res = match isomd5::check(&input, &mut cb) {
             Ok(r) => r,
@@ -146,9 +145,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Err(e) => return Err(e.into()),
         };
-        if tty {
-            eprintln!();
-        }
+        bar.finish_and_clear();
         if cli.json {
             println!("{}", serde_json::to_string_pretty(&res)?);
         } else {
@@ -187,28 +184,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     req.kernel_args = cli.kernel_args.clone();
     req.mode = cli.mode.parse()?;
     req.implant_md5 = cli.implant_md5;
-    let mut step = String::new();
-    let mut last_pct = u64::MAX;
-    let mut progress = |ev: Event<'_>| {
-        if !tty {
-            return;
+    let bar = progress_bar(tty);
+    let mut progress = |ev: Event<'_>| match ev {
+        Event::Step(s) => {
+            bar.set_message(s.to_owned());
+            bar.set_length(0);
+            bar.set_position(0);
         }
-        match ev {
-            Event::Step(s) => {
-                step = s.to_owned();
-                last_pct = u64::MAX;
-            }
-            Event::Bytes(d, t) if t > 0 => {
-                let pct = d * 100 / t;
-                if pct != last_pct {
-                    last_pct = pct;
-                    eprint!("\r{step}: {pct:3}%");
-                    if d >= t {
-                        eprintln!();
-                    }
-                }
-            }
-            Event::Bytes(..) => {}
+        Event::Bytes(d, t) => {
+            bar.set_length(t);
+            bar.set_position(d);
         }
     };
     // The kernel routes hold mounts and loop devices: SIGINT/SIGTERM must unwind them (the
@@ -218,6 +203,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         _ => None,
     };
     let res = diskforge_iso::remaster(&req, &mut progress);
+    bar.finish_and_clear();
     if term.as_ref().is_some_and(TerminationFlag::is_raised) {
         eprintln!("iso-remaster: interrupted; mounts and loop devices released, no output written");
         return Ok(ExitCode::from(130));
@@ -354,4 +340,18 @@ fn render_inspection(r: &Inspection) -> String {
         None => s.push_str("implanted MD5: none\n"),
     }
     s
+}
+
+/// A byte progress bar on stderr when it is a terminal (and not `--json`); hidden otherwise,
+/// so pipelines and logs stay clean.
+fn progress_bar(tty: bool) -> indicatif::ProgressBar {
+    if !tty {
+        return indicatif::ProgressBar::hidden();
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg:28} [{bar:30}] {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    indicatif::ProgressBar::new(0).with_style(style)
 }
