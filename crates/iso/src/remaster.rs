@@ -158,6 +158,8 @@ pub struct Request {
     pub mode: Mode,
     /// Implant an isomd5sum MD5 into the output.
     pub implant_md5: bool,
+    /// Resolve the edits and choose the mode, then stop: nothing is written (`--dry-run`).
+    pub dry_run: bool,
 }
 
 impl Request {
@@ -173,6 +175,7 @@ impl Request {
             kernel_args: Vec::new(),
             mode: Mode::Auto,
             implant_md5: false,
+            dry_run: false,
         }
     }
 }
@@ -285,6 +288,8 @@ pub struct Outcome {
     pub steps: Vec<Step>,
     /// The implanted MD5, when asked for.
     pub md5: Option<Md5Sums>,
+    /// Whether this was a dry run (the plan only: nothing written).
+    pub dry_run: bool,
 }
 
 /// Progress events for long steps.
@@ -805,6 +810,40 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         ));
     }
     let mut notes = plan.as_ref().map(|p| p.notes.clone()).unwrap_or_default();
+    if req.dry_run {
+        if let Some(v) = &changes.volid {
+            notes.push(format!("volume id: {v}"));
+        }
+        if plan.is_none() {
+            notes.extend(
+                changes
+                    .puts
+                    .iter()
+                    .map(|p| format!("{}: {}", p.dest, p.why)),
+            );
+            notes.extend(changes.removes.iter().map(|r| format!("{r}: removed")));
+            notes.extend(
+                changes
+                    .raw
+                    .iter()
+                    .map(|r| format!("{} bytes at {}: {}", r.data.len(), r.offset, r.what)),
+            );
+        }
+        if req.implant_md5 {
+            notes.push("an isomd5sum MD5 would be implanted".to_owned());
+        }
+        return Ok(Outcome {
+            mode,
+            reason,
+            output: req.output.clone().unwrap_or_else(|| req.input.clone()),
+            in_place: req.output.is_none(),
+            notes,
+            configs: changes.configs,
+            steps,
+            md5: None,
+            dry_run: true,
+        });
+    }
     let mut md5 = None;
     let output = match (&req.output, plan) {
         (None, Some(plan)) => {
@@ -932,6 +971,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         configs: changes.configs,
         steps,
         md5,
+        dry_run: false,
     })
 }
 

@@ -80,6 +80,9 @@ struct Cli {
     /// Implant an isomd5sum MD5 (checkisomd5 accepts it) into the output.
     #[arg(long)]
     implant_md5: bool,
+    /// Resolve the edits and pick the mode, print the plan, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Verify the implanted MD5 of INPUT and exit (0 match, 3 mismatch or none).
     #[arg(long, conflicts_with_all = ["output", "add", "replace", "remove", "volid", "kickstart", "preseed", "kernel_args", "implant_md5"])]
     check_md5: bool,
@@ -184,6 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     req.kernel_args = cli.kernel_args.clone();
     req.mode = cli.mode.parse()?;
     req.implant_md5 = cli.implant_md5;
+    req.dry_run = cli.dry_run;
     let bar = progress_bar(tty);
     let mut progress = |ev: Event<'_>| match ev {
         Event::Step(s) => {
@@ -226,7 +230,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("implanted md5: {}", m.md5);
         }
         println!(
-            "wrote {}{}",
+            "{} {}{}",
+            if out.dry_run { "would write" } else { "wrote" },
             out.output.display(),
             if out.in_place { " (in place)" } else { "" }
         );

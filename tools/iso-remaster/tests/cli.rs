@@ -185,3 +185,49 @@ fn errors_name_the_value_and_exit_1() {
     let out = run(&["--mode", "fast", "df_sample.iso"], dir.path());
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample(dir.path(), &SampleOptions::default()).expect("sample");
+    std::fs::write(dir.path().join("ks.cfg"), "text\n").expect("ks");
+    let before = std::fs::read(dir.path().join("df_sample.iso")).expect("read");
+
+    // With -o: the mode and every edit are reported, no output appears.
+    let args = [
+        "df_sample.iso",
+        "-o",
+        "out.iso",
+        "--kickstart",
+        "ks.cfg",
+        "--implant-md5",
+    ];
+    let out = run(&[&args[..], &["--dry-run", "--json"]].concat(), dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["mode"], "patch");
+    let notes = plan["notes"].to_string();
+    assert!(notes.contains("/ks.cfg"), "{notes}");
+    assert!(notes.contains("MD5 would be implanted"), "{notes}");
+    assert!(!dir.path().join("out.iso").exists());
+
+    // In place: the input keeps every byte; no temp or scratch file is left.
+    let out = run(
+        &["df_sample.iso", "--kickstart", "ks.cfg", "--dry-run"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("would write df_sample.iso (in place)"));
+    assert_eq!(
+        std::fs::read(dir.path().join("df_sample.iso")).expect("read"),
+        before
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".iso-remaster"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
