@@ -122,3 +122,21 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .unwrap_or_default();
     dir.join(name)
 }
+
+/// Run `bin ARGS` (`args` split by the shell) with its stdout already closed: the subshell
+/// waits until the reader (`true`) has exited, so every write hits a closed pipe. Returns
+/// the trimmed stderr, which ends with the tool's `exit=N` (dash has no pipefail).
+pub fn stderr_into_closed_pipe(bin: &str, args: &str) -> String {
+    let out = diskforge_cmd::Cmd::new("sh")
+        .args([
+            "-c",
+            "(sleep 0.3; \"$0\" $1; echo \"exit=$?\" >&2) | true",
+            bin,
+            args,
+        ])
+        .run();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+        Err(e) => format!("running {bin} {args}: {e}"),
+    }
+}
