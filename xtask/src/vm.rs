@@ -233,8 +233,8 @@ impl Cpio {
     }
 }
 
-/// The guest's `/init` (busybox sh). `@SHARE@` is the share's absolute path; `@MODE@` is
-/// `test` or `shell`.
+/// The guest's `/init` (busybox sh). `@SHARE@` is the share's absolute path, `@ROOT@` the
+/// workspace's; `@MODE@` is `test` or `shell`.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -245,7 +245,10 @@ die() { echo "DFVM-INIT-ERROR $*"; poweroff -f; }
 for m in $(cat /modules.list); do insmod "/$m" || die "insmod $m"; done
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || die "mount host root"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 dfshare "/host@SHARE@" || die "mount share"
+# The workspace may live under /tmp or another dir that gets a tmpfs below: keep a bind of
+# it and put it back on top afterwards (CI clones into a fresh temp dir).
+mkdir -p /keep
+mount --bind "/host@ROOT@" /keep || die "bind workspace"
 printf '#!/bin/sh\nexec /bin/chroot /host /sbin/modprobe "$@"\n' > /bin/modprobe-host
 chmod 755 /bin/modprobe-host
 echo /bin/modprobe-host > /proc/sys/kernel/modprobe
@@ -255,6 +258,9 @@ mount -t devtmpfs devtmpfs /host/dev || die "devtmpfs"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts || die "devpts"
 for d in /tmp /run /var/tmp /dev/shm; do mount -t tmpfs -o mode=1777 tmpfs "/host$d" || die "tmpfs $d"; done
+mkdir -p "/host@ROOT@"
+mount --bind /keep "/host@ROOT@" || die "rebind workspace"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 dfshare "/host@SHARE@" || die "mount share"
 echo DFVM-BOOTED
 if [ "@MODE@" = shell ]; then
   setsid cttyhack chroot /host /bin/bash -l
@@ -267,7 +273,13 @@ poweroff -f
 "#;
 
 /// Build the initramfs for `kernel` into `out`.
-fn build_initramfs(kernel: &Kernel, share: &Path, shell: bool, out: &Path) -> Result<()> {
+fn build_initramfs(
+    kernel: &Kernel,
+    root: &Path,
+    share: &Path,
+    shell: bool,
+    out: &Path,
+) -> Result<()> {
     let moddir = Path::new("/lib/modules").join(&kernel.release);
     let dep = std::fs::read_to_string(moddir.join("modules.dep")).context("reading modules.dep")?;
     let modules = resolve_modules(&dep, INITRAMFS_MODULES)?;
@@ -288,7 +300,9 @@ fn build_initramfs(kernel: &Kernel, share: &Path, shell: bool, out: &Path) -> Re
     }
     c.file("modules.list", 0o644, list.as_bytes());
     let share_s = share.to_str().context("share path is not UTF-8")?;
+    let root_s = root.to_str().context("workspace path is not UTF-8")?;
     let init = INIT
+        .replace("@ROOT@", root_s)
         .replace("@SHARE@", share_s)
         .replace("@MODE@", if shell { "shell" } else { "test" });
     c.file("init", 0o755, init.as_bytes());
@@ -580,7 +594,7 @@ pub fn run(sh: &Shell, args: &VmTestArgs) -> Result<()> {
         run_script(&bin, &share_path, &root, args.keep_going, &env),
     )?;
     let initrd = share_path.join("initramfs.cpio");
-    build_initramfs(&kernel, &share_path, args.shell, &initrd)?;
+    build_initramfs(&kernel, &root, &share_path, args.shell, &initrd)?;
 
     let accel = accel_cached(&kernel, &vmdir);
     let image = vmlinux(sh, &kernel, &vmdir)?;
