@@ -380,6 +380,139 @@ fn appended_esp_is_edited_in_patch_and_direct() -> R {
     Ok(())
 }
 
+/// Direct mode with more data than the padding holds: our writer grows the image. Checked
+/// with independent tools on the sample (MBR only, ESP in the tree or appended) and on the
+/// installer fixture (MBR + GPT, ESP in the tree or an appended GPT partition): the added file
+/// and the edited configs read back (`osirrox`, `mtype` on the ESP wherever it went), the
+/// same El Torito entries, `sgdisk -v` clean on the moved GPT, `sfdisk` sees every partition
+/// unchanged, moved by the growth (an appended ESP) or grown by it (the whole-ISO one),
+/// `isoinfo` reports the new volume size, and `checkisomd5` passes.
+#[test]
+fn direct_grows_the_image_and_moves_what_follows() -> R {
+    use diskforge_iso_fixture::{EspLayout, FixtureSpec, build};
+    let dir = tempfile::tempdir()?;
+    let big = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &data)?;
+    let mut inputs = Vec::new();
+    for appended in [false, true] {
+        let sub = dir.path().join(format!("sample-{appended}"));
+        std::fs::create_dir(&sub)?;
+        inputs.push((sample(&sub, appended)?, sub));
+    }
+    for esp in [EspLayout::InTree, EspLayout::Appended] {
+        let sub = dir.path().join(format!("fixture-{esp:?}"));
+        let mut spec = FixtureSpec::new(&sub);
+        spec.esp = esp;
+        spec.filler_bytes = 1 << 20;
+        spec.filler_files = 2;
+        inputs.push((build(&spec)?.iso, sub));
+    }
+    let parts = |p: &Path| -> anyhow::Result<Vec<(u64, u64)>> {
+        let v: serde_json::Value = Cmd::new("sfdisk").arg("--json").arg(p).json()?;
+        Ok(v["partitiontable"]["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["start"].as_u64().unwrap_or(0),
+                    p["size"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect())
+    };
+    // sgdisk -v exits 0 only when it found no problem.
+    let sgdisk_ok = |p: &Path| -> (bool, String) {
+        match Cmd::new("sgdisk").arg("-v").arg(p).read() {
+            Ok(v) => (v.contains("No problems found"), v),
+            Err(e) => (false, e.to_string()),
+        }
+    };
+    let mut gpts = 0;
+    for (iso, sub) in inputs {
+        let before = diskforge_iso::inspect(&iso)?;
+        let gpt = sgdisk_ok(&iso).0;
+        gpts += usize::from(gpt);
+        let out = sub.join("grown.iso");
+        let mut req = Request::new(&iso);
+        req.output = Some(out.clone());
+        req.mode = Mode::Direct;
+        req.kernel_args = vec!["inst.text".into()];
+        req.edits.push(Edit::Add {
+            src: big.clone(),
+            dest: "/big.bin".into(),
+        });
+        req.implant_md5 = true;
+        let o = remaster(&req, &mut |_| {})?;
+        let what = format!("{}: {}", iso.display(), o.reason);
+        assert_eq!(o.mode, Mode::Direct);
+        assert!(
+            o.reason.contains("our writer") && o.reason.contains("grows by"),
+            "{what}"
+        );
+        let after = diskforge_iso::inspect(&out)?;
+        let grown = std::fs::metadata(&out)?.len() - std::fs::metadata(&iso)?.len();
+        assert!(grown > 0 && grown % (1 << 20) == 0, "grew by {grown}");
+        assert_eq!(after.volume_size, before.volume_size + grown);
+        assert!(
+            isoinfo_d(&out)?.contains(&format!("Volume size is: {}\n", after.volume_size / 2048)),
+            "{what}"
+        );
+        assert_eq!(extract(&out, "/big.bin", dir.path())?, data, "{what}");
+        assert_eq!(el_torito_report(&iso)?, el_torito_report(&out)?, "{what}");
+        Cmd::new("checkisomd5").arg(&out).run()?;
+        if gpt {
+            let (ok, v) = sgdisk_ok(&out);
+            assert!(ok, "{what}\n{v}");
+        }
+        let (pb, pa) = (parts(&iso)?, parts(&out)?);
+        assert_eq!(pb.len(), pa.len(), "{what}: {pb:?} {pa:?}");
+        let g = grown / 512;
+        for (b, a) in pb.iter().zip(&pa) {
+            assert!(
+                a == b || *a == (b.0 + g, b.1) || *a == (b.0, b.1 + g),
+                "{what}: partition {b:?} became {a:?} (growth {g} sectors)"
+            );
+        }
+        assert!(
+            pa.iter().zip(&pb).any(|(a, b)| a != b),
+            "{what}: nothing grew"
+        );
+        // The ESP (appended: moved; in the tree: where it was) has the edited grub.cfg.
+        let (eb, ea) = (before.hybrid.esp_ranges(), after.hybrid.esp_ranges());
+        let img = sub.join("esp.img");
+        let (off, len) = match (eb.first(), ea.first()) {
+            (Some(b), Some(a)) => {
+                assert!(
+                    *a == *b || *a == (b.0 + grown, b.1),
+                    "{what}: ESP {b:?} → {a:?}"
+                );
+                *a
+            }
+            _ => {
+                let p = after
+                    .el_torito
+                    .iter()
+                    .flat_map(|c| c.entries.iter())
+                    .find_map(|e| e.image.clone())
+                    .filter(|p| p.ends_with(".img"))
+                    .ok_or_else(|| anyhow::anyhow!("{what}: no EFI image"))?;
+                std::fs::write(&img, extract(&out, &p, dir.path())?)?;
+                (0, std::fs::metadata(&img)?.len())
+            }
+        };
+        if off > 0 {
+            let bytes = std::fs::read(&out)?;
+            std::fs::write(&img, &bytes[off as usize..(off + len) as usize])?;
+        }
+        let cfg = fat_cfg(&img)?;
+        assert!(cfg.contains("inst.text"), "{what}: {cfg}");
+    }
+    assert!(gpts >= 1, "no input had a valid GPT to check");
+    Ok(())
+}
+
 #[test]
 fn bad_input_names_the_value_and_leaves_no_output() -> R {
     let dir = tempfile::tempdir()?;

@@ -5,11 +5,13 @@
 //! a remastered installer still boots on BIOS and UEFI, from CD and from a USB stick, and
 //! that the kickstart reaches the kernel and is readable from the medium:
 //! - SeaBIOS, ISO as CD: fixture as built;
-//! - SeaBIOS, ISO as hard disk (isohybrid MBR): remastered;
+//! - SeaBIOS, ISO as hard disk (isohybrid MBR): remastered, with a 4 MiB file added too, so
+//!   the image has to grow (`direct` mode, our writer: MBR partition resized);
 //! - OVMF, ISO as CD (El Torito EFI → GRUB → tree `EFI/BOOT/grub.cfg`): remastered;
 //! - OVMF, ISO as hard disk with the appended-ESP layout (GRUB reads the `grub.cfg` inside
-//!   the FAT partition): remastered — the USB/UEFI case that ignores a kickstart when a tool
-//!   forgets the FAT image.
+//!   the FAT partition): remastered, growing too (the ESP, the backup GPT and the hidden El
+//!   Torito image move up) — the USB/UEFI case that ignores a kickstart when a tool forgets
+//!   the FAT image.
 //!
 //! No root needed. Not covered: real USB controllers (the disk is IDE), Secure Boot.
 
@@ -27,6 +29,7 @@ use diskforge_iso_fixture::{EspLayout, Fixture, FixtureSpec, build};
 const TIMEOUT: Duration = Duration::from_secs(240);
 const KS_FIRST_LINE: &str = "# kickstart from the boot test";
 const ADDED_FIRST_LINE: &str = "hello from the medium";
+const BIG_FIRST_LINE: &str = "a file in the blocks the image grew by";
 
 fn fixture(dir: &Path, esp: EspLayout, extra: impl FnOnce(&mut FixtureSpec)) -> Fixture {
     let mut spec = FixtureSpec::new(dir);
@@ -55,8 +58,10 @@ fn boot_ok(iso: &Path, volid: &str, fw: Firmware) -> BootReport {
     r
 }
 
-/// Remaster `f` with a kickstart, an added file and an MD5; boot it; check all three.
-fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware) -> BootReport {
+/// Remaster `f` with a kickstart, an added file and an MD5; boot it; check all three. With
+/// `grow`, a 4 MiB file is added as well: more than the image's padding, so auto picks
+/// `direct`, which grows the image.
+fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware, grow: bool) -> BootReport {
     let ks = dir.join("ks.cfg");
     std::fs::write(&ks, format!("{KS_FIRST_LINE}\ntext\n")).unwrap();
     let added = dir.join("added.txt");
@@ -69,6 +74,16 @@ fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware) -> BootReport {
         src: added,
         dest: "/diskforge-added.txt".into(),
     });
+    if grow {
+        let big = dir.join("big.txt");
+        let mut text = format!("{BIG_FIRST_LINE}\n").into_bytes();
+        text.resize(4 << 20, b'.');
+        std::fs::write(&big, text).unwrap();
+        req.edits.push(Edit::Add {
+            src: big,
+            dest: "/diskforge-big.txt".into(),
+        });
+    }
     req.implant_md5 = true;
     req.mode = Mode::Auto;
     let outcome = remaster(&req, &mut |_| {}).unwrap();
@@ -78,6 +93,15 @@ fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware) -> BootReport {
         outcome.mode,
         outcome.reason
     );
+    if grow {
+        assert_eq!(outcome.mode, Mode::Direct, "{}", outcome.reason);
+        assert!(outcome.reason.contains("grows by"), "{}", outcome.reason);
+        assert_eq!(
+            first_line_on_host(&out, dir),
+            BIG_FIRST_LINE,
+            "the big file read back on the host"
+        );
+    }
     let r = boot_ok(&out, &f.volid, fw);
     let ks_arg = r.kernel_arg("inst.ks").unwrap_or_else(|| {
         panic!(
@@ -98,7 +122,29 @@ fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware) -> BootReport {
         r.files.get("/diskforge-added.txt").map(String::as_str),
         Some(ADDED_FIRST_LINE)
     );
+    if grow {
+        assert_eq!(
+            r.files.get("/diskforge-big.txt").map(String::as_str),
+            Some(BIG_FIRST_LINE),
+            "{}: the file in the grown blocks, read by the guest's kernel",
+            fw.name()
+        );
+    }
     r
+}
+
+/// First line of `/diskforge-big.txt` in `iso`, read with `osirrox` (independent reader).
+fn first_line_on_host(iso: &Path, dir: &Path) -> String {
+    let dst = dir.join("big.out");
+    diskforge_cmd::Cmd::new("osirrox")
+        .arg("-indev")
+        .arg(iso)
+        .args(["-osirrox", "on", "-extract", "/diskforge-big.txt"])
+        .arg(&dst)
+        .run()
+        .unwrap();
+    let text = std::fs::read_to_string(&dst).unwrap();
+    text.lines().next().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -131,10 +177,10 @@ fn seabios_cdrom_boots_the_fixture_and_reads_its_kickstart() {
 }
 
 #[test]
-fn seabios_hard_disk_boots_the_remastered_isohybrid_mbr() {
+fn seabios_hard_disk_boots_the_remastered_and_grown_isohybrid_mbr() {
     let dir = diskforge_testutil::scratch_dir();
     let f = fixture(dir.path(), EspLayout::InTree, |_| {});
-    let r = remastered_boot(dir.path(), &f, Firmware::SeaBiosHardDisk);
+    let r = remastered_boot(dir.path(), &f, Firmware::SeaBiosHardDisk, true);
     assert_eq!(r.medium.as_deref(), Some("/dev/sda"));
     assert_eq!(r.kernel_arg("initrd"), Some("/images/pxeboot/initrd.img"));
 }
@@ -143,7 +189,7 @@ fn seabios_hard_disk_boots_the_remastered_isohybrid_mbr() {
 fn ovmf_cdrom_boots_remastered_grub_from_el_torito() {
     let dir = diskforge_testutil::scratch_dir();
     let f = fixture(dir.path(), EspLayout::InTree, |_| {});
-    let r = remastered_boot(dir.path(), &f, Firmware::Ovmf);
+    let r = remastered_boot(dir.path(), &f, Firmware::Ovmf, false);
     assert_eq!(r.medium.as_deref(), Some("/dev/sr0"));
     assert_eq!(r.kernel_arg("BOOT_IMAGE"), Some("/images/pxeboot/vmlinuz"));
     assert_eq!(
@@ -154,10 +200,10 @@ fn ovmf_cdrom_boots_remastered_grub_from_el_torito() {
 }
 
 #[test]
-fn ovmf_hard_disk_boots_the_remastered_appended_esp() {
+fn ovmf_hard_disk_boots_the_remastered_and_grown_appended_esp() {
     let dir = diskforge_testutil::scratch_dir();
     let f = fixture(dir.path(), EspLayout::Appended, |_| {});
-    let r = remastered_boot(dir.path(), &f, Firmware::OvmfHardDisk);
+    let r = remastered_boot(dir.path(), &f, Firmware::OvmfHardDisk, true);
     assert_eq!(r.medium.as_deref(), Some("/dev/sda"));
     assert_eq!(
         r.kernel_arg("initrd"),

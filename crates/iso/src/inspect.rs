@@ -45,10 +45,14 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 
 /// [`inspect`] for an already opened volume.
 pub fn inspect_volume(vol: &Volume) -> Result<Inspection> {
-    let tree = vol.tree(TreeKind::Primary)?;
+    inspect_with_tree(vol, &vol.tree(TreeKind::Primary)?)
+}
+
+/// [`inspect_volume`] with the primary tree already walked (`vol.tree(TreeKind::Primary)`).
+pub fn inspect_with_tree(vol: &Volume, tree: &crate::iso9660::Tree) -> Result<Inspection> {
     let hybrid = read_hybrid(vol)?;
     let el_torito = match vol.boot_catalog_lba {
-        Some(lba) => Some(read_catalog(vol, lba, &tree, &hybrid.partition_ranges())?),
+        Some(lba) => Some(read_catalog(vol, lba, tree, &hybrid.partition_ranges())?),
         None => None,
     };
     let area = vol.src.read_vec(

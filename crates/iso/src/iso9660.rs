@@ -461,11 +461,13 @@ impl Volume {
     fn read_susp(&self, area: &[u8], rec: &mut Record) -> Result<()> {
         let mut name = String::new();
         let mut has_name = false;
-        let mut areas = vec![area.to_vec()];
+        // The record's own area is walked in place; only `CE` continuations are read.
+        let mut cont: Option<Vec<u8>> = None;
         let mut hops = 0;
-        while let Some(a) = areas.pop() {
+        loop {
             let mut ce = None;
-            walk_susp_area(&a, |sig, e| match &sig {
+            let a = cont.as_deref().unwrap_or(area);
+            walk_susp_area(a, |sig, e| match &sig {
                 b"NM" if e.len() >= 5 => {
                     let flags = e[4];
                     if flags & 0x06 == 0 {
@@ -478,16 +480,15 @@ impl Volume {
                 b"CE" if e.len() >= 28 => ce = Some((le32(e, 4), le32(e, 12), le32(e, 20))),
                 _ => {}
             });
-            if let Some((block, off, len)) = ce {
-                hops += 1;
-                if hops > MAX_CE || len as usize > SECTOR as usize * 4 {
-                    return Err(self
-                        .src
-                        .malformed(rec.offset, "SUSP continuation chain too long"));
-                }
-                let at = u64::from(block) * SECTOR + u64::from(off);
-                areas.push(self.src.read_vec(at, len as usize)?);
+            let Some((block, off, len)) = ce else { break };
+            hops += 1;
+            if hops > MAX_CE || len as usize > SECTOR as usize * 4 {
+                return Err(self
+                    .src
+                    .malformed(rec.offset, "SUSP continuation chain too long"));
             }
+            let at = u64::from(block) * SECTOR + u64::from(off);
+            cont = Some(self.src.read_vec(at, len as usize)?);
         }
         if has_name {
             rec.rr_name = Some(name);
@@ -553,12 +554,18 @@ impl Volume {
             }
             let records = self.read_dir(dir, rr)?;
             let mut pending: Option<Node> = None;
-            for rec in records {
+            for mut rec in records {
                 if rec.is_dot() || rec.relocated {
                     continue;
                 }
-                let name = display_name(&rec, kind);
-                let path = format!("{prefix}/{name}");
+                let name = match rec.rr_name.take() {
+                    Some(n) => n,
+                    None => display_name(&rec, kind),
+                };
+                let mut path = String::with_capacity(prefix.len() + 1 + name.len());
+                path.push_str(&prefix);
+                path.push('/');
+                path.push_str(&name);
                 if let Some(p) = pending.as_mut().filter(|p| p.path == path) {
                     p.extents.push(rec.extent);
                     p.size += u64::from(rec.extent.len);

@@ -221,18 +221,21 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// Hash an existing file in one pass with `hasher`.
 pub fn hash_file(path: &Path, mut hasher: IsoMd5, progress: Progress<'_>) -> Result<Md5Sums> {
     let f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    hash_reads(&f, path, &|_, _| {}, &mut hasher, progress)?;
+    hash_reads(
+        path,
+        &|off, buf| f.read_exact_at(buf, off),
+        &mut hasher,
+        progress,
+    )?;
     Ok(hasher.finish())
 }
 
-/// Feed `hasher` the first [`IsoMd5::covered`] bytes of `f` (named `path` in errors), each
-/// block passed through `fix(offset, block)` first. A second thread reads ahead into a few
-/// recycled buffers, so the reads (and `fix`) overlap the hashing: MD5 is one serial chain,
-/// the reads need not wait for it.
+/// Feed `hasher` the first [`IsoMd5::covered`] bytes that `fill(offset, block)` produces
+/// (`path` names the source in errors). A second thread fills a few recycled buffers ahead,
+/// so the reads overlap the hashing: MD5 is one serial chain, the reads need not wait for it.
 pub(crate) fn hash_reads(
-    f: &std::fs::File,
     path: &Path,
-    fix: &(dyn Fn(u64, &mut [u8]) + Sync),
+    fill: &(dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync),
     hasher: &mut IsoMd5,
     progress: Progress<'_>,
 ) -> Result<()> {
@@ -253,9 +256,7 @@ pub(crate) fn hash_reads(
                     return Ok(());
                 };
                 let n = (total - off).min(IO_BUF as u64) as usize;
-                f.read_exact_at(&mut buf[..n], off)
-                    .map_err(|e| Error::io("reading", path, e))?;
-                fix(off, &mut buf[..n]);
+                fill(off, &mut buf[..n]).map_err(|e| Error::io("reading", path, e))?;
                 if full_tx.send((off, n, buf)).is_err() {
                     return Ok(());
                 }

@@ -13,25 +13,91 @@
 //!
 //! Anything else (new directories, multi-extent files, moving a boot image, a full directory
 //! block) does not fit, and the caller falls back to a rebuild.
+//!
+//! **Growing** (`direct` mode, [`plan`] with `grow`): when new data needs more blocks than the
+//! padding has, the output gets zero blocks inserted at the end of the padding's usable part
+//! (a whole number of MiB, so partition alignment holds), and everything after that point —
+//! the isomd5sum skip area, appended partitions (the ESP), the backup GPT — moves up by that
+//! many bytes. What points there follows: the volume space size of every descriptor, MBR
+//! entries (start, or size of the one that spans the volume, CHS when they were 64/32),
+//! both GPT headers and entry arrays with their CRCs, and El Torito load RBAs. The output is
+//! then a copy of the input in two ranges (reflinks or `copy_file_range`) plus these writes.
 
 use std::collections::BTreeMap;
 
 use crate::boot::Hybrid;
-use crate::iso9660::{Extent, NodeKind, SECTOR, Tree, Volume, both32};
+use crate::iso9660::{Extent, NodeKind, SECTOR, Tree, Volume, both32, le16, le32, le64};
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, SKIP_SECTORS};
 use crate::remaster::{Changes, parent_and_name};
 use crate::{Error, Result};
 
+/// Zero bytes the output gets at `at` (block aligned): input bytes `[at, ..)` land at
+/// `at + len` in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insert {
+    /// Input (and output) byte offset of the insertion.
+    pub at: u64,
+    /// Bytes inserted (a multiple of [`GROW_ALIGN`] blocks).
+    pub len: u64,
+}
+
+/// Growth is a whole number of MiB (512 blocks), which keeps MiB-aligned partitions aligned.
+pub const GROW_ALIGN: u64 = 512;
+
 /// Byte writes that turn the input into the output.
 #[derive(Debug, Clone, Default)]
 pub struct PatchPlan {
-    /// `(offset, bytes)`, sorted by offset, not overlapping.
+    /// `(offset, bytes)` in output coordinates, sorted by offset, not overlapping.
     pub writes: Vec<(u64, Vec<u8>)>,
     /// One line per edit saying where it went.
     pub notes: Vec<String>,
+    /// Zero bytes inserted (only when growing).
+    pub insert: Option<Insert>,
+    /// Volume space size of the output, in blocks.
+    pub volume_blocks: u32,
 }
 
 impl PatchPlan {
+    /// Length of the output for an input of `input_len` bytes.
+    pub fn output_len(&self, input_len: u64) -> u64 {
+        input_len + self.insert.map_or(0, |i| i.len)
+    }
+
+    /// Fill `buf` with the output's bytes at `offset`, reading the input `f` (positioned reads
+    /// only; [`Self::output_len`] bounds `offset + buf.len()`).
+    pub fn read_output(
+        &self,
+        f: &std::fs::File,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = offset + buf.len() as u64;
+        match self.insert {
+            None => f.read_exact_at(buf, offset)?,
+            Some(ins) => {
+                let gap_end = ins.at + ins.len;
+                // Part before the insertion.
+                let a = end.min(ins.at);
+                if offset < a {
+                    f.read_exact_at(&mut buf[..(a - offset) as usize], offset)?;
+                }
+                // The inserted zeros.
+                let (z0, z1) = (offset.max(ins.at), end.min(gap_end));
+                if z0 < z1 {
+                    buf[(z0 - offset) as usize..(z1 - offset) as usize].fill(0);
+                }
+                // Part after it, from the input shifted back.
+                let b = offset.max(gap_end);
+                if b < end {
+                    f.read_exact_at(&mut buf[(b - offset) as usize..], b - ins.len)?;
+                }
+            }
+        }
+        self.overlay(offset, buf);
+        Ok(())
+    }
+
     /// Total bytes written.
     pub fn bytes(&self) -> u64 {
         self.writes.iter().map(|(_, b)| b.len() as u64).sum()
@@ -58,10 +124,16 @@ pub type NoFit = String;
 
 struct Planner<'a> {
     vol: &'a Volume,
+    /// Input blocks read and edited, by input LBA.
     blocks: BTreeMap<u64, Vec<u8>>,
+    /// Writes at input offsets (moved with the tail when growing).
     data: Vec<(u64, Vec<u8>)>,
+    /// Writes of newly placed data, at output offsets.
+    placed: Vec<(u64, Vec<u8>)>,
     next_free: u64,
     limit: u64,
+    /// May place data past `limit` (the output grows there).
+    grow: bool,
     notes: Vec<String>,
 }
 
@@ -81,17 +153,19 @@ impl Planner<'_> {
 
     fn alloc(&mut self, len: u64) -> Result<std::result::Result<u64, NoFit>> {
         let blocks = len.div_ceil(SECTOR).max(1);
-        if self.next_free + blocks > self.limit {
+        if self.next_free + blocks > self.limit && !self.grow {
             return Ok(Err(format!(
                 "{len} bytes need {blocks} free blocks, {} are left in the padding",
                 self.limit.saturating_sub(self.next_free)
             )));
         }
         let lba = self.next_free;
-        let existing = self
-            .vol
-            .src
-            .read_vec(lba * SECTOR, (blocks * SECTOR) as usize)?;
+        // Past the limit the blocks are inserted ones: zero by construction.
+        let existing_blocks = self.limit.saturating_sub(lba).min(blocks);
+        let existing = match existing_blocks {
+            0 => Vec::new(),
+            n => self.vol.src.read_vec(lba * SECTOR, (n * SECTOR) as usize)?,
+        };
         if existing.iter().any(|b| *b != 0) {
             return Ok(Err(format!(
                 "blocks {lba}.. after the last file are not zero padding"
@@ -101,13 +175,43 @@ impl Planner<'_> {
         Ok(Ok(lba))
     }
 
+    /// Write newly placed data at output block `lba`.
     fn write_data(&mut self, lba: u64, data: &[u8]) {
         let mut d = data.to_vec();
         d.resize(
             (data.len() as u64).div_ceil(SECTOR).max(1) as usize * SECTOR as usize,
             0,
         );
-        self.data.push((lba * SECTOR, d));
+        self.placed.push((lba * SECTOR, d));
+    }
+
+    /// Bytes `[offset, offset + len)` of the input as edited so far (through the block cache).
+    fn read_range(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        let end = offset + len as u64;
+        let mut at = offset;
+        while at < end {
+            let lba = at / SECTOR;
+            let from = (at % SECTOR) as usize;
+            let to = (end - lba * SECTOR).min(SECTOR) as usize;
+            out.extend_from_slice(&self.block(lba)?[from..to]);
+            at = lba * SECTOR + to as u64;
+        }
+        Ok(out)
+    }
+
+    /// Overwrite input bytes at `offset` (through the block cache).
+    fn write_range(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let lba = at / SECTOR;
+            let from = (at % SECTOR) as usize;
+            let n = (SECTOR as usize - from).min(data.len() - done);
+            self.block(lba)?[from..from + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        Ok(())
     }
 
     /// Set size (and location) in the record at absolute `offset`.
@@ -259,7 +363,9 @@ fn rr_entries(vol: &Volume, name: &str) -> Vec<u8> {
     su
 }
 
-/// Plan the byte writes for `changes`, or say why they do not fit.
+/// Plan the byte writes for `changes`, or say why they do not fit. With `grow`, data that
+/// does not fit the padding goes into blocks inserted into the output (see the module docs).
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     vol: &Volume,
     primary: &Tree,
@@ -268,19 +374,24 @@ pub fn plan(
     boot_images: &[u32],
     changes: &Changes,
     had_md5: bool,
+    grow: bool,
 ) -> Result<std::result::Result<PatchPlan, NoFit>> {
     let vb = u64::from(vol.primary.volume_blocks);
     let mut used_end = 18u64;
+    // The highest start of any tree extent with data, wherever it is.
+    let mut last_start = 0u64;
     let mut bump = |e: &Extent| {
         if u64::from(e.lba) < vb {
             used_end = used_end.max(u64::from(e.lba) + u64::from(e.blocks()));
         }
     };
     for t in std::iter::once(primary).chain(joliet) {
-        t.nodes
-            .values()
-            .flat_map(|n| n.extents.iter())
-            .for_each(&mut bump);
+        for e in t.nodes.values().flat_map(|n| n.extents.iter()) {
+            bump(e);
+            if e.len > 0 {
+                last_start = last_start.max(u64::from(e.lba));
+            }
+        }
         t.dirs.values().for_each(&mut bump);
     }
     for d in std::iter::once(&vol.primary).chain(vol.joliet.as_ref()) {
@@ -312,12 +423,19 @@ pub fn plan(
             limit = limit.min(start / 4);
         }
     }
+    if grow && last_start >= limit {
+        return Ok(Err(format!(
+            "a file starts at block {last_start}, past the free space that would grow"
+        )));
+    }
     let mut p = Planner {
         vol,
         blocks: BTreeMap::new(),
         data: Vec::new(),
+        placed: Vec::new(),
         next_free: used_end,
         limit,
+        grow,
         notes: Vec::new(),
     };
     let jnode = |path: &str, lba: u32, size: u64| {
@@ -530,16 +648,280 @@ pub fn plan(
         p.notes.push(format!("{}: {n} blocks rewritten", raw.what));
     }
 
-    let mut writes: Vec<(u64, Vec<u8>)> = p.data;
-    writes.extend(p.blocks.into_iter().map(|(lba, b)| (lba * SECTOR, b)));
+    let insert = if p.next_free > limit {
+        let blocks = (p.next_free - limit).div_ceil(GROW_ALIGN) * GROW_ALIGN;
+        let ins = Insert {
+            at: limit * SECTOR,
+            len: blocks * SECTOR,
+        };
+        if let Err(why) = follow_insert(&mut p, ins)? {
+            return Ok(Err(why));
+        }
+        p.notes.push(format!(
+            "image grown by {} MiB at block {limit} (what follows moved up: skip area, \
+             appended partitions, backup GPT)",
+            ins.len >> 20
+        ));
+        Some(ins)
+    } else {
+        None
+    };
+    let shift = |o: u64| match insert {
+        Some(i) if o >= i.at => o + i.len,
+        _ => o,
+    };
+    if let Some(i) = insert
+        && let Some((o, _)) = p
+            .data
+            .iter()
+            .find(|(o, d)| *o < i.at && o + d.len() as u64 > i.at)
+    {
+        return Ok(Err(format!(
+            "an edit at byte {o} spans the point where the image would grow"
+        )));
+    }
+    let mut writes: Vec<(u64, Vec<u8>)> = p.data.into_iter().map(|(o, d)| (shift(o), d)).collect();
+    writes.extend(p.placed);
+    writes.extend(
+        p.blocks
+            .into_iter()
+            .map(|(lba, b)| (shift(lba * SECTOR), b)),
+    );
     writes.sort_by_key(|(o, _)| *o);
     for w in writes.windows(2) {
         if w[0].0 + w[0].1.len() as u64 > w[1].0 {
             return Ok(Err(format!("two edits overlap at byte {}", w[1].0)));
         }
     }
+    let grown = insert.map_or(0, |i| i.len / SECTOR);
+    let Ok(volume_blocks) = u32::try_from(vb + grown) else {
+        return Ok(Err("the volume would pass 2^32 blocks".into()));
+    };
     Ok(Ok(PatchPlan {
         writes,
         notes: p.notes,
+        insert,
+        volume_blocks,
     }))
+}
+
+fn set32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn set64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// CHS of a 512-byte sector with isohybrid's 64 heads and 32 sectors per track, saturated
+/// at cylinder 1023 (as xorriso and isohybrid write it).
+fn chs(lba: u64) -> [u8; 3] {
+    let (heads, sectors) = (64u64, 32u64);
+    let c = lba / (heads * sectors);
+    let (c, h, s) = if c > 1023 {
+        (1023, heads - 1, sectors)
+    } else {
+        (c, (lba / sectors) % heads, lba % sectors + 1)
+    };
+    [
+        h as u8,
+        (s as u8) | (((c >> 2) & 0xc0) as u8),
+        (c & 0xff) as u8,
+    ]
+}
+
+/// Make everything that points past `ins.at` follow the insertion (see the module docs).
+fn follow_insert(p: &mut Planner<'_>, ins: Insert) -> Result<std::result::Result<(), NoFit>> {
+    let d_blocks = ins.len / SECTOR;
+    let (at_s, d_s) = (ins.at / 512, ins.len / 512);
+    let shift_s = |x: u64| if x >= at_s { x + d_s } else { x };
+
+    // Volume space size of every primary/supplementary descriptor.
+    for lba in 16..16 + 64u64 {
+        let b = p.block(lba)?;
+        if &b[1..6] != b"CD001" || b[0] == 255 {
+            break;
+        }
+        if b[0] == 1 || b[0] == 2 {
+            let Ok(n) = u32::try_from(u64::from(le32(b, 80)) + d_blocks) else {
+                return Ok(Err("the volume would pass 2^32 blocks".into()));
+            };
+            b[80..88].copy_from_slice(&both32(n));
+        }
+    }
+
+    // MBR: partitions after the point move, the one across it grows.
+    let mbr = p.read_range(0, 512)?;
+    if mbr[510] == 0x55 && mbr[511] == 0xaa {
+        let mut m = mbr.clone();
+        for i in 0..4usize {
+            let e = 446 + 16 * i;
+            let (start, size) = (u64::from(le32(&m, e + 8)), u64::from(le32(&m, e + 12)));
+            if size == 0 || size == u64::from(u32::MAX) {
+                continue;
+            }
+            let (ns, nz) = if start >= at_s {
+                (start + d_s, size)
+            } else if start + size > at_s {
+                (start, size + d_s)
+            } else {
+                continue;
+            };
+            let (Ok(ns32), Ok(nz32)) = (u32::try_from(ns), u32::try_from(nz)) else {
+                return Ok(Err(format!("MBR partition {} would pass 2 TiB", i + 1)));
+            };
+            if m[e + 1..e + 4] == chs(start) && m[e + 5..e + 8] == chs(start + size - 1) {
+                m[e + 1..e + 4].copy_from_slice(&chs(ns));
+                m[e + 5..e + 8].copy_from_slice(&chs(ns + nz - 1));
+            }
+            set32(&mut m, e + 8, ns32);
+            set32(&mut m, e + 12, nz32);
+        }
+        p.write_range(0, &m)?;
+    }
+
+    // GPT: both headers and entry arrays, CRCs recomputed.
+    let hdr = p.read_range(512, 512)?;
+    if &hdr[..8] == b"EFI PART" {
+        let hsize = le32(&hdr, 12) as usize;
+        let (alt, last_usable) = (le64(&hdr, 32), le64(&hdr, 48));
+        let (entries_lba, count, esize) = (le64(&hdr, 72), le32(&hdr, 80), le32(&hdr, 84));
+        if !(92..=512).contains(&hsize)
+            || !(128..=4096).contains(&esize)
+            || u64::from(count) * u64::from(esize) > 1 << 20
+        {
+            return Ok(Err("the GPT header has sizes we do not rewrite".into()));
+        }
+        let mut entries = p.read_range(entries_lba * 512, (count * esize) as usize)?;
+        for e in entries.chunks_exact_mut(esize as usize) {
+            if e[..16].iter().all(|b| *b == 0) {
+                continue;
+            }
+            let (first, last) = (le64(e, 32), le64(e, 40));
+            if first >= at_s {
+                set64(e, 32, first + d_s);
+                set64(e, 40, last + d_s);
+            } else if last >= at_s {
+                set64(e, 40, last + d_s);
+            }
+        }
+        let backup = p.read_range(alt * 512, 512)?;
+        if &backup[..8] != b"EFI PART" {
+            return Ok(Err(format!("no backup GPT header at sector {alt}")));
+        }
+        let backup_entries = le64(&backup, 72);
+        let ecrc = crc32fast::hash(&entries);
+        let seal = |h: &mut Vec<u8>| {
+            set32(h, 16, 0);
+            let c = crc32fast::hash(&h[..hsize]);
+            set32(h, 16, c);
+        };
+        let mut h = hdr.clone();
+        set64(&mut h, 32, shift_s(alt));
+        set64(&mut h, 48, shift_s(last_usable));
+        set32(&mut h, 88, ecrc);
+        seal(&mut h);
+        let mut b = h.clone();
+        set64(&mut b, 24, shift_s(alt));
+        set64(&mut b, 32, le64(&hdr, 24));
+        set64(&mut b, 72, shift_s(backup_entries));
+        seal(&mut b);
+        p.write_range(512, &h)?;
+        p.write_range(entries_lba * 512, &entries)?;
+        // Input offsets past the point: they move with the tail.
+        p.write_range(alt * 512, &b)?;
+        p.write_range(backup_entries * 512, &entries)?;
+    }
+
+    // El Torito: load RBAs of images past the point (an appended ESP) move.
+    if let Some(cat) = p.vol.boot_catalog_lba {
+        let b = p.block(u64::from(cat))?;
+        let mut overflow = false;
+        let mut fix = |e: &mut [u8]| {
+            let rba = u64::from(le32(e, 8));
+            if rba * SECTOR >= ins.at {
+                match u32::try_from(rba + d_blocks) {
+                    Ok(n) => set32(e, 8, n),
+                    Err(_) => overflow = true,
+                }
+            }
+        };
+        fix(&mut b[32..64]);
+        let mut at = 64;
+        while at + 32 <= b.len() && (b[at] == 0x90 || b[at] == 0x91) {
+            let last = b[at] == 0x91;
+            let n = usize::from(le16(b, at + 2));
+            at += 32;
+            for _ in 0..n {
+                if at + 32 > b.len() {
+                    break;
+                }
+                fix(&mut b[at..at + 32]);
+                at += 32;
+                while at + 32 <= b.len() && b[at] == 0x44 {
+                    at += 32;
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        if overflow {
+            return Ok(Err("a boot image would pass 2^32 blocks".into()));
+        }
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chs_matches_isohybrid_geometry() {
+        assert_eq!(chs(0), [0, 1, 0]);
+        // Last sector of cylinder 0: head 63, sector 32.
+        assert_eq!(chs(2047), [63, 32, 0]);
+        // Cylinder 300 = 0x12c: high bits 0x100 >> 2 = 0x40 go with the sector.
+        assert_eq!(chs(300 * 2048), [0, 1 | 0x40, 0x2c]);
+        // Past cylinder 1023 it saturates.
+        assert_eq!(chs(5_000_000), [63, 32 | 0xc0, 0xff]);
+    }
+
+    #[test]
+    fn read_output_maps_the_insertion_and_overlays_writes() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("in");
+        let input: Vec<u8> = (0..8 * SECTOR).map(|i| (i / SECTOR + 1) as u8).collect();
+        std::fs::write(&path, &input)?;
+        let f = std::fs::File::open(&path)?;
+        let plan = PatchPlan {
+            writes: vec![(3 * SECTOR, vec![0xaa; 4])],
+            notes: Vec::new(),
+            insert: Some(Insert {
+                at: 5 * SECTOR,
+                len: 2 * SECTOR,
+            }),
+            volume_blocks: 10,
+        };
+        assert_eq!(plan.output_len(input.len() as u64), 10 * SECTOR);
+        let mut out = vec![0u8; 10 * SECTOR as usize];
+        // Odd-sized pieces across every boundary.
+        let mut at = 0usize;
+        while at < out.len() {
+            let n = 1000.min(out.len() - at);
+            plan.read_output(&f, at as u64, &mut out[at..at + n])?;
+            at += n;
+        }
+        let block = |b: u64| out[(b * SECTOR) as usize + 100];
+        assert_eq!(
+            (0..10).map(block).collect::<Vec<u8>>(),
+            vec![1, 2, 3, 4, 5, 0, 0, 6, 7, 8]
+        );
+        assert_eq!(
+            &out[3 * SECTOR as usize..3 * SECTOR as usize + 5],
+            &[0xaa, 0xaa, 0xaa, 0xaa, 4]
+        );
+        Ok(())
+    }
 }

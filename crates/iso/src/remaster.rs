@@ -26,8 +26,8 @@ use diskforge_cmd::Cmd;
 
 use crate::boot::{Hybrid, Platform, read_hybrid};
 use crate::bootcfg::{ConfigEdit, dialect, edit_config, kickstart_arg, preseed_args, split_args};
-use crate::inspect::{Inspection, inspect_volume};
-use crate::iso9660::{NodeKind, SECTOR, TreeKind, Volume, normalize};
+use crate::inspect::{Inspection, inspect_with_tree};
+use crate::iso9660::{NodeKind, SECTOR, Tree, TreeKind, Volume, normalize};
 use crate::isomd5::{IsoMd5, Md5Sums, write_appdata};
 use crate::patch::PatchPlan;
 use crate::{Error, Result};
@@ -310,9 +310,14 @@ fn bad(what: &'static str, value: impl Into<String>, reason: impl Into<String>) 
 }
 
 /// Check the request against the input and list every change (configs and the FAT images
-/// included). `scratch` holds extracted FAT images.
-pub fn resolve(req: &Request, vol: &Volume, insp: &Inspection, scratch: &Path) -> Result<Changes> {
-    let tree = vol.tree(TreeKind::Primary)?;
+/// included). `tree` is the primary tree of `vol`; `scratch` holds extracted FAT images.
+pub fn resolve(
+    req: &Request,
+    vol: &Volume,
+    tree: &Tree,
+    insp: &Inspection,
+    scratch: &Path,
+) -> Result<Changes> {
     let mut ch = Changes::default();
     let old_volid = vol.primary.volume_id.clone();
     if let Some(v) = &req.volid {
@@ -613,6 +618,86 @@ fn fast_copy(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copy `src` to `dst` as `plan` lays it out: the whole file (see [`fast_copy`]), or, when the
+/// plan inserts blocks, the ranges before and after the insertion with a hole between.
+fn copy_for_plan(src: &Path, dst: &Path, plan: &PatchPlan) -> Result<()> {
+    let Some(ins) = plan.insert else {
+        return fast_copy(src, dst);
+    };
+    let input = File::open(src).map_err(|e| Error::io("opening", src, e))?;
+    let output = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(|e| Error::io("opening", dst, e))?;
+    let len = input
+        .metadata()
+        .map_err(|e| Error::io("reading the size of", src, e))?
+        .len();
+    output
+        .set_len(plan.output_len(len))
+        .map_err(|e| Error::io("sizing", dst, e))?;
+    copy_range(&input, src, 0, &output, dst, 0, ins.at)?;
+    copy_range(
+        &input,
+        src,
+        ins.at,
+        &output,
+        dst,
+        ins.at + ins.len,
+        len - ins.at,
+    )?;
+    Ok(())
+}
+
+/// Copy `len` bytes at `from` of `input` to `to` of `output`: `copy_file_range` (a reflink on
+/// filesystems that share extents), falling back to reads and writes across filesystems.
+fn copy_range(
+    input: &File,
+    src: &Path,
+    from: u64,
+    output: &File,
+    dst: &Path,
+    to: u64,
+    len: u64,
+) -> Result<()> {
+    let (mut off_in, mut off_out, end) = (from, to, from + len);
+    while off_in < end {
+        let want = (end - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(
+            input,
+            Some(&mut off_in),
+            output,
+            Some(&mut off_out),
+            want,
+        ) {
+            Ok(0) => {
+                return Err(Error::io(
+                    "copying from",
+                    src,
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    // Fallback for what copy_file_range refused (e.g. EXDEV, ENOSYS).
+    let mut buf = vec![0u8; IO_BUF];
+    while off_in < end {
+        let n = (end - off_in).min(IO_BUF as u64) as usize;
+        input
+            .read_exact_at(&mut buf[..n], off_in)
+            .map_err(|e| Error::io("reading", src, e))?;
+        output
+            .write_all_at(&buf[..n], off_out)
+            .map_err(|e| Error::io("writing", dst, e))?;
+        off_in += n as u64;
+        off_out += n as u64;
+    }
+    Ok(())
+}
+
 /// Copy `src` to `dst` (reflink or `copy_file_range`) and patch it, while this thread hashes
 /// the same bytes — the input with the patches overlaid — from the page cache: the MD5 costs
 /// no extra pass over the output and runs beside the copy.
@@ -625,15 +710,14 @@ fn copy_and_hash(
 ) -> Result<Md5Sums> {
     std::thread::scope(|s| {
         let copier = s.spawn(|| -> Result<()> {
-            fast_copy(src, dst)?;
+            copy_for_plan(src, dst, plan)?;
             apply_plan(dst, plan)
         });
         let hashed = (|| -> Result<()> {
             let f = File::open(src).map_err(|e| Error::io("opening", src, e))?;
             crate::isomd5::hash_reads(
-                &f,
                 src,
-                &|off, buf| plan.overlay(off, buf),
+                &|off, buf| plan.read_output(&f, off, buf),
                 &mut hasher,
                 &mut |done, total| progress(Event::Bytes(done, total)),
             )
@@ -718,7 +802,9 @@ pub fn check_boot_preserved(before: &Inspection, after: &Inspection) -> Result<(
 pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
     let mut steps = Vec::new();
     let vol = Volume::open(&req.input)?;
-    let insp = inspect_volume(&vol)?;
+    // Walked once: inspection, resolving and planning share it.
+    let primary = vol.tree(TreeKind::Primary)?;
+    let insp = inspect_with_tree(&vol, &primary)?;
     let scratch_parent = req
         .output
         .as_ref()
@@ -734,7 +820,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         .or_else(|_| tempfile::tempdir())
         .map_err(|e| Error::io("creating a scratch directory in", &scratch_parent, e))?;
     let changes = timed(&mut steps, "resolve edits", progress, |_| {
-        resolve(req, &vol, &insp, scratch.path())
+        resolve(req, &vol, &primary, &insp, scratch.path())
     })?;
     if let Some(o) = &req.output
         && o.exists()
@@ -745,7 +831,6 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
             "already exists (not overwriting)",
         ));
     }
-    let primary = vol.tree(TreeKind::Primary)?;
     let joliet = if vol.joliet.is_some() {
         Some(vol.tree(TreeKind::Joliet)?)
     } else {
@@ -757,8 +842,9 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         .flat_map(|c| c.entries.iter().map(|e| e.load_rba))
         .collect();
     let had_md5 = insp.implanted_md5.is_some();
-    let patch = |steps: &mut Vec<Step>, progress: &mut dyn FnMut(Event<'_>)| {
-        timed(steps, "plan patch", progress, |_| {
+    let patch = |steps: &mut Vec<Step>, progress: &mut dyn FnMut(Event<'_>), grow: bool| {
+        let name = if grow { "plan direct" } else { "plan patch" };
+        timed(steps, name, progress, |_| {
             crate::patch::plan(
                 &vol,
                 &primary,
@@ -767,11 +853,16 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                 &boot_images,
                 &changes,
                 had_md5,
+                grow,
             )
         })
     };
+    let grown = |plan: &PatchPlan| match plan.insert {
+        Some(i) => format!("the image grows by {} MiB", i.len >> 20),
+        None => "it fits the image as it is".to_owned(),
+    };
     let (mode, reason, plan) = match req.mode {
-        Mode::Auto => match patch(&mut steps, progress)? {
+        Mode::Auto => match patch(&mut steps, progress, false)? {
             Ok(plan) => {
                 let r = format!(
                     "patch: every edit fits space the image already has ({} bytes to write)",
@@ -779,26 +870,56 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                 );
                 (Mode::Patch, r, Some(plan))
             }
-            Err(why) if req.output.is_some() => (
-                Mode::Direct,
-                format!(
-                    "direct: patch does not fit ({why}); xorriso replays the boot setup without mounting"
+            Err(why) if req.output.is_some() => match patch(&mut steps, progress, true)? {
+                Ok(plan) => {
+                    let r = format!(
+                        "direct: patch does not fit ({why}); our writer copies the image and \
+                         writes {} bytes, {}",
+                        plan.bytes(),
+                        grown(&plan)
+                    );
+                    (Mode::Direct, r, Some(plan))
+                }
+                Err(why2) => (
+                    Mode::Direct,
+                    format!(
+                        "direct: patch does not fit ({why}), nor does growing the image \
+                         ({why2}); xorriso replays the boot setup without mounting"
+                    ),
+                    None,
                 ),
-                None,
-            ),
+            },
             Err(why) => {
                 return Err(Error::DoesNotFit {
                     reason: format!("{why}; editing in place needs patch mode, give -o OUT"),
                 });
             }
         },
-        Mode::Patch => match patch(&mut steps, progress)? {
+        Mode::Patch => match patch(&mut steps, progress, false)? {
             Ok(plan) => (
                 Mode::Patch,
                 format!("patch: asked for ({} bytes to write)", plan.bytes()),
                 Some(plan),
             ),
             Err(why) => return Err(Error::DoesNotFit { reason: why }),
+        },
+        Mode::Direct if req.output.is_some() => match patch(&mut steps, progress, true)? {
+            Ok(plan) => {
+                let r = format!(
+                    "direct: asked for; our writer copies the image and writes {} bytes, {}",
+                    plan.bytes(),
+                    grown(&plan)
+                );
+                (Mode::Direct, r, Some(plan))
+            }
+            Err(why) => (
+                Mode::Direct,
+                format!(
+                    "direct: asked for; our writer cannot ({why}), xorriso replays the boot \
+                     setup without mounting"
+                ),
+                None,
+            ),
         },
         m => (m, format!("{m}: asked for"), None),
     };
@@ -858,7 +979,12 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         (Some(out), Some(plan)) => {
             let staged = Staged::new(out)?;
             if req.implant_md5 {
-                let hasher = IsoMd5::for_volume(&vol);
+                let hasher = IsoMd5::new(
+                    u64::from(plan.volume_blocks) * SECTOR,
+                    u64::from(vol.primary.lba) * SECTOR,
+                    crate::isomd5::SKIP_SECTORS,
+                    crate::isomd5::FRAGMENT_COUNT,
+                );
                 let sums = timed(&mut steps, "copy + patch || md5", progress, |p| {
                     copy_and_hash(&req.input, staged.path(), &plan, hasher, p)
                 })?;
@@ -866,11 +992,17 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                 md5 = Some(sums);
             } else {
                 timed(&mut steps, "copy", progress, |_| {
-                    fast_copy(&req.input, staged.path())
+                    copy_for_plan(&req.input, staged.path(), &plan)
                 })?;
                 timed(&mut steps, "patch", progress, |_| {
                     apply_plan(staged.path(), &plan)
                 })?;
+            }
+            if mode == Mode::Direct {
+                let after = timed(&mut steps, "verify boot entries", progress, |_| {
+                    crate::inspect(staged.path())
+                })?;
+                check_boot_preserved(&insp, &after)?;
             }
             staged.publish()?;
             out.clone()
