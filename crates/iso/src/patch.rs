@@ -119,6 +119,9 @@ impl PatchPlan {
     }
 }
 
+/// Bytes compared per read when a file is rewritten in place.
+const COMPARE_CHUNK: usize = 64 << 10;
+
 /// Why an edit does not fit (patch mode cannot do it; a rebuild can).
 pub type NoFit = String;
 
@@ -487,18 +490,24 @@ pub fn plan(
         };
         let lba32 = lba as u32;
         if lba == u64::from(ext.lba) {
-            // In place: write only the blocks that change (a FAT edit touches a few).
-            let old = vol.src.read_vec(ext.offset(), ext.allocated() as usize)?;
-            let mut new = data.clone();
-            new.resize(old.len(), 0);
-            for (i, (o, n)) in old
-                .chunks(SECTOR as usize)
-                .zip(new.chunks(SECTOR as usize))
-                .enumerate()
-            {
-                if o != n {
-                    p.data.push((ext.offset() + i as u64 * SECTOR, n.to_vec()));
+            // In place: write only the blocks that change (a FAT edit touches a few). Compared
+            // a chunk at a time through one small buffer.
+            let mut old = vec![0u8; COMPARE_CHUNK];
+            let mut new = [0u8; SECTOR as usize];
+            let mut done = 0u64;
+            while done < ext.allocated() {
+                let n = (ext.allocated() - done).min(COMPARE_CHUNK as u64) as usize;
+                vol.src.read_at(ext.offset() + done, &mut old[..n])?;
+                for (i, o) in old[..n].chunks(SECTOR as usize).enumerate() {
+                    let at = done as usize + i * SECTOR as usize;
+                    let have = data.len().saturating_sub(at).min(SECTOR as usize);
+                    new[..have].copy_from_slice(&data[at..at + have]);
+                    new[have..].fill(0);
+                    if o != new.as_slice() {
+                        p.data.push((ext.offset() + at as u64, new.to_vec()));
+                    }
                 }
+                done += n as u64;
             }
         } else {
             p.write_data(lba, &data);

@@ -191,10 +191,12 @@ pub enum Content {
 
 impl Content {
     /// The content as bytes.
-    pub fn bytes(&self) -> Result<Vec<u8>> {
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         match self {
-            Content::File(p) => std::fs::read(p).map_err(|e| Error::io("reading", p, e)),
-            Content::Bytes(b) => Ok(b.clone()),
+            Content::File(p) => Ok(std::fs::read(p)
+                .map_err(|e| Error::io("reading", p, e))?
+                .into()),
+            Content::Bytes(b) => Ok(b.as_slice().into()),
         }
     }
 }
@@ -310,13 +312,14 @@ fn bad(what: &'static str, value: impl Into<String>, reason: impl Into<String>) 
 }
 
 /// Check the request against the input and list every change (configs and the FAT images
-/// included). `tree` is the primary tree of `vol`; `scratch` holds extracted FAT images.
+/// included). `tree` is the primary tree of `vol`; `scratch` holds FAT images that mtools
+/// edits (created only then).
 pub fn resolve(
     req: &Request,
     vol: &Volume,
     tree: &Tree,
     insp: &Inspection,
-    scratch: &Path,
+    scratch: &Scratch,
 ) -> Result<Changes> {
     let mut ch = Changes::default();
     let old_volid = vol.primary.volume_id.clone();
@@ -442,7 +445,7 @@ pub fn resolve(
             continue;
         }
         let old = match ch.puts.iter().find(|p| p.dest == path) {
-            Some(p) => p.content.bytes()?,
+            Some(p) => p.content.bytes()?.into_owned(),
             None => vol.src.read_vec(off, size as usize)?,
         };
         let Some(d) = dialect(&path) else { continue };
@@ -495,6 +498,7 @@ pub fn resolve(
         let (changed, new) = match crate::fat::edit_configs_in_memory(&mut data, &edit) {
             Some(changed) => (changed, data),
             None => {
+                let scratch = scratch.path()?;
                 let img = scratch.join(format!("efi-image-{i}.img"));
                 std::fs::write(&img, &data).map_err(|e| Error::io("writing", &img, e))?;
                 let changed = match crate::fat::edit_configs(&img, &edit, scratch) {
@@ -556,6 +560,36 @@ fn timed<T>(
         seconds: t.elapsed().as_secs_f64(),
     });
     Ok(r)
+}
+
+/// A scratch directory, created on first use: patch mode usually needs none, and on a
+/// busy ext4 creating and removing one costs more than the edit itself.
+pub struct Scratch {
+    parent: PathBuf,
+    dir: std::cell::OnceCell<tempfile::TempDir>,
+}
+
+impl Scratch {
+    /// A scratch directory under `parent` (else the system temporary directory).
+    pub fn new(parent: PathBuf) -> Self {
+        Scratch {
+            parent,
+            dir: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The directory, created now if needed.
+    pub fn path(&self) -> Result<&Path> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d.path());
+        }
+        let d = tempfile::Builder::new()
+            .prefix(".iso-remaster-work-")
+            .tempdir_in(&self.parent)
+            .or_else(|_| tempfile::tempdir())
+            .map_err(|e| Error::io("creating a scratch directory in", &self.parent, e))?;
+        Ok(self.dir.get_or_init(|| d).path())
+    }
 }
 
 /// A temporary output next to the final path, renamed into place by [`Staged::publish`].
@@ -805,22 +839,18 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
     // Walked once: inspection, resolving and planning share it.
     let primary = vol.tree(TreeKind::Primary)?;
     let insp = inspect_with_tree(&vol, &primary)?;
-    let scratch_parent = req
-        .output
-        .as_ref()
-        .and_then(|o| {
-            o.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(Path::to_path_buf)
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::Builder::new()
-        .prefix(".iso-remaster-work-")
-        .tempdir_in(&scratch_parent)
-        .or_else(|_| tempfile::tempdir())
-        .map_err(|e| Error::io("creating a scratch directory in", &scratch_parent, e))?;
+    let scratch = Scratch::new(
+        req.output
+            .as_ref()
+            .and_then(|o| {
+                o.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(std::env::temp_dir),
+    );
     let changes = timed(&mut steps, "resolve edits", progress, |_| {
-        resolve(req, &vol, &primary, &insp, scratch.path())
+        resolve(req, &vol, &primary, &insp, &scratch)
     })?;
     if let Some(o) = &req.output
         && o.exists()
@@ -1021,17 +1051,17 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                                 staged.path(),
                                 &insp,
                                 &changes,
-                                scratch.path(),
+                                scratch.path()?,
                             )
                         },
                     )?;
                     md5 = sums;
                 }
                 Mode::Direct => timed(&mut steps, "xorriso replay", progress, |_| {
-                    direct(&req.input, staged.path(), &insp, &changes, scratch.path())
+                    direct(&req.input, staged.path(), &insp, &changes, scratch.path()?)
                 })?,
                 Mode::Copy if crate::kernel::unavailable().is_some() => {
-                    let tree = scratch.path().join("tree");
+                    let tree = scratch.path()?.join("tree");
                     timed(&mut steps, "extract (osirrox)", progress, |_| {
                         extract_tree(&req.input, &tree)
                     })?;
@@ -1049,7 +1079,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                                 &tree,
                                 staged.path(),
                                 &changes,
-                                scratch.path(),
+                                scratch.path()?,
                             )
                         },
                     )?;
@@ -1066,7 +1096,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                             &insp,
                             staged.path(),
                             &changes,
-                            scratch.path(),
+                            scratch.path()?,
                         )
                     })?
                 }

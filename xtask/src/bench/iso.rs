@@ -11,7 +11,9 @@
 //!   -T -J -joliet-long -V … -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot
 //!   -boot-load-size 4 -boot-info-table` (which, as people run it, drops the UEFI entry and
 //!   the isohybrid layout), and `implantisomd5` for the MD5 variant;
-//! - ours: `iso-remaster` in `patch` (in place and with `-o`), `direct` and `copy` modes.
+//! - ours: `iso-remaster` in `patch` (in place and with `-o`), `direct` and `copy` modes, and
+//!   `direct` adding a 16 MiB file as well (more than the padding: the image grows);
+//! - reference: `xorriso -boot_image any replay` (what `direct` falls back to).
 //!
 //! Caches are warm (the ISO was just written); each output is deleted after its run.
 
@@ -22,6 +24,9 @@ use anyhow::{Context, Result};
 use xshell::{Shell, cmd};
 
 use crate::flags::BenchArgs;
+
+/// Size of the file added in the route where `direct` has to grow the image.
+const BIG_MIB: usize = 16;
 
 struct Row {
     route: String,
@@ -77,6 +82,8 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
     let size = std::fs::metadata(&iso)?.len();
     let ks = w.join("ks.cfg");
     std::fs::write(&ks, "text\n")?;
+    let big = w.join("big.bin");
+    std::fs::write(&big, vec![0x5au8; BIG_MIB << 20])?;
     let out = w.join("out.iso");
 
     let mut rows: Vec<Row> = Vec::new();
@@ -204,7 +211,29 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
             })?;
             push(&format!("ours: auto -o{sfx}"), t);
             rm(&out)?;
+            // More than the padding holds: direct grows the image (our writer).
+            let t = time(|| {
+                Ok(cmd!(
+                    sh,
+                    "{tool} {iso} -o {out} --mode direct --kickstart {ks} --add {big}:/big.bin {flag...}"
+                )
+                .ignore_stdout()
+                .run()?)
+            })?;
+            push(
+                &format!("ours: direct -o, grows (+{BIG_MIB} MiB file){sfx}"),
+                t,
+            );
+            rm(&out)?;
         }
+        // Reference: the xorriso route direct mode used before (and still falls back to).
+        let t = time(|| {
+            Ok(cmd!(sh, "xorriso -indev {iso} -outdev {out} -stdio_sync off -boot_image any replay -joliet on -map {ks} /ks.cfg -commit")
+                .ignore_stderr()
+                .run()?)
+        })?;
+        push("xorriso -boot_image any replay (reference)", t);
+        rm(&out)?;
     }
     sh.remove_path(&mnt)?;
 
