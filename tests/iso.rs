@@ -513,6 +513,94 @@ fn direct_grows_the_image_and_moves_what_follows() -> R {
     Ok(())
 }
 
+/// Directory LBAs as the path table lists them (`isoinfo -p`) and as each directory's `.`
+/// record says (`isoinfo -l`): they must be the same set.
+fn path_table_and_dot_lbas(iso: &Path) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+    let p = Cmd::new("isoinfo").args(["-p", "-i"]).arg(iso).read()?;
+    let mut table: Vec<u32> = p
+        .lines()
+        .filter(|l| l.contains(':') && !l.starts_with("Path table"))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(|h| u32::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    let l = Cmd::new("isoinfo").args(["-l", "-i"]).arg(iso).read()?;
+    let mut dots: Vec<u32> = l
+        .lines()
+        .filter(|x| x.trim_end().ends_with("]  ."))
+        .filter_map(|x| x.split('[').nth(1))
+        .filter_map(|x| x.split_whitespace().next())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    table.sort_unstable();
+    dots.sort_unstable();
+    Ok((table, dots))
+}
+
+/// Adding more records than a directory's blocks hold rewrites the directory (in patch mode
+/// into the padding, in direct mode wherever there is room), in both trees, with the parent
+/// record, the `..` of subdirectories and the path tables following. Checked with `isoinfo`
+/// (Rock Ridge, Joliet and plain listings, path table against `.` records), `osirrox`, and
+/// `checkisomd5`.
+#[test]
+fn full_directories_are_rewritten_in_both_trees() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src)?;
+    for mode in [Mode::Patch, Mode::Direct] {
+        let out = dir.path().join(format!("many-{mode}.iso"));
+        let mut req = Request::new(&iso);
+        req.output = Some(out.clone());
+        req.mode = mode;
+        req.implant_md5 = true;
+        for d in ["", "/docs", "/boot/grub"] {
+            for i in 0..60 {
+                let name = format!("new_{i:02}.cfg");
+                let f = src.join(format!("{}{name}", d.replace('/', "_")));
+                std::fs::write(&f, format!("{d}/{name}\n"))?;
+                req.edits.push(Edit::Add {
+                    src: f,
+                    dest: format!("{d}/{name}"),
+                });
+            }
+        }
+        let o = remaster(&req, &mut |_| {})?;
+        assert_eq!(o.mode, mode, "{}", o.reason);
+        let rewritten = o
+            .notes
+            .iter()
+            .filter(|n| n.starts_with("directory "))
+            .count();
+        assert!(rewritten >= 4, "{:?}", o.notes);
+        Cmd::new("checkisomd5").arg(&out).run()?;
+        assert_eq!(el_torito_report(&iso)?, el_torito_report(&out)?);
+        let (table, dots) = path_table_and_dot_lbas(&out)?;
+        assert_eq!(table, dots, "{mode}: path table vs . records");
+        for (flag, needle) in [
+            ("-R", "new_59.cfg"),
+            ("-J", "new_59.cfg"),
+            ("", "NEW_59.CFG;1"),
+        ] {
+            let mut c = Cmd::new("isoinfo").arg("-l");
+            if !flag.is_empty() {
+                c = c.arg(flag);
+            }
+            let listing = c.arg("-i").arg(&out).read()?;
+            assert_eq!(listing.matches(needle).count(), 3, "{mode} {flag}");
+        }
+        for d in ["", "/docs", "/boot/grub"] {
+            let got = extract(&out, &format!("{d}/new_42.cfg"), dir.path())?;
+            assert_eq!(got, format!("{d}/new_42.cfg\n").into_bytes());
+        }
+        // What was there before is still there.
+        assert_eq!(
+            extract(&out, "/isolinux/isolinux.cfg", dir.path())?,
+            extract(&iso, "/isolinux/isolinux.cfg", dir.path())?
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_input_names_the_value_and_leaves_no_output() -> R {
     let dir = tempfile::tempdir()?;

@@ -28,11 +28,96 @@ pub fn tests() -> Vec<Trial> {
         trial("iso::bind_mode_replace_and_add", bind_mode),
         trial("iso::copy_mode_mount_rsync", copy_mode),
         trial("iso::kernel_mode_failure_releases_mounts", failure_releases),
+        trial(
+            "iso::kernel_reads_rewritten_directories_in_every_view",
+            rewritten_directories,
+        ),
         // --- fixture boot checks (iso-fixture) go below this line ---
     ]
 }
 
 // ---------------------------------------------------------------- remaster modes
+
+/// Our writer rewrites directories that run out of room (patch and direct mode) and grows
+/// the image: 80 files added to `/` and to `/docs` (both need more blocks, in both trees,
+/// with the path tables following) plus a 3 MiB file past the old end. The kernel's
+/// iso9660 then reads every file back in all three name views: Rock Ridge, Joliet
+/// (`norock`) and plain ISO 9660 (`norock,nojoliet`).
+fn rewritten_directories() -> Result<()> {
+    use diskforge_loop::{AttachOptions, LoopDevice};
+    use diskforge_mount::{Mount, MountFlags};
+    let dir = tempfile::tempdir()?;
+    let iso = build_sample(dir.path(), &SampleOptions::default())?;
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src)?;
+    let mut req = Request::new(&iso);
+    let out = dir.path().join("out.iso");
+    req.output = Some(out.clone());
+    req.mode = Mode::Direct;
+    let mut expect: Vec<(String, Vec<u8>)> = Vec::new();
+    for d in ["", "/docs"] {
+        for i in 0..80 {
+            let name = format!("added_{i:03}.txt");
+            let body = format!("{d}/{name}: {}\n", "x".repeat(i)).into_bytes();
+            let f = src.join(format!("{}{name}", d.replace('/', "_")));
+            std::fs::write(&f, &body)?;
+            req.edits.push(Edit::Add {
+                src: f,
+                dest: format!("{d}/{name}"),
+            });
+            expect.push((format!("{d}/{name}"), body));
+        }
+    }
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(src.join("big.bin"), &big)?;
+    req.edits.push(Edit::Add {
+        src: src.join("big.bin"),
+        dest: "/docs/big.bin".into(),
+    });
+    expect.push(("/docs/big.bin".into(), big));
+    req.implant_md5 = true;
+    let o = remaster(&req, &mut |_| {})?;
+    ensure!(o.reason.contains("our writer"), "{}", o.reason);
+    for d in [
+        "directory /:",
+        "directory /docs:",
+        "directory / (Joliet)",
+        "directory /docs (Joliet)",
+    ] {
+        ensure!(
+            o.notes.iter().any(|n| n.starts_with(d)),
+            "no {d:?} in {:?}",
+            o.notes
+        );
+    }
+    Cmd::new("checkisomd5").arg(&out).run()?;
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt)?;
+    for view in [None, Some("norock"), Some("norock,nojoliet")] {
+        let dev = LoopDevice::attach(&out, &AttachOptions::new().read_only(true))?;
+        let m = Mount::new(dev.path(), &mnt, "iso9660", MountFlags::RDONLY, view)?;
+        let check = (|| -> Result<()> {
+            for (path, body) in &expect {
+                // Plain ISO 9660 names are upper case 8.3-ish (`ADDED_000.TXT`), and the
+                // kernel shows them lower-cased with the `;1` version stripped.
+                let on_disk = match view {
+                    Some("norock,nojoliet") => path.to_ascii_lowercase(),
+                    _ => path.clone(),
+                };
+                let got = std::fs::read(mnt.join(on_disk.trim_start_matches('/')))
+                    .with_context(|| format!("{view:?}: reading {path}"))?;
+                ensure!(got == *body, "{view:?}: {path} differs");
+            }
+            let n = std::fs::read_dir(mnt.join("docs"))?.count();
+            ensure!(n >= 81, "{view:?}: /docs lists {n} entries");
+            Ok(())
+        })();
+        m.teardown()?;
+        dev.detach()?;
+        check?;
+    }
+    Ok(())
+}
 
 fn report(iso: &Path) -> Result<Vec<String>> {
     let text = Cmd::new("xorriso")

@@ -134,7 +134,7 @@ fn ucs2_str(b: &[u8]) -> String {
 }
 
 /// Which kind of volume descriptor a tree comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TreeKind {
     /// The primary volume descriptor's tree (ISO 9660 names, maybe Rock Ridge).

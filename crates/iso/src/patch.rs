@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 
 use crate::boot::Hybrid;
-use crate::iso9660::{Extent, NodeKind, SECTOR, Tree, Volume, both32, le16, le32, le64};
+use crate::iso9660::{Extent, NodeKind, SECTOR, Tree, TreeKind, Volume, both32, le16, le32, le64};
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, SKIP_SECTORS};
 use crate::remaster::{Changes, parent_and_name};
 use crate::{Error, Result};
@@ -561,6 +561,10 @@ pub fn plan(
             .any(|r| r.ident.ends_with(&[0, b';', 0, b'1'])),
         None => false,
     };
+    // New records per directory of each tree: placed in the directory's blocks when they have
+    // room, else the directory is rewritten into new blocks (see `relocate_dir`).
+    let mut groups: BTreeMap<(usize, TreeKind, String), NewRecords> = BTreeMap::new();
+    let depth = |d: &str| d.matches('/').count() - usize::from(d == "/");
     for put in changes.puts.iter().filter(|p| !p.existed) {
         let (parent, name) = parent_and_name(&put.dest);
         let Some(pdir) = primary.dirs.get(&parent).copied() else {
@@ -569,13 +573,11 @@ pub fn plan(
                 put.dest
             )));
         };
-        let jdir = match joliet {
-            Some(j) => match j.dirs.get(&parent) {
-                Some(d) => Some(*d),
-                None => return Ok(Err(format!("{}: no Joliet directory {parent}", put.dest))),
-            },
-            None => None,
-        };
+        if let Some(j) = joliet
+            && !j.dirs.contains_key(&parent)
+        {
+            return Ok(Err(format!("{}: no Joliet directory {parent}", put.dest)));
+        }
         let data = put.content.bytes()?;
         let Ok(size) = u32::try_from(data.len()) else {
             return Ok(Err(format!("{} is over 4 GiB", put.dest)));
@@ -584,36 +586,87 @@ pub fn plan(
             Ok(l) => l,
             Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
         };
+        let Ok(lba32) = u32::try_from(lba) else {
+            return Ok(Err(format!("{}: block {lba} is past 2^32", put.dest)));
+        };
         p.write_data(lba, &data);
         let dot = vol.src.read_vec(pdir.offset(), 34)?;
         let date = dot[18..25].to_vec();
         let rec = build_record(
-            lba as u32,
+            lba32,
             size,
             &date,
             &iso_ident(&name),
             &rr_entries(vol, &name),
         );
-        if let Err(why) = p.insert_record(pdir, &rec)? {
-            return Ok(Err(format!("{}: {why}", put.dest)));
-        }
-        if let Some(jd) = jdir {
+        groups
+            .entry((depth(&parent), TreeKind::Primary, parent.clone()))
+            .or_default()
+            .push((rec, put.dest.clone()));
+        if joliet.is_some() {
             let rec = build_record(
-                lba as u32,
+                lba32,
                 size,
                 &date,
                 &joliet_ident(&name, joliet_versions),
                 &[],
             );
-            if let Err(why) = p.insert_record(jd, &rec)? {
-                return Ok(Err(format!("{} (Joliet): {why}", put.dest)));
-            }
+            groups
+                .entry((depth(&parent), TreeKind::Joliet, parent.clone()))
+                .or_default()
+                .push((rec, format!("{} (Joliet)", put.dest)));
         }
         p.notes.push(format!(
             "{}: added at free block {lba} ({size} bytes)",
             put.dest
         ));
     }
+    // Shallow directories first: a moved directory fixes its children's `..` records in
+    // their blocks before those children are themselves read for moving.
+    let mut moved: BTreeMap<(TreeKind, u32), (u64, Vec<u8>)> = BTreeMap::new();
+    for ((_, kind, dir_path), recs) in groups {
+        let (tree, desc) = match (kind, joliet, vol.joliet.as_ref()) {
+            (TreeKind::Primary, _, _) => (primary, &vol.primary),
+            (TreeKind::Joliet, Some(j), Some(d)) => (j, d),
+            _ => continue,
+        };
+        let Some(dir) = tree.dirs.get(&dir_path).copied() else {
+            return Ok(Err(format!("directory {dir_path} vanished while planning")));
+        };
+        // In place, all or nothing.
+        let saved: Vec<(u64, Vec<u8>)> = (0..u64::from(dir.blocks()))
+            .map(|b| {
+                let lba = u64::from(dir.lba) + b;
+                p.block(lba).map(|v| (lba, v.clone()))
+            })
+            .collect::<Result<_>>()?;
+        let mut fits = true;
+        for (rec, _) in &recs {
+            if p.insert_record(dir, rec)?.is_err() {
+                fits = false;
+                break;
+            }
+        }
+        if fits {
+            continue;
+        }
+        for (lba, b) in saved {
+            p.blocks.insert(lba, b);
+        }
+        let ctx = DirMove {
+            kind,
+            tree,
+            desc,
+            path: &dir_path,
+            dir,
+        };
+        match relocate_dir(&mut p, &ctx, &recs, &mut moved)? {
+            Ok(note) => p.notes.push(note),
+            Err(why) => return Ok(Err(format!("{}: {why}", recs[0].1))),
+        }
+    }
+    p.placed
+        .extend(moved.into_values().map(|(lba, data)| (lba * SECTOR, data)));
 
     // Volume id.
     if let Some(v) = &changes.volid {
@@ -712,6 +765,246 @@ pub fn plan(
         insert,
         volume_blocks,
     }))
+}
+
+/// Directory records to add (raw bytes) with the path each is for (named in errors).
+type NewRecords = Vec<(Vec<u8>, String)>;
+
+/// The directory [`relocate_dir`] moves, and where it hangs.
+struct DirMove<'t> {
+    kind: TreeKind,
+    tree: &'t Tree,
+    desc: &'t crate::iso9660::VolumeDescriptor,
+    path: &'t str,
+    dir: Extent,
+}
+
+/// Records of a directory's blocks (raw bytes, in order), from `blocks` of `SECTOR` bytes.
+fn dir_records(blocks: &[u8], len: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < len.min(blocks.len()) {
+        let l = usize::from(blocks[at]);
+        if l == 0 {
+            at = (at / SECTOR as usize + 1) * SECTOR as usize;
+            continue;
+        }
+        if l < 34 || at + l > blocks.len() {
+            break;
+        }
+        out.push(blocks[at..at + l].to_vec());
+        at += l;
+    }
+    out
+}
+
+/// Offset in `blocks` of the directory record (not `.`/`..`) whose extent starts at `lba`.
+fn find_dir_record(blocks: &[u8], len: usize, lba: u32) -> Option<usize> {
+    let mut at = 0usize;
+    let mut i = 0usize;
+    while at < len.min(blocks.len()) {
+        let l = usize::from(blocks[at]);
+        if l == 0 {
+            at = (at / SECTOR as usize + 1) * SECTOR as usize;
+            continue;
+        }
+        if l < 34 || at + l > blocks.len() {
+            return None;
+        }
+        if i >= 2 && blocks[at + 25] & 0x02 != 0 && le32(blocks, at + 2) == lba {
+            return Some(at);
+        }
+        at += l;
+        i += 1;
+    }
+    None
+}
+
+/// Rewrite directory `m.dir` into new blocks with `new` records added (each in identifier
+/// order), and make everything that points at it follow: its `.` (and, for the root, `..`
+/// and the descriptor's root record), its record in the parent, the `..` of each child
+/// directory, and its entry in every path table of the tree. `moved` holds directories
+/// rewritten earlier (old LBA → new LBA and bytes), shallower first.
+fn relocate_dir(
+    p: &mut Planner<'_>,
+    m: &DirMove<'_>,
+    new: &NewRecords,
+    moved: &mut BTreeMap<(TreeKind, u32), (u64, Vec<u8>)>,
+) -> Result<std::result::Result<String, NoFit>> {
+    let old = m.dir;
+    let cur = p.read_range(old.offset(), old.allocated() as usize)?;
+    let mut recs = dir_records(&cur, old.len as usize);
+    if recs.len() < 2 {
+        return Ok(Err(format!("directory {} has no . and .. records", m.path)));
+    }
+    // Rock Ridge deep-directory relocation (CL/PL/RE) is left to xorriso.
+    if m.kind == TreeKind::Primary
+        && let Some(rr) = p.vol.rock_ridge
+    {
+        for r in &recs {
+            let nl = usize::from(r[32]);
+            let su = 33 + nl + usize::from(nl.is_multiple_of(2)) + usize::from(rr.skip);
+            let mut deep = false;
+            if su < r.len() {
+                crate::iso9660::walk_susp_area(&r[su..], |sig, _| {
+                    deep |= matches!(&sig, b"CL" | b"PL" | b"RE");
+                });
+            }
+            if deep {
+                return Ok(Err(format!(
+                    "directory {} has Rock Ridge relocated entries",
+                    m.path
+                )));
+            }
+        }
+    }
+    for (rec, _) in new {
+        let ident = &rec[33..33 + usize::from(rec[32])];
+        let pos = recs
+            .iter()
+            .enumerate()
+            .skip(2)
+            .find(|(_, r)| &r[33..33 + usize::from(r[32])] > ident)
+            .map_or(recs.len(), |(i, _)| i);
+        if recs[2..]
+            .iter()
+            .any(|r| &r[33..33 + usize::from(r[32])] == ident)
+        {
+            return Ok(Err("a record with that name already exists".into()));
+        }
+        recs.insert(pos, rec.clone());
+    }
+    // Pack: records never cross a block boundary.
+    let mut data: Vec<u8> = Vec::new();
+    for r in &recs {
+        let used = data.len() % SECTOR as usize;
+        if used + r.len() > SECTOR as usize {
+            data.resize(data.len() + SECTOR as usize - used, 0);
+        }
+        data.extend_from_slice(r);
+    }
+    let len = (data.len() as u64).div_ceil(SECTOR) * SECTOR;
+    data.resize(len as usize, 0);
+    let Ok(len32) = u32::try_from(len) else {
+        return Ok(Err(format!("directory {} would pass 4 GiB", m.path)));
+    };
+    let lba = match p.alloc(len)? {
+        Ok(l) => l,
+        Err(why) => return Ok(Err(why)),
+    };
+    let Ok(lba32) = u32::try_from(lba) else {
+        return Ok(Err(format!("block {lba} is past 2^32")));
+    };
+    let is_root = m.path == "/";
+    // `.` (and the root's `..`) point at the new place.
+    data[2..10].copy_from_slice(&both32(lba32));
+    data[10..18].copy_from_slice(&both32(len32));
+    if is_root {
+        let at = usize::from(data[0]);
+        data[at + 2..at + 10].copy_from_slice(&both32(lba32));
+        data[at + 10..at + 18].copy_from_slice(&both32(len32));
+    }
+    // The record that names it: the descriptor's root record, or one in the parent.
+    if is_root {
+        p.set_record(u64::from(m.desc.lba) * SECTOR + 156, lba32, len32)?;
+    } else {
+        let (parent, _) = parent_and_name(m.path);
+        let Some(pdir) = m.tree.dirs.get(&parent).copied() else {
+            return Ok(Err(format!("no parent directory {parent}")));
+        };
+        match moved.get_mut(&(m.kind, pdir.lba)) {
+            Some((_, pdata)) => {
+                let n = pdata.len();
+                let Some(at) = find_dir_record(pdata, n, old.lba) else {
+                    return Ok(Err(format!("{} not found in its moved parent", m.path)));
+                };
+                pdata[at + 2..at + 10].copy_from_slice(&both32(lba32));
+                pdata[at + 10..at + 18].copy_from_slice(&both32(len32));
+            }
+            None => {
+                let pblocks = p.read_range(pdir.offset(), pdir.allocated() as usize)?;
+                let Some(at) = find_dir_record(&pblocks, pdir.len as usize, old.lba) else {
+                    return Ok(Err(format!("{} not found in {parent}", m.path)));
+                };
+                p.set_record(pdir.offset() + at as u64, lba32, len32)?;
+            }
+        }
+    }
+    // Children's `..` (their second record).
+    for r in recs.iter().skip(2).filter(|r| r[25] & 0x02 != 0) {
+        let child = u64::from(le32(r, 2));
+        let first = p.block(child)?;
+        let at = usize::from(first[0]);
+        if at < 34 || at + 34 > SECTOR as usize {
+            return Ok(Err(format!(
+                "a subdirectory of {} has a bad . record",
+                m.path
+            )));
+        }
+        first[at + 2..at + 10].copy_from_slice(&both32(lba32));
+        first[at + 10..at + 18].copy_from_slice(&both32(len32));
+    }
+    // Path tables: L (little-endian) and M (big-endian), and the optional copies.
+    let dblock = p.read_range(u64::from(m.desc.lba) * SECTOR, SECTOR as usize)?;
+    let tables = [
+        (m.desc.path_table_l, false),
+        (le32(&dblock, 144), false),
+        (m.desc.path_table_m, true),
+        (
+            u32::from_be_bytes([dblock[152], dblock[153], dblock[154], dblock[155]]),
+            true,
+        ),
+    ];
+    let size = m.desc.path_table_size as usize;
+    for (table, big_endian) in tables {
+        if table == 0 {
+            continue;
+        }
+        let off = u64::from(table) * SECTOR;
+        let mut t = p.read_range(off, size)?;
+        let mut at = 0usize;
+        let mut found = 0;
+        while at + 8 <= size {
+            let nl = usize::from(t[at]);
+            if nl == 0 {
+                break;
+            }
+            let e = &mut t[at + 2..at + 6];
+            let v = if big_endian {
+                u32::from_be_bytes([e[0], e[1], e[2], e[3]])
+            } else {
+                u32::from_le_bytes([e[0], e[1], e[2], e[3]])
+            };
+            if v == old.lba {
+                e.copy_from_slice(&if big_endian {
+                    lba32.to_be_bytes()
+                } else {
+                    lba32.to_le_bytes()
+                });
+                found += 1;
+            }
+            at += 8 + nl + (nl % 2);
+        }
+        if found != 1 {
+            return Ok(Err(format!(
+                "directory {} is in the path table at block {table} {found} times",
+                m.path
+            )));
+        }
+        p.write_range(off, &t)?;
+    }
+    moved.insert((m.kind, old.lba), (lba, data));
+    Ok(Ok(format!(
+        "directory {}{}: rewritten at block {lba} ({} → {} blocks)",
+        m.path,
+        if m.kind == TreeKind::Joliet {
+            " (Joliet)"
+        } else {
+            ""
+        },
+        old.blocks(),
+        len / SECTOR
+    )))
 }
 
 fn set32(b: &mut [u8], at: usize, v: u32) {

@@ -14,7 +14,8 @@ const AFTER_HELP: &str = "\
 Modes:
   auto     patch when every edit fits, else direct (says which and why)
   patch    rewrite bytes of the image (in place without -o; -o copies first)
-  direct   xorriso -boot_image any replay: no mount, no root
+  direct   copy + write, growing the image when edits need room (our writer;
+           xorriso -boot_image any replay for new directories): no mount/root
   copy     extract the tree, edit, rebuild (the conventional route)
   overlay  loop mount + overlayfs + rebuild (root, kernel iso9660)
   bind     loop mount + bind mounts + rebuild (root, kernel iso9660)
