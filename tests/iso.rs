@@ -295,23 +295,54 @@ fn direct_and_copy_modes_apply_every_edit_and_keep_boot() -> R {
 fn auto_falls_back_to_direct_and_says_why() -> R {
     let dir = tempfile::tempdir()?;
     let iso = sample(dir.path(), false)?;
+    // A new directory tree fits the padding: auto stays in patch mode and creates it.
     let out = dir.path().join("auto.iso");
     let mut req = full_request(&iso, Some(out.clone()), Mode::Auto, dir.path())?;
     req.edits.push(Edit::Add {
         src: dir.path().join("ks.cfg"),
-        dest: "/newdir/ks.cfg".into(),
+        dest: "/newdir/sub/ks.cfg".into(),
+    });
+    let o = remaster(&req, &mut |_| {})?;
+    assert_eq!(o.mode, Mode::Patch, "{}", o.reason);
+    assert!(
+        o.notes
+            .iter()
+            .any(|n| n.starts_with("directory /newdir/sub: created"))
+    );
+    check_output(&iso, &out, dir.path())?;
+    assert_eq!(
+        extract(&out, "/newdir/sub/ks.cfg", dir.path())?,
+        std::fs::read(dir.path().join("ks.cfg"))?
+    );
+    // Removing a directory is beyond our writer: auto says so and xorriso does it.
+    let out = dir.path().join("auto-rm.iso");
+    let mut req = Request::new(&iso);
+    req.output = Some(out.clone());
+    req.implant_md5 = true;
+    req.edits.push(Edit::Remove {
+        dest: "/docs".into(),
     });
     let o = remaster(&req, &mut |_| {})?;
     assert_eq!(o.mode, Mode::Direct);
-    assert!(o.reason.contains("/newdir does not exist"), "{}", o.reason);
-    check_output(&iso, &out, dir.path())?;
+    assert!(
+        o.reason.contains("/docs is a directory") && o.reason.contains("xorriso"),
+        "{}",
+        o.reason
+    );
+    let listing = Cmd::new("isoinfo")
+        .args(["-R", "-f", "-i"])
+        .arg(&out)
+        .read()?;
+    assert!(!listing.contains("/docs"), "{listing}");
+    assert_eq!(el_torito_report(&iso)?, el_torito_report(&out)?);
+    Cmd::new("checkisomd5").arg(&out).run()?;
     // The same request in patch mode is refused, and leaves no output.
     let out2 = dir.path().join("patch.iso");
     let mut req2 = req.clone();
     req2.output = Some(out2.clone());
     req2.mode = Mode::Patch;
     let err = remaster(&req2, &mut |_| {}).unwrap_err().to_string();
-    assert!(err.contains("/newdir"), "{err}");
+    assert!(err.contains("/docs"), "{err}");
     assert!(!out2.exists());
     Ok(())
 }
@@ -538,9 +569,10 @@ fn path_table_and_dot_lbas(iso: &Path) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
 
 /// Adding more records than a directory's blocks hold rewrites the directory (in patch mode
 /// into the padding, in direct mode wherever there is room), in both trees, with the parent
-/// record, the `..` of subdirectories and the path tables following. Checked with `isoinfo`
-/// (Rock Ridge, Joliet and plain listings, path table against `.` records), `osirrox`, and
-/// `checkisomd5`.
+/// record, the `..` of subdirectories and the path tables following; files under missing
+/// directories create them (`mkdir -p`, path tables in ECMA-119 order). Checked with
+/// `isoinfo` (Rock Ridge, Joliet and plain listings, path table against `.` records),
+/// `osirrox`, and `checkisomd5`.
 #[test]
 fn full_directories_are_rewritten_in_both_trees() -> R {
     let dir = tempfile::tempdir()?;
@@ -553,7 +585,7 @@ fn full_directories_are_rewritten_in_both_trees() -> R {
         req.output = Some(out.clone());
         req.mode = mode;
         req.implant_md5 = true;
-        for d in ["", "/docs", "/boot/grub"] {
+        for d in ["", "/docs", "/boot/grub", "/new", "/docs/new/deeper"] {
             for i in 0..60 {
                 let name = format!("new_{i:02}.cfg");
                 let f = src.join(format!("{}{name}", d.replace('/', "_")));
@@ -586,9 +618,9 @@ fn full_directories_are_rewritten_in_both_trees() -> R {
                 c = c.arg(flag);
             }
             let listing = c.arg("-i").arg(&out).read()?;
-            assert_eq!(listing.matches(needle).count(), 3, "{mode} {flag}");
+            assert_eq!(listing.matches(needle).count(), 5, "{mode} {flag}");
         }
-        for d in ["", "/docs", "/boot/grub"] {
+        for d in ["", "/docs", "/boot/grub", "/new", "/docs/new/deeper"] {
             let got = extract(&out, &format!("{d}/new_42.cfg"), dir.path())?;
             assert_eq!(got, format!("{d}/new_42.cfg\n").into_bytes());
         }

@@ -40,7 +40,8 @@ pub fn tests() -> Vec<Trial> {
 
 /// Our writer rewrites directories that run out of room (patch and direct mode) and grows
 /// the image: 80 files added to `/` and to `/docs` (both need more blocks, in both trees,
-/// with the path tables following) plus a 3 MiB file past the old end. The kernel's
+/// with the path tables following), 80 into new directories `/new/sub_dir`, plus a 3 MiB
+/// file past the old end. The kernel's
 /// iso9660 then reads every file back in all three name views: Rock Ridge, Joliet
 /// (`norock`) and plain ISO 9660 (`norock,nojoliet`).
 fn rewritten_directories() -> Result<()> {
@@ -55,7 +56,7 @@ fn rewritten_directories() -> Result<()> {
     req.output = Some(out.clone());
     req.mode = Mode::Direct;
     let mut expect: Vec<(String, Vec<u8>)> = Vec::new();
-    for d in ["", "/docs"] {
+    for d in ["", "/docs", "/new/sub_dir"] {
         for i in 0..80 {
             let name = format!("added_{i:03}.txt");
             let body = format!("{d}/{name}: {}\n", "x".repeat(i)).into_bytes();
@@ -110,6 +111,8 @@ fn rewritten_directories() -> Result<()> {
             }
             let n = std::fs::read_dir(mnt.join("docs"))?.count();
             ensure!(n >= 81, "{view:?}: /docs lists {n} entries");
+            let n = std::fs::read_dir(mnt.join("new/sub_dir"))?.count();
+            ensure!(n == 80, "{view:?}: /new/sub_dir lists {n} entries");
             Ok(())
         })();
         m.teardown()?;

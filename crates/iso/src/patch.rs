@@ -1,18 +1,26 @@
-//! Patch mode: apply the edits by rewriting bytes of the existing image, when every edit fits
-//! space it already has.
+//! Our ISO 9660 writer, as byte writes on the existing image: `patch` mode when every edit
+//! fits space the image already has, `direct` mode when the image may grow.
 //!
 //! - A replaced file is written over its extent when it fits the extent's last 2048-byte
 //!   block, else into free blocks (see below); every directory record that points at the
 //!   extent (primary and Joliet) gets the new size (and location).
 //! - An added file goes into free blocks, with a new directory record in its parent directory
-//!   of both trees (Rock Ridge `PX`/`NM` in the primary) when the parent's block has room.
+//!   of both trees (Rock Ridge `PX`/`NM` in the primary): in the parent's blocks when they
+//!   have room, else the parent is rewritten into free blocks with the new records, and its
+//!   record in its own parent, its `.`, its children's `..` and its path table entries follow.
+//! - Missing parent directories are created (`mkdir -p`) in both trees, and inserted into
+//!   the L and M path tables in ECMA-119 order (level, parent number, name) with the parent
+//!   numbers after them renumbered; tables that outgrow their blocks move to free blocks.
 //! - A removed file loses its directory records (its data stays, unreferenced).
 //! - Free blocks are the zero padding between the last referenced block and the end of the
 //!   volume (xorriso and genisoimage pad 150 blocks), below the isomd5sum skip area and the
 //!   backup GPT; each one is checked to be zero before use.
 //!
-//! Anything else (new directories, multi-extent files, moving a boot image, a full directory
-//! block) does not fit, and the caller falls back to a rebuild.
+//! Anything else (removing a directory, multi-extent or ≥ 4 GiB files, a boot image that
+//! grows, Rock Ridge relocated directories) does not fit, and the caller falls back to
+//! xorriso. Not updated: the Rock Ridge link count (`PX` nlink) of a parent that gains a
+//! subdirectory (the kernel's isofs, xorriso and isoinfo read such images fine; a tool that
+//! counts subdirectories by link count would under-count).
 //!
 //! **Growing** (`direct` mode, [`plan`] with `grow`): when new data needs more blocks than the
 //! padding has, the output gets zero blocks inserted at the end of the padding's usable part
@@ -298,8 +306,8 @@ impl Planner<'_> {
     }
 }
 
-/// ISO 9660 identifier for a new file: d-characters, `NAME.EXT;1`.
-fn iso_ident(name: &str) -> Vec<u8> {
+/// ISO 9660 identifier for a new file (d-characters, `NAME.EXT;1`) or directory (`NAME`).
+fn iso_ident(name: &str, dir: bool) -> Vec<u8> {
     let up: String = name
         .chars()
         .map(|c| match c.to_ascii_uppercase() {
@@ -307,6 +315,14 @@ fn iso_ident(name: &str) -> Vec<u8> {
             _ => '_',
         })
         .collect();
+    if dir {
+        return up
+            .replace('.', "_")
+            .chars()
+            .take(31)
+            .collect::<String>()
+            .into_bytes();
+    }
     let (base, ext) = match up.rsplit_once('.') {
         Some((b, e)) => (b.replace('.', "_"), e.to_owned()),
         None => (up.clone(), String::new()),
@@ -348,22 +364,63 @@ fn build_record(lba: u32, size: u32, date: &[u8], ident: &[u8], su: &[u8]) -> Ve
     r
 }
 
-fn rr_entries(vol: &Volume, name: &str) -> Vec<u8> {
+/// Rock Ridge entries of a new record: `PX` with `mode` (links 2 for a directory), and `NM`
+/// when it has a `name` (not for `.` and `..`). Empty without Rock Ridge.
+fn rr_entries(vol: &Volume, name: Option<&str>, mode: u32) -> Vec<u8> {
     let Some(rr) = vol.rock_ridge else {
         return Vec::new();
     };
     let mut su = vec![0u8; usize::from(rr.skip)];
     let px_len = if rr.px_len == 36 { 36 } else { 44 };
     let mut px = vec![b'P', b'X', px_len, 1];
-    for v in [0o100644u32, 1, 0, 0, 0] {
+    let links = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
+    for v in [mode, links, 0, 0, 0] {
         px.extend_from_slice(&both32(v));
     }
     px.truncate(usize::from(px_len));
     su.extend_from_slice(&px);
-    let n = name.as_bytes();
-    su.extend_from_slice(&[b'N', b'M', (5 + n.len()) as u8, 1, 0]);
-    su.extend_from_slice(n);
+    if let Some(name) = name {
+        let n = name.as_bytes();
+        su.extend_from_slice(&[b'N', b'M', (5 + n.len()) as u8, 1, 0]);
+        su.extend_from_slice(n);
+    }
     su
+}
+
+/// System use bytes of the `.`/`..` records of a new directory in a `kind` tree.
+fn dot_su(vol: &Volume, kind: TreeKind) -> Vec<u8> {
+    match kind {
+        TreeKind::Primary => rr_entries(vol, None, 0o040755),
+        TreeKind::Joliet => Vec::new(),
+    }
+}
+
+/// Records packed into blocks (never crossing one), zero-padded to whole blocks.
+fn pack(records: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut data: Vec<u8> = Vec::new();
+    for r in records {
+        let used = data.len() % SECTOR as usize;
+        if used + r.len() > SECTOR as usize {
+            data.resize(data.len() + SECTOR as usize - used, 0);
+        }
+        data.extend_from_slice(&r);
+    }
+    let len = (data.len() as u64).div_ceil(SECTOR).max(1) * SECTOR;
+    data.resize(len as usize, 0);
+    data
+}
+
+/// Bytes [`pack`] needs for records of these lengths.
+fn packed_len(lens: impl IntoIterator<Item = usize>) -> u64 {
+    let mut at = 0u64;
+    for l in lens {
+        let used = at % SECTOR;
+        if used + l as u64 > SECTOR {
+            at += SECTOR - used;
+        }
+        at += l as u64;
+    }
+    at.div_ceil(SECTOR).max(1) * SECTOR
 }
 
 /// Plan the byte writes for `changes`, or say why they do not fit. With `grow`, data that
@@ -561,23 +618,45 @@ pub fn plan(
             .any(|r| r.ident.ends_with(&[0, b';', 0, b'1'])),
         None => false,
     };
-    // New records per directory of each tree: placed in the directory's blocks when they have
-    // room, else the directory is rewritten into new blocks (see `relocate_dir`).
-    let mut groups: BTreeMap<(usize, TreeKind, String), NewRecords> = BTreeMap::new();
-    let depth = |d: &str| d.matches('/').count() - usize::from(d == "/");
+    // Directories to create (`mkdir -p` of every missing parent), in both trees.
+    let mut new_dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for put in changes.puts.iter().filter(|p| !p.existed) {
-        let (parent, name) = parent_and_name(&put.dest);
-        let Some(pdir) = primary.dirs.get(&parent).copied() else {
-            return Ok(Err(format!(
-                "{}: directory {parent} does not exist",
-                put.dest
-            )));
-        };
+        let (mut parent, _) = parent_and_name(&put.dest);
+        while !primary.dirs.contains_key(&parent) {
+            if primary.get(&parent).is_some() {
+                return Ok(Err(format!("{}: {parent} is not a directory", put.dest)));
+            }
+            new_dirs.insert(parent.clone());
+            parent = parent_and_name(&parent).0;
+        }
         if let Some(j) = joliet
             && !j.dirs.contains_key(&parent)
         {
             return Ok(Err(format!("{}: no Joliet directory {parent}", put.dest)));
         }
+    }
+    let date = vol.src.read_vec(vol.primary.root.offset() + 18, 7)?;
+    let trees: Vec<TreeKind> = std::iter::once(TreeKind::Primary)
+        .chain(joliet.map(|_| TreeKind::Joliet))
+        .collect();
+    // New records per directory (existing or new) of each tree.
+    let mut groups: BTreeMap<(TreeKind, String), NewRecords> = BTreeMap::new();
+    let record_for = |kind: TreeKind, name: &str, lba: u32, size: u32, dir: bool| {
+        let (ident, su) = match kind {
+            TreeKind::Primary => (
+                iso_ident(name, dir),
+                rr_entries(vol, Some(name), if dir { 0o040755 } else { 0o100644 }),
+            ),
+            TreeKind::Joliet => (joliet_ident(name, joliet_versions && !dir), Vec::new()),
+        };
+        let mut r = build_record(lba, size, &date, &ident, &su);
+        if dir {
+            r[25] = 0x02;
+        }
+        r
+    };
+    for put in changes.puts.iter().filter(|p| !p.existed) {
+        let (parent, name) = parent_and_name(&put.dest);
         let data = put.content.bytes()?;
         let Ok(size) = u32::try_from(data.len()) else {
             return Ok(Err(format!("{} is over 4 GiB", put.dest)));
@@ -590,41 +669,84 @@ pub fn plan(
             return Ok(Err(format!("{}: block {lba} is past 2^32", put.dest)));
         };
         p.write_data(lba, &data);
-        let dot = vol.src.read_vec(pdir.offset(), 34)?;
-        let date = dot[18..25].to_vec();
-        let rec = build_record(
-            lba32,
-            size,
-            &date,
-            &iso_ident(&name),
-            &rr_entries(vol, &name),
-        );
-        groups
-            .entry((depth(&parent), TreeKind::Primary, parent.clone()))
-            .or_default()
-            .push((rec, put.dest.clone()));
-        if joliet.is_some() {
-            let rec = build_record(
-                lba32,
-                size,
-                &date,
-                &joliet_ident(&name, joliet_versions),
-                &[],
-            );
+        for &kind in &trees {
             groups
-                .entry((depth(&parent), TreeKind::Joliet, parent.clone()))
+                .entry((kind, parent.clone()))
                 .or_default()
-                .push((rec, format!("{} (Joliet)", put.dest)));
+                .push(NewRecord {
+                    bytes: record_for(kind, &name, lba32, size, false),
+                    what: put.dest.clone(),
+                    subdir: None,
+                });
         }
         p.notes.push(format!(
             "{}: added at free block {lba} ({size} bytes)",
             put.dest
         ));
     }
-    // Shallow directories first: a moved directory fixes its children's `..` records in
-    // their blocks before those children are themselves read for moving.
+    for path in &new_dirs {
+        let (parent, name) = parent_and_name(path);
+        for &kind in &trees {
+            groups
+                .entry((kind, parent.clone()))
+                .or_default()
+                .push(NewRecord {
+                    bytes: record_for(kind, &name, 0, 0, true),
+                    what: path.clone(),
+                    subdir: Some(path.clone()),
+                });
+        }
+    }
+    // Place the new directories: their size is known from their records' lengths.
+    let mut placed_dirs: BTreeMap<(TreeKind, String), (u32, u32)> = BTreeMap::new();
+    let mut new_children = std::collections::BTreeSet::new();
+    for path in &new_dirs {
+        for &kind in &trees {
+            let recs = groups
+                .get(&(kind, path.clone()))
+                .map_or(&[][..], |v| &v[..]);
+            let len = packed_len(
+                std::iter::repeat_n(34 + dot_su(vol, kind).len(), 2)
+                    .chain(recs.iter().map(|r| r.bytes.len())),
+            );
+            let lba = match p.alloc(len)? {
+                Ok(l) => l,
+                Err(why) => return Ok(Err(format!("{path}: {why}"))),
+            };
+            let (Ok(lba32), Ok(len32)) = (u32::try_from(lba), u32::try_from(len)) else {
+                return Ok(Err(format!("{path}: block {lba} is past 2^32")));
+            };
+            placed_dirs.insert((kind, path.clone()), (lba32, len32));
+            new_children.insert(lba);
+        }
+    }
+    for ((kind, _), recs) in groups.iter_mut() {
+        for r in recs.iter_mut() {
+            if let Some(&(lba, len)) = r
+                .subdir
+                .as_ref()
+                .and_then(|d| placed_dirs.get(&(*kind, d.clone())))
+            {
+                r.bytes[2..10].copy_from_slice(&both32(lba));
+                r.bytes[10..18].copy_from_slice(&both32(len));
+            }
+        }
+    }
+    let depth = |d: &str| d.matches('/').count() - usize::from(d == "/");
+    // Existing directories, shallow first: their blocks when the records fit, else rewritten
+    // into new blocks. A moved directory fixes its children's `..` records in their blocks
+    // before those children are themselves read for moving.
+    let mut existing: Vec<(usize, TreeKind, String)> = groups
+        .keys()
+        .filter(|(_, d)| !new_dirs.contains(d))
+        .map(|(k, d)| (depth(d), *k, d.clone()))
+        .collect();
+    existing.sort();
     let mut moved: BTreeMap<(TreeKind, u32), (u64, Vec<u8>)> = BTreeMap::new();
-    for ((_, kind, dir_path), recs) in groups {
+    for (_, kind, dir_path) in existing {
+        let recs = groups
+            .get(&(kind, dir_path.clone()))
+            .map_or(&[][..], |v| &v[..]);
         let (tree, desc) = match (kind, joliet, vol.joliet.as_ref()) {
             (TreeKind::Primary, _, _) => (primary, &vol.primary),
             (TreeKind::Joliet, Some(j), Some(d)) => (j, d),
@@ -641,8 +763,8 @@ pub fn plan(
             })
             .collect::<Result<_>>()?;
         let mut fits = true;
-        for (rec, _) in &recs {
-            if p.insert_record(dir, rec)?.is_err() {
+        for r in recs {
+            if p.insert_record(dir, &r.bytes)?.is_err() {
                 fits = false;
                 break;
             }
@@ -659,10 +781,109 @@ pub fn plan(
             desc,
             path: &dir_path,
             dir,
+            new_children: &new_children,
         };
-        match relocate_dir(&mut p, &ctx, &recs, &mut moved)? {
+        match relocate_dir(&mut p, &ctx, recs, &mut moved)? {
             Ok(note) => p.notes.push(note),
-            Err(why) => return Ok(Err(format!("{}: {why}", recs[0].1))),
+            Err(why) => return Ok(Err(format!("{}: {why}", recs[0].what))),
+        }
+    }
+    // Build the new directories: `.`, `..` (the parent wherever it ended up), records.
+    for ((kind, path), &(lba, len)) in &placed_dirs {
+        let (parent, _) = parent_and_name(path);
+        let tree = match kind {
+            TreeKind::Primary => primary,
+            TreeKind::Joliet => joliet.unwrap_or(primary),
+        };
+        let (plba, plen) = match (
+            placed_dirs.get(&(*kind, parent.clone())),
+            tree.dirs.get(&parent),
+        ) {
+            (Some(&(l, n)), _) => (l, n),
+            (None, Some(e)) => match moved.get(&(*kind, e.lba)) {
+                Some((l, d)) => (*l as u32, d.len() as u32),
+                None => (e.lba, e.len),
+            },
+            (None, None) => return Ok(Err(format!("{path}: no parent {parent}"))),
+        };
+        let su = dot_su(vol, *kind);
+        let mut dot = build_record(lba, len, &date, &[0], &su);
+        dot[25] = 0x02;
+        let mut dotdot = build_record(plba, plen, &date, &[1], &su);
+        dotdot[25] = 0x02;
+        let mut recs: Vec<Vec<u8>> = groups
+            .get(&(*kind, path.clone()))
+            .map(|v| v.iter().map(|r| r.bytes.clone()).collect())
+            .unwrap_or_default();
+        recs.sort_by(|a, b| a[33..33 + usize::from(a[32])].cmp(&b[33..33 + usize::from(b[32])]));
+        if recs
+            .windows(2)
+            .any(|w| w[0][33..33 + usize::from(w[0][32])] == w[1][33..33 + usize::from(w[1][32])])
+        {
+            return Ok(Err(format!(
+                "{path}: two new names map to the same ISO 9660 name"
+            )));
+        }
+        let data = pack(
+            std::iter::once(dot)
+                .chain(std::iter::once(dotdot))
+                .chain(recs),
+        );
+        if data.len() as u32 != len {
+            return Ok(Err(format!(
+                "{path}: directory size changed while planning"
+            )));
+        }
+        p.placed.push((u64::from(lba) * SECTOR, data));
+        p.notes.push(format!(
+            "directory {path}{}: created at block {lba}",
+            if *kind == TreeKind::Joliet {
+                " (Joliet)"
+            } else {
+                ""
+            }
+        ));
+    }
+    // Path tables follow moved and new directories.
+    for &kind in &trees {
+        let (tree, desc) = match (kind, joliet, vol.joliet.as_ref()) {
+            (TreeKind::Primary, _, _) => (primary, &vol.primary),
+            (TreeKind::Joliet, Some(j), Some(d)) => (j, d),
+            _ => continue,
+        };
+        let relocated: BTreeMap<u32, u32> = moved
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|((_, old), (new, _))| (*old, *new as u32))
+            .collect();
+        let mut created: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+        for path in &new_dirs {
+            let (parent, _) = parent_and_name(path);
+            let parent_lba = match placed_dirs.get(&(kind, parent.clone())) {
+                Some(&(l, _)) => l,
+                None => match tree.dirs.get(&parent) {
+                    Some(e) => relocated.get(&e.lba).copied().unwrap_or(e.lba),
+                    None => return Ok(Err(format!("{path}: no parent {parent}"))),
+                },
+            };
+            let Some(&(lba, _)) = placed_dirs.get(&(kind, path.clone())) else {
+                continue;
+            };
+            let rec = &groups[&(kind, parent.clone())]
+                .iter()
+                .find(|r| r.subdir.as_deref() == Some(path.as_str()))
+                .map(|r| r.bytes.clone())
+                .unwrap_or_default();
+            if rec.len() < 34 {
+                return Ok(Err(format!("{path}: no record in {parent}")));
+            }
+            created.push((parent_lba, lba, rec[33..33 + usize::from(rec[32])].to_vec()));
+        }
+        if relocated.is_empty() && created.is_empty() {
+            continue;
+        }
+        if let Err(why) = write_path_tables(&mut p, desc, &relocated, &created)? {
+            return Ok(Err(why));
         }
     }
     p.placed
@@ -767,8 +988,18 @@ pub fn plan(
     }))
 }
 
-/// Directory records to add (raw bytes) with the path each is for (named in errors).
-type NewRecords = Vec<(Vec<u8>, String)>;
+/// Directory records to add.
+type NewRecords = Vec<NewRecord>;
+
+/// A directory record to add.
+struct NewRecord {
+    /// The record.
+    bytes: Vec<u8>,
+    /// The ISO path it is for (named in errors).
+    what: String,
+    /// For a new directory: its path (its location is filled in once placed).
+    subdir: Option<String>,
+}
 
 /// The directory [`relocate_dir`] moves, and where it hangs.
 struct DirMove<'t> {
@@ -777,6 +1008,8 @@ struct DirMove<'t> {
     desc: &'t crate::iso9660::VolumeDescriptor,
     path: &'t str,
     dir: Extent,
+    /// Blocks of directories created by this plan (their `..` is written when built).
+    new_children: &'t std::collections::BTreeSet<u64>,
 }
 
 /// Records of a directory's blocks (raw bytes, in order), from `blocks` of `SECTOR` bytes.
@@ -822,13 +1055,13 @@ fn find_dir_record(blocks: &[u8], len: usize, lba: u32) -> Option<usize> {
 
 /// Rewrite directory `m.dir` into new blocks with `new` records added (each in identifier
 /// order), and make everything that points at it follow: its `.` (and, for the root, `..`
-/// and the descriptor's root record), its record in the parent, the `..` of each child
-/// directory, and its entry in every path table of the tree. `moved` holds directories
+/// and the descriptor's root record), its record in the parent, and the `..` of each child
+/// directory (the path tables follow in [`write_path_tables`]). `moved` holds directories
 /// rewritten earlier (old LBA → new LBA and bytes), shallower first.
 fn relocate_dir(
     p: &mut Planner<'_>,
     m: &DirMove<'_>,
-    new: &NewRecords,
+    new: &[NewRecord],
     moved: &mut BTreeMap<(TreeKind, u32), (u64, Vec<u8>)>,
 ) -> Result<std::result::Result<String, NoFit>> {
     let old = m.dir;
@@ -858,7 +1091,8 @@ fn relocate_dir(
             }
         }
     }
-    for (rec, _) in new {
+    for rec in new {
+        let rec = &rec.bytes;
         let ident = &rec[33..33 + usize::from(rec[32])];
         let pos = recs
             .iter()
@@ -874,17 +1108,8 @@ fn relocate_dir(
         }
         recs.insert(pos, rec.clone());
     }
-    // Pack: records never cross a block boundary.
-    let mut data: Vec<u8> = Vec::new();
-    for r in &recs {
-        let used = data.len() % SECTOR as usize;
-        if used + r.len() > SECTOR as usize {
-            data.resize(data.len() + SECTOR as usize - used, 0);
-        }
-        data.extend_from_slice(r);
-    }
-    let len = (data.len() as u64).div_ceil(SECTOR) * SECTOR;
-    data.resize(len as usize, 0);
+    let mut data = pack(recs.iter().cloned());
+    let len = data.len() as u64;
     let Ok(len32) = u32::try_from(len) else {
         return Ok(Err(format!("directory {} would pass 4 GiB", m.path)));
     };
@@ -930,9 +1155,12 @@ fn relocate_dir(
             }
         }
     }
-    // Children's `..` (their second record).
+    // Children's `..` (their second record); new subdirectories get theirs when built.
     for r in recs.iter().skip(2).filter(|r| r[25] & 0x02 != 0) {
         let child = u64::from(le32(r, 2));
+        if m.new_children.contains(&child) {
+            continue;
+        }
         let first = p.block(child)?;
         let at = usize::from(first[0]);
         if at < 34 || at + 34 > SECTOR as usize {
@@ -943,55 +1171,6 @@ fn relocate_dir(
         }
         first[at + 2..at + 10].copy_from_slice(&both32(lba32));
         first[at + 10..at + 18].copy_from_slice(&both32(len32));
-    }
-    // Path tables: L (little-endian) and M (big-endian), and the optional copies.
-    let dblock = p.read_range(u64::from(m.desc.lba) * SECTOR, SECTOR as usize)?;
-    let tables = [
-        (m.desc.path_table_l, false),
-        (le32(&dblock, 144), false),
-        (m.desc.path_table_m, true),
-        (
-            u32::from_be_bytes([dblock[152], dblock[153], dblock[154], dblock[155]]),
-            true,
-        ),
-    ];
-    let size = m.desc.path_table_size as usize;
-    for (table, big_endian) in tables {
-        if table == 0 {
-            continue;
-        }
-        let off = u64::from(table) * SECTOR;
-        let mut t = p.read_range(off, size)?;
-        let mut at = 0usize;
-        let mut found = 0;
-        while at + 8 <= size {
-            let nl = usize::from(t[at]);
-            if nl == 0 {
-                break;
-            }
-            let e = &mut t[at + 2..at + 6];
-            let v = if big_endian {
-                u32::from_be_bytes([e[0], e[1], e[2], e[3]])
-            } else {
-                u32::from_le_bytes([e[0], e[1], e[2], e[3]])
-            };
-            if v == old.lba {
-                e.copy_from_slice(&if big_endian {
-                    lba32.to_be_bytes()
-                } else {
-                    lba32.to_le_bytes()
-                });
-                found += 1;
-            }
-            at += 8 + nl + (nl % 2);
-        }
-        if found != 1 {
-            return Ok(Err(format!(
-                "directory {} is in the path table at block {table} {found} times",
-                m.path
-            )));
-        }
-        p.write_range(off, &t)?;
     }
     moved.insert((m.kind, old.lba), (lba, data));
     Ok(Ok(format!(
@@ -1005,6 +1184,165 @@ fn relocate_dir(
         old.blocks(),
         len / SECTOR
     )))
+}
+
+/// Rewrite the path tables of `desc` (L, M and the optional copies): directories at the keys
+/// of `relocated` moved to its values, and `created` directories `(parent LBA, LBA,
+/// identifier)` inserted in ECMA-119 order (level, parent number, identifier) with the
+/// parent numbers after them renumbered. In place when the tables still fit their blocks,
+/// else in new blocks with the descriptor pointing there.
+fn write_path_tables(
+    p: &mut Planner<'_>,
+    desc: &crate::iso9660::VolumeDescriptor,
+    relocated: &BTreeMap<u32, u32>,
+    created: &[(u32, u32, Vec<u8>)],
+) -> Result<std::result::Result<(), NoFit>> {
+    struct Entry {
+        ident: Vec<u8>,
+        ext: u8,
+        lba: u32,
+        parent: u16,
+    }
+    let size = desc.path_table_size as usize;
+    let raw = p.read_range(u64::from(desc.path_table_l) * SECTOR, size)?;
+    let mut es: Vec<Entry> = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= size {
+        let nl = usize::from(raw[at]);
+        if nl == 0 {
+            break;
+        }
+        if at + 8 + nl > size {
+            return Ok(Err(format!(
+                "the path table at block {} is malformed",
+                desc.path_table_l
+            )));
+        }
+        es.push(Entry {
+            ident: raw[at + 8..at + 8 + nl].to_vec(),
+            ext: raw[at + 1],
+            lba: le32(&raw, at + 2),
+            parent: le16(&raw, at + 6),
+        });
+        at += 8 + nl + nl % 2;
+    }
+    for (old, new) in relocated {
+        let n = es.iter().filter(|e| e.lba == *old).count();
+        if n != 1 {
+            return Ok(Err(format!(
+                "the directory at block {old} is in the path table {n} times"
+            )));
+        }
+        if let Some(e) = es.iter_mut().find(|e| e.lba == *old) {
+            e.lba = *new;
+        }
+    }
+    let level_of = |es: &[Entry], mut i: usize| -> usize {
+        let mut l = 1;
+        while l < 256 && usize::from(es[i].parent) != i + 1 && es[i].parent != 0 {
+            i = usize::from(es[i].parent) - 1;
+            l += 1;
+            if i >= es.len() {
+                break;
+            }
+        }
+        l
+    };
+    for (parent_lba, lba, ident) in created {
+        let Some(pi) = es.iter().position(|e| e.lba == *parent_lba) else {
+            return Ok(Err(format!(
+                "the parent at block {parent_lba} is not in the path table"
+            )));
+        };
+        let Ok(pnum) = u16::try_from(pi + 1) else {
+            return Ok(Err("the path table would pass 65535 directories".into()));
+        };
+        let lv = level_of(&es, pi) + 1;
+        let key = (lv, pnum, ident.as_slice());
+        let k = (0..es.len())
+            .find(|&k| (level_of(&es, k), es[k].parent, es[k].ident.as_slice()) > key)
+            .unwrap_or(es.len());
+        for e in es.iter_mut() {
+            if usize::from(e.parent) > k {
+                e.parent += 1;
+            }
+        }
+        es.insert(
+            k,
+            Entry {
+                ident: ident.clone(),
+                ext: 0,
+                lba: *lba,
+                parent: pnum,
+            },
+        );
+    }
+    let ser = |big: bool| -> Vec<u8> {
+        let mut v = Vec::new();
+        for e in &es {
+            v.push(e.ident.len() as u8);
+            v.push(e.ext);
+            if big {
+                v.extend_from_slice(&e.lba.to_be_bytes());
+                v.extend_from_slice(&e.parent.to_be_bytes());
+            } else {
+                v.extend_from_slice(&e.lba.to_le_bytes());
+                v.extend_from_slice(&e.parent.to_le_bytes());
+            }
+            v.extend_from_slice(&e.ident);
+            if e.ident.len() % 2 == 1 {
+                v.push(0);
+            }
+        }
+        v
+    };
+    let (l, m) = (ser(false), ser(true));
+    let Ok(new_size) = u32::try_from(l.len()) else {
+        return Ok(Err("the path table would pass 4 GiB".into()));
+    };
+    let room = (size as u64).div_ceil(SECTOR) * SECTOR;
+    let dpos = u64::from(desc.lba) * SECTOR;
+    let d = p.read_range(dpos, SECTOR as usize)?;
+    let fields = [
+        (140usize, false, le32(&d, 140)),
+        (144, false, le32(&d, 144)),
+        (
+            148,
+            true,
+            u32::from_be_bytes([d[148], d[149], d[150], d[151]]),
+        ),
+        (
+            152,
+            true,
+            u32::from_be_bytes([d[152], d[153], d[154], d[155]]),
+        ),
+    ];
+    for (field, big, loc) in fields {
+        if loc == 0 {
+            continue;
+        }
+        let table = if big { &m } else { &l };
+        if table.len() as u64 <= room {
+            p.write_range(u64::from(loc) * SECTOR, table)?;
+            continue;
+        }
+        let lba = match p.alloc(table.len() as u64)? {
+            Ok(l) => l,
+            Err(why) => return Ok(Err(format!("path table: {why}"))),
+        };
+        let Ok(lba32) = u32::try_from(lba) else {
+            return Ok(Err(format!("path table: block {lba} is past 2^32")));
+        };
+        p.write_data(lba, table);
+        let v = if big {
+            lba32.to_be_bytes()
+        } else {
+            lba32.to_le_bytes()
+        };
+        p.write_range(dpos + field as u64, &v)?;
+    }
+    p.write_range(dpos + 132, &both32(new_size))?;
+    Ok(Ok(()))
 }
 
 fn set32(b: &mut [u8], at: usize, v: u32) {
