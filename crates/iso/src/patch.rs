@@ -1012,8 +1012,9 @@ struct DirMove<'t> {
     new_children: &'t std::collections::BTreeSet<u64>,
 }
 
-/// Records of a directory's blocks (raw bytes, in order), from `blocks` of `SECTOR` bytes.
-fn dir_records(blocks: &[u8], len: usize) -> Vec<Vec<u8>> {
+/// Offsets of the records in the first `len` bytes of a directory's `blocks` (a zero length
+/// byte skips to the next block; a malformed record ends the walk).
+fn record_offsets(blocks: &[u8], len: usize) -> Vec<usize> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < len.min(blocks.len()) {
@@ -1025,32 +1026,26 @@ fn dir_records(blocks: &[u8], len: usize) -> Vec<Vec<u8>> {
         if l < 34 || at + l > blocks.len() {
             break;
         }
-        out.push(blocks[at..at + l].to_vec());
+        out.push(at);
         at += l;
     }
     out
 }
 
+/// Records of a directory's blocks (raw bytes, in order).
+fn dir_records(blocks: &[u8], len: usize) -> Vec<Vec<u8>> {
+    record_offsets(blocks, len)
+        .into_iter()
+        .map(|at| blocks[at..at + usize::from(blocks[at])].to_vec())
+        .collect()
+}
+
 /// Offset in `blocks` of the directory record (not `.`/`..`) whose extent starts at `lba`.
 fn find_dir_record(blocks: &[u8], len: usize, lba: u32) -> Option<usize> {
-    let mut at = 0usize;
-    let mut i = 0usize;
-    while at < len.min(blocks.len()) {
-        let l = usize::from(blocks[at]);
-        if l == 0 {
-            at = (at / SECTOR as usize + 1) * SECTOR as usize;
-            continue;
-        }
-        if l < 34 || at + l > blocks.len() {
-            return None;
-        }
-        if i >= 2 && blocks[at + 25] & 0x02 != 0 && le32(blocks, at + 2) == lba {
-            return Some(at);
-        }
-        at += l;
-        i += 1;
-    }
-    None
+    record_offsets(blocks, len)
+        .into_iter()
+        .skip(2)
+        .find(|&at| blocks[at + 25] & 0x02 != 0 && le32(blocks, at + 2) == lba)
 }
 
 /// Rewrite directory `m.dir` into new blocks with `new` records added (each in identifier
