@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use diskforge_cmd::Cmd;
 use diskforge_iso::sample::{SampleOptions, build_sample};
 use diskforge_iso::{Edit, Mode, Request, remaster};
+use diskforge_testutil::iso::el_torito_entries as el_torito_report;
 
 type R = anyhow::Result<()>;
 
@@ -22,41 +23,12 @@ fn sample(dir: &Path, appended_esp: bool) -> anyhow::Result<PathBuf> {
     Ok(build_sample(dir, &opts)?)
 }
 
-/// `xorriso -report_el_torito plain` boot image lines without the LBA column, plus paths.
-fn el_torito_report(iso: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Cmd::new("xorriso")
-        .arg("-indev")
-        .arg(iso)
-        .args(["-report_el_torito", "plain"])
-        .run()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("El Torito boot img") || l.starts_with("El Torito img path"))
-        .map(|l| {
-            let mut t: Vec<&str> = l.split_whitespace().collect();
-            if l.starts_with("El Torito boot img") {
-                t.pop(); // the LBA moves in a rebuild
-            }
-            t.join(" ")
-        })
-        .collect())
-}
-
 fn isoinfo_d(iso: &Path) -> anyhow::Result<String> {
     Ok(Cmd::new("isoinfo").args(["-d", "-i"]).arg(iso).read()?)
 }
 
 fn extract(iso: &Path, path: &str, dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let dst = dir.join(format!("x-{}", path.replace('/', "_")));
-    let _ = std::fs::remove_file(&dst);
-    Cmd::new("osirrox")
-        .arg("-indev")
-        .arg(iso)
-        .args(["-osirrox", "on", "-extract", path])
-        .arg(&dst)
-        .run()?;
-    Ok(std::fs::read(&dst)?)
+    Ok(diskforge_testutil::iso::extract(iso, path, dir)?)
 }
 
 fn fat_cfg(image: &Path) -> anyhow::Result<String> {

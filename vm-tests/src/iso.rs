@@ -8,14 +8,13 @@
 //! Section "remaster modes" is owned by the iso-remaster work; the fixture's boot checks go
 //! below the marked section at the end.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, ensure};
 use diskforge_cmd::Cmd;
 use diskforge_iso::remaster::{Changes, Content, Put};
 use diskforge_iso::sample::{SampleOptions, build_sample};
 use diskforge_iso::{Edit, Mode, Request, remaster};
 use diskforge_testutil::KernelState;
+use diskforge_testutil::iso::{el_torito_entries as report, extract};
 use libtest_mimic::Trial;
 
 use crate::trial;
@@ -120,37 +119,6 @@ fn rewritten_directories() -> Result<()> {
         check?;
     }
     Ok(())
-}
-
-fn report(iso: &Path) -> Result<Vec<String>> {
-    let text = Cmd::new("xorriso")
-        .arg("-indev")
-        .arg(iso)
-        .args(["-report_el_torito", "plain"])
-        .read()?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("El Torito boot img") || l.starts_with("El Torito img path"))
-        .map(|l| {
-            let mut t: Vec<&str> = l.split_whitespace().collect();
-            if l.starts_with("El Torito boot img") {
-                t.pop();
-            }
-            t.join(" ")
-        })
-        .collect())
-}
-
-fn extract(iso: &Path, path: &str, dir: &Path) -> Result<Vec<u8>> {
-    let dst = dir.join(format!("x{}", path.replace('/', "_")));
-    let _ = std::fs::remove_file(&dst);
-    Cmd::new("osirrox")
-        .arg("-indev")
-        .arg(iso)
-        .args(["-osirrox", "on", "-extract", path])
-        .arg(&dst)
-        .run()?;
-    Ok(std::fs::read(&dst)?)
 }
 
 fn run_mode(mode: Mode, appended_esp: bool) -> Result<()> {

@@ -135,15 +135,8 @@ fn remastered_boot(dir: &Path, f: &Fixture, fw: Firmware, grow: bool) -> BootRep
 
 /// First line of `/diskforge-big.txt` in `iso`, read with `osirrox` (independent reader).
 fn first_line_on_host(iso: &Path, dir: &Path) -> String {
-    let dst = dir.join("big.out");
-    diskforge_cmd::Cmd::new("osirrox")
-        .arg("-indev")
-        .arg(iso)
-        .args(["-osirrox", "on", "-extract", "/diskforge-big.txt"])
-        .arg(&dst)
-        .run()
-        .unwrap();
-    let text = std::fs::read_to_string(&dst).unwrap();
+    let data = diskforge_testutil::iso::extract(iso, "/diskforge-big.txt", dir).unwrap();
+    let text = String::from_utf8_lossy(&data);
     text.lines().next().unwrap_or_default().to_owned()
 }
 

@@ -5,6 +5,7 @@
 //!   that it left nothing behind ([`KernelState::assert_nothing_new`]).
 //! - [`scratch_dir`] makes a temporary directory on a real disk filesystem (not tmpfs), which
 //!   overlayfs upper/work dirs and loop backing files need.
+//! - [`iso`] reads ISO results back with independent tools (El Torito entries, file bytes).
 //!
 //! It never tears anything down itself: a leak is a test failure, not something to tidy.
 
@@ -138,5 +139,55 @@ pub fn stderr_into_closed_pipe(bin: &str, args: &str) -> String {
     match out {
         Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
         Err(e) => format!("running {bin} {args}: {e}"),
+    }
+}
+
+/// ISO checks with independent tools (xorriso, osirrox), shared by the ISO tests on the host,
+/// in the VM and in `diskforge-iso-fixture`.
+pub mod iso {
+    use std::path::Path;
+
+    use diskforge_cmd::Cmd;
+
+    fn io(e: diskforge_cmd::Error) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+
+    /// `xorriso -report_el_torito plain`: the boot image lines without their LBA column (a
+    /// rebuild moves images) and the image path lines — equal lists mean the same entries.
+    pub fn el_torito_entries(iso: &Path) -> std::io::Result<Vec<String>> {
+        let text = Cmd::new("xorriso")
+            .arg("-indev")
+            .arg(iso)
+            .args(["-report_el_torito", "plain"])
+            .read()
+            .map_err(io)?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("El Torito boot img") || l.starts_with("El Torito img path"))
+            .map(|l| {
+                let mut t: Vec<&str> = l.split_whitespace().collect();
+                if l.starts_with("El Torito boot img") {
+                    t.pop();
+                }
+                t.join(" ")
+            })
+            .collect())
+    }
+
+    /// The bytes of `path` in `iso`, extracted with `osirrox` into `scratch`.
+    pub fn extract(iso: &Path, path: &str, scratch: &Path) -> std::io::Result<Vec<u8>> {
+        let dst = scratch.join(format!("extracted{}", path.replace('/', "_")));
+        let _ = std::fs::remove_file(&dst);
+        Cmd::new("osirrox")
+            .arg("-indev")
+            .arg(iso)
+            .args(["-osirrox", "on", "-extract", path])
+            .arg(&dst)
+            .run()
+            .map_err(io)?;
+        let data = std::fs::read(&dst)?;
+        std::fs::remove_file(&dst)?;
+        Ok(data)
     }
 }
