@@ -243,6 +243,12 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// One line per put and removal, saying why.
+    fn notes(&self) -> impl Iterator<Item = String> + '_ {
+        let puts = self.puts.iter().map(|p| format!("{}: {}", p.dest, p.why));
+        puts.chain(self.removes.iter().map(|r| format!("{r}: removed")))
+    }
+
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty()
@@ -793,6 +799,19 @@ fn implant_file(
     })
 }
 
+/// Inspect `output` (a timed step) and check it kept the boot setup of `before`.
+fn verify_boot(
+    steps: &mut Vec<Step>,
+    progress: &mut dyn FnMut(Event<'_>),
+    before: &Inspection,
+    output: &Path,
+) -> Result<()> {
+    let after = timed(steps, "verify boot entries", progress, |_| {
+        crate::inspect(output)
+    })?;
+    check_boot_preserved(before, &after)
+}
+
 /// Compare the boot setup of input and output; an error lists the differences.
 pub fn check_boot_preserved(before: &Inspection, after: &Inspection) -> Result<()> {
     let sig = |i: &Inspection| {
@@ -966,13 +985,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
             notes.push(format!("volume id: {v}"));
         }
         if plan.is_none() {
-            notes.extend(
-                changes
-                    .puts
-                    .iter()
-                    .map(|p| format!("{}: {}", p.dest, p.why)),
-            );
-            notes.extend(changes.removes.iter().map(|r| format!("{r}: removed")));
+            notes.extend(changes.notes());
             notes.extend(
                 changes
                     .raw
@@ -1029,10 +1042,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
                 })?;
             }
             if mode == Mode::Direct {
-                let after = timed(&mut steps, "verify boot entries", progress, |_| {
-                    crate::inspect(staged.path())
-                })?;
-                check_boot_preserved(&insp, &after)?;
+                verify_boot(&mut steps, progress, &insp, staged.path())?;
             }
             staged.publish()?;
             out.clone()
@@ -1105,17 +1115,8 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
             if req.implant_md5 && md5.is_none() {
                 md5 = Some(implant_file(staged.path(), &mut steps, progress)?);
             }
-            let after = timed(&mut steps, "verify boot entries", progress, |_| {
-                crate::inspect(staged.path())
-            })?;
-            check_boot_preserved(&insp, &after)?;
-            notes.extend(
-                changes
-                    .puts
-                    .iter()
-                    .map(|p| format!("{}: {}", p.dest, p.why)),
-            );
-            notes.extend(changes.removes.iter().map(|r| format!("{r}: removed")));
+            verify_boot(&mut steps, progress, &insp, staged.path())?;
+            notes.extend(changes.notes());
             staged.publish()?;
             out.clone()
         }
