@@ -605,6 +605,43 @@ fn full_directories_are_rewritten_in_both_trees() -> R {
     Ok(())
 }
 
+/// An image without padding (`-no-pad`: the last file reaches the end of the volume) cannot
+/// grow before its isomd5sum skip area without splitting that file: direct mode leaves it to
+/// xorriso, and the last file and the new one read back intact.
+#[test]
+fn direct_does_not_grow_through_a_file() -> R {
+    let dir = tempfile::tempdir()?;
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree)?;
+    let last: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(tree.join("last.bin"), &last)?;
+    let iso = dir.path().join("nopad.iso");
+    Cmd::new("xorriso")
+        .args(["-as", "mkisofs", "-R", "-J", "-no-pad", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .run()?;
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 1 << 20])?;
+    let out = dir.path().join("out.iso");
+    let mut req = Request::new(&iso);
+    req.output = Some(out.clone());
+    req.mode = Mode::Direct;
+    req.edits.push(Edit::Add {
+        src: big.clone(),
+        dest: "/big.bin".into(),
+    });
+    let o = remaster(&req, &mut |_| {})?;
+    assert!(
+        o.reason.contains("where the image would grow") && o.reason.contains("xorriso"),
+        "{}",
+        o.reason
+    );
+    assert_eq!(extract(&out, "/last.bin", dir.path())?, last);
+    assert_eq!(extract(&out, "/big.bin", dir.path())?, std::fs::read(&big)?);
+    Ok(())
+}
+
 #[test]
 fn bad_input_names_the_value_and_leaves_no_output() -> R {
     let dir = tempfile::tempdir()?;

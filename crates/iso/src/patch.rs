@@ -483,10 +483,15 @@ pub fn plan(
             limit = limit.min(start / 4);
         }
     }
-    if grow && last_start >= limit {
+    // Growing inserts blocks at `limit`: nothing the trees reference may lie across or after it.
+    if grow && (last_start >= limit || used_end > limit) {
         return Ok(Err(format!(
-            "a file starts at block {last_start}, past the free space that would grow"
+            "data reaches block {}, past block {limit} where the image would grow",
+            last_start.max(used_end)
         )));
+    }
+    if grow && let Some(why) = unmovable_tail(vol, hybrid, limit, vb)? {
+        return Ok(Err(why));
     }
     let mut p = Planner {
         vol,
@@ -1338,6 +1343,52 @@ fn write_path_tables(
     }
     p.write_range(dpos + 132, &both32(new_size))?;
     Ok(Ok(()))
+}
+
+/// Why the part of the volume after `limit` cannot move up, if it cannot: an Apple partition
+/// map (we do not rewrite it), or data that no partition table describes (nothing we know of
+/// would follow it).
+fn unmovable_tail(vol: &Volume, hybrid: &Hybrid, limit: u64, vb: u64) -> Result<Option<NoFit>> {
+    let head = vol.src.read_vec(0, 1024)?;
+    if &head[512..514] == b"PM" || &head[..2] == b"ER" {
+        return Ok(Some(
+            "the image has an Apple partition map, which growing would leave stale".into(),
+        ));
+    }
+    // Byte ranges that move with their tables: partitions past the point, the backup GPT.
+    let mut parts: Vec<(u64, u64)> = hybrid
+        .partition_ranges()
+        .into_iter()
+        .filter(|(start, _)| *start >= limit * 4)
+        .map(|(start, len)| (start * 512, start * 512 + len))
+        .collect();
+    if let Some(backup) = hybrid.gpt_backup_lba
+        && backup * 512 + 512 <= vol.src.len()
+    {
+        parts.push((backup * 512, (backup + 1) * 512));
+        let h = vol.src.read_vec(backup * 512, 512)?;
+        if &h[..8] == b"EFI PART" {
+            let at = le64(&h, 72) * 512;
+            parts.push((at, at + u64::from(le32(&h, 80)) * u64::from(le32(&h, 84))));
+        }
+    }
+    // Sector by sector: a GPT array may start mid-block.
+    let end = (vb * SECTOR).min(vol.src.len());
+    let data = vol
+        .src
+        .read_vec(limit * SECTOR, end.saturating_sub(limit * SECTOR) as usize)?;
+    for (i, sector) in data.chunks(512).enumerate() {
+        let off = limit * SECTOR + i as u64 * 512;
+        if parts.iter().any(|(a, b)| off >= *a && off < *b) {
+            continue;
+        }
+        if sector.iter().any(|b| *b != 0) {
+            return Ok(Some(format!(
+                "byte {off} after the free space holds data no table describes"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 fn set32(b: &mut [u8], at: usize, v: u32) {
