@@ -490,6 +490,12 @@ pub fn plan(
             last_start.max(used_end)
         )));
     }
+    if grow && vol.src.len() < limit * SECTOR {
+        return Ok(Err(format!(
+            "the file ends at byte {}, before its volume does",
+            vol.src.len()
+        )));
+    }
     if grow && let Some(why) = unmovable_tail(vol, hybrid, limit, vb)? {
         return Ok(Err(why));
     }

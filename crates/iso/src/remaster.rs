@@ -676,16 +676,10 @@ fn copy_for_plan(src: &Path, dst: &Path, plan: &PatchPlan) -> Result<()> {
     output
         .set_len(plan.output_len(len))
         .map_err(|e| Error::io("sizing", dst, e))?;
-    copy_range(&input, src, 0, &output, dst, 0, ins.at)?;
-    copy_range(
-        &input,
-        src,
-        ins.at,
-        &output,
-        dst,
-        ins.at + ins.len,
-        len - ins.at,
-    )?;
+    // The plan only inserts inside the file (it refuses a file that ends before the point).
+    let head = ins.at.min(len);
+    copy_range(&input, src, 0, &output, dst, 0, head)?;
+    copy_range(&input, src, head, &output, dst, head + ins.len, len - head)?;
     Ok(())
 }
 
@@ -723,8 +717,9 @@ fn copy_range(
         }
     }
     // Fallback for what copy_file_range refused (e.g. EXDEV, ENOSYS).
-    let mut buf = vec![0u8; IO_BUF];
+    let mut buf = Vec::new();
     while off_in < end {
+        buf.resize(IO_BUF, 0);
         let n = (end - off_in).min(IO_BUF as u64) as usize;
         input
             .read_exact_at(&mut buf[..n], off_in)
