@@ -483,22 +483,6 @@ pub fn plan(
             limit = limit.min(start / 4);
         }
     }
-    // Growing inserts blocks at `limit`: nothing the trees reference may lie across or after it.
-    if grow && (last_start >= limit || used_end > limit) {
-        return Ok(Err(format!(
-            "data reaches block {}, past block {limit} where the image would grow",
-            last_start.max(used_end)
-        )));
-    }
-    if grow && vol.src.len() < limit * SECTOR {
-        return Ok(Err(format!(
-            "the file ends at byte {}, before its volume does",
-            vol.src.len()
-        )));
-    }
-    if grow && let Some(why) = unmovable_tail(vol, hybrid, limit, vb)? {
-        return Ok(Err(why));
-    }
     let mut p = Planner {
         vol,
         blocks: BTreeMap::new(),
@@ -943,6 +927,23 @@ pub fn plan(
     }
 
     let insert = if p.next_free > limit {
+        // Blocks go in at `limit`: nothing referenced may lie across or after it, and what
+        // moves up must be described by tables that follow it.
+        if last_start >= limit || used_end > limit {
+            return Ok(Err(format!(
+                "data reaches block {}, past block {limit} where the image would grow",
+                last_start.max(used_end)
+            )));
+        }
+        if vol.src.len() < limit * SECTOR {
+            return Ok(Err(format!(
+                "the file ends at byte {}, before its volume does",
+                vol.src.len()
+            )));
+        }
+        if let Some(why) = unmovable_tail(vol, hybrid, limit, vb)? {
+            return Ok(Err(why));
+        }
         let blocks = (p.next_free - limit).div_ceil(GROW_ALIGN) * GROW_ALIGN;
         let ins = Insert {
             at: limit * SECTOR,

@@ -49,9 +49,11 @@ fn time(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
+    // `--bins` too: `--example` alone selects only the example and would leave a stale
+    // iso-remaster binary in place.
     cmd!(
         sh,
-        "cargo build --release -p iso-remaster -p diskforge-iso --example sample"
+        "cargo build --release -p iso-remaster -p diskforge-iso --bins --example sample"
     )
     .run()?;
     let tool = root.join("target/release/iso-remaster");
