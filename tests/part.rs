@@ -947,3 +947,51 @@ fn disks_past_2tib() {
         "{err}"
     );
 }
+
+/// `diskforge_loop::read_partition_table` (the loop crate's minimal reader, used where the
+/// kernel makes no `pN` nodes) finds the logical partitions of an MBR table that `sfdisk`
+/// wrote, numbered and placed as `sfdisk --json` reports them.
+#[test]
+fn loop_reader_sees_logical_partitions_like_sfdisk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("logical.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 * MIB))
+        .expect("image");
+    Cmd::new("sfdisk")
+        .arg(&img)
+        .stdin_bytes(
+            "label: dos\n,8M,L\n,40M,E\n,6M,L\n,4M,83\n,10M,L\n"
+                .as_bytes()
+                .to_vec(),
+        )
+        .run()
+        .expect("sfdisk");
+    let v: Value = Cmd::new("sfdisk")
+        .arg("--json")
+        .arg(&img)
+        .json()
+        .expect("sfdisk --json");
+    let want: Vec<(u32, u64, u64)> = v["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap_or_default();
+            let n = node.rsplit_once(".img").map_or("0", |(_, n)| n);
+            (
+                n.parse().unwrap_or(0),
+                p["start"].as_u64().unwrap_or(0) * 512,
+                p["size"].as_u64().unwrap_or(0) * 512,
+            )
+        })
+        .collect();
+    let got: Vec<(u32, u64, u64)> = diskforge_loop::read_partition_table(&img)
+        .expect("read")
+        .iter()
+        .map(|e| (e.number, e.start, e.size))
+        .collect();
+    assert_eq!(want.len(), 5, "{want:?}");
+    // sfdisk lists the extended container with its full size, as we do.
+    assert_eq!(got, want);
+}

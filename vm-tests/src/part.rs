@@ -75,6 +75,30 @@ fn check(img: &Path) -> Result<usize> {
                 );
             }
         }
+        // The loop crate's own minimal reader (used where no pN nodes exist) agrees too, for
+        // every partition both list (the extended container's node is the kernel's 1 KiB stub).
+        let ours = diskforge_loop::read_partition_table(img)?;
+        for p in &parts {
+            let Some(e) = ours.iter().find(|e| e.number == p.number) else {
+                bail!(
+                    "{}: diskforge-loop's reader has no partition {}",
+                    img.display(),
+                    p.number
+                );
+            };
+            let kernel = (
+                sysfs(&dev, p.number, "start")? * 512,
+                sysfs(&dev, p.number, "size")? * 512,
+            );
+            if (e.start, e.size) != kernel {
+                bail!(
+                    "{dev}p{}: kernel {kernel:?}, diskforge-loop ({}, {})",
+                    p.number,
+                    e.start,
+                    e.size
+                );
+            }
+        }
         Ok(())
     })();
     Cmd::new("losetup").arg("-d").arg(&dev).run()?;

@@ -16,8 +16,8 @@
 //! Partitions ([`LoopDevice::partition`]): the kernel's `loopNpK` node when partition
 //! scanning made one, otherwise the start and size read from the GPT or MBR on the device,
 //! which [`LoopDevice::open_partition`] turns into a second loop device with an offset and a
-//! size limit. The table reader is deliberately minimal (primary partitions only); writing
-//! tables is `diskforge-part`'s job.
+//! size limit. The table reader is deliberately minimal (GPT, MBR primaries, the EBR chain of
+//! logical partitions); writing tables is `diskforge-part`'s job.
 //!
 //! It does not mount anything (`diskforge-mount`), does not run `losetup`, and never detaches
 //! devices it did not attach except through the explicit [`detach`] function.

@@ -133,7 +133,8 @@ impl LoopDevice {
 }
 
 /// Read the partition table of a device or image file: GPT (512- or 4096-byte sectors), else
-/// the four MBR primary entries. Empty slots are skipped.
+/// the four MBR primary entries and the logical partitions of an extended one (numbered from
+/// 5, like the kernel's `pN` nodes). Empty slots are skipped.
 pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEntry>> {
     let device = device.as_ref();
     let f = File::open(device).map_err(|source| Error::Read {
@@ -190,6 +191,7 @@ pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEnt
         return Err(table_err("no GPT header and no MBR signature".into()));
     }
     let mut out = Vec::new();
+    let mut extended = None;
     for i in 0..4 {
         let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
         let ptype = e[4];
@@ -207,9 +209,51 @@ pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEnt
             start: lba * 512,
             size: sectors * 512,
         });
+        if EXTENDED.contains(&ptype) {
+            extended = Some(lba);
+        }
+    }
+    // Logical partitions: the EBR chain in the extended partition, numbered from 5 as the
+    // kernel does. Each EBR's first entry is relative to that EBR, its link to the extended
+    // partition's start.
+    if let Some(ext) = extended {
+        let mut ebr = ext;
+        let mut number = 5;
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            if !seen.insert(ebr) || seen.len() > MAX_LOGICAL {
+                return Err(table_err(format!(
+                    "the EBR chain loops or is too long at sector {ebr}"
+                )));
+            }
+            let b = read_at(ebr * 512, 512)?;
+            if b[510..512] != [0x55, 0xAA] {
+                return Err(table_err(format!("no EBR signature at sector {ebr}")));
+            }
+            let (l, link) = (&b[446..462], &b[462..478]);
+            let sectors = u64::from(le_u32(&l[12..16]));
+            if l[4] != 0 && sectors != 0 {
+                out.push(PartitionEntry {
+                    number,
+                    start: (ebr + u64::from(le_u32(&l[8..12]))) * 512,
+                    size: sectors * 512,
+                });
+                number += 1;
+            }
+            if !EXTENDED.contains(&link[4]) || le_u32(&link[12..16]) == 0 {
+                break;
+            }
+            ebr = ext + u64::from(le_u32(&link[8..12]));
+        }
     }
     Ok(out)
 }
+
+/// MBR types of an extended partition (CHS, LBA, Linux).
+const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
+
+/// Logical partitions followed at most (the kernel's msdos parser stops far earlier).
+const MAX_LOGICAL: usize = 256;
 
 fn le_u32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];
@@ -265,6 +309,64 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn reads_logical_partitions_from_the_ebr_chain() {
+        // Primary 1, extended 2 at 4096; logicals at EBR 4096 (+2048) and EBR 12288 (+2048).
+        let mut img = mbr_image(&[(0x83, 2048, 2048), (0x0f, 4096, 20480)]);
+        img.resize(16 << 20, 0);
+        let ebr = |img: &mut Vec<u8>, at: usize, l: (u32, u32), next: Option<(u32, u32)>| {
+            let b = at * 512;
+            img[b + 446 + 4] = 0x83;
+            img[b + 446 + 8..b + 446 + 12].copy_from_slice(&l.0.to_le_bytes());
+            img[b + 446 + 12..b + 446 + 16].copy_from_slice(&l.1.to_le_bytes());
+            if let Some((start, size)) = next {
+                img[b + 462 + 4] = 0x05;
+                img[b + 462 + 8..b + 462 + 12].copy_from_slice(&start.to_le_bytes());
+                img[b + 462 + 12..b + 462 + 16].copy_from_slice(&size.to_le_bytes());
+            }
+            img[b + 510] = 0x55;
+            img[b + 511] = 0xAA;
+        };
+        ebr(&mut img, 4096, (2048, 4096), Some((8192, 6144)));
+        ebr(&mut img, 12288, (2048, 4096), None);
+        let p = std::env::temp_dir().join(format!("dfloop-ebr-{}", std::process::id()));
+        std::fs::write(&p, &img).unwrap();
+        let t = read_partition_table(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let got: Vec<(u32, u64, u64)> = t
+            .iter()
+            .map(|e| (e.number, e.start / 512, e.size / 512))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 2048, 2048),
+                (2, 4096, 20480),
+                (5, 6144, 4096),
+                (6, 14336, 4096)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_looping_ebr_chain_is_an_error() {
+        let mut img = mbr_image(&[(0x05, 2048, 8192)]);
+        img.resize(8 << 20, 0);
+        let b = 2048 * 512;
+        img[b + 446 + 4] = 0x83;
+        img[b + 446 + 8] = 1;
+        img[b + 446 + 12] = 8;
+        img[b + 462 + 4] = 0x05; // links back to itself (offset 0 from the extended start)
+        img[b + 462 + 12] = 8;
+        img[b + 510] = 0x55;
+        img[b + 511] = 0xAA;
+        let p = std::env::temp_dir().join(format!("dfloop-loop-{}", std::process::id()));
+        std::fs::write(&p, &img).unwrap();
+        let e = read_partition_table(&p).unwrap_err().to_string();
+        std::fs::remove_file(&p).unwrap();
+        assert!(e.contains("EBR chain loops"), "{e}");
     }
 
     #[test]
