@@ -642,6 +642,74 @@ fn direct_does_not_grow_through_a_file() -> R {
     Ok(())
 }
 
+/// New directories keep Rock Ridge link counts right: on an image whose directories count
+/// their subdirectories (`genisoimage -R`), adding `mkdir -p`-style paths gives every
+/// directory record (`.`, `..` and the names in parents) the same link count as
+/// `genisoimage` itself writes for the edited tree.
+#[test]
+fn rock_ridge_link_counts_match_a_rebuild() -> R {
+    let dir = tempfile::tempdir()?;
+    let t = dir.path().join("tree");
+    for d in ["docs/a", "boot/grub", "empty"] {
+        std::fs::create_dir_all(t.join(d))?;
+    }
+    std::fs::write(t.join("docs/a/f"), "x\n")?;
+    std::fs::write(t.join("boot/grub/g"), "y\n")?;
+    let mkiso = |tree: &Path, out: &Path| -> anyhow::Result<()> {
+        Cmd::new("genisoimage")
+            .args(["-quiet", "-R", "-J", "-o"])
+            .arg(out)
+            .arg(tree)
+            .run()?;
+        Ok(())
+    };
+    let (a, b, c) = (
+        dir.path().join("a.iso"),
+        dir.path().join("b.iso"),
+        dir.path().join("c.iso"),
+    );
+    mkiso(&t, &a)?;
+    let q = dir.path().join("q.cfg");
+    std::fs::write(&q, "z\n")?;
+    let added = ["/newdir/sub/q.cfg", "/docs/newsub/q.cfg", "/empty/n/q.cfg"];
+    let mut req = Request::new(&a);
+    req.output = Some(b.clone());
+    for d in added {
+        req.edits.push(Edit::Add {
+            src: q.clone(),
+            dest: d.into(),
+        });
+        let f = t.join(d.trim_start_matches('/'));
+        std::fs::create_dir_all(f.parent().expect("has a parent"))?;
+        std::fs::copy(&q, &f)?;
+    }
+    remaster(&req, &mut |_| {})?;
+    mkiso(&t, &c)?;
+    // Every directory line of the Rock Ridge listing: where, name, link count.
+    let dirs = |iso: &Path| -> anyhow::Result<Vec<String>> {
+        let l = Cmd::new("isoinfo")
+            .args(["-R", "-l", "-i"])
+            .arg(iso)
+            .read()?;
+        let mut at = String::new();
+        let mut v = Vec::new();
+        for line in l.lines() {
+            if let Some(d) = line.strip_prefix("Directory listing of ") {
+                at = d.trim().to_owned();
+            } else if line.starts_with('d') {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                v.push(format!("{at} {} {}", w[w.len() - 1], w[1]));
+            }
+        }
+        v.sort();
+        Ok(v)
+    };
+    let (ours, theirs) = (dirs(&b)?, dirs(&c)?);
+    assert!(ours.iter().any(|l| l == "/ newdir 3"), "{ours:?}");
+    assert_eq!(ours, theirs);
+    Ok(())
+}
+
 #[test]
 fn bad_input_names_the_value_and_leaves_no_output() -> R {
     let dir = tempfile::tempdir()?;

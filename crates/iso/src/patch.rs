@@ -18,9 +18,10 @@
 //!
 //! Anything else (removing a directory, multi-extent or ≥ 4 GiB files, a boot image that
 //! grows, Rock Ridge relocated directories) does not fit, and the caller falls back to
-//! xorriso. Not updated: the Rock Ridge link count (`PX` nlink) of a parent that gains a
-//! subdirectory (the kernel's isofs, xorriso and isoinfo read such images fine; a tool that
-//! counts subdirectories by link count would under-count).
+//! xorriso. Rock Ridge link counts follow the image's convention: where directories count
+//! their subdirectories (`PX` nlink ≥ 2 at the root), new directories get 2 + theirs and a
+//! parent that gains one is raised in its `.`, its record and its children's `..`; where
+//! they all say 1 ("unknown", as libisofs writes them), new ones say 1 too.
 //!
 //! **Growing** (`direct` mode, [`plan`] with `grow`): when new data needs more blocks than the
 //! padding has, the output gets zero blocks inserted at the end of the padding's usable part
@@ -692,6 +693,81 @@ pub fn plan(
                 });
         }
     }
+    // Rock Ridge link counts: a directory has 2 + its subdirectories.
+    let mut new_subdirs: BTreeMap<String, u32> = BTreeMap::new();
+    for path in &new_dirs {
+        *new_subdirs.entry(parent_and_name(path).0).or_default() += 1;
+    }
+    // Images whose directories all say 1 ("unknown", as libisofs writes them) keep that
+    // convention: new directories say 1 too and nothing is counted.
+    let rr_skip = vol.rock_ridge.map(|r| r.skip);
+    let root_dot = vol
+        .src
+        .read_vec(vol.primary.root.offset(), SECTOR as usize)?;
+    let counted = rr_skip.is_some_and(|skip| {
+        px_links(
+            &root_dot[..usize::from(root_dot[0]).min(root_dot.len())],
+            skip,
+        )
+        .is_some_and(|n| n >= 2)
+    });
+    if let (Some(skip), false) = (rr_skip, counted) {
+        for r in groups
+            .iter_mut()
+            .filter(|((k, _), _)| *k == TreeKind::Primary)
+            .flat_map(|(_, v)| v.iter_mut())
+            .filter(|r| r.subdir.is_some())
+        {
+            set_px_links(&mut r.bytes, skip, 1);
+        }
+    }
+    if let (Some(skip), true) = (rr_skip, counted) {
+        for r in groups
+            .iter_mut()
+            .filter(|((k, _), _)| *k == TreeKind::Primary)
+            .flat_map(|(_, v)| v.iter_mut())
+        {
+            if let Some(n) = r.subdir.as_ref().and_then(|d| new_subdirs.get(d)) {
+                bump_px_links(&mut r.bytes, skip, *n);
+            }
+        }
+        // Existing directories that gain subdirectories: their `.`, their record in the
+        // parent, and their children's `..` (before any of those blocks is moved).
+        for (path, n) in new_subdirs.iter().filter(|(d, _)| !new_dirs.contains(*d)) {
+            let Some(dir) = primary.dirs.get(path).copied() else {
+                continue;
+            };
+            let own = p.read_range(dir.offset(), dir.allocated() as usize)?;
+            let offs = record_offsets(&own, dir.len as usize);
+            let mut at = vec![];
+            at.extend(offs.first().map(|o| dir.offset() + *o as u64));
+            if path == "/" {
+                at.extend(offs.get(1).map(|o| dir.offset() + *o as u64));
+            } else {
+                let (parent, _) = parent_and_name(path);
+                if let Some(pd) = primary.dirs.get(&parent) {
+                    let pb = p.read_range(pd.offset(), pd.allocated() as usize)?;
+                    if let Some(o) = find_dir_record(&pb, pd.len as usize, dir.lba) {
+                        at.push(pd.offset() + o as u64);
+                    }
+                }
+            }
+            for o in offs.iter().skip(2).filter(|o| own[**o + 25] & 0x02 != 0) {
+                let child = u64::from(le32(&own, o + 2)) * SECTOR;
+                let cb = p.read_range(child, SECTOR as usize)?;
+                if let Some(dd) = record_offsets(&cb, SECTOR as usize).get(1) {
+                    at.push(child + *dd as u64);
+                }
+            }
+            for off in at {
+                let len = usize::from(p.read_range(off, 1)?[0]);
+                let mut rec = p.read_range(off, len)?;
+                if bump_px_links(&mut rec, skip, *n) {
+                    p.write_range(off, &rec)?;
+                }
+            }
+        }
+    }
     // Place the new directories: their size is known from their records' lengths.
     let mut placed_dirs: BTreeMap<(TreeKind, String), (u32, u32)> = BTreeMap::new();
     let mut new_children = std::collections::BTreeSet::new();
@@ -806,6 +882,31 @@ pub fn plan(
         dot[25] = 0x02;
         let mut dotdot = build_record(plba, plen, &date, &[1], &su);
         dotdot[25] = 0x02;
+        if let (TreeKind::Primary, Some(skip), false) = (kind, rr_skip, counted) {
+            set_px_links(&mut dot, skip, 1);
+            set_px_links(&mut dotdot, skip, 1);
+        }
+        if let (TreeKind::Primary, Some(skip), true) = (kind, rr_skip, counted) {
+            bump_px_links(&mut dot, skip, new_subdirs.get(path).copied().unwrap_or(0));
+            // `..` carries the parent's count: a new parent's, or the existing one's `.`.
+            let parent_links = if new_dirs.contains(&parent) {
+                Some(2 + new_subdirs.get(&parent).copied().unwrap_or(0))
+            } else {
+                match primary.dirs.get(&parent) {
+                    Some(e) => {
+                        let b = match moved.get(&(TreeKind::Primary, e.lba)) {
+                            Some((_, d)) => d[..SECTOR as usize].to_vec(),
+                            None => p.read_range(e.offset(), SECTOR as usize)?,
+                        };
+                        px_links(&b[..usize::from(b[0])], skip)
+                    }
+                    None => None,
+                }
+            };
+            if let Some(n) = parent_links {
+                bump_px_links(&mut dotdot, skip, n.saturating_sub(2));
+            }
+        }
         let mut recs: Vec<Vec<u8>> = groups
             .get(&(*kind, path.clone()))
             .map(|v| v.iter().map(|r| r.bytes.clone()).collect())
@@ -1396,6 +1497,50 @@ fn unmovable_tail(vol: &Volume, hybrid: &Hybrid, limit: u64, vb: u64) -> Result<
         }
     }
     Ok(None)
+}
+
+/// The `PX` entry of a record (in the record itself, after `skip` bytes of the system use
+/// area): its byte offset in `rec`.
+fn px_at(rec: &[u8], skip: u8) -> Option<usize> {
+    let nl = usize::from(*rec.get(32)?);
+    let su = 33 + nl + usize::from(nl.is_multiple_of(2)) + usize::from(skip);
+    let mut at = su;
+    while at + 4 <= rec.len() {
+        let len = usize::from(rec[at + 2]);
+        if len < 4 || at + len > rec.len() {
+            return None;
+        }
+        if &rec[at..at + 2] == b"PX" && len >= 20 {
+            return Some(at);
+        }
+        if &rec[at..at + 2] == b"ST" {
+            return None;
+        }
+        at += len;
+    }
+    None
+}
+
+/// Rock Ridge link count of a record, when its `PX` is in the record.
+fn px_links(rec: &[u8], skip: u8) -> Option<u32> {
+    px_at(rec, skip).map(|at| le32(rec, at + 12))
+}
+
+/// Add `n` to a record's Rock Ridge link count; false when it has no `PX` in the record.
+fn bump_px_links(rec: &mut [u8], skip: u8, n: u32) -> bool {
+    match px_links(rec, skip) {
+        Some(v) => set_px_links(rec, skip, v.saturating_add(n)),
+        None => false,
+    }
+}
+
+/// Set a record's Rock Ridge link count; false when it has no `PX` in the record.
+fn set_px_links(rec: &mut [u8], skip: u8, v: u32) -> bool {
+    let Some(at) = px_at(rec, skip) else {
+        return false;
+    };
+    rec[at + 12..at + 20].copy_from_slice(&both32(v));
+    true
 }
 
 fn set32(b: &mut [u8], at: usize, v: u32) {
