@@ -6,10 +6,17 @@
 use diskforge_iso::sample::{SampleOptions, build_sample};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str = "usage: sample DIR [--bytes N] [--files K] [--appended-esp]";
     let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .ok_or("usage: sample DIR [--bytes N] [--files K] [--appended-esp]")?;
+    let dir = args.next().ok_or(USAGE)?;
+    // Not a directory named "--help" in the current one.
+    if dir.starts_with('-') {
+        if dir == "-h" || dir == "--help" {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        return Err(format!("{dir:?}: DIR comes first\n{USAGE}").into());
+    }
     let mut opts = SampleOptions::default();
     while let Some(a) = args.next() {
         match a.as_str() {
