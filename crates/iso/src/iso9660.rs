@@ -404,13 +404,11 @@ impl Volume {
         if len < 34 || len > sec.len() {
             return Ok(None);
         }
-        let name_len = usize::from(sec[32]);
-        let su_start = 33 + name_len + usize::from(name_len.is_multiple_of(2));
-        let su = &sec[su_start.min(len)..len];
+        let su = &sec[su_start(&sec, 0).min(len)..len];
         if su.len() >= 7 && &su[0..2] == b"SP" && su[4] == 0xbe && su[5] == 0xef {
             let skip = su[6];
             let mut px_len = 44;
-            walk_susp_area(su, |sig, e| {
+            walk_susp_area(su, |sig, _, e| {
                 if sig == *b"PX" {
                     px_len = e.len() as u8;
                 }
@@ -449,10 +447,9 @@ impl Volume {
             relocated: false,
         };
         if let (true, Some(rrinfo)) = (rr, self.rock_ridge) {
-            let su_start =
-                33 + name_len + usize::from(name_len.is_multiple_of(2)) + usize::from(rrinfo.skip);
-            if su_start < len {
-                self.read_susp(&r[su_start..], &mut rec)?;
+            let su = su_start(r, rrinfo.skip);
+            if su < len {
+                self.read_susp(&r[su..], &mut rec)?;
             }
         }
         Ok(rec)
@@ -467,7 +464,7 @@ impl Volume {
         loop {
             let mut ce = None;
             let a = cont.as_deref().unwrap_or(area);
-            walk_susp_area(a, |sig, e| match &sig {
+            walk_susp_area(a, |sig, _, e| match &sig {
                 b"NM" if e.len() >= 5 => {
                     let flags = e[4];
                     if flags & 0x06 == 0 {
@@ -613,9 +610,16 @@ impl Volume {
     }
 }
 
-/// Call `f(signature, entry)` for each SUSP entry in one system use area (stops at `ST`, at a
-/// zero length, or where an entry would overflow the area).
-pub(crate) fn walk_susp_area(area: &[u8], mut f: impl FnMut([u8; 2], &[u8])) {
+/// Where the system use area of the directory record at the start of `rec` begins: after
+/// the name, its padding byte, and `skip` bytes (the `SP` entry's LEN_SKP).
+pub(crate) fn su_start(rec: &[u8], skip: u8) -> usize {
+    let name_len = usize::from(rec[32]);
+    33 + name_len + usize::from(name_len.is_multiple_of(2)) + usize::from(skip)
+}
+
+/// Call `f(signature, offset in area, entry)` for each SUSP entry in one system use area
+/// (stops at `ST`, at a zero length, or where an entry would overflow the area).
+pub(crate) fn walk_susp_area(area: &[u8], mut f: impl FnMut([u8; 2], usize, &[u8])) {
     let mut at = 0;
     while at + 4 <= area.len() {
         let len = usize::from(area[at + 2]);
@@ -626,7 +630,7 @@ pub(crate) fn walk_susp_area(area: &[u8], mut f: impl FnMut([u8; 2], &[u8])) {
         if &sig == b"ST" {
             break;
         }
-        f(sig, &area[at..at + len]);
+        f(sig, at, &area[at..at + len]);
         at += len;
     }
 }

@@ -144,9 +144,15 @@ impl IsoMd5 {
 
     /// The default hasher (15 skipped sectors, 20 fragments) for an opened volume.
     pub fn for_volume(vol: &Volume) -> Self {
+        Self::for_blocks(u64::from(vol.primary.volume_blocks), vol.primary.lba)
+    }
+
+    /// The default hasher for a volume of `volume_blocks` blocks whose primary volume
+    /// descriptor is at block `pvd_lba` (an output not written yet).
+    pub fn for_blocks(volume_blocks: u64, pvd_lba: u32) -> Self {
         Self::new(
-            u64::from(vol.primary.volume_blocks) * SECTOR,
-            u64::from(vol.primary.lba) * SECTOR,
+            volume_blocks * SECTOR,
+            u64::from(pvd_lba) * SECTOR,
             SKIP_SECTORS,
             FRAGMENT_COUNT,
         )

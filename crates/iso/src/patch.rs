@@ -35,7 +35,10 @@
 use std::collections::BTreeMap;
 
 use crate::boot::Hybrid;
-use crate::iso9660::{Extent, NodeKind, SECTOR, Tree, TreeKind, Volume, both32, le16, le32, le64};
+use crate::iso9660::{
+    Extent, NodeKind, SECTOR, Tree, TreeKind, Volume, both32, le16, le32, le64, su_start,
+    walk_susp_area,
+};
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, SKIP_SECTORS};
 use crate::remaster::{Changes, parent_and_name};
 use crate::{Error, Result};
@@ -230,8 +233,7 @@ impl Planner<'_> {
     fn set_record(&mut self, offset: u64, lba: u32, size: u32) -> Result<()> {
         let at = (offset % SECTOR) as usize;
         let b = self.block(offset / SECTOR)?;
-        b[at + 2..at + 10].copy_from_slice(&both32(lba));
-        b[at + 10..at + 18].copy_from_slice(&both32(size));
+        set_extent(&mut b[at..], lba, size);
         Ok(())
     }
 
@@ -354,8 +356,7 @@ fn build_record(lba: u32, size: u32, date: &[u8], ident: &[u8], su: &[u8]) -> Ve
     len += len % 2;
     let mut r = vec![0u8; len];
     r[0] = len as u8;
-    r[2..10].copy_from_slice(&both32(lba));
-    r[10..18].copy_from_slice(&both32(size));
+    set_extent(&mut r, lba, size);
     r[18..25].copy_from_slice(&date[..7]);
     r[28..32].copy_from_slice(&[1, 0, 0, 1]);
     r[32] = ident.len() as u8;
@@ -699,18 +700,22 @@ pub fn plan(
         *new_subdirs.entry(parent_and_name(path).0).or_default() += 1;
     }
     // Images whose directories all say 1 ("unknown", as libisofs writes them) keep that
-    // convention: new directories say 1 too and nothing is counted.
-    let rr_skip = vol.rock_ridge.map(|r| r.skip);
-    let root_dot = vol
-        .src
-        .read_vec(vol.primary.root.offset(), SECTOR as usize)?;
-    let counted = rr_skip.is_some_and(|skip| {
-        px_links(
-            &root_dot[..usize::from(root_dot[0]).min(root_dot.len())],
-            skip,
-        )
-        .is_some_and(|n| n >= 2)
-    });
+    // convention: new directories say 1 too and nothing is counted. Only read when
+    // directories are created (not on the in-place hot path).
+    let rr_skip = vol
+        .rock_ridge
+        .map(|r| r.skip)
+        .filter(|_| !new_dirs.is_empty());
+    let counted = match rr_skip {
+        Some(skip) => {
+            let root_dot = vol
+                .src
+                .read_vec(vol.primary.root.offset(), SECTOR as usize)?;
+            let len = usize::from(root_dot[0]).min(root_dot.len());
+            px_links(&root_dot[..len], skip).is_some_and(|n| n >= 2)
+        }
+        None => false,
+    };
     if let (Some(skip), false) = (rr_skip, counted) {
         for r in groups
             .iter_mut()
@@ -798,8 +803,7 @@ pub fn plan(
                 .as_ref()
                 .and_then(|d| placed_dirs.get(&(*kind, d.clone())))
             {
-                r.bytes[2..10].copy_from_slice(&both32(lba));
-                r.bytes[10..18].copy_from_slice(&both32(len));
+                set_extent(&mut r.bytes, lba, len);
             }
         }
     }
@@ -1183,11 +1187,10 @@ fn relocate_dir(
         && let Some(rr) = p.vol.rock_ridge
     {
         for r in &recs {
-            let nl = usize::from(r[32]);
-            let su = 33 + nl + usize::from(nl.is_multiple_of(2)) + usize::from(rr.skip);
+            let su = su_start(r, rr.skip);
             let mut deep = false;
             if su < r.len() {
-                crate::iso9660::walk_susp_area(&r[su..], |sig, _| {
+                walk_susp_area(&r[su..], |sig, _, _| {
                     deep |= matches!(&sig, b"CL" | b"PL" | b"RE");
                 });
             }
@@ -1230,12 +1233,10 @@ fn relocate_dir(
     };
     let is_root = m.path == "/";
     // `.` (and the root's `..`) point at the new place.
-    data[2..10].copy_from_slice(&both32(lba32));
-    data[10..18].copy_from_slice(&both32(len32));
+    set_extent(&mut data, lba32, len32);
     if is_root {
         let at = usize::from(data[0]);
-        data[at + 2..at + 10].copy_from_slice(&both32(lba32));
-        data[at + 10..at + 18].copy_from_slice(&both32(len32));
+        set_extent(&mut data[at..], lba32, len32);
     }
     // The record that names it: the descriptor's root record, or one in the parent.
     if is_root {
@@ -1251,8 +1252,7 @@ fn relocate_dir(
                 let Some(at) = find_dir_record(pdata, n, old.lba) else {
                     return Ok(Err(format!("{} not found in its moved parent", m.path)));
                 };
-                pdata[at + 2..at + 10].copy_from_slice(&both32(lba32));
-                pdata[at + 10..at + 18].copy_from_slice(&both32(len32));
+                set_extent(&mut pdata[at..], lba32, len32);
             }
             None => {
                 let pblocks = p.read_range(pdir.offset(), pdir.allocated() as usize)?;
@@ -1277,8 +1277,7 @@ fn relocate_dir(
                 m.path
             )));
         }
-        first[at + 2..at + 10].copy_from_slice(&both32(lba32));
-        first[at + 10..at + 18].copy_from_slice(&both32(len32));
+        set_extent(&mut first[at..], lba32, len32);
     }
     moved.insert((m.kind, old.lba), (lba, data));
     Ok(Ok(format!(
@@ -1502,23 +1501,16 @@ fn unmovable_tail(vol: &Volume, hybrid: &Hybrid, limit: u64, vb: u64) -> Result<
 /// The `PX` entry of a record (in the record itself, after `skip` bytes of the system use
 /// area): its byte offset in `rec`.
 fn px_at(rec: &[u8], skip: u8) -> Option<usize> {
-    let nl = usize::from(*rec.get(32)?);
-    let su = 33 + nl + usize::from(nl.is_multiple_of(2)) + usize::from(skip);
-    let mut at = su;
-    while at + 4 <= rec.len() {
-        let len = usize::from(rec[at + 2]);
-        if len < 4 || at + len > rec.len() {
-            return None;
-        }
-        if &rec[at..at + 2] == b"PX" && len >= 20 {
-            return Some(at);
-        }
-        if &rec[at..at + 2] == b"ST" {
-            return None;
-        }
-        at += len;
+    let su = su_start(rec, skip);
+    let mut found = None;
+    if su < rec.len() {
+        walk_susp_area(&rec[su..], |sig, at, e| {
+            if found.is_none() && sig == *b"PX" && e.len() >= 20 {
+                found = Some(su + at);
+            }
+        });
     }
-    None
+    found
 }
 
 /// Rock Ridge link count of a record, when its `PX` is in the record.
@@ -1541,6 +1533,13 @@ fn set_px_links(rec: &mut [u8], skip: u8, v: u32) -> bool {
     };
     rec[at + 12..at + 20].copy_from_slice(&both32(v));
     true
+}
+
+/// Set the extent (location and data length, both-endian) of the directory record at the
+/// start of `rec`.
+fn set_extent(rec: &mut [u8], lba: u32, size: u32) {
+    rec[2..10].copy_from_slice(&both32(lba));
+    rec[10..18].copy_from_slice(&both32(size));
 }
 
 fn set32(b: &mut [u8], at: usize, v: u32) {

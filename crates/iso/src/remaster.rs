@@ -887,7 +887,11 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         .collect();
     let had_md5 = insp.implanted_md5.is_some();
     let patch = |steps: &mut Vec<Step>, progress: &mut dyn FnMut(Event<'_>), grow: bool| {
-        let name = if grow { "plan direct" } else { "plan patch" };
+        let name = if grow {
+            "plan (may grow)"
+        } else {
+            "plan patch"
+        };
         timed(steps, name, progress, |_| {
             crate::patch::plan(
                 &vol,
@@ -906,33 +910,32 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         None => "it fits the image as it is".to_owned(),
     };
     let (mode, reason, plan) = match req.mode {
-        Mode::Auto => match patch(&mut steps, progress, false)? {
-            Ok(plan) => {
+        // One plan: growing is allowed when there is an output; whether it grew picks the mode.
+        Mode::Auto => match patch(&mut steps, progress, req.output.is_some())? {
+            Ok(plan) if plan.insert.is_none() => {
                 let r = format!(
                     "patch: every edit fits space the image already has ({} bytes to write)",
                     plan.bytes()
                 );
                 (Mode::Patch, r, Some(plan))
             }
-            Err(why) if req.output.is_some() => match patch(&mut steps, progress, true)? {
-                Ok(plan) => {
-                    let r = format!(
-                        "direct: patch does not fit ({why}); our writer copies the image and \
-                         writes {} bytes, {}",
-                        plan.bytes(),
-                        grown(&plan)
-                    );
-                    (Mode::Direct, r, Some(plan))
-                }
-                Err(why2) => (
-                    Mode::Direct,
-                    format!(
-                        "direct: patch does not fit ({why}), nor does growing the image \
-                         ({why2}); xorriso replays the boot setup without mounting"
-                    ),
-                    None,
+            Ok(plan) => {
+                let r = format!(
+                    "direct: the edits need more room than the image's padding; our writer \
+                     copies the image and writes {} bytes, {}",
+                    plan.bytes(),
+                    grown(&plan)
+                );
+                (Mode::Direct, r, Some(plan))
+            }
+            Err(why) if req.output.is_some() => (
+                Mode::Direct,
+                format!(
+                    "direct: our writer cannot ({why}); xorriso replays the boot setup \
+                     without mounting"
                 ),
-            },
+                None,
+            ),
             Err(why) => {
                 return Err(Error::DoesNotFit {
                     reason: format!("{why}; editing in place needs patch mode, give -o OUT"),
@@ -1017,12 +1020,7 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         (Some(out), Some(plan)) => {
             let staged = Staged::new(out)?;
             if req.implant_md5 {
-                let hasher = IsoMd5::new(
-                    u64::from(plan.volume_blocks) * SECTOR,
-                    u64::from(vol.primary.lba) * SECTOR,
-                    crate::isomd5::SKIP_SECTORS,
-                    crate::isomd5::FRAGMENT_COUNT,
-                );
+                let hasher = IsoMd5::for_blocks(u64::from(plan.volume_blocks), vol.primary.lba);
                 let sums = timed(&mut steps, "copy + patch || md5", progress, |p| {
                     copy_and_hash(&req.input, staged.path(), &plan, hasher, p)
                 })?;
@@ -1287,12 +1285,7 @@ fn drain_fifo(fifo: &Path, output: &Path) -> Result<Option<Md5Sums>> {
                     let pvd = &head[(u64::from(PVD_LBA) * SECTOR) as usize..];
                     if pvd[0] == 1 && &pvd[1..6] == b"CD001" {
                         let blocks = u64::from(crate::iso9660::le32(pvd, 80));
-                        let mut h = IsoMd5::new(
-                            blocks * SECTOR,
-                            u64::from(PVD_LBA) * SECTOR,
-                            crate::isomd5::SKIP_SECTORS,
-                            crate::isomd5::FRAGMENT_COUNT,
-                        );
+                        let mut h = IsoMd5::for_blocks(blocks, PVD_LBA);
                         h.update(&head);
                         hasher = Some(h);
                     } else {
