@@ -54,31 +54,29 @@ fn sysfs(dev: &str, n: u32, what: &str) -> Result<u64> {
 
 fn check(img: &Path) -> Result<usize> {
     let parts = diskforge_part::partitions(img)?;
+    // The loop crate's own minimal reader (used where no pN nodes exist) must agree too, for
+    // every partition both list (the extended container's node is the kernel's 1 KiB stub).
+    let ours = diskforge_loop::read_partition_table(img)?;
     let dev = Cmd::new("losetup")
         .args(["-P", "-f", "--show"])
         .arg(img)
         .read()?;
     let res = (|| -> Result<()> {
         for p in &parts {
-            let (start, size) = (
-                sysfs(&dev, p.number, "start")?,
-                sysfs(&dev, p.number, "size")?,
+            let kernel = (
+                sysfs(&dev, p.number, "start")? * 512,
+                sysfs(&dev, p.number, "size")? * 512,
             );
-            if (start * 512, size * 512) != (p.start_bytes, p.size_bytes) {
+            if kernel != (p.start_bytes, p.size_bytes) {
                 bail!(
                     "{dev}p{}: kernel says {} + {} bytes, we wrote {} + {}",
                     p.number,
-                    start * 512,
-                    size * 512,
+                    kernel.0,
+                    kernel.1,
                     p.start_bytes,
                     p.size_bytes
                 );
             }
-        }
-        // The loop crate's own minimal reader (used where no pN nodes exist) agrees too, for
-        // every partition both list (the extended container's node is the kernel's 1 KiB stub).
-        let ours = diskforge_loop::read_partition_table(img)?;
-        for p in &parts {
             let Some(e) = ours.iter().find(|e| e.number == p.number) else {
                 bail!(
                     "{}: diskforge-loop's reader has no partition {}",
@@ -86,10 +84,6 @@ fn check(img: &Path) -> Result<usize> {
                     p.number
                 );
             };
-            let kernel = (
-                sysfs(&dev, p.number, "start")? * 512,
-                sysfs(&dev, p.number, "size")? * 512,
-            );
             if (e.start, e.size) != kernel {
                 bail!(
                     "{dev}p{}: kernel {kernel:?}, diskforge-loop ({}, {})",
