@@ -13,7 +13,10 @@
 //!   (`mkfs.vfat: not found (install dosfstools)`);
 //! - deserialises JSON stdout into a type with [`Cmd::json`];
 //! - runs interactive programs with the terminal's stdin/stdout/stderr ([`Cmd::status`],
-//!   [`Cmd::spawn`] and its [`Child`] handle), where a non-zero exit is data, not an error.
+//!   [`Cmd::spawn`] and its [`Child`] handle), where a non-zero exit is data, not an error;
+//! - runs long-lived programs whose stdout is read line by line while they run
+//!   ([`Cmd::spawn_streaming`] and its [`StreamingChild`] guard: waits with deadlines,
+//!   stderr captured for the error, killed and reaped on drop), such as a VM's serial console.
 //!
 //! [`exit_quietly_on_broken_pipe`] is for the tools' `main`: a report piped into `head`
 //! ends quietly instead of panicking with "failed printing to stdout: Broken pipe".
@@ -26,6 +29,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
+
+mod packages;
+mod streaming;
+
+pub use packages::{PACKAGES, Package, debian_package};
+pub use streaming::{Finished, NextLine, StreamingChild};
 
 /// How much of stderr is kept in an error message (the tail, in bytes).
 const STDERR_TAIL_BYTES: usize = 4096;
@@ -121,50 +130,6 @@ fn render_argv(program: &str, args: &[String]) -> String {
         }
     }
     s
-}
-
-/// The Debian package that provides `program`, for the "install X" hint.
-///
-/// The table covers every tool diskforge runs; `cargo xtask deps` installs the same packages.
-pub fn debian_package(program: &str) -> Option<&'static str> {
-    let name = Path::new(program).file_name()?.to_str()?;
-    Some(match name {
-        "mkfs.vfat" | "mkfs.fat" | "fsck.vfat" | "fsck.fat" | "mkdosfs" => "dosfstools",
-        "mcopy" | "mdir" | "mtype" | "mmd" | "mdel" | "mattrib" | "minfo" => "mtools",
-        "mke2fs" | "mkfs.ext2" | "mkfs.ext3" | "mkfs.ext4" | "e2fsck" | "debugfs" | "tune2fs"
-        | "resize2fs" | "dumpe2fs" => "e2fsprogs",
-        "mkfs.xfs" | "xfs_repair" | "xfs_admin" | "xfs_db" => "xfsprogs",
-        "mkfs.btrfs" | "btrfs" | "btrfstune" => "btrfs-progs",
-        "mksquashfs" | "unsquashfs" => "squashfs-tools",
-        "mkfs.erofs" | "fsck.erofs" | "dump.erofs" => "erofs-utils",
-        "mkswap" | "losetup" | "blkid" | "findmnt" | "mount" | "umount" | "wipefs" | "lsblk"
-        | "sfdisk" | "partx" | "blockdev" | "fdisk" => match name {
-            "sfdisk" | "fdisk" => "fdisk",
-            "mount" | "umount" => "mount",
-            _ => "util-linux",
-        },
-        "sgdisk" | "gdisk" => "gdisk",
-        "parted" | "partprobe" => "parted",
-        "xorriso" | "osirrox" => "xorriso",
-        "genisoimage" | "isoinfo" => "genisoimage",
-        "implantisomd5" | "checkisomd5" => "isomd5sum",
-        "isohybrid" => "syslinux-utils",
-        "qemu-img" | "qemu-nbd" => "qemu-utils",
-        "qemu-system-x86_64" => "qemu-system-x86",
-        "pvcreate" | "vgcreate" | "lvcreate" | "lvextend" | "lvremove" | "vgremove"
-        | "pvremove" | "vgchange" | "lvchange" | "pvs" | "vgs" | "lvs" | "lvm" | "dmsetup" => {
-            "lvm2"
-        }
-        "busybox" => "busybox-static",
-        "cpio" => "cpio",
-        "rsync" => "rsync",
-        "umoci" => "umoci",
-        "skopeo" => "skopeo",
-        "modprobe" | "insmod" | "depmod" => "kmod",
-        "grub-mkstandalone" | "grub-mkimage" => "grub-common",
-        "zstd" => "zstd",
-        _ => return None,
-    })
 }
 
 /// A program invocation: program, args, environment, working directory, stdin and timeout.
@@ -279,7 +244,7 @@ impl Cmd {
         })
     }
 
-    fn spawn_error(&self, e: std::io::Error) -> Error {
+    pub(crate) fn spawn_error(&self, e: std::io::Error) -> Error {
         let program = self.program();
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound {
@@ -295,21 +260,11 @@ impl Cmd {
         if out.status.success() {
             return Ok(out);
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail = if stderr.len() > STDERR_TAIL_BYTES {
-            let mut start = stderr.len() - STDERR_TAIL_BYTES;
-            while !stderr.is_char_boundary(start) {
-                start += 1;
-            }
-            format!("…{}", &stderr[start..])
-        } else {
-            stderr.into_owned()
-        };
         Err(Error::Failed {
             program: self.program(),
             args: self.arg_strings(),
             status: out.status,
-            stderr: tail,
+            stderr: stderr_tail(&out.stderr),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         })
     }
@@ -478,6 +433,20 @@ impl Child {
     }
 }
 
+/// The last [`STDERR_TAIL_BYTES`] of `stderr` as text (`…` marks a cut).
+fn stderr_tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    if stderr.len() > STDERR_TAIL_BYTES {
+        let mut start = stderr.len() - STDERR_TAIL_BYTES;
+        while !stderr.is_char_boundary(start) {
+            start += 1;
+        }
+        format!("…{}", &stderr[start..])
+    } else {
+        stderr.into_owned()
+    }
+}
+
 /// Make a broken stdout end the process quietly with exit code 0.
 ///
 /// Rust ignores SIGPIPE, so `println!` into a closed pipe (`dfpart show | head -1`) panics
@@ -508,7 +477,7 @@ fn is_broken_stdout(msg: &str) -> bool {
 }
 
 /// Ask the kernel to SIGKILL the child when we die, so no tool outlives diskforge.
-fn set_pdeathsig(cmd: &mut std::process::Command) {
+pub(crate) fn set_pdeathsig(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     #[allow(unsafe_code)]
     // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
@@ -712,11 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn package_table() {
-        assert_eq!(debian_package("/usr/sbin/mkfs.xfs"), Some("xfsprogs"));
-        assert_eq!(debian_package("sgdisk"), Some("gdisk"));
-        assert_eq!(debian_package("lvcreate"), Some("lvm2"));
-        assert_eq!(debian_package("no-such"), None);
+    fn exists_looks_on_path() {
         assert!(exists("sh"));
         assert!(!exists("no-such-program-here"));
     }
