@@ -1,5 +1,8 @@
 //! `cargo xtask deps`: make sure every system tool the tools and tests use is installed.
 //!
+//! The packages are diskforge-cmd's one program → package table ([`PACKAGES`]), the same one
+//! that names the package of a missing program in errors.
+//!
 //! One `dpkg-query` call checks all packages (well under a second when nothing is missing).
 //! When something is missing it runs `apt-get update` once, then one `apt-get install`.
 //!
@@ -10,51 +13,14 @@
 //! (`--allow-downgrades`).
 
 use anyhow::{Context, Result, bail};
+use diskforge_cmd::PACKAGES;
 use xshell::{Shell, cmd};
 
 use crate::flags::DepsArgs;
 
-/// Debian packages the project needs, each with what needs it.
-pub const PACKAGES: &[(&str, &str)] = &[
-    ("qemu-system-x86", "vm-test runner, ISO boot checks"),
-    ("qemu-utils", "qemu-img (dfimg, qemu-img-cmd)"),
-    (
-        "linux-image-amd64",
-        "kernel + modules for the test VM and fixture ISO",
-    ),
-    ("busybox-static", "VM and fixture initramfs"),
-    ("cpio", "initramfs archives"),
-    ("kmod", "modprobe inside the VM"),
-    ("util-linux", "losetup, blkid, sfdisk, setpriv"),
-    ("fdisk", "sfdisk verification"),
-    ("gdisk", "sgdisk verification"),
-    ("parted", "partition checks"),
-    ("e2fsprogs", "mke2fs, e2fsck, debugfs"),
-    ("xfsprogs", "mkfs.xfs, xfs_repair"),
-    ("btrfs-progs", "mkfs.btrfs"),
-    ("dosfstools", "mkfs.vfat, fsck.vfat"),
-    ("mtools", "FAT edits without mounting"),
-    ("squashfs-tools", "mksquashfs"),
-    ("erofs-utils", "mkfs.erofs"),
-    ("lvm2", "LVM (VM tests)"),
-    ("xorriso", "ISO read/write"),
-    ("genisoimage", "conventional remaster route, isoinfo"),
-    ("isomd5sum", "implantisomd5/checkisomd5 verification"),
-    ("isolinux", "BIOS boot for the fixture ISO"),
-    ("syslinux-common", "ldlinux.c32 and friends"),
-    ("syslinux-utils", "isohybrid"),
-    ("grub-efi-amd64-bin", "UEFI GRUB for the fixture ISO"),
-    ("grub-pc-bin", "BIOS GRUB modules"),
-    ("grub-common", "grub-mkstandalone"),
-    ("ovmf", "UEFI firmware for boot checks"),
-    ("rsync", "conventional remaster route"),
-    ("umoci", "OCI interop tests"),
-    ("skopeo", "OCI interop tests"),
-];
-
 /// Package names from [`PACKAGES`] that dpkg does not report as installed.
 pub fn missing(sh: &Shell) -> Result<Vec<&'static str>> {
-    let names: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).collect();
+    let names: Vec<&str> = PACKAGES.iter().map(|p| p.name).collect();
     // dpkg-query exits 1 when some package is unknown; its stdout still lists the known ones.
     let query = names.clone();
     let format = "-f=${Package}\t${Status}\n";
@@ -141,8 +107,8 @@ pub fn run(sh: &Shell, args: &DepsArgs) -> Result<()> {
         for p in &m {
             let why = PACKAGES
                 .iter()
-                .find(|(n, _)| n == p)
-                .map(|(_, w)| *w)
+                .find(|pkg| pkg.name == *p)
+                .map(|pkg| pkg.why)
                 .unwrap_or("");
             println!("missing {p:<20} {why}");
         }

@@ -20,11 +20,7 @@ pub struct Package {
 }
 
 /// Shorthand for the table below.
-const fn pkg(
-    name: &'static str,
-    programs: &'static [&'static str],
-    why: &'static str,
-) -> Package {
+const fn pkg(name: &'static str, programs: &'static [&'static str], why: &'static str) -> Package {
     Package {
         name,
         programs,
@@ -51,7 +47,11 @@ pub const PACKAGES: &[Package] = &[
     ),
     pkg("busybox-static", &["busybox"], "VM and fixture initramfs"),
     pkg("cpio", &["cpio"], "inspecting initramfs archives"),
-    pkg("xz-utils", &["xz"], "extracting vmlinux from the kernel image"),
+    pkg(
+        "xz-utils",
+        &["xz"],
+        "extracting vmlinux from the kernel image",
+    ),
     pkg(
         "kmod",
         &["modprobe", "insmod", "depmod"],
@@ -96,13 +96,7 @@ pub const PACKAGES: &[Package] = &[
     ),
     pkg(
         "dosfstools",
-        &[
-            "mkfs.vfat",
-            "mkfs.fat",
-            "fsck.vfat",
-            "fsck.fat",
-            "mkdosfs",
-        ],
+        &["mkfs.vfat", "mkfs.fat", "fsck.vfat", "fsck.fat", "mkdosfs"],
         "mkfs.vfat, fsck.vfat",
     ),
     pkg(
@@ -177,7 +171,10 @@ mod tests {
         assert_eq!(debian_package("sfdisk"), Some("fdisk"));
         assert_eq!(debian_package("lvcreate"), Some("lvm2"));
         assert_eq!(debian_package("umount"), Some("mount"));
-        assert_eq!(debian_package("qemu-system-x86_64"), Some("qemu-system-x86"));
+        assert_eq!(
+            debian_package("qemu-system-x86_64"),
+            Some("qemu-system-x86")
+        );
         assert_eq!(debian_package("xz"), Some("xz-utils"));
         assert_eq!(debian_package("no-such"), None);
         assert_eq!(debian_package("/"), None);

@@ -149,7 +149,10 @@ fn send_lines(r: impl Read, tx: &mpsc::Sender<String>) {
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
-        if tx.send(String::from_utf8_lossy(&bytes).into_owned()).is_err() {
+        if tx
+            .send(String::from_utf8_lossy(&bytes).into_owned())
+            .is_err()
+        {
             break;
         }
     }
@@ -270,7 +273,10 @@ mod tests {
     #[test]
     fn lines_arrive_while_running_and_stderr_is_kept() {
         let mut c = Cmd::new("sh")
-            .args(["-c", "printf 'a\\r\\nb\\n'; echo oops >&2; sleep 0.2; printf c"])
+            .args([
+                "-c",
+                "printf 'a\\r\\nb\\n'; echo oops >&2; sleep 0.2; printf c",
+            ])
             .spawn_streaming()
             .unwrap();
         assert_eq!(c.next_line(far()), NextLine::Line("a".into()));

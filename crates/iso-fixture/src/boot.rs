@@ -1,29 +1,28 @@
 //! Boot an ISO in `qemu-system-x86_64` and report what the fixture's `/init` saw.
 //!
-//! The machine is QEMU's `pc` (i440fx, IDE), one CPU, no network, no display, serial console
-//! to a log file, `-no-reboot` (a guest reboot or panic ends QEMU). Acceleration: KVM only
-//! when a two-second probe boots a real kernel under it (on some hosts `/dev/kvm` exists but
-//! a kernel hangs), else TCG. `DISKFORGE_ACCEL=tcg|kvm` skips the probe.
+//! The VM is `diskforge-vm`'s: QEMU's `pc` machine (i440fx, IDE), one CPU, no network, no
+//! display, serial console read line by line, `-no-reboot` (a guest reboot or panic ends
+//! QEMU); the ISO as an IDE CD-ROM or as an IDE hard disk whose writes are thrown away;
+//! OVMF with a private copy of its variable store. Acceleration: KVM only when a two-second
+//! probe boots a real kernel under it (on some hosts `/dev/kvm` exists but a kernel hangs),
+//! else TCG; the answer is kept for the process and re-probed when a boot under it fails.
+//! `DISKFORGE_ACCEL=tcg|kvm` skips the probe. The boot ends at the fixture's
+//! [`markers::DONE`] (QEMU then powers off by itself) or at the timeout.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use diskforge_cmd::Cmd;
+use diskforge_vm::{Drive, Expect, Format, Vm};
 use serde::Serialize;
+
+pub use diskforge_vm::qemu::{OVMF_CODE, OVMF_VARS};
+pub use diskforge_vm::{Accel, AccelPolicy};
 
 use crate::{Error, Result, markers};
 
-/// OVMF firmware code (package `ovmf`), mapped read-only.
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
-/// OVMF variable store template; each boot gets its own writable copy.
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 /// Guest memory in MiB unless [`BootOptions::memory_mib`] says otherwise.
 pub const DEFAULT_MEMORY_MIB: u32 = 512;
-/// How long the KVM probe may take before KVM counts as broken.
-const KVM_PROBE: Duration = Duration::from_secs(2);
 
 /// Firmware and the way the ISO is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,18 +73,6 @@ impl Firmware {
     }
 }
 
-/// CPU acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// Probe KVM (see the module docs), fall back to TCG.
-    Auto,
-    /// Software emulation.
-    Tcg,
-    /// KVM.
-    Kvm,
-}
-
 /// How to boot. [`BootOptions::new`] gives the defaults each field names.
 #[derive(Debug, Clone)]
 pub struct BootOptions {
@@ -93,8 +80,8 @@ pub struct BootOptions {
     pub firmware: Firmware,
     /// Kill QEMU after this long. Default 120 s.
     pub timeout: Duration,
-    /// Acceleration. Default [`Accel::Auto`].
-    pub accel: Accel,
+    /// Acceleration. Default [`AccelPolicy::Auto`].
+    pub accel: AccelPolicy,
     /// Guest memory in MiB. Default [`DEFAULT_MEMORY_MIB`].
     pub memory_mib: u32,
 }
@@ -105,7 +92,7 @@ impl BootOptions {
         BootOptions {
             firmware,
             timeout: Duration::from_secs(120),
-            accel: Accel::Auto,
+            accel: AccelPolicy::Auto,
             memory_mib: DEFAULT_MEMORY_MIB,
         }
     }
@@ -116,7 +103,7 @@ impl BootOptions {
 pub struct BootReport {
     /// Firmware used.
     pub firmware: Firmware,
-    /// Acceleration used (never `auto`).
+    /// Acceleration used.
     pub accel: Accel,
     /// Wall time from QEMU start to its exit (or the timeout).
     pub seconds: f64,
@@ -246,8 +233,26 @@ pub fn boot(iso: &Path, firmware: Firmware, timeout: Duration) -> Result<BootRep
     )
 }
 
+/// The VM for `iso` booted as `opts` says.
+fn vm(iso: &Path, opts: &BootOptions) -> Vm {
+    let drive = if opts.firmware.is_cdrom() {
+        Drive::cdrom(iso)
+    } else {
+        Drive::ide_disk(iso, Format::Raw)
+    };
+    let firmware = if opts.firmware.is_uefi() {
+        diskforge_vm::Firmware::Ovmf
+    } else {
+        diskforge_vm::Firmware::SeaBios
+    };
+    let mut vm = Vm::disk(drive, firmware);
+    vm.accel = opts.accel;
+    vm.memory_mib = opts.memory_mib;
+    vm
+}
+
 /// Boot `iso` as `opts` says. A guest that never prints the markers is not an error: the
-/// report says so (and carries the log); errors are for QEMU failing to start.
+/// report says so (and carries the log); errors are for QEMU failing (with its stderr).
 pub fn boot_with(iso: &Path, opts: &BootOptions) -> Result<BootReport> {
     if !iso.exists() {
         return Err(Error::Io {
@@ -256,188 +261,15 @@ pub fn boot_with(iso: &Path, opts: &BootOptions) -> Result<BootReport> {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
-    let accel = resolve_accel(opts.accel);
-    let scratch = tempfile::Builder::new()
-        .prefix("diskforge-boot-")
-        .tempdir()
-        .map_err(|source| Error::Io {
-            action: "creating a temp dir in",
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let log = scratch.path().join("serial.log");
-    let vars = if opts.firmware.is_uefi() {
-        let code = PathBuf::from(OVMF_CODE);
-        if !code.exists() {
-            return Err(Error::MissingInput {
-                what: "OVMF",
-                path: code,
-                package: "ovmf",
-            });
-        }
-        let vars = scratch.path().join("OVMF_VARS.fd");
-        crate::copy(Path::new(OVMF_VARS), &vars)?;
-        Some(vars)
-    } else {
-        None
-    };
-    let args = qemu_args(
-        iso,
-        opts.firmware,
-        accel,
-        opts.memory_mib,
-        &log,
-        vars.as_deref(),
-    );
-    let start = Instant::now();
-    let res = Cmd::new("qemu-system-x86_64")
-        .args(&args)
-        .timeout(opts.timeout)
-        .run();
-    let seconds = start.elapsed().as_secs_f64();
-    let timed_out = match res {
-        Ok(_) => false,
-        Err(diskforge_cmd::Error::Timeout { .. }) => true,
-        Err(source) => {
-            return Err(Error::Tool {
-                step: "booting the ISO in qemu-system-x86_64",
-                source,
-            });
-        }
-    };
-    let text = std::fs::read(&log)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let expect = Expect::marker(markers::DONE, opts.timeout).booted(markers::BOOTED);
+    let r = diskforge_vm::run(&vm(iso, opts), &expect, |_| {})?;
     Ok(BootReport::from_log(
         opts.firmware,
-        accel,
-        seconds,
-        timed_out,
-        &text,
+        r.accel,
+        r.seconds,
+        r.timed_out,
+        &r.log_text(),
     ))
-}
-
-/// Escape a value for a QEMU `-drive`/`-chardev` option string (commas are doubled).
-fn qemu_escape(p: &Path) -> String {
-    p.to_string_lossy().replace(',', ",,")
-}
-
-/// The QEMU command line: one small concern per group.
-pub fn qemu_args(
-    iso: &Path,
-    firmware: Firmware,
-    accel: Accel,
-    memory_mib: u32,
-    serial_log: &Path,
-    ovmf_vars: Option<&Path>,
-) -> Vec<OsString> {
-    let mut a: Vec<String> = Vec::new();
-    // Machine: i440fx with IDE (the Debian kernel's ata_piix), one CPU.
-    a.extend([
-        "-machine".into(),
-        "pc".into(),
-        "-smp".into(),
-        "1".into(),
-        "-m".into(),
-        memory_mib.to_string(),
-    ]);
-    // Acceleration: KVM wants the host CPU model; TCG's default CPU runs x86-64 kernels.
-    match accel {
-        Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
-        Accel::Tcg | Accel::Auto => a.extend(["-accel".into(), "tcg".into()]),
-    }
-    // No default devices (no NIC: no PXE attempts), no display; serial console to a file.
-    a.extend(["-nodefaults".into(), "-display".into(), "none".into()]);
-    a.extend([
-        "-serial".into(),
-        format!("file:{}", qemu_escape(serial_log)),
-    ]);
-    // A guest reboot (or `panic=-1`) ends QEMU instead of looping.
-    a.push("-no-reboot".into());
-    // The ISO: a read-only CD, or a hard disk whose writes go to a throwaway overlay.
-    let iso = qemu_escape(iso);
-    if firmware.is_cdrom() {
-        a.extend([
-            "-drive".into(),
-            format!("file={iso},format=raw,if=ide,media=cdrom,readonly=on"),
-        ]);
-        a.extend(["-boot".into(), "order=d,menu=off".into()]);
-    } else {
-        a.extend([
-            "-drive".into(),
-            format!("file={iso},format=raw,if=ide,media=disk,snapshot=on"),
-        ]);
-        a.extend(["-boot".into(), "order=c,menu=off".into()]);
-    }
-    // UEFI: OVMF code read-only, a private copy of the variable store.
-    if let Some(vars) = ovmf_vars.filter(|_| firmware.is_uefi()) {
-        a.extend([
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-        ]);
-        a.extend([
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", qemu_escape(vars)),
-        ]);
-    }
-    a.into_iter().map(OsString::from).collect()
-}
-
-fn resolve_accel(want: Accel) -> Accel {
-    match want {
-        Accel::Tcg | Accel::Kvm => want,
-        Accel::Auto => match std::env::var("DISKFORGE_ACCEL").as_deref() {
-            Ok("tcg") => Accel::Tcg,
-            Ok("kvm") => Accel::Kvm,
-            _ => {
-                static PROBED: OnceLock<Accel> = OnceLock::new();
-                *PROBED.get_or_init(|| if kvm_works() { Accel::Kvm } else { Accel::Tcg })
-            }
-        },
-    }
-}
-
-/// Boot the host's kernel under KVM for [`KVM_PROBE`] and look for its banner on serial.
-pub fn kvm_works() -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return false;
-    }
-    let Ok((kernel, _)) = crate::default_kernel() else {
-        return false;
-    };
-    let Ok(dir) = tempfile::Builder::new()
-        .prefix("diskforge-kvm-probe-")
-        .tempdir()
-    else {
-        return false;
-    };
-    let log = dir.path().join("serial.log");
-    // Killed at the probe's end by design: only the log matters.
-    let _ = Cmd::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "256",
-            "-nodefaults",
-        ])
-        .args(["-display", "none", "-no-reboot", "-serial"])
-        .arg(format!("file:{}", qemu_escape(&log)))
-        .arg("-kernel")
-        .arg(&kernel)
-        .args(["-append", "console=ttyS0 panic=-1"])
-        .timeout(KVM_PROBE)
-        .run();
-    std::fs::read(&log).is_ok_and(|b| String::from_utf8_lossy(&b).contains("Linux version"))
 }
 
 #[cfg(test)]
@@ -488,37 +320,32 @@ mod tests {
     }
 
     #[test]
-    fn qemu_args_per_firmware() {
-        let line = |f, vars: Option<&Path>| {
-            qemu_args(
-                Path::new("/x,y/a.iso"),
-                f,
-                Accel::Tcg,
-                512,
-                Path::new("/t/s.log"),
-                vars,
-            )
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+    fn vm_per_firmware() {
+        let argv = |f| {
+            vm(Path::new("/x,y/a.iso"), &BootOptions::new(f))
+                .argv(
+                    Accel::Tcg,
+                    Path::new("/t/VARS.fd"),
+                    diskforge_vm::qemu::Serial::Stdio,
+                )
+                .join(" ")
         };
-        let cd = line(Firmware::SeaBiosCdrom, None);
+        let cd = argv(Firmware::SeaBiosCdrom);
         assert!(cd.contains("-drive file=/x,,y/a.iso,format=raw,if=ide,media=cdrom,readonly=on -boot order=d,menu=off"), "{cd}");
         assert!(
-            cd.contains("-accel tcg")
-                && cd.contains("-no-reboot")
-                && cd.contains("-serial file:/t/s.log")
+            cd.contains("-no-reboot") && cd.contains("-m 512 -smp 1"),
+            "{cd}"
         );
         assert!(!cd.contains("pflash"));
-        let hd = line(Firmware::SeaBiosHardDisk, None);
+        let hd = argv(Firmware::SeaBiosHardDisk);
         assert!(hd.contains("media=disk,snapshot=on -boot order=c"), "{hd}");
-        let uefi = line(Firmware::OvmfHardDisk, Some(Path::new("/t/VARS.fd")));
+        let uefi = argv(Firmware::OvmfHardDisk);
         assert!(
             uefi.contains("unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd"),
             "{uefi}"
         );
         assert!(uefi.contains("unit=1,file=/t/VARS.fd"), "{uefi}");
+        assert!(argv(Firmware::Ovmf).contains("media=cdrom"));
         assert_eq!(
             Firmware::from_name("ovmf-hard-disk"),
             Some(Firmware::OvmfHardDisk)

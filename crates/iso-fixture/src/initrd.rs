@@ -1,11 +1,12 @@
 //! The fixture's initrd: busybox-static, a shell `/init` that prints the markers, and the
-//! kernel modules needed to find the boot medium, packed as a gzip'd cpio "newc" archive
-//! (the format the kernel unpacks, `Documentation/driver-api/early-userspace/buffer-format.rst`)
-//! written here, so no root is needed for the `/dev/console` node.
+//! kernel modules needed to find the boot medium (with their `modules.dep` dependencies),
+//! as a gzip'd cpio "newc" archive built by `diskforge-vm`'s [`Initramfs`] (no root needed
+//! for the `/dev/console` node; no timestamps, so the same inputs give the same bytes).
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use diskforge_vm::initramfs::MODULE_LIST;
+use diskforge_vm::{Compression, Initramfs};
 
 use crate::{Error, Result, markers};
 
@@ -26,7 +27,8 @@ pub const MODULES: &[&str] = &[
     "virtio_scsi",
 ];
 
-/// The `/init` script. `@MODULES@` is replaced by the module list file's path.
+/// The `/init` script. `@MODULES@` is replaced by the module list file's path (absolute
+/// module paths in load order, one a line).
 const INIT: &str = r#"#!/bin/busybox sh
 # diskforge ISO fixture init: print markers, find the boot medium, read the kickstart, power off.
 /bin/busybox mkdir -p /proc /sys /dev /mnt /sbin /usr/bin /usr/sbin
@@ -38,7 +40,7 @@ echo 1 > /proc/sys/kernel/printk
 echo
 echo "@BOOTED@"
 echo "@CMDLINE@ $(cat /proc/cmdline)"
-for m in $(cat @MODULES@); do insmod "/lib/modules/$m" 2>/dev/null; done
+for m in $(cat @MODULES@); do insmod "$m" 2>/dev/null; done
 medium=""
 i=0
 while [ -z "$medium" ] && [ $i -lt 150 ]; do
@@ -79,9 +81,6 @@ sync
 poweroff -f
 "#;
 
-/// Where `/init` finds the ordered module list.
-const MODULE_LIST: &str = "etc/diskforge-modules";
-
 /// The `/init` script with the markers filled in.
 pub fn init_script() -> String {
     INIT.replace("@BOOTED@", markers::BOOTED)
@@ -96,126 +95,7 @@ pub fn init_script() -> String {
         .replace("@PRESEED@", markers::PRESEED)
         .replace("@FILE@", markers::FILE)
         .replace("@DONE@", markers::DONE)
-        .replace("@MODULES@", &format!("/{MODULE_LIST}"))
-}
-
-/// `modules.dep` parsed: module name (`-` folded to `_`) → (relative path, dependency paths).
-#[derive(Debug, Default)]
-pub struct ModuleDeps {
-    by_name: BTreeMap<String, String>,
-    deps: BTreeMap<String, Vec<String>>,
-}
-
-/// A module's name from its path: `kernel/lib/crc-t10dif.ko` → `crc_t10dif`.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
-}
-
-impl ModuleDeps {
-    /// Parse the text of `modules.dep` (`path: dep dep …` per line, see depmod(8)).
-    pub fn parse(text: &str) -> Self {
-        let mut m = ModuleDeps::default();
-        for line in text.lines() {
-            let Some((path, deps)) = line.split_once(':') else {
-                continue;
-            };
-            let path = path.trim().to_owned();
-            m.by_name.insert(module_name(&path), path.clone());
-            m.deps
-                .insert(path, deps.split_whitespace().map(str::to_owned).collect());
-        }
-        m
-    }
-
-    /// The paths to load for `names`, each after its dependencies, without repeats.
-    pub fn load_order(&self, names: &[&str], modules_dir: &Path) -> Result<Vec<String>> {
-        let mut order = Vec::new();
-        for name in names {
-            let path =
-                self.by_name
-                    .get(&name.replace('-', "_"))
-                    .ok_or_else(|| Error::ModuleNotFound {
-                        module: (*name).to_owned(),
-                        dir: modules_dir.to_owned(),
-                    })?;
-            self.visit(path, &mut order);
-        }
-        Ok(order)
-    }
-
-    fn visit(&self, path: &str, order: &mut Vec<String>) {
-        if order.iter().any(|p| p == path) {
-            return;
-        }
-        for dep in self.deps.get(path).map(Vec::as_slice).unwrap_or_default() {
-            self.visit(dep, order);
-        }
-        order.push(path.to_owned());
-    }
-}
-
-/// A cpio "newc" archive being written (format: `man 5 cpio`, "New ASCII Format").
-pub struct Cpio<W: Write> {
-    out: W,
-    ino: u32,
-}
-
-impl<W: Write> Cpio<W> {
-    /// Start an archive on `out`.
-    pub fn new(out: W) -> Self {
-        Cpio { out, ino: 1 }
-    }
-
-    fn entry(
-        &mut self,
-        name: &str,
-        mode: u32,
-        rdev: (u32, u32),
-        data: &[u8],
-    ) -> std::io::Result<()> {
-        let name_len = name.len() + 1;
-        let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
-        let size = u32::try_from(data.len()).map_err(std::io::Error::other)?;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name_len, 0
-        );
-        self.ino += 1;
-        self.out.write_all(header.as_bytes())?;
-        self.out.write_all(name.as_bytes())?;
-        self.out.write_all(&[0])?;
-        self.pad(header.len() + name_len)?;
-        self.out.write_all(data)?;
-        self.pad(data.len())
-    }
-
-    fn pad(&mut self, len: usize) -> std::io::Result<()> {
-        let n = (4 - len % 4) % 4;
-        self.out.write_all(&[0u8; 3][..n])
-    }
-
-    /// A directory.
-    pub fn dir(&mut self, name: &str) -> std::io::Result<()> {
-        self.entry(name, 0o040755, (0, 0), &[])
-    }
-
-    /// A regular file with these permission bits.
-    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> std::io::Result<()> {
-        self.entry(name, 0o100000 | perm, (0, 0), data)
-    }
-
-    /// A character device node.
-    pub fn char_dev(&mut self, name: &str, major: u32, minor: u32) -> std::io::Result<()> {
-        self.entry(name, 0o020600, (major, minor), &[])
-    }
-
-    /// The trailer; returns the writer.
-    pub fn finish(mut self) -> std::io::Result<W> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[])?;
-        Ok(self.out)
-    }
+        .replace("@MODULES@", MODULE_LIST)
 }
 
 /// Inputs of the initrd.
@@ -227,81 +107,57 @@ pub struct InitrdInputs {
     pub modules_dir: PathBuf,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io {
-        action: "reading",
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Build the gzip'd cpio initrd at `out`; returns the module paths it loads, in order.
 pub fn write_initrd(inputs: &InitrdInputs, out: &Path) -> Result<Vec<String>> {
-    let dep_path = inputs.modules_dir.join("modules.dep");
-    let deps = ModuleDeps::parse(&String::from_utf8_lossy(&read(&dep_path)?));
-    let order = deps.load_order(MODULES, &inputs.modules_dir)?;
-    let busybox = read(&inputs.busybox)?;
-    let io = |source| Error::Io {
-        action: "writing",
-        path: out.to_owned(),
-        source,
-    };
-    let file = std::fs::File::create(out).map_err(io)?;
-    let gz = flate2::write::GzEncoder::new(
-        std::io::BufWriter::new(file),
-        flate2::Compression::default(),
-    );
-    let mut cpio = Cpio::new(gz);
-    let mut dirs: Vec<String> = [
-        "bin",
-        "dev",
-        "etc",
-        "lib",
-        "lib/modules",
-        "mnt",
-        "proc",
-        "sys",
-        "tmp",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
-    for m in &order {
-        let mut parent = Path::new(m).parent();
-        let mut chain = Vec::new();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            chain.push(format!("lib/modules/{}", p.display()));
-            parent = p.parent();
+    let mut initrd = Initramfs::new(init_script())
+        .modules(&inputs.modules_dir, MODULES)
+        .compression(Compression::Gzip);
+    initrd.busybox = inputs.busybox.clone();
+    Ok(initrd.write(out)?.modules)
+}
+
+/// diskforge-vm's errors as this crate's (the variants correspond one to one, except that a
+/// failed QEMU becomes [`Error::Tool`] carrying QEMU's stderr).
+impl From<diskforge_vm::Error> for Error {
+    fn from(e: diskforge_vm::Error) -> Self {
+        use diskforge_vm::Error as V;
+        match e {
+            V::MissingInput {
+                what,
+                path,
+                package,
+            } => Error::MissingInput {
+                what,
+                path,
+                package,
+            },
+            V::ModuleNotFound {
+                module,
+                modules_dep,
+            } => Error::ModuleNotFound {
+                module,
+                dir: modules_dep
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            },
+            V::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path,
+                source,
+            },
+            V::Tool { step, source } => Error::Tool { step, source },
+            V::Qemu { qemu, .. } => Error::Tool {
+                step: "booting in qemu-system-x86_64",
+                source: *qemu,
+            },
+            other @ (V::Invalid { .. } | V::MarkerNotSeen { .. }) => Error::Spec(other.to_string()),
         }
-        for d in chain.into_iter().rev() {
-            if !dirs.contains(&d) {
-                dirs.push(d);
-            }
-        }
     }
-    for d in &dirs {
-        cpio.dir(d).map_err(io)?;
-    }
-    cpio.char_dev("dev/console", 5, 1).map_err(io)?;
-    cpio.char_dev("dev/null", 1, 3).map_err(io)?;
-    cpio.file("bin/busybox", 0o755, &busybox).map_err(io)?;
-    cpio.file("init", 0o755, init_script().as_bytes())
-        .map_err(io)?;
-    cpio.file(
-        MODULE_LIST,
-        0o644,
-        format!("{}\n", order.join("\n")).as_bytes(),
-    )
-    .map_err(io)?;
-    for m in &order {
-        let data = read(&inputs.modules_dir.join(m))?;
-        cpio.file(&format!("lib/modules/{m}"), 0o644, &data)
-            .map_err(io)?;
-    }
-    let gz = cpio.finish().map_err(io)?;
-    let mut buf = gz.finish().map_err(io)?;
-    buf.flush().map_err(io)?;
-    Ok(order)
 }
 
 #[cfg(test)]
@@ -309,45 +165,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn load_order_puts_deps_first_once() {
-        let deps = ModuleDeps::parse(
-            "kernel/drivers/scsi/sr_mod.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/cdrom/cdrom.ko\n\
-             kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko\n\
-             kernel/drivers/scsi/scsi_common.ko:\n\
-             kernel/drivers/cdrom/cdrom.ko:\n\
-             kernel/fs/isofs/isofs.ko: kernel/drivers/cdrom/cdrom.ko\n\
-             kernel/lib/crc-t10dif.ko:\n",
-        );
-        let order = deps
-            .load_order(&["isofs", "sr_mod", "crc-t10dif"], Path::new("/m"))
-            .unwrap();
+    fn vm_errors_map_to_ours() {
+        let e: Error = diskforge_vm::Error::ModuleNotFound {
+            module: "sr_mod".into(),
+            modules_dep: "/lib/modules/6.1/modules.dep".into(),
+        }
+        .into();
         assert_eq!(
-            order,
-            [
-                "kernel/drivers/cdrom/cdrom.ko",
-                "kernel/fs/isofs/isofs.ko",
-                "kernel/drivers/scsi/scsi_common.ko",
-                "kernel/drivers/scsi/scsi_mod.ko",
-                "kernel/drivers/scsi/sr_mod.ko",
-                "kernel/lib/crc-t10dif.ko",
-            ]
+            e.to_string(),
+            "kernel module sr_mod not in /lib/modules/6.1/modules.dep"
         );
-        let err = deps.load_order(&["nope"], Path::new("/m")).unwrap_err();
-        assert_eq!(err.to_string(), "kernel module nope not in /m/modules.dep");
     }
 
+    /// A fake modules tree and busybox: the initrd is gzip'd, lists the modules in load
+    /// order, and its `/init` reads that list.
     #[test]
-    fn cpio_newc_layout() {
-        let mut c = Cpio::new(Vec::new());
-        c.file("a", 0o644, b"xyz").unwrap();
-        let out = c.finish().unwrap();
-        // header 110 + "a\0" = 112 (aligned), data 3 + 1 pad.
-        assert_eq!(&out[..6], b"070701");
-        assert_eq!(&out[54..62], b"00000003"); // filesize
-        assert_eq!(&out[110..112], b"a\0");
-        assert_eq!(&out[112..116], b"xyz\0");
-        assert_eq!(&out[116..122], b"070701");
-        assert_eq!(out.len() % 4, 0);
+    fn initrd_from_fake_inputs() {
+        let d = tempfile::tempdir().unwrap();
+        let md = d.path().join("m");
+        let mut dep = String::new();
+        for m in MODULES {
+            std::fs::create_dir_all(md.join("k")).unwrap();
+            std::fs::write(md.join(format!("k/{m}.ko")), m).unwrap();
+            dep.push_str(&format!(
+                "k/{m}.ko:{}\n",
+                if *m == "sr_mod" { " k/cdrom.ko" } else { "" }
+            ));
+        }
+        std::fs::write(md.join("modules.dep"), dep).unwrap();
+        let busybox = d.path().join("busybox");
+        std::fs::write(&busybox, "bb").unwrap();
+        let out = d.path().join("initrd.img");
+        let order = write_initrd(
+            &InitrdInputs {
+                busybox,
+                modules_dir: md,
+            },
+            &out,
+        )
+        .unwrap();
+        assert_eq!(order.len(), MODULES.len());
+        assert_eq!(order[0], "k/crct10dif_generic.ko");
+        let cdrom = order.iter().position(|m| m == "k/cdrom.ko").unwrap();
+        let sr = order.iter().position(|m| m == "k/sr_mod.ko").unwrap();
+        assert!(cdrom < sr, "{order:?}");
+        assert_eq!(&std::fs::read(&out).unwrap()[..2], b"\x1f\x8b", "gzip");
+        assert!(init_script().contains("$(cat /etc/diskforge-modules)"));
     }
 
     #[test]
