@@ -4,9 +4,12 @@
 //!   `modules.dep`) and reports `/proc/modules` and an extra file, so the report proves the
 //!   archive's layout, the module order and the launcher's marker handling;
 //! - a marker that never comes: the timeout ends QEMU and the error carries the serial tail;
-//! - QEMU failing (a missing disk image): the error shows QEMU's own stderr.
+//! - QEMU failing (a missing disk image): the error shows QEMU's own stderr;
+//! - a stale cached "kvm" answer: the boot under it fails, the launcher probes again and
+//!   boots under TCG, and the cache file is corrected (on a host where KVM works, the boot
+//!   simply succeeds under KVM).
 //!
-//! The first needs root (`/boot/vmlinuz-*` is mode 0600 on Debian). Not covered: KVM (it
+//! The first and the last need root (`/boot/vmlinuz-*` is mode 0600 on Debian). Not covered: KVM (it
 //! hangs on this machine; the probe and its cache are unit-tested), OVMF (the ISO fixture's
 //! boot tests boot OVMF through this crate).
 
@@ -85,6 +88,49 @@ fn kernel_and_initramfs_boot_to_marker_under_tcg() {
     assert!(!r.log.iter().any(|l| l.contains("VMTEST-INSMOD-FAILED")));
     // The guest powered off within the grace period: QEMU exited by itself, status 0.
     assert_eq!(r.exit_code, Some(0));
+}
+
+/// A cache file claiming KVM works (as an older probe or another host could have left it).
+/// Here KVM hangs on a real kernel, so the first attempt reaches no marker; the launcher
+/// must re-probe, find TCG, boot again under it and correct the cache.
+#[test]
+fn stale_cached_kvm_is_reprobed() {
+    if !diskforge_testutil::require_root("stale_cached_kvm_is_reprobed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::host().unwrap();
+    let initrd = dir.path().join("initramfs.cpio");
+    Initramfs::new(INIT).write(&initrd).unwrap();
+    let cache_dir = dir.path().join("cache");
+    std::fs::create_dir(&cache_dir).unwrap();
+    let cache_file = cache_dir.join(format!("accel-{}", kernel.release));
+    std::fs::write(&cache_file, "kvm").unwrap();
+    let mut vm = Vm::kernel(KernelBoot {
+        kernel: kernel
+            .vmlinux(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .unwrap(),
+        initrd,
+        cmdline: "quiet rdinit=/init".into(),
+    });
+    vm.accel_cache_dir = Some(cache_dir);
+    let expect = Expect::marker(DONE, Duration::from_secs(45)).booted(BOOTED);
+    let r = diskforge_vm::run(&vm, &expect, |_| {}).unwrap();
+    eprintln!(
+        "accel {} ({:?}), reprobed {}, {:.1} s",
+        r.accel, r.accel_source, r.reprobed, r.seconds
+    );
+    assert!(r.done(), "serial tail:\n{}", r.log_tail(40));
+    match r.accel {
+        diskforge_vm::Accel::Tcg => {
+            assert!(r.reprobed, "a cached kvm that failed must be re-probed");
+            assert_eq!(std::fs::read_to_string(&cache_file).unwrap(), "tcg");
+        }
+        diskforge_vm::Accel::Kvm => {
+            assert!(!r.reprobed, "KVM worked: nothing to re-probe");
+            assert_eq!(std::fs::read_to_string(&cache_file).unwrap(), "kvm");
+        }
+    }
 }
 
 /// A disk with no boot sector: SeaBIOS never boots anything, the timeout ends QEMU.
