@@ -523,7 +523,7 @@ pub fn check_label(fs: FsType, label: &str) -> Result<()> {
             fs,
             "label",
             label,
-            format!("contains the control character {:?}", c),
+            format!("contains the control character {c:?}"),
         ));
     }
     if fs == FsType::Vfat {
@@ -549,7 +549,10 @@ pub fn check_label(fs: FsType, label: &str) -> Result<()> {
             fs,
             "label",
             label,
-            format!("{} bytes, longer than the {max} bytes {fs} allows", label.len()),
+            format!(
+                "{} bytes, longer than the {max} bytes {fs} allows",
+                label.len()
+            ),
         ));
     }
     Ok(())
@@ -886,9 +889,18 @@ mod tests {
             }
         };
         // Control characters are refused, escaped in the message, for every type.
-        for fs in [FsType::Ext4, FsType::Xfs, FsType::Vfat, FsType::Btrfs, FsType::Swap] {
+        for fs in [
+            FsType::Ext4,
+            FsType::Xfs,
+            FsType::Vfat,
+            FsType::Btrfs,
+            FsType::Swap,
+        ] {
             let msg = refused(fs, "a\nb");
-            assert!(msg.contains(r#""a\nb""#) && msg.contains("control"), "{msg}");
+            assert!(
+                msg.contains(r#""a\nb""#) && msg.contains("control"),
+                "{msg}"
+            );
         }
         assert!(refused(FsType::Ext4, "t\tab").contains(r"'\t'"));
         // Each type's length limit, in bytes.
@@ -904,7 +916,10 @@ mod tests {
             o.label = Some("A".repeat(max));
             assert!(plan(&o, &dev).is_ok(), "{fs} {max}");
             let msg = refused(fs, &"A".repeat(max + 1));
-            assert!(msg.contains(&format!("longer than the {max} bytes")), "{msg}");
+            assert!(
+                msg.contains(&format!("longer than the {max} bytes")),
+                "{msg}"
+            );
         }
         assert!(refused(FsType::Ext4, "ÄÄÄÄÄÄÄÄÄ").contains("18 bytes"));
         // vfat: ASCII without FAT's forbidden characters; written in upper case.
@@ -912,7 +927,10 @@ mod tests {
         assert!(refused(FsType::Vfat, "A*B").contains("not allowed"));
         let mut o = MkfsOptions::new(FsType::Vfat);
         o.label = Some("esp".into());
-        assert_eq!(plan(&o, &dev).unwrap().options.label.as_deref(), Some("ESP"));
+        assert_eq!(
+            plan(&o, &dev).unwrap().options.label.as_deref(),
+            Some("ESP")
+        );
     }
 
     #[test]

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::{
-    Error, FsType, MkfsOptions, Plan, Result, Step, Target, derived_uuid, validate,
-    vfat_volume_id,
+    Error, FsType, MkfsOptions, Plan, Result, Step, Target, derived_uuid, validate, vfat_volume_id,
 };
 
 /// Where temporary files for a block-device target go (root-only, unlike /tmp).

@@ -3,6 +3,9 @@
 //! unchanged, stale bytes inside it are gone, and independent tools (e2fsck, debugfs,
 //! fsck.vfat, mtype) find a clean filesystem holding the tree.
 
+// Helpers panic like the tests they serve (allow-unwrap-in-tests covers only #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -95,16 +98,31 @@ fn ext4_into_a_partition_of_a_sparse_image() {
     let report = mkfs_in_region(&o, &img, offset, len).unwrap();
     let took = t.elapsed();
     let d = report.detected.unwrap();
-    assert_eq!((d.fs_type.as_str(), d.label.as_deref()), ("ext4", Some("part1")));
+    assert_eq!(
+        (d.fs_type.as_str(), d.label.as_deref()),
+        ("ext4", Some("part1"))
+    );
 
     let used = du(&img);
-    eprintln!("ext4 region: {took:?}, {} KiB allocated of 1 GiB", used >> 10);
+    eprintln!(
+        "ext4 region: {took:?}, {} KiB allocated of 1 GiB",
+        used >> 10
+    );
     assert!(used < 64 * MIB, "image grew to {used} bytes on disk");
     assert_eq!(fs::metadata(&img).unwrap().len(), IMAGE);
     assert!(all(&f, 0, MIB, 0xAA), "bytes before the range changed");
-    assert!(all(&f, offset + len, MIB, 0xBB), "bytes after the range changed");
-    assert!(all(&f, IMAGE - 4096, 4096, 0xCC), "end of the image changed");
-    assert!(all(&f, stale, MIB, 0), "stale bytes inside the range remain");
+    assert!(
+        all(&f, offset + len, MIB, 0xBB),
+        "bytes after the range changed"
+    );
+    assert!(
+        all(&f, IMAGE - 4096, 4096, 0xCC),
+        "end of the image changed"
+    );
+    assert!(
+        all(&f, stale, MIB, 0),
+        "stale bytes inside the range remain"
+    );
 
     let part = dir.path().join("p1.img");
     extract(&img, offset, len, &part);
@@ -150,9 +168,18 @@ fn vfat_built_beside_and_copied_by_extent() {
 
     let used = du(&img);
     assert!(used < 32 * MIB, "image grew to {used} bytes on disk");
-    assert!(all(&f, offset - MIB, MIB, 0xAA), "bytes before the range changed");
-    assert!(all(&f, offset + len, MIB, 0xBB), "bytes after the range changed");
-    assert!(all(&f, offset + 200 * MIB, MIB, 0), "stale bytes inside the range remain");
+    assert!(
+        all(&f, offset - MIB, MIB, 0xAA),
+        "bytes before the range changed"
+    );
+    assert!(
+        all(&f, offset + len, MIB, 0xBB),
+        "bytes after the range changed"
+    );
+    assert!(
+        all(&f, offset + 200 * MIB, MIB, 0),
+        "stale bytes inside the range remain"
+    );
 
     let part = dir.path().join("esp.img");
     extract(&img, offset, len, &part);
