@@ -54,10 +54,10 @@ pub enum RegionRoute {
 
 impl FsType {
     /// How this type is made inside a byte range of an image: ext2/3/4 directly
-    /// (`mke2fs -E offset=`, measured 2.1 s against 2.2 s + 8.7 s for building a 200 MiB
-    /// tree beside the image and copying it in); the others through a sparse temporary file
-    /// whose data extents are copied (their tools have no offset, or — mkfs.vfat — keep the
-    /// plan shared with whole-file targets).
+    /// (`mke2fs -E offset=`: `dfimg mkfs ext4 --offset 1M --size 512M` with a 200 MiB tree
+    /// took 1.5 s direct against 4.1–6.4 s built beside the image and copied in by extent);
+    /// the others through a sparse temporary file whose data extents are copied (their
+    /// tools have no offset, or — mkfs.vfat — keep the plan shared with whole-file targets).
     pub fn region_route(self) -> RegionRoute {
         if self.is_ext() {
             RegionRoute::Direct
@@ -130,7 +130,10 @@ impl Planner {
         // mke2fs keeps only the last -E, so every extended option goes into one.
         let mut extended = Vec::new();
         if let Some((offset, _)) = self.direct {
+            // The range was cleared first (reads as zeros), so the journal need not be
+            // written out: 16 MiB less for a 512 MiB filesystem.
             extended.push(format!("offset={offset}"));
+            extended.push("lazy_journal_init=1".into());
         }
         if let Some(e) = epoch {
             env.insert("E2FSPROGS_FAKE_TIME".into(), e.to_string());
