@@ -17,21 +17,24 @@
 //! so in [`Plan::reproducible`]. Without an explicit UUID a reproducible build derives one
 //! from the type, label and epoch.
 //!
-//! **Byte ranges** ([`Target::Region`], a partition without a loop device): the filesystem is
-//! built in a temporary file next to the image, then copied into place at the offset (the
-//! rest of the range is zeroed). One method for every type, unlike `mke2fs -E offset=` which
-//! only ext has.
+//! **Byte ranges** ([`mkfs_in_region`], [`Target::Region`]: a partition of an image file,
+//! made and populated with no loop device and no mount, the file kept sparse): ext2/3/4 are
+//! written straight into the range (`mke2fs -E offset=`, `debugfs IMAGE?offset=`) after the
+//! range is hole-punched; the other types are built in a sparse temporary file beside the
+//! image and only its data extents (`SEEK_DATA`/`SEEK_HOLE`) are copied in, the rest of the
+//! range punched. Either way no byte outside the range changes and no stale byte inside it
+//! remains ([`FsType::region_route`]).
 //!
 //! It deliberately does not mount, partition, or create iso9660 (see `diskforge-iso`). Man
 //! pages followed: mke2fs(8), mkfs.xfs(8) (PROTOTYPE FILES), mkfs.fat(8), mcopy(1),
 //! mkfs.btrfs(8), mkswap(8), mksquashfs(1), mkfs.erofs(1), blkid(8).
 
 mod detect;
+mod plan;
 mod proto;
+mod region;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +42,7 @@ use diskforge_cmd::Cmd;
 use serde::{Deserialize, Serialize};
 
 pub use detect::{Detected, DetectedBy, detect, detect_at, detect_magic, parse_blkid_export};
+pub use plan::{RegionRoute, plan};
 pub use proto::xfs_protofile;
 
 /// Errors from this crate.
@@ -185,6 +189,13 @@ impl FsType {
         matches!(self, FsType::Ext2 | FsType::Ext3 | FsType::Ext4)
     }
 
+    /// Whether the type can be populated from a directory ([`MkfsOptions::populate_from`]):
+    /// every type but swap (`mke2fs -d`, an xfs protofile, `mcopy`, `mkfs.btrfs --rootdir`,
+    /// `mksquashfs`, `mkfs.erofs`).
+    pub fn can_populate(self) -> bool {
+        self != FsType::Swap
+    }
+
     /// Whether the tool writes the whole image itself (its size follows the content).
     pub fn sizes_itself(self) -> bool {
         matches!(self, FsType::Squashfs | FsType::Erofs)
@@ -195,7 +206,8 @@ impl FsType {
         !matches!(self, FsType::Xfs | FsType::Btrfs)
     }
 
-    /// Longest label the type accepts (bytes), or `None` when it has no label.
+    /// Longest label the type accepts (bytes: ext2/3/4 and swap 16, xfs 12, vfat 11,
+    /// btrfs 255), or `None` when it has no label.
     pub fn max_label(self) -> Option<usize> {
         match self {
             FsType::Ext2 | FsType::Ext3 | FsType::Ext4 | FsType::Swap => Some(16),
@@ -234,7 +246,8 @@ impl std::str::FromStr for FsType {
 pub struct MkfsOptions {
     /// Filesystem type.
     pub fs: FsType,
-    /// Label; default none. Checked against [`FsType::max_label`].
+    /// Label; default none. Checked by [`check_label`] (no control characters, at most
+    /// [`FsType::max_label`] bytes; vfat: ASCII, written in upper case).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// UUID (`xxxxxxxx-xxxx-…`; for vfat the volume id `XXXX-XXXX`); default random, or
@@ -363,6 +376,9 @@ pub enum Step {
     ExtClampTimes {
         /// The image.
         image: PathBuf,
+        /// Where the filesystem starts in `image` (`debugfs IMAGE?offset=N`); default 0.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
         /// The tree that was copied in.
         source: PathBuf,
         /// The epoch.
@@ -375,8 +391,20 @@ pub enum Step {
         /// The limit.
         limit: u64,
     },
-    /// Copy `from` into `image` at `offset`, zero the rest of the `size`-byte range, then
-    /// remove `from`.
+    /// Clear the `size`-byte range at `offset` of `image` before a tool writes straight into
+    /// it: holes punched in a file (it stays sparse), zeros written on a device. Refused when
+    /// the range does not lie inside the file.
+    ClearRegion {
+        /// The image.
+        image: PathBuf,
+        /// Byte offset.
+        offset: u64,
+        /// Byte length of the range.
+        size: u64,
+    },
+    /// Copy the data extents of the sparse build `from` into `image` at `offset` (holes are
+    /// not copied), clear the rest of the `size`-byte range (holes punched in a file, zeros on
+    /// a device), and sync.
     CopyIntoRegion {
         /// The temporary build.
         from: PathBuf,
@@ -480,25 +508,59 @@ fn vfat_volume_id(fs: FsType, uuid: &str) -> Result<String> {
     Ok(hex[..8].to_ascii_uppercase())
 }
 
+/// Characters mkfs.fat refuses in a label (dosfstools 4.2).
+const VFAT_LABEL_FORBIDDEN: &str = "*?.,;:/\\|+=<>[]\"";
+
+/// Check a label against the type's rules: no control characters (they would split a
+/// `blkid`/`lsblk` line and cannot be typed back), at most [`FsType::max_label`] bytes, and
+/// for vfat ASCII without the characters FAT forbids (it is stored in upper case).
+pub fn check_label(fs: FsType, label: &str) -> Result<()> {
+    let Some(max) = fs.max_label() else {
+        return Err(Error::Unsupported { fs, what: "labels" });
+    };
+    if let Some(c) = label.chars().find(|c| c.is_control()) {
+        return Err(invalid(
+            fs,
+            "label",
+            label,
+            format!("contains the control character {c:?}"),
+        ));
+    }
+    if fs == FsType::Vfat {
+        if let Some(c) = label.chars().find(|c| !c.is_ascii()) {
+            return Err(invalid(
+                fs,
+                "label",
+                label,
+                format!("{c:?} is not ASCII (FAT labels are stored in a DOS code page)"),
+            ));
+        }
+        if let Some(c) = label.chars().find(|c| VFAT_LABEL_FORBIDDEN.contains(*c)) {
+            return Err(invalid(
+                fs,
+                "label",
+                label,
+                format!("{c:?} is not allowed in a FAT label (none of {VFAT_LABEL_FORBIDDEN})"),
+            ));
+        }
+    }
+    if label.len() > max {
+        return Err(invalid(
+            fs,
+            "label",
+            label,
+            format!(
+                "{} bytes, longer than the {max} bytes {fs} allows",
+                label.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate(o: &MkfsOptions) -> Result<()> {
     if let Some(l) = &o.label {
-        match o.fs.max_label() {
-            None => {
-                return Err(Error::Unsupported {
-                    fs: o.fs,
-                    what: "labels",
-                });
-            }
-            Some(max) if l.len() > max => {
-                return Err(invalid(
-                    o.fs,
-                    "label",
-                    l,
-                    format!("longer than {max} bytes"),
-                ));
-            }
-            Some(_) => {}
-        }
+        check_label(o.fs, l)?;
     }
     if let Some(u) = &o.uuid {
         match o.fs {
@@ -522,7 +584,7 @@ fn validate(o: &MkfsOptions) -> Result<()> {
             _ => {}
         }
     }
-    if o.populate_from.is_some() && o.fs == FsType::Swap {
+    if o.populate_from.is_some() && !o.fs.can_populate() {
         return Err(Error::Unsupported {
             fs: o.fs,
             what: "populating from a directory",
@@ -532,265 +594,6 @@ fn validate(o: &MkfsOptions) -> Result<()> {
         return Err(Error::NeedsSource { fs: o.fs });
     }
     Ok(())
-}
-
-/// Where temporary files for a block-device target go (root-only, unlike /tmp).
-const DEVICE_TEMP_DIR: &str = "/run";
-
-/// `.NAME.TAG` beside `image`; for anything under `/dev` (a device, or a region of one) in
-/// [`DEVICE_TEMP_DIR`] instead.
-fn temp_beside(image: &Path, tag: &str) -> PathBuf {
-    let name = image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = if image.starts_with("/dev") {
-        Path::new(DEVICE_TEMP_DIR)
-    } else {
-        image.parent().unwrap_or(Path::new("."))
-    };
-    dir.join(format!(".{name}.{tag}"))
-}
-
-/// Push `flag value` when the value is set.
-fn flag(args: &mut Vec<String>, flag: &str, value: Option<&str>) {
-    if let Some(v) = value {
-        args.extend([flag.to_owned(), v.to_owned()]);
-    }
-}
-
-fn arg(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Plan a mkfs of `opts` onto `target` (validates options; touches nothing).
-pub fn plan(opts: &MkfsOptions, target: &Target) -> Result<Plan> {
-    validate(opts)?;
-    let fs = opts.fs;
-    let mut o = opts.clone();
-    if let Some(e) = o.source_date_epoch
-        && o.uuid.is_none()
-        && fs != FsType::Squashfs
-    {
-        let u = derived_uuid(fs, o.label.as_deref(), e);
-        o.uuid = Some(if fs == FsType::Vfat {
-            format!("{}-{}", &u[..4], &u[4..8]).to_ascii_uppercase()
-        } else {
-            u
-        });
-    }
-    let mut steps = Vec::new();
-    let mut temporaries = Vec::new();
-
-    // Where the tools write, and the size limit.
-    let (build, limit) = match target {
-        Target::File { path, size } => {
-            if fs.sizes_itself() {
-                steps.push(Step::RemoveFile { path: path.clone() });
-            } else if let Some(s) = size {
-                steps.push(Step::SizeFile {
-                    path: path.clone(),
-                    size: *s,
-                });
-            } else if !path.exists() {
-                return Err(Error::SizeRequired {
-                    path: path.clone(),
-                    fs,
-                });
-            }
-            (path.clone(), *size)
-        }
-        Target::Device { path } => (path.clone(), None),
-        Target::Region {
-            image,
-            offset,
-            size,
-        } => {
-            let tmp = temp_beside(image, &format!("mkfs-{offset}.tmp"));
-            temporaries.push(tmp.clone());
-            if fs.sizes_itself() {
-                steps.push(Step::RemoveFile { path: tmp.clone() });
-            } else {
-                steps.push(Step::SizeFile {
-                    path: tmp.clone(),
-                    size: *size,
-                });
-            }
-            (tmp, Some(*size))
-        }
-    };
-
-    let mut env = BTreeMap::new();
-    let mut args: Vec<String> = Vec::new();
-    let program: &str;
-    let label = o.label.clone();
-    let uuid = o.uuid.clone();
-    let epoch = o.source_date_epoch;
-    match fs {
-        FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => {
-            program = "mke2fs";
-            args.extend(["-F".into(), "-q".into(), "-t".into(), fs.as_str().into()]);
-            flag(&mut args, "-L", label.as_deref());
-            flag(&mut args, "-U", uuid.as_deref());
-            if let Some(e) = epoch {
-                env.insert("E2FSPROGS_FAKE_TIME".into(), e.to_string());
-                // The directory-index hash seed is random otherwise.
-                let seed = uuid
-                    .clone()
-                    .unwrap_or_else(|| derived_uuid(fs, label.as_deref(), e));
-                args.extend(["-E".into(), format!("hash_seed={seed}")]);
-            }
-            if let Some(d) = &o.populate_from {
-                args.extend(["-d".into(), arg(d)]);
-            }
-            args.extend(o.extra_args.iter().cloned());
-            args.push(arg(&build));
-        }
-        FsType::Xfs => {
-            program = "mkfs.xfs";
-            args.extend(["-f".into(), "-q".into()]);
-            flag(&mut args, "-L", label.as_deref());
-            if let Some(u) = &uuid {
-                args.extend(["-m".into(), format!("uuid={u}")]);
-            }
-            if let Some(d) = &o.populate_from {
-                // Beside the image; for a device in root-only /run (see temp_beside).
-                let pf = temp_beside(&build, "proto");
-                temporaries.push(pf.clone());
-                steps.push(Step::WriteXfsProtofile {
-                    source: d.clone(),
-                    path: pf.clone(),
-                });
-                args.extend(["-p".into(), arg(&pf)]);
-            }
-            args.extend(o.extra_args.iter().cloned());
-            args.push(arg(&build));
-        }
-        FsType::Vfat => {
-            program = "mkfs.vfat";
-            flag(&mut args, "-n", label.as_deref());
-            if let Some(u) = &uuid {
-                args.extend(["-i".into(), vfat_volume_id(fs, u)?]);
-            }
-            if epoch.is_some() {
-                args.push("--invariant".into());
-            }
-            args.extend(o.extra_args.iter().cloned());
-            args.push(arg(&build));
-        }
-        FsType::Btrfs => {
-            program = "mkfs.btrfs";
-            args.extend(["-f".into(), "-q".into()]);
-            flag(&mut args, "-L", label.as_deref());
-            flag(&mut args, "-U", uuid.as_deref());
-            if let Some(d) = &o.populate_from {
-                args.extend(["--rootdir".into(), arg(d)]);
-            }
-            args.extend(o.extra_args.iter().cloned());
-            args.push(arg(&build));
-        }
-        FsType::Swap => {
-            program = "mkswap";
-            args.push("-q".into());
-            flag(&mut args, "-L", label.as_deref());
-            flag(&mut args, "-U", uuid.as_deref());
-            args.extend(o.extra_args.iter().cloned());
-            args.push(arg(&build));
-        }
-        FsType::Squashfs => {
-            program = "mksquashfs";
-            let src = o
-                .populate_from
-                .as_deref()
-                .ok_or(Error::NeedsSource { fs })?;
-            args.extend([
-                arg(src),
-                arg(&build),
-                "-noappend".into(),
-                "-quiet".into(),
-                "-no-progress".into(),
-            ]);
-            if let Some(e) = epoch {
-                args.extend([
-                    "-mkfs-time".into(),
-                    e.to_string(),
-                    "-all-time".into(),
-                    e.to_string(),
-                ]);
-            }
-            args.extend(o.extra_args.iter().cloned());
-        }
-        FsType::Erofs => {
-            program = "mkfs.erofs";
-            let src = o
-                .populate_from
-                .as_deref()
-                .ok_or(Error::NeedsSource { fs })?;
-            args.push("--quiet".into());
-            if let Some(e) = epoch {
-                args.push(format!("-T{e}"));
-            }
-            if let Some(u) = &uuid {
-                args.push(format!("-U{u}"));
-            }
-            args.extend(o.extra_args.iter().cloned());
-            args.push(arg(&build));
-            args.push(arg(src));
-        }
-    }
-    steps.push(Step::Run {
-        program: program.into(),
-        args,
-        env,
-    });
-
-    if fs == FsType::Vfat
-        && let Some(src) = &o.populate_from
-    {
-        steps.push(Step::McopyTree {
-            image: build.clone(),
-            source: src.clone(),
-            epoch,
-        });
-    }
-    if fs.is_ext()
-        && let (Some(e), Some(src)) = (epoch, &o.populate_from)
-    {
-        steps.push(Step::ExtClampTimes {
-            image: build.clone(),
-            source: src.clone(),
-            epoch: e,
-        });
-    }
-    if fs.sizes_itself()
-        && let Some(limit) = limit
-    {
-        steps.push(Step::CheckFits {
-            path: build.clone(),
-            limit,
-        });
-    }
-    if let Target::Region {
-        image,
-        offset,
-        size,
-    } = target
-    {
-        steps.push(Step::CopyIntoRegion {
-            from: build.clone(),
-            image: image.clone(),
-            offset: *offset,
-            size: *size,
-        });
-    }
-    let reproducible = epoch.is_some() && fs.reproducible();
-    Ok(Plan {
-        options: o,
-        target: target.clone(),
-        reproducible,
-        steps,
-        temporaries,
-    })
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -815,6 +618,22 @@ pub fn execute(plan: &Plan) -> Result<()> {
         }
     }
     res
+}
+
+/// Make a filesystem in the byte range `[offset, offset + len)` of `image` — a partition of
+/// a disk image, with no loop device and no mount — populated from
+/// [`MkfsOptions::populate_from`] where the type allows ([`FsType::can_populate`]), keeping a
+/// sparse image sparse; bytes outside the range are never written. The same as [`mkfs`] on
+/// [`Target::Region`].
+pub fn mkfs_in_region(opts: &MkfsOptions, image: &Path, offset: u64, len: u64) -> Result<Report> {
+    mkfs(
+        opts,
+        &Target::Region {
+            image: image.to_owned(),
+            offset,
+            size: len,
+        },
+    )
 }
 
 /// Plan, execute, and read back what was made (via [`detect`]).
@@ -894,13 +713,19 @@ fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
         }
         Step::ExtClampTimes {
             image,
+            offset,
             source,
             epoch,
         } => {
             let script = ext_time_script(source, *epoch)?;
+            let mut target = image.clone().into_os_string();
+            if let Some(o) = offset {
+                // e2fsprogs' io options: NAME?offset=BYTES (ext2fs_open2).
+                target.push(format!("?offset={o}"));
+            }
             Cmd::new("debugfs")
                 .args(["-w", "-f", "-"])
-                .arg(image)
+                .arg(target)
                 .stdin_bytes(script)
                 .run()
                 .map_err(|e| Error::Tool {
@@ -926,62 +751,16 @@ fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
             image,
             offset,
             size,
-        } => copy_into(fs, from, image, *offset, *size)?,
-    }
-    Ok(())
-}
-
-/// Copy `from` to `image` at `offset` and zero the rest of the `size`-byte range.
-fn copy_into(fs: FsType, from: &Path, image: &Path, offset: u64, size: u64) -> Result<()> {
-    let mut src = File::open(from).map_err(io("opening", from))?;
-    let len = src.metadata().map_err(io("reading", from))?.len();
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .open(image)
-        .map_err(io("opening", image))?;
-    let is_file = dst.metadata().map_err(io("reading", image))?.is_file();
-    if is_file && dst.metadata().map_err(io("reading", image))?.len() < offset + size {
-        return Err(Error::Invalid {
-            fs,
-            field: "region",
-            value: format!("{offset}+{size}"),
-            reason: format!("{} is shorter", image.display()),
-        });
-    }
-    if len > size {
-        return Err(Error::TooLarge {
-            fs,
-            built: len,
-            limit: size,
-            path: image.to_owned(),
-        });
-    }
-    dst.seek(SeekFrom::Start(offset))
-        .map_err(io("seeking", image))?;
-    // std::io::copy uses copy_file_range between files.
-    let copied =
-        std::io::copy(&mut (&mut src).take(len), &mut dst).map_err(io("copying into", image))?;
-    let rest = size.saturating_sub(copied);
-    if rest > 0 {
-        let punched = is_file
-            && rustix::fs::fallocate(
-                &dst,
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                offset + copied,
-                rest,
-            )
-            .is_ok();
-        if !punched {
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = rest;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                dst.write_all(&zeros[..n]).map_err(io("zeroing", image))?;
-                left -= n as u64;
-            }
+        } => {
+            region::RegionFile::open(fs, image, *offset, *size)?
+                .copy_extents_from(fs, from, *offset, *size)?;
         }
+        Step::ClearRegion {
+            image,
+            offset,
+            size,
+        } => region::RegionFile::open(fs, image, *offset, *size)?.clear(*offset, *size)?,
     }
-    dst.sync_data().map_err(io("syncing", image))?;
     Ok(())
 }
 
@@ -1094,6 +873,64 @@ mod tests {
             plan(&o, &missing),
             Err(Error::SizeRequired { .. })
         ));
+    }
+
+    #[test]
+    fn labels() {
+        let dev = Target::Device {
+            path: "/dev/x".into(),
+        };
+        let refused = |fs: FsType, label: &str| {
+            let mut o = MkfsOptions::new(fs);
+            o.label = Some(label.into());
+            match plan(&o, &dev) {
+                Err(e @ Error::Invalid { field: "label", .. }) => e.to_string(),
+                other => panic!("{fs} {label:?}: {other:?}"),
+            }
+        };
+        // Control characters are refused, escaped in the message, for every type.
+        for fs in [
+            FsType::Ext4,
+            FsType::Xfs,
+            FsType::Vfat,
+            FsType::Btrfs,
+            FsType::Swap,
+        ] {
+            let msg = refused(fs, "a\nb");
+            assert!(
+                msg.contains(r#""a\nb""#) && msg.contains("control"),
+                "{msg}"
+            );
+        }
+        assert!(refused(FsType::Ext4, "t\tab").contains(r"'\t'"));
+        // Each type's length limit, in bytes.
+        for (fs, max) in [
+            (FsType::Ext2, 16),
+            (FsType::Ext4, 16),
+            (FsType::Xfs, 12),
+            (FsType::Vfat, 11),
+            (FsType::Btrfs, 255),
+            (FsType::Swap, 16),
+        ] {
+            let mut o = MkfsOptions::new(fs);
+            o.label = Some("A".repeat(max));
+            assert!(plan(&o, &dev).is_ok(), "{fs} {max}");
+            let msg = refused(fs, &"A".repeat(max + 1));
+            assert!(
+                msg.contains(&format!("longer than the {max} bytes")),
+                "{msg}"
+            );
+        }
+        assert!(refused(FsType::Ext4, "ÄÄÄÄÄÄÄÄÄ").contains("18 bytes"));
+        // vfat: ASCII without FAT's forbidden characters; written in upper case.
+        assert!(refused(FsType::Vfat, "ÄBC").contains("not ASCII"));
+        assert!(refused(FsType::Vfat, "A*B").contains("not allowed"));
+        let mut o = MkfsOptions::new(FsType::Vfat);
+        o.label = Some("esp".into());
+        assert_eq!(
+            plan(&o, &dev).unwrap().options.label.as_deref(),
+            Some("ESP")
+        );
     }
 
     #[test]

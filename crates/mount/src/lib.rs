@@ -2,7 +2,8 @@
 //! directory or a single file, recursive binds, read-only remounts, propagation changes,
 //! overlayfs stacks with any number of lower layers, a [`MountStack`] that unwinds in
 //! reverse and reports every failure, and [`in_private_namespace`] for mounts nobody else
-//! should see. [`mounts`] reads the mount table; [`signal::TerminationFlag`] lets a tool
+//! should see. [`mounts`] reads the mount table; [`mount_users`] names the processes that
+//! keep a mount busy; [`signal::TerminationFlag`] lets a tool
 //! unwind its guards on SIGINT/SIGTERM.
 //!
 //! Guards: [`Mount`] and [`OverlayMount`] each own one mount *we* made;
@@ -32,12 +33,13 @@ mod overlay;
 pub mod signal;
 mod stack;
 mod sys;
+mod users;
 
 use std::path::PathBuf;
 
 pub use mount::{
-    ImageMount, Mount, UNMOUNT_ATTEMPTS, UnmountOptions, make_private, parse_mount_options,
-    remount_read_only, unmount, unmount_recursive,
+    ImageMount, Mount, UNMOUNT_ATTEMPTS, UnmountOptions, detach_lazily, make_private,
+    parse_mount_options, remount_read_only, unmount, unmount_recursive,
 };
 pub use mountinfo::{MountInfo, find_mount, mounts, parse_mountinfo};
 pub use ns::in_private_namespace;
@@ -46,6 +48,7 @@ pub use overlay::{
 };
 pub use rustix::mount::MountFlags;
 pub use stack::{MountStack, Teardown, TeardownFailure};
+pub use users::{MountUser, mount_users};
 
 /// Errors from mounting and unmounting. Each names the path involved.
 #[derive(Debug, thiserror::Error)]

@@ -268,6 +268,25 @@ pub fn unmount(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {
     })
 }
 
+/// `umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW)` at once, without retries: the mount (and
+/// every mount below it) leaves the tree now and the kernel frees it when its last user lets
+/// go ([`crate::mount_users`] names them). [`Error::NotMounted`] when nothing is mounted there.
+///
+/// # References
+///  - [umount(2)](https://man7.org/linux/man-pages/man2/umount.2.html)
+#[doc(alias = "MNT_DETACH")]
+pub fn detach_lazily(target: impl AsRef<Path>) -> Result<()> {
+    let resolved = std::fs::canonicalize(target.as_ref());
+    let target = resolved.as_deref().unwrap_or(target.as_ref());
+    match rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+        Ok(()) => Ok(()),
+        Err(Errno::INVAL) => Err(Error::NotMounted {
+            target: target.to_owned(),
+        }),
+        Err(e) => Err(syscall_err("umount --lazy", target)(e)),
+    }
+}
+
 /// Unmount `target` and every mount below it, deepest (most recent) first, like
 /// `umount -R`; each step as in [`unmount`]. Mounts that vanish meanwhile are skipped.
 pub fn unmount_recursive(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {

@@ -50,12 +50,13 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// `qemu-img check` does not support this format (exit status 63: raw, vpc, vmdk…).
-    #[error("qemu-img check {}: format {format} does not support checks", path.display())]
+    /// The image's format has nothing `qemu-img check` can examine: raw images have no
+    /// metadata at all; others (vpc…) have no checker in qemu-img (its exit status 63).
+    #[error("{}", unsupported_message(path, format))]
     CheckUnsupported {
         /// The image.
         path: PathBuf,
-        /// Its format as given or detected (`"auto"` when not given).
+        /// Its format, as given or as `qemu-img info` detected it.
         format: String,
     },
     /// The destination of [`convert_into_place`] exists already.
@@ -82,6 +83,24 @@ pub enum Error {
     #[error("invalid size {0:?} (bytes, or a number with K/M/G/T suffix)")]
     InvalidSize(String),
 }
+
+fn unsupported_message(path: &Path, format: &str) -> String {
+    if format == "raw" {
+        format!(
+            "{} is a raw image: raw images have no metadata to check (check the filesystems \
+             inside instead)",
+            path.display()
+        )
+    } else {
+        format!(
+            "{} is a {format} image: qemu-img has no check for {format}",
+            path.display()
+        )
+    }
+}
+
+/// Formats `qemu-img check` can examine (QEMU 7.2: the drivers with a `bdrv_co_check`).
+pub const CHECKABLE_FORMATS: [&str; 6] = ["qcow2", "qed", "vdi", "vhdx", "vmdk", "parallels"];
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -562,14 +581,24 @@ pub fn parse_check(json: &str) -> serde_json::Result<CheckReport> {
     serde_json::from_str(json)
 }
 
-/// `qemu-img check --output=json`. A corrupt or leaking image is not an error: it returns the
-/// report (qemu-img exits 2 or 3 and still prints it). A format without checks (raw, vpc…)
-/// gives [`Error::CheckUnsupported`].
+/// `qemu-img check --output=json`. The format is detected first with `qemu-img info` when
+/// not given, and passed on with `-f`. A corrupt or leaking image is not an error: it returns
+/// the report (qemu-img exits 2 or 3 and still prints it). A format with nothing to check
+/// (raw, which has no metadata; vpc…; see [`CHECKABLE_FORMATS`]) gives
+/// [`Error::CheckUnsupported`] naming the detected format.
 pub fn check(path: &Path, format: Option<Format>) -> Result<CheckReport> {
-    let mut c = Cmd::new(QEMU_IMG).args(["check", "--output=json"]);
-    if let Some(f) = format {
-        c = c.args(["-f", f.as_str()]);
+    let format = match format {
+        Some(f) => f.as_str().to_owned(),
+        None => info(path, None)?.format,
+    };
+    let unsupported = || Error::CheckUnsupported {
+        path: path.to_owned(),
+        format: format.clone(),
+    };
+    if !CHECKABLE_FORMATS.contains(&format.as_str()) {
+        return Err(unsupported());
     }
+    let c = Cmd::new(QEMU_IMG).args(["check", "--output=json", "-f", &format]);
     let stdout = match c.arg(path).run() {
         Ok(out) => out.stdout,
         Err(e) => match (e.exit_status().and_then(|s| s.code()), &e) {
@@ -577,12 +606,7 @@ pub fn check(path: &Path, format: Option<Format>) -> Result<CheckReport> {
                 Some(CHECK_EXIT_CORRUPT | CHECK_EXIT_LEAKS),
                 diskforge_cmd::Error::Failed { stdout, .. },
             ) => stdout.clone().into_bytes(),
-            (Some(CHECK_EXIT_UNSUPPORTED), _) => {
-                return Err(Error::CheckUnsupported {
-                    path: path.to_owned(),
-                    format: format.map_or("auto", Format::as_str).to_owned(),
-                });
-            }
+            (Some(CHECK_EXIT_UNSUPPORTED), _) => return Err(unsupported()),
             _ => {
                 return Err(Error::Run {
                     op: "check",

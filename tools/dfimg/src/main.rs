@@ -18,7 +18,9 @@ Exit codes:
   2  bad usage
   3  check: the image has corruptions
   4  check: the image leaks clusters (no corruption)
-  5  check: the format cannot be checked (raw, vpc, …)
+  5  check: nothing to check in this format (raw images have no
+     metadata; qemu-img has no check for vpc); the format is
+     detected first and named in the message
 
 Sizes take K, M, G, T suffixes (powers of 1024). SOURCE_DATE_EPOCH makes
 mkfs output reproducible where the filesystem allows (ext2/3/4, vfat, swap,
@@ -131,7 +133,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check an image's consistency (exit 3: corrupt, 4: leaks, 5: not checkable).
+    /// Check an image's metadata (exit 3: corrupt, 4: leaks, 5: nothing to check:
+    /// raw images have no metadata).
     Check {
         /// The image.
         image: PathBuf,
@@ -419,8 +422,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let report = match qemu_img_cmd::check(&image, format) {
                 Ok(r) => r,
-                Err(e @ qemu_img_cmd::Error::CheckUnsupported { .. }) => {
-                    eprintln!("dfimg: {e}");
+                Err(qemu_img_cmd::Error::CheckUnsupported { path, format }) => {
+                    let reason = qemu_img_cmd::Error::CheckUnsupported {
+                        path: path.clone(),
+                        format: format.clone(),
+                    }
+                    .to_string();
+                    if json {
+                        print_json(&serde_json::json!({
+                            "filename": path,
+                            "format": format,
+                            "checked": false,
+                            "reason": reason,
+                        }))?;
+                    } else {
+                        eprintln!("dfimg: {reason}");
+                    }
                     return Ok(ExitCode::from(5));
                 }
                 Err(e) => return Err(e.into()),

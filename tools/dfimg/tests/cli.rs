@@ -98,6 +98,27 @@ fn create_convert_check_exit_codes() {
     let report = json(&dfimg(&["check", "disk.qcow2", "--json"], d));
     assert_eq!(report["check-errors"], 0);
     assert_eq!(code(&dfimg(&["check", "disk.raw", "-f", "raw"], d)), 5);
+    // Without -f the format is detected first, and named plainly.
+    let raw = dfimg(&["check", "disk.raw"], d);
+    assert_eq!(code(&raw), 5);
+    let msg = String::from_utf8_lossy(&raw.stderr);
+    assert!(
+        msg.contains("disk.raw is a raw image: raw images have no metadata to check"),
+        "{msg}"
+    );
+    assert!(!msg.contains("auto"), "{msg}");
+    let raw = dfimg(&["check", "disk.raw", "--json"], d);
+    assert_eq!(code(&raw), 5);
+    let rep: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        (rep["format"].as_str(), rep["checked"].as_bool()),
+        (Some("raw"), Some(false))
+    );
+    let vhd = dfimg(&["convert", "disk.raw", "disk.vhd", "-O", "vpc"], d);
+    assert_eq!(code(&vhd), 0);
+    let vhd = dfimg(&["check", "disk.vhd"], d);
+    assert_eq!(code(&vhd), 5);
+    assert!(String::from_utf8_lossy(&vhd.stderr).contains("is a vpc image: qemu-img has no check"));
     let bad = dfimg(&["convert", "disk.raw", "x.vhdx", "-O", "vhdx", "-c"], d);
     assert_eq!(code(&bad), 1);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("vhdx cannot be compressed"));

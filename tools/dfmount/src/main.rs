@@ -4,9 +4,16 @@
 //! after mounting (use `dfmount umount`, or `--hold` to keep the mount only while `dfmount`
 //! runs). `-o loop` attaches the image with autoclear, as mount(8) does, so unmounting also
 //! frees the loop device.
+//!
+//! Every exit path either undoes what this run mounted or says what remains and why: a step
+//! that fails after an earlier one succeeded (the read-only remount of a bind, the mount on a
+//! new loop device) tears the earlier one down and names anything that would not go; at the
+//! end of `--hold` a mount still busy after the retries is detached lazily (gone from the
+//! tree, freed by the kernel when its last user lets go), its users are named, and the exit
+//! status is 3. Only SIGKILL can leave a held mount behind.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,14 +22,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use diskforge_loop::{AttachOptions, LoopDevice};
 use diskforge_mount::signal::TerminationFlag;
 use diskforge_mount::{
-    Mount, MountFlags, MountInfo, MountStack, Overlay, RedirectDir, UnmountOptions, Xino,
+    Mount, MountFlags, MountInfo, MountStack, Overlay, RedirectDir, UNMOUNT_ATTEMPTS,
+    UnmountOptions, Xino,
 };
 
 const AFTER_HELP: &str = "\
 Exit codes:
   0  success
-  1  the operation failed (the message names the path)
+  1  the operation failed (the message names the path and anything left
+     mounted)
   2  bad usage
+  3  --hold: the mount was still busy when the hold ended; it was detached
+     lazily (gone from the tree, freed when its users, named on stderr,
+     let go)
 
 Examples:
   dfmount mount -t ext4 /dev/loop3p1 /mnt/root
@@ -135,7 +147,8 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct Common {
-    /// Keep the mount only until SIGINT/SIGTERM/SIGHUP, then unmount and exit.
+    /// Keep the mount only until SIGINT/SIGTERM/SIGHUP, then unmount and exit (if still
+    /// busy: detach lazily, name the users, exit 3).
     #[arg(long)]
     hold: bool,
     /// Print what was mounted as JSON.
@@ -167,7 +180,7 @@ enum XinoArg {
 fn main() -> ExitCode {
     diskforge_cmd::exit_quietly_on_broken_pipe();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("dfmount: {e:#}");
             ExitCode::from(1)
@@ -187,7 +200,30 @@ struct Report {
     method: Option<diskforge_mount::OverlayMethod>,
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Exit status when `--hold` ended with the mount busy and detached lazily.
+const EXIT_DETACHED_LAZILY: u8 = 3;
+
+/// Tear down what this run made after `e`; the error names whatever would not go.
+fn undo(stack: MountStack, e: anyhow::Error) -> anyhow::Error {
+    match stack.teardown() {
+        Ok(()) => e,
+        Err(t) => anyhow::anyhow!("{e:#}; undoing what was made failed too, still in place: {t}"),
+    }
+}
+
+/// Make a mount read-only, unmounting it again (and saying so if that fails) when that fails.
+fn remount_ro_or_undo(m: Mount) -> Result<Mount> {
+    match m.remount_read_only() {
+        Ok(()) => Ok(m),
+        Err(e) => {
+            let mut stack = MountStack::new();
+            stack.push(m);
+            Err(undo(stack, e.into()))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Mount {
             src,
@@ -220,7 +256,10 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 src.clone()
             };
-            stack.push(Mount::new(&source, &dst, &fstype, flags, data)?);
+            match Mount::new(&source, &dst, &fstype, flags, data) {
+                Ok(m) => stack.push(m),
+                Err(e) => return Err(undo(stack, e.into())),
+            }
             let report = Report {
                 target: dst,
                 source: src.display().to_string(),
@@ -238,17 +277,12 @@ fn run(cli: Cli) -> Result<()> {
             common,
         } => {
             let flag = signals(&common)?;
-            let m = match (ro, recursive) {
-                (false, false) => Mount::bind(&src, &dst)?,
-                (true, false) => Mount::bind_read_only(&src, &dst)?,
-                (_, true) => {
-                    let m = Mount::bind_recursive(&src, &dst)?;
-                    if ro {
-                        m.remount_read_only()?;
-                    }
-                    m
-                }
+            let m = if recursive {
+                Mount::bind_recursive(&src, &dst)?
+            } else {
+                Mount::bind(&src, &dst)?
             };
+            let m = if ro { remount_ro_or_undo(m)? } else { m };
             let mut stack = MountStack::new();
             stack.push(m);
             let report = Report {
@@ -321,7 +355,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 diskforge_mount::unmount(&dst, UnmountOptions { lazy })?;
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::List {
             json,
@@ -342,7 +376,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", render_table(&rows));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -358,6 +392,33 @@ fn signals(common: &Common) -> Result<Option<TerminationFlag>> {
     }
 }
 
+fn print_report(report: &Report, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+    } else {
+        match &report.loop_device {
+            Some(d) => writeln!(
+                out,
+                "{} on {} ({}, via {})",
+                report.source,
+                report.target.display(),
+                report.fstype,
+                d.display()
+            )?,
+            None => writeln!(
+                out,
+                "{} on {} ({})",
+                report.source,
+                report.target.display(),
+                report.fstype
+            )?,
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Print the report, then either hand the mounts over (they outlive us) or hold them until
 /// a termination signal and unwind.
 fn finish(
@@ -365,36 +426,83 @@ fn finish(
     report: &Report,
     common: &Common,
     flag: Option<TerminationFlag>,
-) -> Result<()> {
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        match &report.loop_device {
-            Some(d) => println!(
-                "{} on {} ({}, via {})",
-                report.source,
-                report.target.display(),
-                report.fstype,
-                d.display()
-            ),
-            None => println!(
-                "{} on {} ({})",
-                report.source,
-                report.target.display(),
-                report.fstype
-            ),
-        }
-    }
-    std::io::stdout().flush()?;
+) -> Result<ExitCode> {
+    let printed = print_report(report, common.json);
     match flag {
-        Some(flag) => {
-            flag.wait(Duration::from_millis(100));
-            stack.teardown()?;
-        }
         // The CLI's contract: mounts (and `-o loop` devices) outlive us.
-        None => stack.release_all(),
+        None => {
+            stack.release_all();
+            printed?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(flag) => {
+            if let Err(e) = printed {
+                // Nobody would learn what is held: undo it rather than hold it unseen.
+                end_hold(stack, &report.target)?;
+                return Err(e.context("printing the report"));
+            }
+            flag.wait(Duration::from_millis(100));
+            end_hold(stack, &report.target)
+        }
     }
-    Ok(())
+}
+
+/// The end of `--hold`: unwind the stack; if the mount on `target` stays busy, name its
+/// users and detach it lazily (exit 3); any other failure says what remains (exit 1).
+fn end_hold(stack: MountStack, target: &Path) -> Result<ExitCode> {
+    let resolved = std::fs::canonicalize(target);
+    let target = resolved.as_deref().unwrap_or(target);
+    let failures = match stack.teardown() {
+        Ok(()) => return Ok(ExitCode::SUCCESS),
+        Err(diskforge_mount::Error::Teardown { failures }) => failures,
+        Err(e) => return Err(e.into()),
+    };
+    let is_busy = |e: &diskforge_mount::Error| matches!(e, diskforge_mount::Error::Busy { .. });
+    let mut code = ExitCode::SUCCESS;
+    if failures.iter().any(|f| is_busy(&f.error)) {
+        let users = diskforge_mount::mount_users(target);
+        eprintln!(
+            "dfmount: {} stayed busy through {UNMOUNT_ATTEMPTS} unmount attempts",
+            target.display()
+        );
+        for u in &users {
+            eprintln!("dfmount:   used by {u}");
+        }
+        if users.is_empty() {
+            eprintln!(
+                "dfmount:   (no process found using it: a mount below it, or hidden from us)"
+            );
+        }
+        match diskforge_mount::detach_lazily(target) {
+            Ok(()) | Err(diskforge_mount::Error::NotMounted { .. }) => {
+                eprintln!(
+                    "dfmount: detached {} lazily: it is gone from the mount tree; the kernel \
+                     frees it when {} let go",
+                    target.display(),
+                    if users.is_empty() {
+                        "its users"
+                    } else {
+                        "they"
+                    }
+                );
+                code = ExitCode::from(EXIT_DETACHED_LAZILY);
+            }
+            Err(e) => anyhow::bail!(
+                "{} is still mounted: {e}; unmount it with `dfmount umount --lazy {}`",
+                target.display(),
+                target.display()
+            ),
+        }
+    }
+    let others: Vec<String> = failures
+        .iter()
+        .filter(|f| !is_busy(&f.error))
+        .map(|f| format!("{}: {}", f.what, f.error))
+        .collect();
+    if !others.is_empty() {
+        anyhow::bail!("still in place after the hold: {}", others.join("; "));
+    }
+    Ok(code)
 }
 
 fn render_table(rows: &[&MountInfo]) -> String {

@@ -181,3 +181,53 @@ fn hold_unmounts_on_sigterm() {
     assert!(stdout.starts_with("overlay on "), "{stdout}");
     assert!(KernelState::capture().mounts_under(dir.path()).is_empty());
 }
+
+#[test]
+fn hold_on_a_busy_target_detaches_lazily_naming_the_user() {
+    if !require_root("hold_on_a_busy_target_detaches_lazily_naming_the_user") {
+        return;
+    }
+    let dir = scratch_dir();
+    for d in ["a", "m"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    fs::write(dir.path().join("a/f"), "a").unwrap();
+    // dfmount holds a bind; a second process sits in it (cwd and an open file) while
+    // dfmount gets SIGTERM, so the unmount at the end of the hold meets EBUSY.
+    let script = r#"
+        "$BIN" bind --hold a m >out 2>err & P=$!
+        for i in $(seq 100); do [ -e m/f ] && break; sleep 0.05; done
+        (cd m && exec sleep 30 <f) & S=$!
+        sleep 0.2
+        kill -TERM $P; wait $P; echo "rc=$?"
+        grep -c " $PWD/m " /proc/self/mountinfo
+        kill $S; wait $S 2>/dev/null
+        echo "sleeper=$S"
+    "#;
+    let out = Cmd::new("sh")
+        .args(["-c", script])
+        .env("BIN", BIN)
+        .dir(dir.path())
+        .read()
+        .unwrap();
+    let stderr = fs::read_to_string(dir.path().join("err")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "rc=3", "{out}\n{stderr}");
+    assert_eq!(
+        lines[1], "0",
+        "the bind is still in the mount tree: {stderr}"
+    );
+    let sleeper = lines[2].trim_start_matches("sleeper=");
+    let m = dir.path().join("m");
+    assert!(
+        stderr.contains(&format!("{} stayed busy", m.display()))
+            && stderr.contains(&format!(
+                "used by pid {sleeper} (sleep): cwd, open {}/f",
+                m.display()
+            ))
+            && stderr.contains("detached")
+            && stderr.contains("lazily"),
+        "{stderr}"
+    );
+    assert!(KernelState::capture().mounts_under(dir.path()).is_empty());
+}
