@@ -859,10 +859,9 @@ fn corrupt_tables_do_not_panic() {
 /// Block devices: a loop device over an image, with 512- and 4096-byte logical sectors
 /// (`BLKSSZGET` decides the sector size `read` uses; plans for the other size are refused).
 #[test]
+#[ignore = "needs root"]
 fn block_devices_with_512_and_4096_byte_sectors() {
-    if !diskforge_testutil::require_root("part::block_devices_with_512_and_4096_byte_sectors") {
-        return;
-    }
+    diskforge_testutil::require_root();
     use diskforge_loop::{AttachOptions, LoopDevice};
     let dir = diskforge_testutil::scratch_dir();
     for ss in [512u32, 4096] {
