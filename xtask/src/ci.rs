@@ -61,6 +61,7 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
 
 /// `cargo test --workspace` (with `--include-ignored` as root), its stdout passed through and
 /// tallied; an error when it fails, or when `ci` and any test did not run.
+#[allow(clippy::disallowed_methods)] // xtask runs processes directly by design
 fn test_step(root: bool, ci: bool) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut c = std::process::Command::new(cargo);
