@@ -275,10 +275,9 @@ fn layer_paths(layers: &[dl::Layer]) -> Vec<PathBuf> {
 // Tests
 
 #[test]
+#[ignore = "needs root"]
 fn seed_example_merged_view_commit_and_restack() {
-    if !require_root("layers::seed_example_merged_view_commit_and_restack") {
-        return;
-    }
+    require_root();
     let scratch = scratch_dir();
     let s = scratch.path();
     let store = dl::Store::open(s.join("store")).unwrap();
@@ -454,10 +453,9 @@ fn seed_example_merged_view_commit_and_restack() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn umoci_reads_the_layout_we_write() {
-    if !require_root("layers::umoci_reads_the_layout_we_write") {
-        return;
-    }
+    require_root();
     let scratch = scratch_dir();
     let s = scratch.path();
     let store = dl::Store::open(s.join("store")).unwrap();
@@ -510,10 +508,9 @@ fn umoci_reads_the_layout_we_write() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn we_read_umoci_and_skopeo_layouts() {
-    if !require_root("layers::we_read_umoci_and_skopeo_layouts") {
-        return;
-    }
+    require_root();
     let scratch = scratch_dir();
     let s = scratch.path();
     let layout = s.join("oci");
@@ -621,10 +618,9 @@ fn we_read_umoci_and_skopeo_layouts() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hostile_tarballs_are_refused() {
-    if !require_root("layers::hostile_tarballs_are_refused") {
-        return;
-    }
+    require_root();
     use tar::EntryType::{Directory, Link, Regular, Symlink};
     let scratch = scratch_dir();
     let s = scratch.path();
@@ -779,10 +775,9 @@ fn hostile_tarballs_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stack_of_200_layers_mounts_with_precedence() {
-    if !require_root("layers::stack_of_200_layers_mounts_with_precedence") {
-        return;
-    }
+    require_root();
     const N: usize = 200;
     let scratch = scratch_dir();
     // Long layer paths make the option string far exceed one page.
@@ -855,10 +850,9 @@ fn stack_of_200_layers_mounts_with_precedence() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_in_a_chroot_of_the_stack() {
-    if !require_root("layers::run_in_a_chroot_of_the_stack") {
-        return;
-    }
+    require_root();
     let scratch = scratch_dir();
     let s = scratch.path();
     let root = s.join("busybox");

@@ -66,10 +66,9 @@ fn mkdirs(base: &Path, names: &[&str]) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attach_with_offset_and_sizelimit_reads_back() {
-    if !require_root("attach_with_offset_and_sizelimit_reads_back") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("img");
     patterned(&img, 4 * MIB);
@@ -136,10 +135,9 @@ fn attach_with_offset_and_sizelimit_reads_back() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn read_only_attach_rejects_writes() {
-    if !require_root("read_only_attach_rejects_writes") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("img");
     patterned(&img, MIB);
@@ -171,10 +169,9 @@ fn read_only_attach_rejects_writes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn concurrent_attaches_all_succeed_on_distinct_devices() {
-    if !require_root("concurrent_attaches_all_succeed_on_distinct_devices") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("img");
     patterned(&img, MIB);
@@ -199,10 +196,9 @@ fn concurrent_attaches_all_succeed_on_distinct_devices() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn partitions_resolve_to_byte_ranges_without_nodes() {
-    if !require_root("partitions_resolve_to_byte_ranges_without_nodes") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("gpt.img");
     patterned(&img, 16 * MIB);
@@ -264,10 +260,9 @@ fn partitions_resolve_to_byte_ranges_without_nodes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn overlay_three_lowers_precedence_copy_up_and_whiteout() {
-    if !require_root("overlay_three_lowers_precedence_copy_up_and_whiteout") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["l1", "l2", "l3", "upper", "work", "merged"]);
     let (l1, l2, l3, upper, work, merged) = (&d[0], &d[1], &d[2], &d[3], &d[4], &d[5]);
@@ -313,10 +308,9 @@ fn overlay_three_lowers_precedence_copy_up_and_whiteout() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn single_file_bind_over_read_only_mount() {
-    if !require_root("single_file_bind_over_read_only_mount") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["tree", "mnt"]);
     fs::write(d[0].join("EULA"), "old terms").unwrap();
@@ -342,10 +336,9 @@ fn single_file_bind_over_read_only_mount() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hundred_lowers_use_the_long_option_path() {
-    if !require_root("hundred_lowers_use_the_long_option_path") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let base = dir
         .path()
@@ -387,10 +380,9 @@ fn hundred_lowers_use_the_long_option_path() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn panic_while_holding_guards_leaves_nothing_attached() {
-    if !require_root("panic_while_holding_guards_leaves_nothing_attached") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("fs.img");
     fs::File::create(&img).unwrap().set_len(16 * MIB).unwrap();
@@ -446,10 +438,9 @@ fn panic_while_holding_guards_leaves_nothing_attached() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_input_errors_name_the_path_and_leave_nothing() {
-    if !require_root("bad_input_errors_name_the_path_and_leave_nothing") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let missing = dir.path().join("no-such-file");
     let e = LoopDevice::attach(&missing, &AttachOptions::new()).unwrap_err();
@@ -541,10 +532,9 @@ fn bad_input_errors_name_the_path_and_leave_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn busy_unmount_fails_then_lazy_detach_succeeds() {
-    if !require_root("busy_unmount_fails_then_lazy_detach_succeeds") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["t"]);
     let m = Mount::new(
@@ -564,10 +554,9 @@ fn busy_unmount_fails_then_lazy_detach_succeeds() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stack_reports_every_failure() {
-    if !require_root("stack_reports_every_failure") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["a", "b", "c", "src"]);
     let mut stack = MountStack::new();
@@ -587,10 +576,9 @@ fn stack_reports_every_failure() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn private_namespace_mounts_stay_invisible() {
-    if !require_root("private_namespace_mounts_stay_invisible") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["ns"]);
     let target = d[0].clone();
@@ -617,10 +605,9 @@ fn private_namespace_mounts_stay_invisible() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn block_size_direct_io_and_autoclear() {
-    if !require_root("block_size_direct_io_and_autoclear") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("img");
     patterned(&img, 4 * MIB);
@@ -661,10 +648,9 @@ fn block_size_direct_io_and_autoclear() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn guard_unmounts_a_mount_made_through_a_symlink() {
-    if !require_root("guard_unmounts_a_mount_made_through_a_symlink") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["src", "real"]);
     let link = dir.path().join("link");
@@ -676,10 +662,9 @@ fn guard_unmounts_a_mount_made_through_a_symlink() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn recursive_bind_teardown_takes_submounts_down() {
-    if !require_root("recursive_bind_teardown_takes_submounts_down") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let d = mkdirs(dir.path(), &["src/sub", "dst"]);
     let (src, dst) = (d[0].parent().unwrap().to_owned(), d[1].clone());

@@ -3,7 +3,8 @@
 //! - `storage::lvm_two_lvs_formatted_and_mounted`: a VG on a loop device with two LVs
 //!   (`lvm2-cmd`, udev-less config), one extended, both formatted with `diskforge-mkfs`
 //!   (ext4 populated rootless, vfat populated with mcopy), mounted and read back, then every
-//!   LV, the VG, the PV label and the loop device removed — checked with `dmsetup ls`.
+//!   LV, the VG, the PV label and the loop device removed — checked with `dmsetup ls`, `pvs`
+//!   ("Failed to find physical volume") and the label sector (no `LABELONE` left).
 //! - `storage::vfat_populated_image_mounts`: a rootless-populated vfat image mounts and holds
 //!   the tree.
 
@@ -81,6 +82,17 @@ fn ensure_node(lvm: &Lvm, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether one of the first four sectors of `dev` holds an LVM2 label (`LABELONE` at the
+/// sector's start, where `pvcreate` writes it and `pvremove` wipes it).
+fn has_lvm_label(dev: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 2048];
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("reading {}", dev.display()))?;
+    Ok(head.chunks(512).any(|s| s.starts_with(b"LABELONE")))
+}
+
 fn lvm_two_lvs_formatted_and_mounted() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let t = tree(dir.path())?;
@@ -119,6 +131,7 @@ fn lvm_two_lvs_formatted_and_mounted() -> Result<()> {
                 pvs.len() == 1 && pvs[0].vg_name.as_deref() == Some(VG),
                 "pvs: {pvs:?}"
             );
+            ensure!(has_lvm_label(devp)?, "no LABELONE on the PV {dev}");
 
             ensure_node(&lvm, &root.path())?;
             ensure_node(&lvm, &data.path())?;
@@ -146,9 +159,19 @@ fn lvm_two_lvs_formatted_and_mounted() -> Result<()> {
             .env("DM_DISABLE_UDEV", "1")
             .read()?;
         ensure!(!dm.contains(VG), "device-mapper still has: {dm}");
+        // The PV label is gone: lvm no longer finds a PV there (it says so; any other failure
+        // is not proof), and the label sector no longer reads LABELONE.
+        match lvm.pvs(&[devp]) {
+            Ok(pvs) => ensure!(pvs.is_empty(), "PV label left on {dev}: pvs {pvs:?}"),
+            Err(lvm2_cmd::Error::Run { source, .. })
+                if source
+                    .to_string()
+                    .contains(&format!("Failed to find physical volume \"{dev}\"")) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("pvs after pvremove")),
+        }
         ensure!(
-            lvm.pvs(&[devp]).map(|p| p.is_empty()).unwrap_or(true),
-            "PV label left on {dev}"
+            !has_lvm_label(devp)?,
+            "LABELONE still on {dev} after pvremove"
         );
         Ok(())
     })();

@@ -1,10 +1,17 @@
 //! `cargo xtask ci`: everything CI runs, in order, stopping at the first failure:
 //! deps, `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
 //! `cargo test --workspace`, then `vm-test`. Each step's time is printed at the end.
+//!
+//! Root tests carry `#[ignore = "needs root"]` (see diskforge-testutil's "Root tests"): as
+//! root, the test step adds `-- --include-ignored` so they all run. Its stdout is read back
+//! ([`Tally::parse`] sums libtest's `test result:` lines); with `CI=true` the step fails when
+//! any test was ignored or filtered out, so a test that did not run cannot pass CI.
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
 use crate::flags::{CiArgs, VmTestArgs};
@@ -32,7 +39,8 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         .run()?)
     })?;
     step("test", &mut || {
-        Ok(cmd!(sh, "cargo test --workspace --locked").run()?)
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        test_step(rustix::process::geteuid().is_root(), ci)
     })?;
     if !args.no_vm {
         let vm = VmTestArgs {
@@ -49,4 +57,201 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         eprintln!("ci: {n:<8} {:>7.1} s", t.as_secs_f64());
     }
     Ok(())
+}
+
+/// `cargo test --workspace` (with `--include-ignored` as root), its stdout passed through and
+/// tallied; an error when it fails, or when `ci` and any test did not run.
+#[allow(clippy::disallowed_methods)] // xtask runs processes directly by design
+fn test_step(root: bool, ci: bool) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = std::process::Command::new(cargo);
+    c.args(["test", "--workspace", "--locked"]);
+    if root {
+        c.args(["--", "--include-ignored"]);
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let mut stdout = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut r = BufReader::new(out);
+        let mut line = Vec::new();
+        while r
+            .read_until(b'\n', &mut line)
+            .context("reading cargo test's output")?
+            > 0
+        {
+            let text = String::from_utf8_lossy(&line);
+            print!("{text}");
+            stdout.push_str(&text);
+            line.clear();
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    let tally = Tally::parse(&stdout);
+    eprintln!("ci: {tally}");
+    if tally.binaries == 0 {
+        bail!("found no `test result:` line in cargo test's output; cannot tell what ran");
+    }
+    let not_run = tally.ignored + tally.filtered_out;
+    if not_run > 0 {
+        let names = if tally.ignored_names.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", tally.ignored_names.join(", "))
+        };
+        let how = if root {
+            ""
+        } else {
+            " (root tests run only as root)"
+        };
+        let msg = format!(
+            "{} ignored and {} filtered out{how}{names}",
+            tally.ignored, tally.filtered_out
+        );
+        if ci {
+            bail!("CI=true and not every test ran: {msg}");
+        }
+        eprintln!("ci: warning: not every test ran: {msg}");
+    }
+    Ok(())
+}
+
+/// What libtest's summaries say, summed over every test binary (unit, integration, doc).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    /// `test result:` lines seen (one per test binary).
+    binaries: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    filtered_out: u64,
+    /// Names from `test NAME ... ignored[, reason]` lines.
+    ignored_names: Vec<String>,
+}
+
+impl Tally {
+    /// Sum the counts in every `test result: ok. 5 passed; 0 failed; 2 ignored; 0 measured;
+    /// 0 filtered out; finished in 0.01s` line of `stdout`, and collect the ignored tests.
+    fn parse(stdout: &str) -> Tally {
+        let mut t = Tally::default();
+        for line in stdout.lines() {
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                t.binaries += 1;
+                // "ok. 5 passed" / "FAILED. 1 passed"
+                let rest = rest.split_once(". ").map_or(rest, |(_, r)| r);
+                for field in rest.split("; ") {
+                    let Some((n, what)) = field.split_once(' ') else {
+                        continue;
+                    };
+                    let Ok(n) = n.parse::<u64>() else {
+                        continue;
+                    };
+                    match what {
+                        "passed" => t.passed += n,
+                        "failed" => t.failed += n,
+                        "ignored" => t.ignored += n,
+                        "filtered out" => t.filtered_out += n,
+                        _ => {}
+                    }
+                }
+            } else if let Some((name, status)) = line
+                .strip_prefix("test ")
+                .and_then(|r| r.rsplit_once(" ... "))
+                && (status == "ignored" || status.starts_with("ignored, "))
+            {
+                t.ignored_names.push(name.to_owned());
+            }
+        }
+        t
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} test binaries: {} passed, {} failed, {} ignored, {} filtered out",
+            self.binaries, self.passed, self.failed, self.ignored, self.filtered_out
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    const ROOT_RUN: &str = "\
+running 3 tests
+test attach_reads_back ... ok
+test usage_errors_exit_2 ... ok
+test hold_detaches_on_sigterm ... ok
+
+test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s
+
+
+running 0 tests
+
+test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+";
+
+    const USER_RUN: &str = "\
+running 3 tests
+test attach_reads_back ... ignored, needs root
+test usage_errors_exit_2 ... ok
+test hold_detaches_on_sigterm ... ignored
+
+test result: ok. 1 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s
+
+running 2 tests
+test crates/testutil/src/lib.rs - require_root (line 9) ... ignored
+test crates/testutil/src/lib.rs - scratch_dir (line 30) ... ok
+
+test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 4 filtered out; finished in 0.30s
+";
+
+    #[test]
+    fn everything_ran() {
+        let t = Tally::parse(ROOT_RUN);
+        assert_eq!(
+            t,
+            Tally {
+                binaries: 2,
+                passed: 3,
+                ..Tally::default()
+            }
+        );
+    }
+
+    #[test]
+    fn ignored_and_filtered_are_summed_and_named() {
+        let t = Tally::parse(USER_RUN);
+        assert_eq!(
+            t,
+            Tally {
+                binaries: 2,
+                passed: 2,
+                failed: 1,
+                ignored: 3,
+                filtered_out: 4,
+                ignored_names: vec![
+                    "attach_reads_back".into(),
+                    "hold_detaches_on_sigterm".into(),
+                    "crates/testutil/src/lib.rs - require_root (line 9)".into(),
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn test_output_that_only_looks_like_a_summary_is_not_counted() {
+        // A test named "ignored_paths" that passed, and a line without a summary prefix.
+        let t = Tally::parse("test ignored_paths ... ok\nresult: ok. 9 ignored\n");
+        assert_eq!(t, Tally::default());
+    }
 }

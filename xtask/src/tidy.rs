@@ -1,5 +1,6 @@
 //! Repository rules, checked as a test (`cargo test -p xtask`): every library crate has a
-//! README, an example and a `//!` header; every tool and the xtask modules open with `//!`;
+//! README and an example; every module (each `.rs` file under `crates/*/{src,examples,tests}`,
+//! `tools/*/{src,tests}`, `xtask/src`, `tests/` and `vm-tests/src`) opens with a `//!` header;
 //! no file outside `crates/cmd` and `xtask` spawns processes directly.
 
 #[cfg(test)]
@@ -27,6 +28,39 @@ mod tests {
         }
     }
 
+    /// Why a module's text lacks a `//!` header: it must open with one (after `#![…]` inner
+    /// attributes at most) that says something.
+    fn header_problem(text: &str) -> Option<&'static str> {
+        let mut lines = text.lines().skip_while(|l| l.starts_with("#!["));
+        let first = lines.next().unwrap_or("");
+        if !first.starts_with("//!") {
+            return Some("does not open with a //! header");
+        }
+        let said: String = std::iter::once(first)
+            .chain(lines)
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").trim())
+            .collect();
+        if said.len() < 10 {
+            return Some("//! header says nothing");
+        }
+        None
+    }
+
+    #[test]
+    fn header_rule() {
+        assert_eq!(header_problem("//! Loop devices.\nuse x;\n"), None);
+        assert_eq!(
+            header_problem("#![allow(dead_code)]\n//! Loop devices.\n"),
+            None
+        );
+        assert!(header_problem("use x;\n//! Loop devices.\n").is_some());
+        assert!(header_problem("// Loop devices.\n").is_some());
+        assert!(header_problem("/// Loop devices.\nfn f() {}\n").is_some());
+        assert!(header_problem("//!\nfn f() {}\n").is_some());
+        assert!(header_problem("").is_some());
+    }
+
     #[test]
     fn every_crate_has_readme_example_and_header() {
         let mut problems = Vec::new();
@@ -45,18 +79,29 @@ mod tests {
             if !has_example {
                 problems.push(format!("crates/{name}: no examples/*.rs"));
             }
-            let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap_or_default();
-            if !lib.starts_with("//!") {
-                problems.push(format!("crates/{name}: src/lib.rs does not open with //!"));
+        }
+        let mut files = Vec::new();
+        for d in ["crates", "tools"] {
+            for e in std::fs::read_dir(root().join(d)).unwrap().flatten() {
+                for sub in ["src", "examples", "tests"] {
+                    rust_files(&e.path().join(sub), &mut files);
+                }
             }
         }
-        for e in std::fs::read_dir(root().join("tools")).unwrap().flatten() {
-            let main = std::fs::read_to_string(e.path().join("src/main.rs")).unwrap_or_default();
-            if !main.starts_with("//!") {
-                problems.push(format!(
-                    "{}: src/main.rs does not open with //!",
-                    e.path().display()
-                ));
+        for d in ["xtask/src", "tests", "vm-tests/src"] {
+            rust_files(&root().join(d), &mut files);
+        }
+        // The walk must have found the crates' roots, or the check below proves nothing.
+        for must in [
+            "crates/cmd/src/lib.rs",
+            "tools/dfloop/src/main.rs",
+            "xtask/src/tidy.rs",
+        ] {
+            assert!(files.contains(&root().join(must)), "{must} not walked");
+        }
+        for f in &files {
+            if let Some(why) = header_problem(&std::fs::read_to_string(f).unwrap_or_default()) {
+                problems.push(format!("{}: {why}", f.display()));
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));

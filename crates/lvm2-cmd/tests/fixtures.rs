@@ -1,6 +1,7 @@
-//! Report parsers against real lvm2 2.03.16 `--reportformat json` output in `tests/fixtures/`
-//! (captured on a loop device; `lvs-no-dm.json` on a host without device-mapper, hence the
-//! `X` state flags). No root, no lvm run.
+//! Report parsers against real lvm2 2.03.16 `--reportformat json` output in `tests/fixtures/`,
+//! captured by `tests/fixtures/capture.sh` on a loop device with activation off (hence the
+//! `X` state flags and `lv_active` "unknown" in `lvs-no-dm.json`; see the fixtures' README).
+//! No root, no lvm run.
 
 use lvm2_cmd::{Lv, Pv, Vg, parse_report};
 
@@ -41,6 +42,7 @@ fn lvs() {
     assert_eq!(lvs.len(), 2);
     assert_eq!(lvs[1].lv_size, 20 << 20);
     assert_eq!(lvs[0].lv_dm_path, "/dev/mapper/dfcap-lv0");
+    assert_eq!(lvs[0].lv_active.as_deref(), Some("unknown"));
     assert!(!lvs[0].is_active());
     insta::assert_yaml_snapshot!(lvs);
     let none: Vec<Lv> = parse_report(&fixture("lvs-missing-vg.json"), "lv").unwrap();

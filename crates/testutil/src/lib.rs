@@ -1,6 +1,6 @@
 //! Helpers shared by diskforge's tests (host tests in `tests/`, VM tests in `vm-tests/`).
 //!
-//! - [`require_root`] lets a privileged test skip *visibly* when not root.
+//! - [`require_root`] guards a privileged test (see "Root tests" below).
 //! - [`KernelState`] snapshots the loop devices and mounts that exist, so a test can assert
 //!   that it left nothing behind ([`KernelState::assert_nothing_new`]).
 //! - [`scratch_dir`] makes a temporary directory on a real disk filesystem (not tmpfs), which
@@ -8,19 +8,48 @@
 //! - [`iso`] reads ISO results back with independent tools (El Torito entries, file bytes).
 //!
 //! It never tears anything down itself: a leak is a test failure, not something to tidy.
+//!
+//! # Root tests
+//!
+//! A test that needs root (loop devices, mounts, namespaces, `chroot`) is written as
+//!
+//! ```text
+//! #[test]
+//! #[ignore = "needs root"]
+//! fn attach_reads_back() {
+//!     diskforge_testutil::require_root();
+//!     // …
+//! }
+//! ```
+//!
+//! - `#[ignore = "needs root"]` makes the runner's summary say so: a plain `cargo test` (root
+//!   or not) lists the test as `ignored, needs root` and counts it in `N ignored`, instead of
+//!   counting a silent skip as passed. Use exactly this reason text for root tests.
+//! - [`require_root`] (first line of the body) panics with "needs root" when the test is run
+//!   anyway as non-root (`cargo test -- --include-ignored` or `--ignored`), so it fails
+//!   instead of passing or failing later on an unrelated `EPERM`.
+//! - Run them as root with `cargo test --workspace -- --include-ignored`. `cargo xtask ci`
+//!   does that when it runs as root, and fails when `CI=true` and any test in libtest's
+//!   summary was ignored or filtered out, so a root test that did not run cannot pass CI.
+//!
+//! Converting an old call site: replace `if !require_root("name") { return; }` with
+//! `diskforge_testutil::require_root();` and add `#[ignore = "needs root"]` under `#[test]`.
+//! (The old `bool`-returning form no longer compiles, so a missed one cannot slip through.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// Whether we run as root. When not, prints a visible skip line naming the test and returns
-/// false; callers `return` early.
-pub fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED {test}: needs root (loop devices, mounts)");
-        false
-    }
+/// Panic with "needs root" unless the effective user is root.
+///
+/// The first line of every root test, which also carries `#[ignore = "needs root"]` (see
+/// "Root tests" in the crate docs): the attribute makes the skip visible in the runner's
+/// summary, this call makes an explicit non-root run fail instead of pass.
+#[track_caller]
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "needs root (loop devices, mounts); run as root with `cargo test -- --include-ignored`"
+    );
 }
 
 /// A snapshot of the kernel objects a test could leak.

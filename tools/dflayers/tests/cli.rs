@@ -72,10 +72,9 @@ fn hostile_tar() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hostile_tar_exits_3_naming_the_entry() {
-    if !diskforge_testutil::require_root("dflayers::hostile_tar_exits_3_naming_the_entry") {
-        return;
-    }
+    diskforge_testutil::require_root();
     let dir = diskforge_testutil::scratch_dir();
     let tar = dir.path().join("evil.tar");
     std::fs::write(&tar, hostile_tar()).unwrap();
@@ -94,10 +93,9 @@ fn hostile_tar_exits_3_naming_the_entry() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn commit_squash_and_diff_round_trip() {
-    if !diskforge_testutil::require_root("dflayers::commit_squash_and_diff_round_trip") {
-        return;
-    }
+    diskforge_testutil::require_root();
     let dir = diskforge_testutil::scratch_dir();
     let d = dir.path();
     let store = d.join("store");
@@ -225,10 +223,9 @@ fn rustix_whiteout(path: &Path) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_tears_everything_down_on_sigterm() {
-    if !diskforge_testutil::require_root("dflayers::run_tears_everything_down_on_sigterm") {
-        return;
-    }
+    diskforge_testutil::require_root();
     let dir = diskforge_testutil::scratch_dir();
     let d = dir.path();
     let (root, scratch) = busybox_root(d, &["sh", "sleep"]);
@@ -264,10 +261,9 @@ fn run_tears_everything_down_on_sigterm() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_passes_stdin_and_stdout_through() {
-    if !diskforge_testutil::require_root("dflayers::run_passes_stdin_and_stdout_through") {
-        return;
-    }
+    diskforge_testutil::require_root();
     let dir = diskforge_testutil::scratch_dir();
     let d = dir.path();
     let (root, scratch) = busybox_root(d, &["sh", "cat"]);

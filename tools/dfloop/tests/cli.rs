@@ -34,20 +34,18 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn missing_file_exits_1_naming_it() {
-    if !require_root("missing_file_exits_1_naming_it") {
-        return;
-    }
+    require_root();
     let (code, stderr) = fail(&["attach", "/nonexistent/dfloop-test.img"]);
     assert_eq!(code, 1);
     insta::assert_snapshot!("missing_file", stderr);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn attach_list_find_detach_round_trip() {
-    if !require_root("attach_list_find_detach_round_trip") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("disk.img");
     std::fs::File::create(&img)
@@ -107,10 +105,9 @@ fn attach_list_find_detach_round_trip() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hold_detaches_on_sigterm() {
-    if !require_root("hold_detaches_on_sigterm") {
-        return;
-    }
+    require_root();
     let dir = scratch_dir();
     let img = dir.path().join("held.img");
     std::fs::File::create(&img)
