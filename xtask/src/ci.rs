@@ -94,31 +94,39 @@ fn test_step(root: bool, ci: bool) -> Result<()> {
     }
     let tally = Tally::parse(&stdout);
     eprintln!("ci: {tally}");
+    if let Some(warning) = verdict(&tally, root, ci)? {
+        eprintln!("ci: warning: {warning}");
+    }
+    Ok(())
+}
+
+/// Whether the tests' tally passes: an error when no summary was found, or when `ci` and any
+/// test was ignored or filtered out; otherwise a warning naming what did not run, if any.
+fn verdict(tally: &Tally, root: bool, ci: bool) -> Result<Option<String>> {
     if tally.binaries == 0 {
         bail!("found no `test result:` line in cargo test's output; cannot tell what ran");
     }
-    let not_run = tally.ignored + tally.filtered_out;
-    if not_run > 0 {
-        let names = if tally.ignored_names.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", tally.ignored_names.join(", "))
-        };
-        let how = if root {
-            ""
-        } else {
-            " (root tests run only as root)"
-        };
-        let msg = format!(
-            "{} ignored and {} filtered out{how}{names}",
-            tally.ignored, tally.filtered_out
-        );
-        if ci {
-            bail!("CI=true and not every test ran: {msg}");
-        }
-        eprintln!("ci: warning: not every test ran: {msg}");
+    if tally.ignored + tally.filtered_out == 0 {
+        return Ok(None);
     }
-    Ok(())
+    let names = if tally.ignored_names.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tally.ignored_names.join(", "))
+    };
+    let how = if root {
+        ""
+    } else {
+        " (root tests run only as root)"
+    };
+    let msg = format!(
+        "not every test ran: {} ignored and {} filtered out{how}{names}",
+        tally.ignored, tally.filtered_out
+    );
+    if ci {
+        bail!("CI=true and {msg}");
+    }
+    Ok(Some(msg))
 }
 
 /// What libtest's summaries say, summed over every test binary (unit, integration, doc).
@@ -183,7 +191,7 @@ impl std::fmt::Display for Tally {
 
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::{Tally, verdict};
 
     const ROOT_RUN: &str = "\
 running 3 tests
@@ -246,6 +254,19 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 4 filtered out; 
                 ],
             }
         );
+    }
+
+    #[test]
+    fn ci_fails_when_a_test_did_not_run() {
+        let all = Tally::parse(ROOT_RUN);
+        let some = Tally::parse(USER_RUN);
+        assert_eq!(verdict(&all, true, true).unwrap(), None);
+        let err = verdict(&some, false, true).unwrap_err().to_string();
+        assert!(err.starts_with("CI=true and not every test ran: 3 ignored and 4 filtered out"));
+        assert!(err.contains("(root tests run only as root): attach_reads_back"));
+        let warn = verdict(&some, true, false).unwrap().unwrap();
+        assert!(warn.starts_with("not every test ran: 3 ignored"), "{warn}");
+        assert!(verdict(&Tally::default(), true, false).is_err());
     }
 
     #[test]
