@@ -25,12 +25,25 @@ pub struct WriteOptions {
 }
 
 /// Create or grow `path` as `opts` says, plan `layout` for its size, write it and read it back.
+///
+/// The layout is planned before the file is created or grown, so an invalid layout changes
+/// nothing; when this call created the file and a later step fails, the file is removed.
 pub fn create(path: &Path, layout: &Layout, opts: &WriteOptions) -> Result<Table> {
-    if let Some(want) = opts.size {
-        ensure_size(path, want)?;
+    let Some(want) = opts.size else {
+        let p = plan(layout, disk_size(path)?)?;
+        return apply(path, &p);
+    };
+    let p = plan(layout, want)?;
+    let existed = path.symlink_metadata().is_ok();
+    let r = ensure_size(path, want).and_then(|()| apply(path, &p));
+    if r.is_err() && !existed {
+        // Ours to remove: it did not exist before this call. A failure to remove is logged;
+        // the primary error is the one the caller needs.
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), "removing the image this call created: {e}");
+        }
     }
-    let p = plan(layout, disk_size(path)?)?;
-    apply(path, &p)
+    r
 }
 
 /// Create `path` if missing and extend it to `size` bytes (sparse). Errors when it is bigger
@@ -477,4 +490,41 @@ fn write_mbr(f: &mut File, path: &Path, t: &Table) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PartSpec;
+
+    /// A `create` that fails leaves no file behind when it made the file, and leaves an
+    /// existing file as it was when the layout is invalid.
+    #[test]
+    fn failed_create_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for label in [Label::Gpt, Label::Mbr] {
+            let path = dir.path().join(format!("e-{label}.img"));
+            let mut l = Layout::new(label);
+            l.partitions
+                .push(PartSpec::new("a", "18446744073709551615"));
+            let err = create(&path, &l, &WriteOptions { size: Some(1 << 30) })
+                .expect_err("does not fit")
+                .to_string();
+            assert!(err.contains("does not fit: 18446744073709551615 bytes"), "{err}");
+            assert!(!path.exists(), "{label}: {} was left behind", path.display());
+
+            // An existing file is neither grown nor removed by an invalid layout.
+            std::fs::write(&path, b"keep").expect("write");
+            create(&path, &l, &WriteOptions { size: Some(1 << 30) }).expect_err("does not fit");
+            assert_eq!(std::fs::read(&path).expect("read"), b"keep");
+            std::fs::remove_file(&path).expect("rm");
+        }
+        // A valid layout makes the file at the size asked for.
+        let path = dir.path().join("ok.img");
+        let mut l = Layout::new(Label::Gpt);
+        l.partitions.push(PartSpec::new("a", "rest"));
+        let t = create(&path, &l, &WriteOptions { size: Some(8 << 20) }).expect("create");
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 8 << 20);
+    }
 }
