@@ -20,22 +20,23 @@ Exit codes:
   4  check: the image leaks clusters (no corruption)
   5  check: the format cannot be checked (raw, vpc, …)
 
-Sizes take K, M, G, T suffixes (powers of 1024). SOURCE_DATE_EPOCH makes
-mkfs output reproducible where the filesystem allows (ext2/3/4, vfat, swap,
-squashfs, erofs).
+Sizes (crates/size/README.md): KiB MiB GiB TiB are binary; KB MB GB TB and
+bare K M G T are decimal, as in diskimage-builder; qemu-img gets bytes.
+SOURCE_DATE_EPOCH makes mkfs output reproducible where the filesystem allows
+(ext2/3/4, vfat, swap, squashfs, erofs).
 
 Examples:
   dfimg info disk.qcow2 --backing-chain --json
   dfimg convert disk.raw disk.qcow2 -O qcow2 -c -m 8 -W
   dfimg convert disk.raw disk.vhd -O vpc -o force_size=on
   dfimg create overlay.qcow2 -f qcow2 -b base.qcow2 -F qcow2
-  dfimg create disk.raw 10G
-  dfimg resize disk.qcow2 +2G
+  dfimg create disk.raw 10GiB
+  dfimg resize disk.qcow2 +2GiB
   dfimg check disk.qcow2 --json
   dfimg measure disk.raw -O qcow2
-  dfimg mkfs ext4 root.img --size 1G --label root --from ./rootfs
-  dfimg mkfs vfat disk.img --offset 1M --size 64M --label ESP --from ./esp
-  dfimg detect disk.img --offset 1M";
+  dfimg mkfs ext4 root.img --size 1GiB --label root --from ./rootfs
+  dfimg mkfs vfat disk.img --offset 1MiB --size 64MiB --label ESP --from ./esp
+  dfimg detect disk.img --offset 1MiB";
 
 /// Disk images (qemu-img) and filesystems (mkfs) from one tool.
 #[derive(Debug, Parser)]
@@ -96,7 +97,7 @@ enum Cmd {
         /// The image to create.
         image: PathBuf,
         /// Virtual size.
-        #[arg(value_parser = qemu_img_cmd::parse_size)]
+        #[arg(value_parser = parse_size)]
         size: Option<u64>,
         /// Format.
         #[arg(short = 'f', long, default_value = "raw")]
@@ -148,7 +149,7 @@ enum Cmd {
         #[arg(required_unless_present = "size")]
         image: Option<PathBuf>,
         /// Measure a new empty image of this size instead.
-        #[arg(long, value_parser = qemu_img_cmd::parse_size, conflicts_with = "image")]
+        #[arg(long, value_parser = parse_size, conflicts_with = "image")]
         size: Option<u64>,
         /// Target format.
         #[arg(short = 'O', long = "output-format")]
@@ -164,10 +165,10 @@ enum Cmd {
         /// Image file or block device.
         target: PathBuf,
         /// Size of the file (created or emptied), or of the range with --offset.
-        #[arg(long, value_parser = qemu_img_cmd::parse_size)]
+        #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
         /// Byte offset into TARGET (needs --size): a partition without a loop device.
-        #[arg(long, value_parser = qemu_img_cmd::parse_size, requires = "size")]
+        #[arg(long, value_parser = parse_size, requires = "size")]
         offset: Option<u64>,
         /// Filesystem label.
         #[arg(short = 'L', long)]
@@ -193,7 +194,7 @@ enum Cmd {
         /// Image file or device.
         path: PathBuf,
         /// Byte offset (a partition inside an image).
-        #[arg(long, value_parser = qemu_img_cmd::parse_size, default_value = "0")]
+        #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
         /// Print JSON.
         #[arg(long)]
@@ -216,6 +217,13 @@ fn main() -> ExitCode {
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// A size in the one diskforge grammar (crates/size/README.md), in bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    diskforge_size::parse(s)
+        .map(diskforge_size::Size::bytes)
+        .map_err(|e| e.to_string())
 }
 
 fn human_size(n: u64) -> String {

@@ -54,10 +54,11 @@ struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// Largest size one tar entry may have (bytes, or with K/M/G/T suffix) [default: 16G]
+    /// Largest size one tar entry may have (a size such as 16GiB; bare G is
+    /// 10^9) [default: 16GiB]
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
     max_entry_size: Option<u64>,
-    /// Largest total size of one archive's entries [default: 64G]
+    /// Largest total size of one archive's entries [default: 64GiB]
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
     max_total_size: Option<u64>,
     #[command(subcommand)]
@@ -178,28 +179,11 @@ impl From<Comp> for Compression {
     }
 }
 
+/// A size in the one diskforge grammar (crates/size/README.md), in bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "unknown size suffix {c:?} in {s:?} (use K, M, G or T)"
-                    ));
-                }
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    diskforge_size::parse(s)
+        .map(diskforge_size::Size::bytes)
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -506,10 +490,13 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert!(parse_size("1X").is_err());
         assert!(parse_size("abc").is_err());
+        // Units are case-sensitive in the one grammar: the error says which was meant.
+        assert!(parse_size("2g").unwrap_err().contains("did you mean G?"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ Exit codes:
 
 Examples:
   dfloop attach disk.img                      # prints /dev/loopN
-  dfloop attach --offset 1M --sizelimit 64M --ro disk.img
+  dfloop attach --offset 1MiB --sizelimit 64MiB --ro disk.img
   dfloop attach --partscan --json disk.img
   dfloop attach --hold disk.img               # detach on Ctrl-C / SIGTERM
   dfloop list --json                          # same fields as losetup -J -l
@@ -47,7 +47,8 @@ enum Cmd {
     Attach {
         /// Image file or block device.
         file: PathBuf,
-        /// Start of the range, bytes (suffixes K, M, G, T: powers of 1024).
+        /// Start of the range: a size such as 1MiB (KiB… binary; KB… and bare
+        /// K… decimal).
         #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
         /// Length of the range, bytes (0 = to the end).
@@ -278,28 +279,11 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Bytes with an optional binary suffix: `4096`, `512K`, `1M`, `2G`, `1T` (also `KiB`…).
+/// A size in the one diskforge grammar (crates/size/README.md), in bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512K, 1M)"))?;
-    let mult: u64 = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown size suffix {suffix:?} (K, M, G, T)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    diskforge_size::parse(s)
+        .map(diskforge_size::Size::bytes)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -311,18 +295,22 @@ mod tests {
         for (s, v) in [
             ("0", 0),
             ("4096", 4096),
-            ("512K", 512 << 10),
-            ("1M", 1 << 20),
+            ("512KiB", 512 << 10),
+            ("1MiB", 1 << 20),
             ("2GiB", 2 << 30),
+            // Bare letters and KB… are decimal, as everywhere in diskforge.
+            ("1M", 1_000_000),
+            ("1MB", 1_000_000),
         ] {
             assert_eq!(parse_size(s), Ok(v), "{s}");
         }
         assert!(
             parse_size("1X")
                 .unwrap_err()
-                .contains("unknown size suffix")
+                .contains("unknown unit \"X\"")
         );
         assert!(parse_size("M").is_err());
+        assert!(parse_size("-1").unwrap_err().contains("negative"));
     }
 
     #[test]
