@@ -96,7 +96,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show a device's partitions: the pN node, or the byte range of the backing file.
+    /// Show a device's partitions: the pN node, or the byte range of the backing file
+    /// (an MBR extended partition is marked as the container it is, with neither).
     Partitions {
         /// A loop device.
         device: PathBuf,
@@ -228,7 +229,10 @@ struct PartRow {
     number: u32,
     start: u64,
     size: u64,
-    location: PartitionLocation,
+    /// MBR extended partition: a container, with no location to use.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    extended: bool,
+    location: Option<PartitionLocation>,
 }
 
 fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
@@ -241,14 +245,19 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
             number: e.number,
             start: e.start,
             size: e.size,
-            location: if node(e.number).exists() {
-                PartitionLocation::Node(node(e.number))
+            extended: e.extended,
+            // The extended container's node is a 1 KiB stub and its range holds the logical
+            // partitions: neither is a place to use.
+            location: if e.extended {
+                None
+            } else if node(e.number).exists() {
+                Some(PartitionLocation::Node(node(e.number)))
             } else {
-                PartitionLocation::Range {
+                Some(PartitionLocation::Range {
                     backing_file: info.back_file.clone(),
                     offset: info.offset + e.start,
                     size: e.size,
-                }
+                })
             },
         })
         .collect();
@@ -262,12 +271,13 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
     println!("NR       START        SIZE WHERE");
     for r in rows {
         let whr = match &r.location {
-            PartitionLocation::Node(p) => p.display().to_string(),
-            PartitionLocation::Range {
+            None => "(extended: container of the logical partitions)".to_owned(),
+            Some(PartitionLocation::Node(p)) => p.display().to_string(),
+            Some(PartitionLocation::Range {
                 backing_file,
                 offset,
                 size,
-            } => {
+            }) => {
                 format!(
                     "{} --offset {offset} --sizelimit {size}",
                     backing_file.display()
@@ -304,11 +314,7 @@ mod tests {
         ] {
             assert_eq!(parse_size(s), Ok(v), "{s}");
         }
-        assert!(
-            parse_size("1X")
-                .unwrap_err()
-                .contains("unknown unit \"X\"")
-        );
+        assert!(parse_size("1X").unwrap_err().contains("unknown unit \"X\""));
         assert!(parse_size("M").is_err());
         assert!(parse_size("-1").unwrap_err().contains("negative"));
     }
