@@ -5,8 +5,9 @@
 //!   with its number, first/last sector and byte offsets. It is a pure function, so plans can be
 //!   printed (`dfpart create --dry-run`) and snapshot-tested.
 //! - [`apply`] writes a plan to a file or device — GPT through the `gpt` crate with a protective
-//!   MBR that keeps existing boot code, MBR through `mbrman` with an extended partition and an
-//!   EBR chain for logical partitions — then reads the table back and checks it.
+//!   MBR that keeps existing boot code; MBR, the extended partition and the EBR chain for
+//!   logical partitions with our own 16-byte entry encoder — then reads the table back and
+//!   checks it.
 //! - [`plan_add`], [`plan_delete`] and [`plan_set`] plan changes to a table read from a disk
 //!   (new partitions in the free space, removals, new names/types/UUIDs/flags).
 //! - [`read`] reads either kind of table back into a [`Table`]; [`partitions`] gives the byte
@@ -28,6 +29,7 @@
 //! aligned.
 
 mod layout;
+mod mbr;
 mod modify;
 mod plan;
 mod read;
@@ -39,11 +41,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use diskforge_size::{self as size, Percent, Size, SizeError, SizeSpec};
 pub use layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
 pub use modify::{PartChange, plan_delete, plan_set};
 pub use plan::{Plan, Warning, plan, plan_add};
 pub use read::{disk_size, partitions, read, read_with_sector_size};
-pub use diskforge_size::{self as size, Percent, Size, SizeError, SizeSpec};
 pub use types::{KNOWN_TYPES, KnownType, PartType, resolve as resolve_type};
 pub use write::{WriteOptions, apply, create, ensure_size};
 
@@ -198,17 +200,6 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: gpt::GptError,
-    },
-    /// The `mbrman` crate failed.
-    #[error("{path}: {action}")]
-    Mbr {
-        /// The image or device.
-        path: PathBuf,
-        /// What we were doing.
-        action: &'static str,
-        /// The underlying error.
-        #[source]
-        source: mbrman::Error,
     },
     /// The table has no partition with this number.
     #[error("no partition {number}")]

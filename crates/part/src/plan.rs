@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
-use diskforge_size::{Percent, SizeSpec};
 use crate::types::{PartType, resolve};
 use crate::{Error, Extended, PartKind, PartRef, PartitionInfo, Result, Table};
+use diskforge_size::{Percent, SizeSpec};
 
 /// Entries in a GPT partition array (the `gpt` crate's minimum and everyone's default).
 pub(crate) const GPT_ENTRIES: u64 = 128;
@@ -1461,11 +1461,18 @@ mod tests {
     fn bare_unit_letters_are_decimal() {
         let l = layout(
             Label::Gpt,
-            &[("g", "1G", "8300"), ("gib", "1GiB", "8300"), ("m", "1.5M", "8300")],
+            &[
+                ("g", "1G", "8300"),
+                ("gib", "1GiB", "8300"),
+                ("m", "1.5M", "8300"),
+            ],
         );
         let t = plan(&l, 4 * GIB).expect("plan").table;
         let sizes: Vec<u64> = t.partitions.iter().map(|p| p.size_bytes).collect();
         // 10^9 and 1.5 * 10^6 bytes, rounded up to whole 512-byte sectors.
-        assert_eq!(sizes, [1_000_000_000u64.next_multiple_of(512), GIB, 1_500_160]);
+        assert_eq!(
+            sizes,
+            [1_000_000_000u64.next_multiple_of(512), GIB, 1_500_160]
+        );
     }
 }
