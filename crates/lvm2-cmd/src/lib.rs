@@ -713,7 +713,10 @@ mod tests {
         ];
         for (s, want) in bad {
             let e = s.parse::<LvSize>().expect_err(s).to_string();
-            assert!(e.starts_with(&format!("invalid LV size {s:?}: {want}")), "{e}");
+            assert!(
+                e.starts_with(&format!("invalid LV size {s:?}: {want}")),
+                "{e}"
+            );
         }
         // lvm gets bytes, not a re-spelled unit.
         assert_eq!(

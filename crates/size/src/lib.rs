@@ -216,6 +216,12 @@ pub fn parse(s: &str) -> Result<Size, SizeError> {
     parse_absolute(s).map_err(|reason| SizeError::new(s, reason))
 }
 
+/// Parse an absolute size (see the crate docs for the grammar) into bytes: [`parse`] for
+/// places that keep a plain `u64` (e.g. a clap `value_parser`).
+pub fn parse_bytes(s: &str) -> Result<u64, SizeError> {
+    parse(s).map(Size::bytes)
+}
+
 /// A number split into its integer digits and fraction digits (both ASCII digits only).
 struct Decimal<'a> {
     int: &'a str,

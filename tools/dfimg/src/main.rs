@@ -97,7 +97,7 @@ enum Cmd {
         /// The image to create.
         image: PathBuf,
         /// Virtual size.
-        #[arg(value_parser = parse_size)]
+        #[arg(value_parser = diskforge_size::parse_bytes)]
         size: Option<u64>,
         /// Format.
         #[arg(short = 'f', long, default_value = "raw")]
@@ -149,7 +149,7 @@ enum Cmd {
         #[arg(required_unless_present = "size")]
         image: Option<PathBuf>,
         /// Measure a new empty image of this size instead.
-        #[arg(long, value_parser = parse_size, conflicts_with = "image")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, conflicts_with = "image")]
         size: Option<u64>,
         /// Target format.
         #[arg(short = 'O', long = "output-format")]
@@ -165,10 +165,10 @@ enum Cmd {
         /// Image file or block device.
         target: PathBuf,
         /// Size of the file (created or emptied), or of the range with --offset.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = diskforge_size::parse_bytes)]
         size: Option<u64>,
         /// Byte offset into TARGET (needs --size): a partition without a loop device.
-        #[arg(long, value_parser = parse_size, requires = "size")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, requires = "size")]
         offset: Option<u64>,
         /// Filesystem label.
         #[arg(short = 'L', long)]
@@ -194,7 +194,7 @@ enum Cmd {
         /// Image file or device.
         path: PathBuf,
         /// Byte offset (a partition inside an image).
-        #[arg(long, value_parser = parse_size, default_value = "0")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, default_value = "0")]
         offset: u64,
         /// Print JSON.
         #[arg(long)]
@@ -217,13 +217,6 @@ fn main() -> ExitCode {
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-/// A size in the one diskforge grammar (crates/size/README.md), in bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
-    diskforge_size::parse(s)
-        .map(diskforge_size::Size::bytes)
-        .map_err(|e| e.to_string())
 }
 
 fn human_size(n: u64) -> String {

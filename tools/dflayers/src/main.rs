@@ -56,10 +56,10 @@ struct Cli {
     json: bool,
     /// Largest size one tar entry may have (a size such as 16GiB; bare G is
     /// 10^9) [default: 16GiB]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = diskforge_size::parse_bytes)]
     max_entry_size: Option<u64>,
     /// Largest total size of one archive's entries [default: 64GiB]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = diskforge_size::parse_bytes)]
     max_total_size: Option<u64>,
     #[command(subcommand)]
     command: Command,
@@ -177,13 +177,6 @@ impl From<Comp> for Compression {
             Comp::Zstd => Compression::Zstd,
         }
     }
-}
-
-/// A size in the one diskforge grammar (crates/size/README.md), in bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
-    diskforge_size::parse(s)
-        .map(diskforge_size::Size::bytes)
-        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -487,16 +480,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
 
+    /// --max-entry-size reads the one diskforge size grammar (bare letters decimal).
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("4KiB"), Ok(4096));
-        assert_eq!(parse_size("4K"), Ok(4000));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("abc").is_err());
-        // Units are case-sensitive in the one grammar: the error says which was meant.
-        assert!(parse_size("2g").unwrap_err().contains("did you mean G?"));
+        let max = |v: &str| {
+            Cli::try_parse_from(["dflayers", "--max-entry-size", v, "unpack", "x"])
+                .map(|c| c.max_entry_size)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(max("512"), Ok(Some(512)));
+        assert_eq!(max("4KiB"), Ok(Some(4096)));
+        assert_eq!(max("4K"), Ok(Some(4000)));
+        assert_eq!(max("2GiB"), Ok(Some(2 << 30)));
+        assert!(max("1X").is_err());
+        assert!(max("abc").is_err());
+        // Units are case-sensitive: the error says which was meant.
+        assert!(max("2g").unwrap_err().contains("did you mean G?"));
     }
 
     #[test]

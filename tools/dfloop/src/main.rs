@@ -49,10 +49,10 @@ enum Cmd {
         file: PathBuf,
         /// Start of the range: a size such as 1MiB (KiB… binary; KB… and bare
         /// K… decimal).
-        #[arg(long, value_parser = parse_size, default_value = "0")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, default_value = "0")]
         offset: u64,
         /// Length of the range, bytes (0 = to the end).
-        #[arg(long, value_parser = parse_size, default_value = "0")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, default_value = "0")]
         sizelimit: u64,
         /// Attach read-only.
         #[arg(long, short = 'r')]
@@ -289,34 +289,34 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A size in the one diskforge grammar (crates/size/README.md), in bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
-    diskforge_size::parse(s)
-        .map(diskforge_size::Size::bytes)
-        .map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// --offset/--sizelimit read the one diskforge size grammar (bare letters decimal).
     #[test]
     fn sizes() {
+        let offset = |v: &str| match Cli::try_parse_from(["dfloop", "attach", "--offset", v, "f"]) {
+            Ok(Cli {
+                cmd: Cmd::Attach { offset, .. },
+            }) => Ok(offset),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
         for (s, v) in [
             ("0", 0),
             ("4096", 4096),
             ("512KiB", 512 << 10),
             ("1MiB", 1 << 20),
             ("2GiB", 2 << 30),
-            // Bare letters and KB… are decimal, as everywhere in diskforge.
             ("1M", 1_000_000),
             ("1MB", 1_000_000),
         ] {
-            assert_eq!(parse_size(s), Ok(v), "{s}");
+            assert_eq!(offset(s), Ok(v), "{s}");
         }
-        assert!(parse_size("1X").unwrap_err().contains("unknown unit \"X\""));
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("-1").unwrap_err().contains("negative"));
+        assert!(offset("1X").unwrap_err().contains("unknown unit \"X\""));
+        assert!(offset("M").is_err());
+        assert!(offset("-1").is_err());
     }
 
     #[test]

@@ -152,7 +152,10 @@ fn partitions_mark_the_extended_container() {
     let sf: serde_json::Value = Cmd::new("sfdisk").arg("--json").arg(&img).json().unwrap();
     let img_s = img.to_str().unwrap();
     // No partition scan: every usable partition is reached through a range.
-    let dev = Cmd::new(BIN).args(["attach", "--ro", img_s]).read().unwrap();
+    let dev = Cmd::new(BIN)
+        .args(["attach", "--ro", img_s])
+        .read()
+        .unwrap();
     let dev = dev.trim().to_owned();
     let human = Cmd::new(BIN).args(["partitions", &dev]).read();
     let json: Result<serde_json::Value, _> =
@@ -178,7 +181,10 @@ fn partitions_mark_the_extended_container() {
         }
     }
     let row2 = human.lines().find(|l| l.starts_with("2 ")).unwrap();
-    assert!(row2.ends_with("(extended: container of the logical partitions)"), "{human}");
+    assert!(
+        row2.ends_with("(extended: container of the logical partitions)"),
+        "{human}"
+    );
     assert!(!row2.contains("--offset"), "{human}");
     assert!(KernelState::capture().loops_under(dir.path()).is_empty());
 }

@@ -90,7 +90,7 @@ struct CreateArgs {
     #[arg(long, value_parser = parse_label)]
     label: Option<Label>,
     /// Create the file if needed and grow it to SIZE (never shrinks).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = diskforge_part::size::parse)]
     size: Option<Size>,
     /// Partition start alignment [default: 1MiB].
     #[arg(long)]
@@ -187,10 +187,6 @@ struct SetArgs {
 
 fn parse_label(s: &str) -> Result<Label, String> {
     s.parse()
-}
-
-fn parse_size(s: &str) -> Result<Size, String> {
-    s.parse().map_err(|e: diskforge_part::SizeError| e.to_string())
 }
 
 /// A usage error in a `--part` or `--layout` value (exit code 2).

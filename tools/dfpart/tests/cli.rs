@@ -301,7 +301,14 @@ fn exit_codes_and_messages() {
         ),
         (
             vec![
-                "create", "e.img", "--label", "gpt", "--size", "1Q", "--part", "size=1MiB",
+                "create",
+                "e.img",
+                "--label",
+                "gpt",
+                "--size",
+                "1Q",
+                "--part",
+                "size=1MiB",
             ],
             2,
             "unknown unit",
@@ -381,7 +388,13 @@ fn exit_codes_and_messages() {
         ),
         (
             vec![
-                "create", "e.img", "--label", "gpt", "--size", "18446744073709551616", "--part",
+                "create",
+                "e.img",
+                "--label",
+                "gpt",
+                "--size",
+                "18446744073709551616",
+                "--part",
                 "size=1MiB",
             ],
             2,
@@ -389,7 +402,13 @@ fn exit_codes_and_messages() {
         ),
         (
             vec![
-                "create", "e.img", "--label", "gpt", "--size=-1G", "--part", "size=1MiB",
+                "create",
+                "e.img",
+                "--label",
+                "gpt",
+                "--size=-1G",
+                "--part",
+                "size=1MiB",
             ],
             2,
             "invalid size \"-1G\": sizes cannot be negative",
@@ -558,19 +577,40 @@ fn duplicate_names_warn_and_bare_letters_are_decimal() {
     let (code, out, err) = dfpart(
         d,
         &[
-            "create", "w.img", "--label", "gpt", "--size", "64MiB", "--part",
-            "name=data,size=1G", "--part", "name=data,size=rest", "--dry-run",
+            "create",
+            "w.img",
+            "--label",
+            "gpt",
+            "--size",
+            "64MiB",
+            "--part",
+            "name=data,size=1G",
+            "--part",
+            "name=data,size=rest",
+            "--dry-run",
         ],
     );
     // 1G is 10^9 bytes: more than the 64 MiB disk.
     assert_eq!(code, 3, "{out}{err}");
-    assert!(err.contains("size=\"1G\": does not fit: 1000000000 bytes"), "{err}");
+    assert!(
+        err.contains("size=\"1G\": does not fit: 1000000000 bytes"),
+        "{err}"
+    );
 
     let (code, out, err) = dfpart(
         d,
         &[
-            "create", "w.img", "--label", "gpt", "--size", "64M", "--part",
-            "name=data,size=10M", "--part", "name=data,size=rest", "--json",
+            "create",
+            "w.img",
+            "--label",
+            "gpt",
+            "--size",
+            "64M",
+            "--part",
+            "name=data,size=10M",
+            "--part",
+            "name=data,size=rest",
+            "--json",
         ],
     );
     assert_eq!(code, 0, "{err}");
@@ -583,5 +623,8 @@ fn duplicate_names_warn_and_bare_letters_are_decimal() {
     // 64M = 64 * 10^6 bytes; 10M = 10^7 bytes, rounded up to 512-byte sectors.
     assert_eq!(v["disk_size_bytes"], 64_000_000);
     assert_eq!(v["partitions"][0]["size_bytes"], 10_000_384);
-    assert_eq!(std::fs::metadata(d.join("w.img")).expect("stat").len(), 64_000_000);
+    assert_eq!(
+        std::fs::metadata(d.join("w.img")).expect("stat").len(),
+        64_000_000
+    );
 }
