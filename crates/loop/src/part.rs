@@ -1,5 +1,6 @@
 //! Partitions of a loop device: the kernel's `loopNpK` node when partition scanning made
-//! one, else the start and size from a minimal GPT/MBR reader (primary partitions only).
+//! one, else the start and size from a minimal GPT/MBR reader (primary, extended and logical
+//! partitions; the extended one is marked as the container it is).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,6 +22,12 @@ pub struct PartitionEntry {
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
+    /// Whether this is an MBR extended partition: the container of the logical partitions
+    /// (5, 6, …) and their EBRs, not a partition to use. `start`/`size` are its full span, as
+    /// `sfdisk --json` lists it; the kernel's `pN` node for it covers only its first 1 KiB.
+    /// [`LoopDevice::partition`] refuses it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub extended: bool,
 }
 
 /// Where a partition can be reached.
@@ -76,14 +83,28 @@ impl PartitionDevice {
 }
 
 impl LoopDevice {
-    /// The partitions in the table on this device (GPT, else MBR primaries).
+    /// The partitions in the table on this device (GPT, else MBR primaries, the extended
+    /// container and the logical partitions).
     pub fn partitions(&self) -> Result<Vec<PartitionEntry>> {
         read_partition_table(self.path())
     }
 
     /// Where partition `number` lives: the `pN` node when the kernel made one, else the byte
-    /// range of the backing file read from the partition table.
+    /// range of the backing file read from the partition table. An MBR extended partition is
+    /// refused: it is a container (use its logical partitions), and its node is a 1 KiB stub.
     pub fn partition(&self, number: u32) -> Result<PartitionLocation> {
+        let table = self.partitions();
+        if let Ok(t) = &table
+            && t.iter().any(|e| e.number == number && e.extended)
+        {
+            return Err(Error::PartitionTable {
+                device: self.path().to_owned(),
+                reason: format!(
+                    "partition {number} is the MBR extended partition, a container of the \
+                     logical partitions (5, 6, ...): use those"
+                ),
+            });
+        }
         let node = PathBuf::from(format!("{}p{number}", self.path().display()));
         let sys = PathBuf::from(format!(
             "/sys/block/loop{}/loop{}p{number}",
@@ -93,8 +114,7 @@ impl LoopDevice {
         if node.exists() && sys.exists() {
             return Ok(PartitionLocation::Node(node));
         }
-        let entry = self
-            .partitions()?
+        let entry = table?
             .into_iter()
             .find(|e| e.number == number)
             .ok_or_else(|| Error::PartitionTable {
@@ -165,7 +185,12 @@ pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEnt
         if !(128..=4096).contains(&esize) {
             return Err(table_err(format!("GPT entry size {esize} is invalid")));
         }
-        let raw = read_at(entries_lba * ss, (count * esize) as usize)?;
+        let entries_at = entries_lba.checked_mul(ss).ok_or_else(|| {
+            table_err(format!(
+                "GPT entry array LBA {entries_lba} is past 2^64 bytes"
+            ))
+        })?;
+        let raw = read_at(entries_at, (count * esize) as usize)?;
         let mut out = Vec::new();
         for (i, e) in raw.chunks_exact(esize as usize).enumerate() {
             if e[0..16].iter().all(|b| *b == 0) {
@@ -178,10 +203,20 @@ pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEnt
                     i + 1
                 )));
             }
+            let bytes = |lba: u64| lba.checked_mul(ss);
+            let (Some(start), Some(size)) =
+                (bytes(first), (last - first).checked_add(1).and_then(bytes))
+            else {
+                return Err(table_err(format!(
+                    "GPT entry {} (LBA {first}..={last}) is past 2^64 bytes",
+                    i + 1
+                )));
+            };
             out.push(PartitionEntry {
                 number: i as u32 + 1,
-                start: first * ss,
-                size: (last - first + 1) * ss,
+                start,
+                size,
+                extended: false,
             });
         }
         return Ok(out);
@@ -204,12 +239,14 @@ pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEnt
             ));
         }
         let (lba, sectors) = (u64::from(le_u32(&e[8..12])), u64::from(le_u32(&e[12..16])));
+        let is_extended = EXTENDED.contains(&ptype);
         out.push(PartitionEntry {
             number: i as u32 + 1,
             start: lba * 512,
             size: sectors * 512,
+            extended: is_extended,
         });
-        if EXTENDED.contains(&ptype) {
+        if is_extended {
             extended = Some(lba);
         }
     }
@@ -237,6 +274,7 @@ pub fn read_partition_table(device: impl AsRef<Path>) -> Result<Vec<PartitionEnt
                     number,
                     start: (ebr + u64::from(le_u32(&l[8..12]))) * 512,
                     size: sectors * 512,
+                    extended: false,
                 });
                 number += 1;
             }
@@ -300,12 +338,14 @@ mod tests {
                 PartitionEntry {
                     number: 1,
                     start: 2048 * 512,
-                    size: 100 * 512
+                    size: 100 * 512,
+                    extended: false,
                 },
                 PartitionEntry {
                     number: 3,
                     start: 4096 * 512,
-                    size: 8 * 512
+                    size: 8 * 512,
+                    extended: false,
                 },
             ]
         );
@@ -335,17 +375,17 @@ mod tests {
         std::fs::write(&p, &img).unwrap();
         let t = read_partition_table(&p).unwrap();
         std::fs::remove_file(&p).unwrap();
-        let got: Vec<(u32, u64, u64)> = t
+        let got: Vec<(u32, u64, u64, bool)> = t
             .iter()
-            .map(|e| (e.number, e.start / 512, e.size / 512))
+            .map(|e| (e.number, e.start / 512, e.size / 512, e.extended))
             .collect();
         assert_eq!(
             got,
             vec![
-                (1, 2048, 2048),
-                (2, 4096, 20480),
-                (5, 6144, 4096),
-                (6, 14336, 4096)
+                (1, 2048, 2048, false),
+                (2, 4096, 20480, true),
+                (5, 6144, 4096, false),
+                (6, 14336, 4096, false)
             ]
         );
     }

@@ -48,9 +48,18 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// A size string that does not parse.
-    #[error("invalid LV size {0:?} (bytes with K/M/G/T, extents, N%VG or N%FREE)")]
-    InvalidSize(String),
+    /// A size string that does not parse: `input` as given, `reason` why (for byte sizes, the
+    /// diskforge-size grammar's reason).
+    #[error(
+        "invalid LV size {input:?}: {reason} (a size such as 512MiB, extents such as 10e, \
+         N%VG or N%FREE)"
+    )]
+    InvalidSize {
+        /// The text that was refused.
+        input: String,
+        /// Why.
+        reason: String,
+    },
     /// Several teardown steps failed; all of them are listed.
     #[error("tearing down {object}: {}", errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "))]
     Teardown {
@@ -288,14 +297,19 @@ impl LvSize {
 
 impl FromStr for LvSize {
     type Err = Error;
-    /// `512M`, `2G`, `1048576` (bytes), `100e` (extents), `50%VG`, `100%FREE`.
+    /// `512MiB`, `2GB`, `1048576` (bytes, in the diskforge-size grammar, where bare `G` is
+    /// 10^9), `100e` (extents), `50%VG`, `100%FREE`. lvm gets bytes (`-L Nb`) or extents,
+    /// never a re-spelled unit.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidSize(s.to_owned());
+        let bad = |reason: String| Error::InvalidSize {
+            input: s.to_owned(),
+            reason,
+        };
         let pct = |v: &str| -> Result<u8> {
             v.parse::<u8>()
                 .ok()
                 .filter(|p| (1..=100).contains(p))
-                .ok_or_else(bad)
+                .ok_or_else(|| bad("a percentage is a whole number from 1 to 100".into()))
         };
         if let Some(v) = s.strip_suffix("%VG") {
             return Ok(LvSize::PercentVg(pct(v)?));
@@ -304,20 +318,14 @@ impl FromStr for LvSize {
             return Ok(LvSize::PercentFree(pct(v)?));
         }
         if let Some(v) = s.strip_suffix('e') {
-            return v.parse().map(LvSize::Extents).map_err(|_| bad());
+            return v
+                .parse()
+                .map(LvSize::Extents)
+                .map_err(|_| bad("extents are a whole number: 10e".into()));
         }
-        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, suf) = s.split_at(end);
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        let shift = match suf.trim_end_matches("iB").trim_end_matches('B') {
-            "" => 0,
-            "K" | "k" => 10,
-            "M" | "m" => 20,
-            "G" | "g" => 30,
-            "T" | "t" => 40,
-            _ => return Err(bad()),
-        };
-        n.checked_mul(1 << shift).map(LvSize::Bytes).ok_or_else(bad)
+        diskforge_size::parse(s)
+            .map(|b| LvSize::Bytes(b.bytes()))
+            .map_err(|e| bad(e.reason.to_string()))
     }
 }
 
@@ -680,8 +688,11 @@ mod tests {
     #[test]
     fn sizes() {
         let table = [
-            ("512M", LvSize::Bytes(512 << 20)),
-            ("2G", LvSize::Bytes(2 << 30)),
+            ("512MiB", LvSize::Bytes(512 << 20)),
+            ("512M", LvSize::Bytes(512_000_000)),
+            ("2G", LvSize::Bytes(2_000_000_000)),
+            ("2GiB", LvSize::Bytes(2 << 30)),
+            ("1.5GiB", LvSize::Bytes(3 << 29)),
             ("4096", LvSize::Bytes(4096)),
             ("10e", LvSize::Extents(10)),
             ("50%VG", LvSize::PercentVg(50)),
@@ -690,9 +701,28 @@ mod tests {
         for (s, want) in table {
             assert_eq!(s.parse::<LvSize>().ok(), Some(want), "{s}");
         }
-        for bad in ["", "0%VG", "101%FREE", "x", "5Q"] {
-            assert!(bad.parse::<LvSize>().is_err(), "{bad}");
+        let bad = [
+            ("", "empty size"),
+            ("0%VG", "a percentage is a whole number from 1 to 100"),
+            ("101%FREE", "a percentage is a whole number from 1 to 100"),
+            ("x", "expected a number"),
+            ("5Q", "unknown unit \"Q\""),
+            ("-1G", "sizes cannot be negative"),
+            ("99999999PiB", "too large"),
+            ("1.5e", "extents are a whole number"),
+        ];
+        for (s, want) in bad {
+            let e = s.parse::<LvSize>().expect_err(s).to_string();
+            assert!(
+                e.starts_with(&format!("invalid LV size {s:?}: {want}")),
+                "{e}"
+            );
         }
+        // lvm gets bytes, not a re-spelled unit.
+        assert_eq!(
+            "2G".parse::<LvSize>().expect("2G").args(false),
+            ["-L", "2000000000b"]
+        );
     }
 
     #[test]

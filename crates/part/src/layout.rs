@@ -117,8 +117,9 @@ pub struct PartSpec {
     /// and error messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Size: bytes with an optional unit (`512MiB`, `2G`, `1.5TB`), `NN%` of the space left
-    /// after the fixed-size partitions, or `rest`. See [`crate::SizeSpec`].
+    /// Size: bytes with an optional unit (`512MiB`, `2GB`, `1.5TiB`), `NN%` of the space left
+    /// after the fixed-size partitions, or `rest`; the grammar is [`diskforge_size`]'s (bare
+    /// `G` is decimal). See [`crate::SizeSpec`].
     pub size: String,
     /// Byte offset where the partition must start (same syntax as sizes; a multiple of the
     /// sector size). Default: the next aligned sector after the previous partition.

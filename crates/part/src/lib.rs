@@ -5,8 +5,9 @@
 //!   with its number, first/last sector and byte offsets. It is a pure function, so plans can be
 //!   printed (`dfpart create --dry-run`) and snapshot-tested.
 //! - [`apply`] writes a plan to a file or device — GPT through the `gpt` crate with a protective
-//!   MBR that keeps existing boot code, MBR through `mbrman` with an extended partition and an
-//!   EBR chain for logical partitions — then reads the table back and checks it.
+//!   MBR that keeps existing boot code; MBR, the extended partition and the EBR chain for
+//!   logical partitions with our own 16-byte entry encoder — then reads the table back and
+//!   checks it.
 //! - [`plan_add`], [`plan_delete`] and [`plan_set`] plan changes to a table read from a disk
 //!   (new partitions in the free space, removals, new names/types/UUIDs/flags).
 //! - [`read`] reads either kind of table back into a [`Table`]; [`partitions`] gives the byte
@@ -17,20 +18,21 @@
 //! (`diskforge-loop` attaches with partition scanning); it never writes hybrid MBRs, and it
 //! only supports 128-entry GPT arrays. Behaviour follows the UEFI specification (chapter 5,
 //! "GUID Partition Table Disk Layout"), sgdisk(8) for type codes, and sfdisk(8)/util-linux for
-//! size suffixes and the placement of logical partitions (one EBR, then the next aligned
+//! the placement of logical partitions (one EBR, then the next aligned
 //! sector).
 //!
-//! Sizes: `K M G T P` and `KiB MiB GiB TiB PiB` are binary (powers of 1024); `KB MB GB TB PB`
-//! are decimal (powers of 1000); a bare number is bytes. Percentages share the space left
-//! after the fixed-size partitions (and alignment); `rest` takes what remains after everything
-//! else. Sizes are rounded up to whole sectors; percentage and `rest` sizes are rounded down to
-//! the alignment so that every partition start stays aligned.
+//! Sizes follow the one diskforge grammar of [`diskforge_size`] (re-exported as [`size`]):
+//! `KiB`… are binary, `KB`… and bare `K`… decimal, `N%` and `rest` allowed for partitions.
+//! Percentages share the space left after the fixed-size partitions (and alignment); `rest`
+//! takes what remains after everything else. Sizes are rounded up to whole sectors; percentage
+//! and `rest` sizes are rounded down to the alignment so that every partition start stays
+//! aligned.
 
 mod layout;
+mod mbr;
 mod modify;
 mod plan;
 mod read;
-mod size;
 mod types;
 mod write;
 
@@ -39,11 +41,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use diskforge_size::{self as size, Percent, Size, SizeError, SizeSpec};
 pub use layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
 pub use modify::{PartChange, plan_delete, plan_set};
-pub use plan::{Plan, plan, plan_add};
+pub use plan::{Plan, Warning, plan, plan_add};
 pub use read::{disk_size, partitions, read, read_with_sector_size};
-pub use size::{SizeError, SizeSpec, format_bytes, human_bytes, parse_bytes};
 pub use types::{KNOWN_TYPES, KnownType, PartType, resolve as resolve_type};
 pub use write::{WriteOptions, apply, create, ensure_size};
 
@@ -59,6 +61,11 @@ pub struct PartRef {
 impl fmt::Display for PartRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
+            // A name with control characters (refused, but still named in that error) must
+            // not break the message's line.
+            Some(n) if n.chars().any(char::is_control) => {
+                write!(f, "partition {} ({})", self.index, n.escape_debug())
+            }
             Some(n) => write!(f, "partition {} ({n})", self.index),
             None => write!(f, "partition {}", self.index),
         }
@@ -119,8 +126,8 @@ pub enum Error {
         part: PartRef,
         /// Its size string.
         value: String,
-        /// The sum of all percentages.
-        total: u32,
+        /// The sum of all percentages, without the `%` (`110`, `112.5`).
+        total: String,
     },
     /// The partition does not fit: it would end past the usable area.
     #[error(
@@ -193,17 +200,6 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: gpt::GptError,
-    },
-    /// The `mbrman` crate failed.
-    #[error("{path}: {action}")]
-    Mbr {
-        /// The image or device.
-        path: PathBuf,
-        /// What we were doing.
-        action: &'static str,
-        /// The underlying error.
-        #[source]
-        source: mbrman::Error,
     },
     /// The table has no partition with this number.
     #[error("no partition {number}")]

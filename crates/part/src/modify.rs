@@ -82,7 +82,7 @@ pub fn plan_delete(existing: &Table, numbers: &[u32]) -> Result<Plan> {
             }
         }
     }
-    Ok(Plan { table: t })
+    Ok(Plan::new(t))
 }
 
 /// Plan changing partition `number` of `existing` as `change` says. Errors name the partition
@@ -164,5 +164,5 @@ pub fn plan_set(existing: &Table, number: u32, change: &PartChange) -> Result<Pl
             }
         }
     }
-    Ok(Plan { table: t })
+    Ok(Plan::new(t))
 }

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::layout::{DEFAULT_ALIGN, Flag, Label, Layout, PartSpec};
-use crate::size::{SizeSpec, parse_bytes};
 use crate::types::{PartType, resolve};
 use crate::{Error, Extended, PartKind, PartRef, PartitionInfo, Result, Table};
+use diskforge_size::{Percent, SizeSpec};
 
 /// Entries in a GPT partition array (the `gpt` crate's minimum and everyone's default).
 pub(crate) const GPT_ENTRIES: u64 = 128;
@@ -29,6 +29,72 @@ pub(crate) const ATTR_LEGACY_BOOT: u64 = 1 << 2;
 pub struct Plan {
     /// The table to write.
     pub table: Table,
+    /// Things that are allowed but probably not meant (tools print them on stderr; not part of
+    /// the serialised plan).
+    #[serde(skip)]
+    pub warnings: Vec<Warning>,
+}
+
+impl Plan {
+    /// A plan for `table`, with the warnings it deserves.
+    pub(crate) fn new(table: Table) -> Plan {
+        let warnings = table_warnings(&table);
+        Plan { table, warnings }
+    }
+}
+
+/// Something a plan allows but that is probably not what was meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// Several GPT partitions share a name: `/dev/disk/by-partlabel/NAME` and `PARTLABEL=`
+    /// find only one of them.
+    DuplicateName {
+        /// The shared name.
+        name: String,
+        /// The partitions that have it.
+        numbers: Vec<u32>,
+    },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::DuplicateName { name, numbers } => {
+                let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+                write!(
+                    f,
+                    "partitions {} share the name {name:?}: PARTLABEL={name:?} finds only one \
+                     of them",
+                    list.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The warnings `table` deserves: duplicate GPT names.
+fn table_warnings(table: &Table) -> Vec<Warning> {
+    if table.label != Label::Gpt {
+        return Vec::new();
+    }
+    let mut by_name: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+    for p in &table.partitions {
+        if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            by_name.entry(n).or_default().push(p.number);
+        }
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, numbers)| numbers.len() > 1)
+        .map(|(name, mut numbers)| {
+            numbers.sort_unstable();
+            Warning::DuplicateName {
+                name: name.to_owned(),
+                numbers,
+            }
+        })
+        .collect()
 }
 
 /// Sectors used at the start and end of the disk by a GPT with [`GPT_ENTRIES`] entries:
@@ -54,8 +120,9 @@ pub(crate) fn usable(label: Label, total: u64, sector_size: u64) -> Option<(u64,
     }
 }
 
-fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
+/// `v` rounded up to a multiple of `a`; `None` past `u64::MAX`.
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_next_multiple_of(a)
 }
 
 fn align_down(v: u64, a: u64) -> u64 {
@@ -123,15 +190,19 @@ fn parse_spec(
     if let Some(n) = &s.name {
         check_name(label, n).map_err(|reason| field_err("name", n, reason))?;
     }
+    let size_err = |reason: String| Error::InvalidSize {
+        part: part.clone(),
+        field: "size",
+        value: s.size.clone(),
+        reason,
+    };
     let size: SizeSpec = s
         .size
         .parse()
-        .map_err(|e: crate::SizeError| Error::InvalidSize {
-            part: part.clone(),
-            field: "size",
-            value: s.size.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e: diskforge_size::SizeError| size_err(e.reason.to_string()))?;
+    if size == SizeSpec::Absolute(diskforge_size::Size::ZERO) {
+        return Err(size_err("a partition cannot be 0 bytes".into()));
+    }
     let start_lba = match &s.start {
         None => None,
         Some(v) => {
@@ -141,7 +212,9 @@ fn parse_spec(
                 value: v.clone(),
                 reason,
             };
-            let b = parse_bytes(v).map_err(|e| bad(e.to_string()))?;
+            let b = diskforge_size::parse(v)
+                .map_err(|e| bad(e.reason.to_string()))?
+                .bytes();
             if b % sector_size != 0 {
                 return Err(bad(format!(
                     "not a multiple of the {sector_size}-byte sector"
@@ -246,8 +319,11 @@ struct MbrSlots {
 
 /// Why `name` cannot be a partition name on `label`, if it cannot.
 pub(crate) fn check_name(label: Label, name: &str) -> std::result::Result<(), String> {
-    if name.contains('\0') {
-        return Err("contains a NUL character".into());
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "contains the control character U+{:04X}; names are printed in tables and logs",
+            u32::from(c)
+        ));
     }
     if label == Label::Gpt && name.encode_utf16().count() > GPT_NAME_MAX {
         return Err(format!(
@@ -377,7 +453,9 @@ impl Geometry {
             value: align_str.to_owned(),
             reason,
         };
-        let align_bytes = parse_bytes(align_str).map_err(|e| bad_align(e.to_string()))?;
+        let align_bytes = diskforge_size::parse(align_str)
+            .map_err(|e| bad_align(e.reason.to_string()))?
+            .bytes();
         if align_bytes == 0 || align_bytes % ss != 0 {
             return Err(bad_align(format!(
                 "must be a positive multiple of the {ss}-byte sector"
@@ -431,7 +509,7 @@ pub fn plan(layout: &Layout, disk_size_bytes: u64) -> Result<Plan> {
         extended: None,
         partitions: Vec::new(),
     };
-    place(&g, table, &layout.partitions).map(|table| Plan { table })
+    place(&g, table, &layout.partitions).map(Plan::new)
 }
 
 /// Plan adding `specs` to an existing table (read with [`crate::read`]): new partitions go
@@ -449,7 +527,7 @@ pub fn plan_add(existing: &Table, specs: &[PartSpec], align: Option<&str>) -> Re
     let mut table = existing.clone();
     table.align_bytes = Some(g.align_bytes);
     compact_gpt_numbers(&mut table);
-    place(&g, table, specs).map(|table| Plan { table })
+    place(&g, table, specs).map(Plan::new)
 }
 
 /// Renumber GPT partitions 1, 2, … keeping their order (what the `gpt` crate writes).
@@ -464,170 +542,246 @@ pub(crate) fn compact_gpt_numbers(t: &mut Table) {
 }
 
 /// Place `specs` after what `table` already holds.
-fn place(g: &Geometry, mut table: Table, specs: &[PartSpec]) -> Result<Table> {
-    let label = g.label;
-    let (ss, al, first, last) = (g.ss, g.al, g.first, g.last);
-    let existing = table.partitions.len();
-    if label == Label::Gpt && (existing + specs.len()) as u64 > GPT_ENTRIES {
-        let i = (GPT_ENTRIES as usize).saturating_sub(existing);
-        let p = &specs[i.min(specs.len() - 1)];
-        return Err(Error::InvalidField {
-            part: PartRef {
-                index: existing + i + 1,
-                name: p.name.clone(),
-            },
-            field: "name",
-            value: p.name.clone().unwrap_or_default(),
-            reason: format!("a GPT holds {GPT_ENTRIES} partitions"),
-        });
+///
+/// The steps, in order: parse every spec, look at what the disk already holds, decide which
+/// MBR partitions are logical, check percentages and `rest`, share the free space, place each
+/// partition, then close the extended partition and derive MBR PARTUUIDs.
+fn place(g: &Geometry, table: Table, specs: &[PartSpec]) -> Result<Table> {
+    check_gpt_capacity(g.label, table.partitions.len(), specs)?;
+    let mut placer = Placer::new(g, table, specs);
+    let (mut parts, raw_flags) = placer.parse_specs()?;
+    placer.assign_kinds(&mut parts, &raw_flags)?;
+    placer.check_relative_sizes(&parts)?;
+    let shares = placer.shares(&parts);
+    for (p, s) in parts.into_iter().zip(specs) {
+        placer.place_one(p, s, &shares)?;
     }
+    Ok(placer.finish())
+}
 
-    let mut parts = Vec::with_capacity(specs.len());
-    let mut raw_flags = Vec::with_capacity(specs.len());
-    for (i, s) in specs.iter().enumerate() {
-        let (p, f) = parse_spec(existing + i, s, label, ss)?;
-        parts.push(p);
-        raw_flags.push(f);
+/// A GPT holds [`GPT_ENTRIES`] partitions: refuse the first spec past that.
+fn check_gpt_capacity(label: Label, existing: usize, specs: &[PartSpec]) -> Result<()> {
+    if label != Label::Gpt || ((existing + specs.len()) as u64) <= GPT_ENTRIES {
+        return Ok(());
     }
+    let i = (GPT_ENTRIES as usize).saturating_sub(existing);
+    let p = &specs[i.min(specs.len() - 1)];
+    Err(Error::InvalidField {
+        part: PartRef {
+            index: existing + i + 1,
+            name: p.name.clone(),
+        },
+        field: "name",
+        value: p.name.clone().unwrap_or_default(),
+        reason: format!("a GPT holds {GPT_ENTRIES} partitions"),
+    })
+}
 
-    // Everything already on the disk: reserved sectors, partitions (with their EBRs), and
-    // the extended partition as a whole.
-    let reserved_name = match label {
-        Label::Gpt => "the GPT header and entries",
-        Label::Mbr => "the MBR",
-    };
-    let mut placed: Vec<(String, u64, u64)> = vec![(reserved_name.to_owned(), 0, first - 1)];
-    for p in &table.partitions {
-        placed.push((
-            format!("partition {}", p.number),
-            p.ebr_lba.unwrap_or(p.start_lba),
-            p.end_lba,
-        ));
-    }
-    // Where new partitions may begin. An extended partition with no primary after it is
-    // "last": its unused tail is free space that new logical partitions (or, once it has been
-    // shrunk to its last logical one, new primaries) may use.
-    let end_of = |kind: Option<PartKind>| {
-        table
+/// Sizes of the relative partitions, in sectors: each percentage's share and what `rest` gets.
+struct Shares {
+    /// Sectors the percentages and `rest` share (free space minus fixed sizes and EBRs).
+    avail: u64,
+    /// Sectors for `rest`: `avail` minus every percentage's share.
+    rest: u64,
+}
+
+/// State shared by the steps of [`place`]: the geometry, the table being built and what is
+/// already on the disk.
+struct Placer<'a> {
+    g: &'a Geometry,
+    specs: &'a [PartSpec],
+    table: Table,
+    /// Partitions in the table before this plan.
+    existing: usize,
+    /// Occupied sector ranges: what, first, last.
+    placed: Vec<(String, u64, u64)>,
+    /// The first sector after everything that stays (new partitions go at or after it).
+    used_end: u64,
+    /// MBR: whether an extended partition exists and whether it ends the used space.
+    ext_is_last: Option<bool>,
+    /// MBR: free primary slots, in order.
+    free_slots: std::vec::IntoIter<u32>,
+    /// Where the next partition may start.
+    cursor: u64,
+    /// Next GPT number.
+    next_gpt: u32,
+    /// Next MBR logical number.
+    next_logical: u32,
+}
+
+impl<'a> Placer<'a> {
+    /// Record what the disk already holds: reserved sectors, partitions (with their EBRs), the
+    /// extended partition, free MBR slots and where new partitions may begin.
+    fn new(g: &'a Geometry, table: Table, specs: &'a [PartSpec]) -> Self {
+        let label = g.label;
+        let first = g.first;
+        let reserved_name = match label {
+            Label::Gpt => "the GPT header and entries",
+            Label::Mbr => "the MBR",
+        };
+        let mut placed: Vec<(String, u64, u64)> = vec![(reserved_name.to_owned(), 0, first - 1)];
+        for p in &table.partitions {
+            placed.push((
+                format!("partition {}", p.number),
+                p.ebr_lba.unwrap_or(p.start_lba),
+                p.end_lba,
+            ));
+        }
+        // Where new partitions may begin. An extended partition with no primary after it is
+        // "last": its unused tail is free space that new logical partitions (or, once it has
+        // been shrunk to its last logical one, new primaries) may use.
+        let end_of = |kind: Option<PartKind>| {
+            table
+                .partitions
+                .iter()
+                .filter(|p| kind.is_none_or(|k| p.kind == k))
+                .map(|p| p.end_lba.saturating_add(1))
+                .max()
+                .unwrap_or(first)
+        };
+        let prim_end = end_of(Some(PartKind::Primary));
+        let ext_is_last = table.extended.as_ref().map(|e| e.start_lba >= prim_end);
+        let used_end = match (&table.extended, ext_is_last) {
+            (Some(e), Some(true)) => end_of(None).max(e.start_lba),
+            (Some(e), _) => end_of(None).max(e.start_lba.saturating_add(e.size_lba)),
+            (None, _) => end_of(None),
+        };
+        let free_slots: Vec<u32> = match label {
+            Label::Mbr => (1..=4)
+                .filter(|n| {
+                    table.partitions.iter().all(|p| p.number != *n)
+                        && table.extended.as_ref().is_none_or(|e| e.number != *n)
+                })
+                .collect(),
+            Label::Gpt => Vec::new(),
+        };
+        if let (Some(e), Some(false)) = (&table.extended, ext_is_last) {
+            // Primary partitions may not start inside an extended partition that stays.
+            placed.push((
+                "the extended partition".into(),
+                e.start_lba,
+                (e.start_lba + e.size_lba).saturating_sub(1),
+            ));
+        }
+        let next_gpt = table.partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1;
+        let next_logical = 5 + table
             .partitions
             .iter()
-            .filter(|p| kind.is_none_or(|k| p.kind == k))
-            .map(|p| p.end_lba + 1)
-            .max()
-            .unwrap_or(first)
-    };
-    let prim_end = end_of(Some(PartKind::Primary));
-    let ext_is_last = table.extended.as_ref().map(|e| e.start_lba >= prim_end);
-    let used_end = match (&table.extended, ext_is_last) {
-        (Some(e), Some(true)) => end_of(None).max(e.start_lba),
-        (Some(e), _) => end_of(None).max(e.start_lba + e.size_lba),
-        (None, _) => end_of(None),
-    };
-    let mut free_slots: Vec<u32> = Vec::new();
-    if label == Label::Mbr {
-        free_slots = (1..=4)
-            .filter(|n| {
-                table.partitions.iter().all(|p| p.number != *n)
-                    && table.extended.as_ref().is_none_or(|e| e.number != *n)
-            })
-            .collect();
+            .filter(|p| p.kind == PartKind::Logical)
+            .count() as u32;
+        Placer {
+            g,
+            specs,
+            existing: table.partitions.len(),
+            table,
+            placed,
+            used_end,
+            ext_is_last,
+            free_slots: free_slots.into_iter(),
+            cursor: used_end,
+            next_gpt,
+            next_logical,
+        }
+    }
+
+    /// Parse every spec; also return each spec's flags as written.
+    fn parse_specs(&self) -> Result<(Vec<Parsed>, Vec<Vec<Flag>>)> {
+        let mut parts = Vec::with_capacity(self.specs.len());
+        let mut raw_flags = Vec::with_capacity(self.specs.len());
+        for (i, s) in self.specs.iter().enumerate() {
+            let (p, f) = parse_spec(self.existing + i, s, self.g.label, self.g.ss)?;
+            parts.push(p);
+            raw_flags.push(f);
+        }
+        Ok((parts, raw_flags))
+    }
+
+    /// MBR: decide which new partitions are logical (see [`assign_mbr_kinds`]).
+    fn assign_kinds(&self, parts: &mut [Parsed], raw_flags: &[Vec<Flag>]) -> Result<()> {
+        if self.g.label != Label::Mbr {
+            return Ok(());
+        }
         let slots = MbrSlots {
-            free: free_slots.len(),
-            extended: ext_is_last,
+            free: self.free_slots.len(),
+            extended: self.ext_is_last,
         };
-        assign_mbr_kinds(&mut parts, &raw_flags, slots)?;
-    }
-    if let (Some(e), Some(false)) = (&table.extended, ext_is_last) {
-        // Primary partitions may not start inside an extended partition that stays.
-        placed.push((
-            "the extended partition".into(),
-            e.start_lba,
-            e.start_lba + e.size_lba - 1,
-        ));
+        assign_mbr_kinds(parts, raw_flags, slots)
     }
 
-    // Percentages and the one `rest`.
-    let mut pct_total = 0u32;
-    let mut rest_seen: Option<&PartRef> = None;
-    for (p, s) in parts.iter().zip(specs) {
-        match p.size {
-            SizeSpec::Percent(v) => {
-                let before = pct_total;
-                pct_total += v;
-                if before <= 100 && pct_total > 100 {
-                    let total_all: u32 = parts
-                        .iter()
-                        .map(|q| {
-                            if let SizeSpec::Percent(v) = q.size {
-                                v
-                            } else {
-                                0
-                            }
-                        })
-                        .sum();
-                    return Err(Error::PercentOver100 {
-                        part: p.part.clone(),
-                        value: s.size.clone(),
-                        total: total_all,
-                    });
-                }
-            }
-            SizeSpec::Rest => {
-                if let Some(other) = rest_seen {
-                    return Err(Error::InvalidSize {
-                        part: p.part.clone(),
-                        field: "size",
-                        value: s.size.clone(),
-                        reason: format!(
-                            "only one partition can take the rest; {other} already does"
-                        ),
-                    });
-                }
-                rest_seen = Some(&p.part);
-            }
-            SizeSpec::Bytes(_) => {}
-        }
-    }
-
-    // Space shared by percentages and `rest`: the aligned free area after what exists minus
-    // the fixed partitions (rounded up to the alignment) and one alignment unit before each
-    // logical partition for its EBR.
-    let cursor0 = align_up(used_end, al);
-    let budget_end = align_down(last + 1, al);
-    let mut fixed = 0u64;
-    for p in &parts {
-        if let SizeSpec::Bytes(b) = p.size {
-            fixed = fixed.saturating_add(align_up(b.div_ceil(ss), al));
-        }
-        if p.kind == PartKind::Logical {
-            fixed = fixed.saturating_add(al);
-        }
-    }
-    let avail = budget_end.saturating_sub(cursor0).saturating_sub(fixed);
-    let pct_size = |v: u32| align_down(avail * u64::from(v) / 100, al);
-    let pct_sizes: u64 = parts
-        .iter()
-        .map(|p| match p.size {
-            SizeSpec::Percent(v) => pct_size(v),
+    /// Percentages add up to at most 100 %, and at most one partition takes the rest.
+    fn check_relative_sizes(&self, parts: &[Parsed]) -> Result<()> {
+        let ppm = |p: &Parsed| match p.size {
+            SizeSpec::Percent(v) => u64::from(v.ppm()),
             _ => 0,
-        })
-        .sum();
-    let rest_size = avail.saturating_sub(pct_sizes);
+        };
+        let full = u64::from(Percent::FULL.ppm());
+        let mut pct_total = 0u64;
+        let mut rest_seen: Option<&PartRef> = None;
+        for (p, s) in parts.iter().zip(self.specs) {
+            match p.size {
+                SizeSpec::Percent(_) => {
+                    let before = pct_total;
+                    pct_total += ppm(p);
+                    if before <= full && pct_total > full {
+                        let total_all: u64 = parts.iter().map(ppm).sum();
+                        return Err(Error::PercentOver100 {
+                            part: p.part.clone(),
+                            value: s.size.clone(),
+                            total: format_ppm(total_all),
+                        });
+                    }
+                }
+                SizeSpec::Rest => {
+                    if let Some(other) = rest_seen {
+                        return Err(Error::InvalidSize {
+                            part: p.part.clone(),
+                            field: "size",
+                            value: s.size.clone(),
+                            reason: format!(
+                                "only one partition can take the rest; {other} already does"
+                            ),
+                        });
+                    }
+                    rest_seen = Some(&p.part);
+                }
+                SizeSpec::Absolute(_) => {}
+            }
+        }
+        Ok(())
+    }
 
-    // Placement, in order.
-    let mut cursor = used_end;
-    let mut next_gpt = table.partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1;
-    let mut next_logical = 5 + table
-        .partitions
-        .iter()
-        .filter(|p| p.kind == PartKind::Logical)
-        .count() as u32;
-    let mut slots = free_slots.into_iter();
-    for (p, s) in parts.into_iter().zip(specs) {
+    /// Space shared by percentages and `rest`: the aligned free area after what exists minus
+    /// the fixed partitions (rounded up to the alignment) and one alignment unit before each
+    /// logical partition for its EBR.
+    fn shares(&self, parts: &[Parsed]) -> Shares {
+        let (ss, al) = (self.g.ss, self.g.al);
+        let cursor0 = align_up(self.used_end, al).unwrap_or(u64::MAX);
+        let budget_end = align_down(self.g.last + 1, al);
+        let mut fixed = 0u64;
+        for p in parts {
+            if let SizeSpec::Absolute(b) = p.size {
+                let sectors = align_up(b.bytes().div_ceil(ss), al).unwrap_or(u64::MAX);
+                fixed = fixed.saturating_add(sectors);
+            }
+            if p.kind == PartKind::Logical {
+                fixed = fixed.saturating_add(al);
+            }
+        }
+        let avail = budget_end.saturating_sub(cursor0).saturating_sub(fixed);
+        let mut shares = Shares { avail, rest: 0 };
+        let pct_sum: u64 = parts.iter().map(|p| shares.sectors(p.size, al)).sum();
+        // The percentages add up to at most 100 % of avail (checked before), so no underflow.
+        shares.rest = avail.saturating_sub(pct_sum);
+        shares
+    }
+
+    /// Place one partition after the ones before it (or at its explicit start).
+    fn place_one(&mut self, p: Parsed, s: &PartSpec, shares: &Shares) -> Result<()> {
+        let (ss, al, last) = (self.g.ss, self.g.al, self.g.last);
         let size_lba = match p.size {
-            SizeSpec::Bytes(b) => b.div_ceil(ss),
-            SizeSpec::Percent(v) => pct_size(v),
-            SizeSpec::Rest => rest_size,
+            SizeSpec::Absolute(b) => b.bytes().div_ceil(ss),
+            SizeSpec::Percent(_) => shares.sectors(p.size, al),
+            SizeSpec::Rest => shares.rest,
         };
         if size_lba == 0 {
             return Err(Error::NoSpace {
@@ -635,34 +789,19 @@ fn place(g: &Geometry, mut table: Table, specs: &[PartSpec]) -> Result<Table> {
                 value: s.size.clone(),
             });
         }
-        let mut ebr_lba = None;
-        let start = match (p.kind, p.start_lba) {
+        let (start, ebr_lba) = match (p.kind, p.start_lba) {
             (PartKind::Logical, _) => {
-                let ebr = align_up(cursor, al);
-                ebr_lba = Some(ebr);
-                let has_logical = table.partitions.iter().any(|q| q.kind == PartKind::Logical);
-                if let (Some(ext), false) = (table.extended.as_mut(), has_logical) {
-                    // The first EBR sits at the start of the extended partition.
-                    ext.start_lba = ebr;
-                }
-                if table.extended.is_none() {
-                    // assign_mbr_kinds kept a slot for it.
-                    let number = slots.next().unwrap_or(4);
-                    table.extended = Some(Extended {
-                        number,
-                        start_lba: ebr,
-                        size_lba: 0,
-                        type_byte: format!("0x{EXTENDED_TYPE:02x}"),
-                    });
-                }
-                align_up(ebr + 1, al)
+                let ebr = self.open_logical();
+                (align_up(ebr.saturating_add(1), al), Some(ebr))
             }
-            (PartKind::Primary, Some(st)) => st,
-            (PartKind::Primary, None) => align_up(cursor, al),
+            (PartKind::Primary, Some(st)) => (Some(st), None),
+            (PartKind::Primary, None) => (align_up(self.cursor, al), None),
         };
-        let end = start + size_lba - 1;
-        if let Some(st) = p.start_lba {
-            for (what, a, b) in &placed {
+        // Past u64 sectors nothing fits; report it against the end of the usable area.
+        let start = start.unwrap_or(u64::MAX / ss);
+        let end = start.checked_add(size_lba - 1);
+        if let (Some(st), Some(end)) = (p.start_lba, end) {
+            for (what, a, b) in &self.placed {
                 if st <= *b && end >= *a {
                     return Err(Error::Overlap {
                         part: p.part,
@@ -674,29 +813,35 @@ fn place(g: &Geometry, mut table: Table, specs: &[PartSpec]) -> Result<Table> {
                 }
             }
         }
-        if end > last {
+        let Some(end) = end.filter(|e| *e <= last) else {
+            let requested = match p.size {
+                SizeSpec::Absolute(b) => b.bytes(),
+                _ => u64::MAX,
+            };
             return Err(Error::Oversize {
                 part: p.part,
                 value: s.size.clone(),
-                start_bytes: start * ss,
-                size_bytes: size_lba * ss,
+                start_bytes: start.saturating_mul(ss),
+                size_bytes: size_lba.checked_mul(ss).unwrap_or(requested),
                 limit_bytes: (last + 1) * ss,
             });
-        }
-        let number = match (label, p.kind) {
+        };
+        let number = match (self.g.label, p.kind) {
             (Label::Gpt, _) => {
-                next_gpt += 1;
-                next_gpt - 1
+                self.next_gpt += 1;
+                self.next_gpt - 1
             }
             (Label::Mbr, PartKind::Logical) => {
-                next_logical += 1;
-                next_logical - 1
+                self.next_logical += 1;
+                self.next_logical - 1
             }
-            (Label::Mbr, PartKind::Primary) => slots.next().unwrap_or(4),
+            (Label::Mbr, PartKind::Primary) => self.free_slots.next().unwrap_or(4),
         };
-        placed.push((p.part.to_string(), ebr_lba.unwrap_or(start), end));
-        cursor = cursor.max(end + 1);
-        table.partitions.push(PartitionInfo {
+        self.placed
+            .push((p.part.to_string(), ebr_lba.unwrap_or(start), end));
+        self.cursor = self.cursor.max(end + 1);
+        // Both fit: end <= last, and the disk's size in bytes is a u64.
+        self.table.partitions.push(PartitionInfo {
             number,
             name: p.part.name.clone(),
             kind: p.kind,
@@ -711,27 +856,78 @@ fn place(g: &Geometry, mut table: Table, specs: &[PartSpec]) -> Result<Table> {
             attributes: p.attributes,
             ebr_lba,
         });
+        Ok(())
     }
-    table.partitions.sort_by_key(|p| p.start_lba);
-    // The extended partition ends with its last logical partition; without any, it goes.
-    let logical_end = table
-        .partitions
-        .iter()
-        .filter(|p| p.kind == PartKind::Logical)
-        .map(|p| p.end_lba + 1)
-        .max();
-    match (logical_end, table.extended.as_mut()) {
-        (Some(end), Some(ext)) => ext.size_lba = end - ext.start_lba,
-        (None, _) => table.extended = None,
-        (Some(_), None) => {}
+
+    /// Where the EBR of a new logical partition goes; opens (or moves the start of) the
+    /// extended partition for the first logical one.
+    fn open_logical(&mut self) -> u64 {
+        let ebr = align_up(self.cursor, self.g.al).unwrap_or(u64::MAX);
+        let has_logical = self
+            .table
+            .partitions
+            .iter()
+            .any(|q| q.kind == PartKind::Logical);
+        if let (Some(ext), false) = (self.table.extended.as_mut(), has_logical) {
+            // The first EBR sits at the start of the extended partition.
+            ext.start_lba = ebr;
+        }
+        if self.table.extended.is_none() {
+            // assign_mbr_kinds kept a slot for it.
+            let number = self.free_slots.next().unwrap_or(4);
+            self.table.extended = Some(Extended {
+                number,
+                start_lba: ebr,
+                size_lba: 0,
+                type_byte: format!("0x{EXTENDED_TYPE:02x}"),
+            });
+        }
+        ebr
     }
-    // MBR PARTUUIDs follow from the signature once it is known.
-    if let (Label::Mbr, Some(sig)) = (label, table.disk_uuid.clone()) {
-        for p in &mut table.partitions {
-            p.uuid = Some(mbr_partuuid(&sig, p.number));
+
+    /// Sort by start, close the extended partition at its last logical partition (or drop it
+    /// when it has none) and derive MBR PARTUUIDs from the signature.
+    fn finish(mut self) -> Table {
+        let table = &mut self.table;
+        table.partitions.sort_by_key(|p| p.start_lba);
+        let logical_end = table
+            .partitions
+            .iter()
+            .filter(|p| p.kind == PartKind::Logical)
+            .map(|p| p.end_lba + 1)
+            .max();
+        match (logical_end, table.extended.as_mut()) {
+            (Some(end), Some(ext)) => ext.size_lba = end - ext.start_lba,
+            (None, _) => table.extended = None,
+            (Some(_), None) => {}
+        }
+        if let (Label::Mbr, Some(sig)) = (self.g.label, table.disk_uuid.clone()) {
+            for p in &mut table.partitions {
+                p.uuid = Some(mbr_partuuid(&sig, p.number));
+            }
+        }
+        self.table
+    }
+}
+
+impl Shares {
+    /// The sectors a percentage gets (rounded down to the alignment); 0 for other sizes.
+    fn sectors(&self, size: SizeSpec, al: u64) -> u64 {
+        match size {
+            SizeSpec::Percent(v) => align_down(v.of(self.avail), al),
+            _ => 0,
         }
     }
-    Ok(table)
+}
+
+/// Parts per million as a percentage without the sign: `110`, `112.5`.
+fn format_ppm(ppm: u64) -> String {
+    let (int, frac) = (ppm / 10_000, ppm % 10_000);
+    if frac == 0 {
+        int.to_string()
+    } else {
+        format!("{int}.{}", format!("{frac:04}").trim_end_matches('0'))
+    }
 }
 
 /// The PARTUUID Linux gives MBR partition `number` on a disk with signature `0x1234abcd`.
@@ -831,7 +1027,7 @@ mod tests {
         );
         l.partitions[1].flags = vec![Flag::Logical];
         l.partitions[2].flags = vec![Flag::Primary];
-        l.align = Some("4K".into());
+        l.align = Some("4KiB".into());
         let p = plan(&l, 64 << 20).expect("plan").table;
         let got: Vec<(u32, PartKind, u64, Option<u64>)> = p
             .partitions
@@ -948,7 +1144,7 @@ mod tests {
             (
                 gpt(&[("a", "", "8300")]),
                 GIB,
-                "partition 1 (a): size=\"\": expected a number",
+                "partition 1 (a): size=\"\": empty size",
             ),
             (
                 gpt(&[("a", "1MiB", "8399")]),
@@ -994,10 +1190,10 @@ mod tests {
             ),
             (
                 with(gpt(&[("a", "1MiB", "8300")]), &|l| {
-                    l.partitions[0].start = Some("8K".into())
+                    l.partitions[0].start = Some("8KiB".into())
                 }),
                 GIB,
-                "partition 1 (a): start=\"8K\": overlaps the GPT header and entries (sectors 0..=33)",
+                "partition 1 (a): start=\"8KiB\": overlaps the GPT header and entries (sectors 0..=33)",
             ),
             (
                 with(gpt(&[("a", "1MiB", "8300")]), &|l| {
@@ -1133,6 +1329,80 @@ mod tests {
                 "partition 2 (b): start=\"100MiB\": logical partitions are placed after their EBR",
             ),
         ];
+        let huge = "18446744073709551615";
+        let cases = cases.into_iter().chain([
+            // Sizes whose sector count times the sector size overflows u64.
+            (
+                gpt(&[("a", huge, "8300")]),
+                GIB,
+                "partition 1 (a): size=\"18446744073709551615\": does not fit: 18446744073709551615 bytes from byte 1048576 end past the usable area, which ends at byte 1073724928",
+            ),
+            (
+                mbr(&[("a", huge, "8300")]),
+                GIB,
+                "partition 1 (a): size=\"18446744073709551615\": does not fit: 18446744073709551615 bytes from byte 1048576 end past the usable area, which ends at byte 1073741824",
+            ),
+            (
+                mbr(&[("a", "1MiB", "8300"), ("b", huge, "8300")]),
+                GIB,
+                "partition 2 (b): size=\"18446744073709551615\": does not fit: 18446744073709551615 bytes from byte 2097152",
+            ),
+            (
+                with(gpt(&[("a", "1MiB", "8300")]), &|l| {
+                    l.partitions[0].start = Some("18446744073709551104".into())
+                }),
+                GIB,
+                "partition 1 (a): size=\"1MiB\": does not fit: 1048576 bytes from byte 18446744073709551104",
+            ),
+            (
+                with(gpt(&[("a", huge, "8300")]), &|l| {
+                    l.partitions[0].start = Some("18446744073709551104".into())
+                }),
+                GIB,
+                "partition 1 (a): size=\"18446744073709551615\": does not fit: 18446744073709551615 bytes from byte 18446744073709551104",
+            ),
+            (
+                gpt(&[("a", "99999999PiB", "8300")]),
+                GIB,
+                "partition 1 (a): size=\"99999999PiB\": too large",
+            ),
+            (
+                gpt(&[("a", "-1G", "8300")]),
+                GIB,
+                "partition 1 (a): size=\"-1G\": sizes cannot be negative",
+            ),
+            (
+                gpt(&[("a", "0", "8300")]),
+                GIB,
+                "partition 1 (a): size=\"0\": a partition cannot be 0 bytes",
+            ),
+            (
+                gpt(&[("a", "1gib", "8300")]),
+                GIB,
+                "partition 1 (a): size=\"1gib\": unknown unit \"gib\"; units are case-sensitive: did you mean GiB?",
+            ),
+            (
+                gpt(&[("a", "12.5%", "8300"), ("b", "87.6%", "8300")]),
+                GIB,
+                "partition 2 (b): size=\"87.6%\": percentages add up to 100.1% (more than 100%)",
+            ),
+            // Control characters in names: refused, the value and the partition escaped.
+            (
+                gpt(&[("a\nb", "1MiB", "8300")]),
+                GIB,
+                "partition 1 (a\\nb): name=\"a\\nb\": contains the control character U+000A",
+            ),
+            (
+                gpt(&[("tab\there", "1MiB", "8300")]),
+                GIB,
+                "partition 1 (tab\\there): name=\"tab\\there\": contains the control character U+0009",
+            ),
+            (
+                gpt(&[("del\u{7f}", "1MiB", "8300")]),
+                GIB,
+                "partition 1 (del\\u{7f}): name=\"del\\u{7f}\": contains the control character U+007F",
+            ),
+        ]);
         for (l, size, want) in cases {
             let err = plan(&l, size).expect_err(want).to_string();
             assert!(err.starts_with(want), "\n got: {err}\nwant: {want}");
@@ -1148,6 +1418,61 @@ mod tests {
                 .expect_err("bad")
                 .to_string()
                 .starts_with("partition 1: size=\"x\"")
+        );
+    }
+
+    /// Duplicate GPT names are allowed but warned about; unique names and MBR names are not.
+    #[test]
+    fn duplicate_gpt_names_warn() {
+        let l = layout(
+            Label::Gpt,
+            &[
+                ("root", "1MiB", "8300"),
+                ("data", "1MiB", "8300"),
+                ("root", "1MiB", "8300"),
+                ("root", "1MiB", "8300"),
+                ("", "1MiB", "8300"),
+                ("", "1MiB", "8300"),
+            ],
+        );
+        let p = plan(&l, GIB).expect("duplicates are allowed");
+        assert_eq!(
+            p.warnings,
+            [Warning::DuplicateName {
+                name: "root".into(),
+                numbers: vec![1, 3, 4]
+            }]
+        );
+        assert_eq!(
+            p.warnings[0].to_string(),
+            "partitions 1, 3, 4 share the name \"root\": PARTLABEL=\"root\" finds only one of them"
+        );
+        // Adding a partition with an existing name warns too.
+        let added = plan_add(&p.table, &[PartSpec::new("data", "1MiB")], None).expect("add");
+        assert_eq!(added.warnings.len(), 2, "{:?}", added.warnings);
+        let unique = layout(Label::Gpt, &[("a", "1MiB", "8300"), ("b", "1MiB", "8300")]);
+        assert!(plan(&unique, GIB).expect("plan").warnings.is_empty());
+        let mbr = layout(Label::Mbr, &[("a", "1MiB", "8300"), ("a", "1MiB", "8300")]);
+        assert!(plan(&mbr, GIB).expect("plan").warnings.is_empty());
+    }
+
+    /// The one size grammar: bare letters are decimal, `KiB`… binary.
+    #[test]
+    fn bare_unit_letters_are_decimal() {
+        let l = layout(
+            Label::Gpt,
+            &[
+                ("g", "1G", "8300"),
+                ("gib", "1GiB", "8300"),
+                ("m", "1.5M", "8300"),
+            ],
+        );
+        let t = plan(&l, 4 * GIB).expect("plan").table;
+        let sizes: Vec<u64> = t.partitions.iter().map(|p| p.size_bytes).collect();
+        // 10^9 and 1.5 * 10^6 bytes, rounded up to whole 512-byte sectors.
+        assert_eq!(
+            sizes,
+            [1_000_000_000u64.next_multiple_of(512), GIB, 1_500_160]
         );
     }
 }

@@ -6,6 +6,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::layout::{Flag, Label};
+use crate::mbr;
 use crate::plan::{ATTR_LEGACY_BOOT, ATTR_REQUIRED, mbr_partuuid, usable};
 use crate::types::PartType;
 use crate::{Error, Extended, PartKind, PartitionInfo, Result, Table};
@@ -114,7 +115,7 @@ fn read_file(mut f: File, path: &Path, ss: u32) -> Result<Table> {
         return read_gpt(f, path, ss, total, &lba0);
     }
     if lba0[510..512] == BOOT_SIGNATURE {
-        return read_mbr(f, path, ss, total);
+        return read_mbr(f, path, ss, total, &lba0);
     }
     Err(Error::NoTable {
         path: path.to_owned(),
@@ -218,33 +219,24 @@ fn read_gpt(mut f: File, path: &Path, ss: u32, total: u64, lba0: &[u8; 512]) -> 
     })
 }
 
-/// One raw 16-byte MBR/EBR entry: (boot flag, type, start LBA, sectors).
-fn entry(b: &[u8], i: usize) -> (u8, u8, u32, u32) {
-    let o = ENTRIES_OFFSET + 16 * i;
-    (b[o], b[o + 4], le_u32(b, o + 8), le_u32(b, o + 12))
-}
-
 fn is_extended(sys: u8) -> bool {
     matches!(sys, 0x05 | 0x0f | 0x85)
 }
 
-fn read_mbr(mut f: File, path: &Path, ss: u32, total: u64) -> Result<Table> {
+fn read_mbr(mut f: File, path: &Path, ss: u32, total: u64, lba0: &[u8; 512]) -> Result<Table> {
     let ss64 = u64::from(ss);
-    // mbrman checks the signature and the boot flags of the four entries.
-    let header = mbrman::MBRHeader::read_from(&mut f).map_err(|source| Error::Mbr {
-        path: path.to_owned(),
-        action: "reading the MBR",
-        source,
-    })?;
-    let sig = format!("0x{:08x}", u32::from_le_bytes(header.disk_signature));
     let corrupt = |reason: String| Error::Corrupt {
         path: path.to_owned(),
         reason,
     };
+    // Checks the boot signature and the boot flags of the four entries.
+    let header = mbr::decode(lba0).map_err(corrupt)?;
+    let sig = format!("0x{:08x}", header.signature);
     let mut partitions = Vec::new();
     let mut extended = None;
-    for (slot, e) in header.iter() {
-        if e.is_unused() {
+    for (i, e) in header.entries.iter().enumerate() {
+        let slot = i + 1;
+        if e.sys == 0 {
             continue;
         }
         if e.sys == 0xee {
@@ -259,7 +251,7 @@ fn read_mbr(mut f: File, path: &Path, ss: u32, total: u64) -> Result<Table> {
             }
             extended = Some(Extended {
                 number,
-                start_lba: u64::from(e.starting_lba),
+                start_lba: u64::from(e.start),
                 size_lba: u64::from(e.sectors),
                 type_byte: format!("0x{:02x}", e.sys),
             });
@@ -268,7 +260,7 @@ fn read_mbr(mut f: File, path: &Path, ss: u32, total: u64) -> Result<Table> {
         partitions.push(info(
             number,
             PartKind::Primary,
-            u64::from(e.starting_lba),
+            u64::from(e.start),
             u64::from(e.sectors),
             e.sys,
             e.boot,
@@ -294,7 +286,12 @@ fn read_mbr(mut f: File, path: &Path, ss: u32, total: u64) -> Result<Table> {
                 }
                 return Err(corrupt(format!("EBR at LBA {ebr} has no boot signature")));
             }
-            let (boot, sys, rel, sectors) = entry(&buf, 0);
+            let mbr::Entry {
+                boot,
+                sys,
+                start: rel,
+                sectors,
+            } = mbr::Entry::decode(&buf, 0);
             if sys != 0 && sectors > 0 {
                 let start = ebr + u64::from(rel);
                 if start + u64::from(sectors) > ext_end {
@@ -315,7 +312,8 @@ fn read_mbr(mut f: File, path: &Path, ss: u32, total: u64) -> Result<Table> {
                     Some(ebr),
                 ));
             }
-            let (_, next_sys, next_rel, _) = entry(&buf, 1);
+            let link = mbr::Entry::decode(&buf, 1);
+            let (next_sys, next_rel) = (link.sys, link.start);
             if next_sys == 0 || next_rel == 0 {
                 break;
             }

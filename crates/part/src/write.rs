@@ -7,10 +7,9 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::layout::{Label, Layout, random_uuid};
+use crate::mbr;
 use crate::plan::{EXTENDED_TYPE, Plan, compact_gpt_numbers, mbr_partuuid, plan, usable};
-use crate::read::{
-    BOOT_SIGNATURE, ENTRIES_OFFSET, device_sector_size, disk_size, io_err, read_with_sector_size,
-};
+use crate::read::{BOOT_SIGNATURE, device_sector_size, disk_size, io_err, read_with_sector_size};
 use crate::{Error, PartKind, PartitionInfo, Result, Table};
 
 /// Type byte of the links in an EBR chain (what fdisk and sfdisk write).
@@ -25,12 +24,25 @@ pub struct WriteOptions {
 }
 
 /// Create or grow `path` as `opts` says, plan `layout` for its size, write it and read it back.
+///
+/// The layout is planned before the file is created or grown, so an invalid layout changes
+/// nothing; when this call created the file and a later step fails, the file is removed.
 pub fn create(path: &Path, layout: &Layout, opts: &WriteOptions) -> Result<Table> {
-    if let Some(want) = opts.size {
-        ensure_size(path, want)?;
+    let Some(want) = opts.size else {
+        let p = plan(layout, disk_size(path)?)?;
+        return apply(path, &p);
+    };
+    let p = plan(layout, want)?;
+    let existed = path.symlink_metadata().is_ok();
+    let r = ensure_size(path, want).and_then(|()| apply(path, &p));
+    if r.is_err() && !existed {
+        // Ours to remove: it did not exist before this call. A failure to remove is logged;
+        // the primary error is the one the caller needs.
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), "removing the image this call created: {e}");
+        }
     }
-    let p = plan(layout, disk_size(path)?)?;
-    apply(path, &p)
+    r
 }
 
 /// Create `path` if missing and extend it to `size` bytes (sparse). Errors when it is bigger
@@ -340,58 +352,6 @@ fn parse_guid(path: &Path, s: Option<&str>, what: &str) -> Result<uuid::Uuid> {
         })
 }
 
-/// CHS address of `lba` in the 255-head, 63-sector geometry fdisk uses, saturated at
-/// 1023/254/63 past the 8 GiB CHS limit (everything since 1998 reads the LBA fields).
-fn chs(lba: u64) -> (u16, u8, u8) {
-    const HEADS: u64 = 255;
-    const SECTORS: u64 = 63;
-    let c = lba / (HEADS * SECTORS);
-    if c > 1023 {
-        return (1023, 254, 63);
-    }
-    let rem = lba % (HEADS * SECTORS);
-    // All three fit: c <= 1023, rem / 63 < 255, rem % 63 + 1 <= 63.
-    (c as u16, (rem / SECTORS) as u8, (rem % SECTORS + 1) as u8)
-}
-
-fn mbr_entry(boot: bool, sys: u8, start: u64, size: u64) -> mbrman::MBRPartitionEntry {
-    let (c0, h0, s0) = chs(start);
-    let (c1, h1, s1) = chs(start + size - 1);
-    mbrman::MBRPartitionEntry {
-        boot: if boot {
-            mbrman::BOOT_ACTIVE
-        } else {
-            mbrman::BOOT_INACTIVE
-        },
-        first_chs: mbrman::CHS::new(c0, h0, s0),
-        sys,
-        last_chs: mbrman::CHS::new(c1, h1, s1),
-        // The plan keeps MBR partitions below 2^32 sectors.
-        starting_lba: u32::try_from(start).unwrap_or(u32::MAX),
-        sectors: u32::try_from(size).unwrap_or(u32::MAX),
-    }
-}
-
-/// A raw 16-byte entry for an EBR. CHS fields hold absolute addresses; `rel_start` is relative
-/// to the EBR (first entry) or to the extended partition (link entry).
-fn raw_entry(boot: bool, sys: u8, abs_start: u64, rel_start: u64, size: u64) -> [u8; 16] {
-    let enc = |(c, h, s): (u16, u8, u8)| {
-        [
-            h,
-            (s & 0x3f) | (((c >> 8) as u8 & 0x03) << 6),
-            (c & 0xff) as u8,
-        ]
-    };
-    let mut e = [0u8; 16];
-    e[0] = if boot { 0x80 } else { 0 };
-    e[1..4].copy_from_slice(&enc(chs(abs_start)));
-    e[4] = sys;
-    e[5..8].copy_from_slice(&enc(chs(abs_start + size - 1)));
-    e[8..12].copy_from_slice(&u32::try_from(rel_start).unwrap_or(u32::MAX).to_le_bytes());
-    e[12..16].copy_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
-    e
-}
-
 fn write_mbr(f: &mut File, path: &Path, t: &Table) -> Result<()> {
     let ss = u64::from(t.sector_size);
     let total = t.disk_size_bytes / ss;
@@ -414,36 +374,30 @@ fn write_mbr(f: &mut File, path: &Path, t: &Table) -> Result<()> {
         }
     }
     let old = read_lba0(f, path)?;
-    let mut header = mbrman::MBRHeader::new(sig.to_le_bytes());
-    if old[510..512] == BOOT_SIGNATURE {
-        header.bootstrap_code.copy_from_slice(&old[..440]);
-    }
+    let mut sector = mbr::new_sector(&old, sig);
     let boot = |p: &PartitionInfo| p.flags.contains(&crate::Flag::Boot);
+    let slot = |number: u32| (1..=4).contains(&number).then(|| number as usize - 1);
     for p in t.partitions.iter().filter(|p| p.kind == PartKind::Primary) {
         let sys = p.part_type.mbr_byte().unwrap_or(0x83);
-        if let Some(e) = header.get_mut(p.number as usize) {
-            *e = mbr_entry(boot(p), sys, p.start_lba, p.size_lba);
+        if let Some(i) = slot(p.number) {
+            let e = mbr::encode_entry(boot(p), sys, p.start_lba, p.start_lba, p.size_lba);
+            mbr::put_entry(&mut sector, i, &e);
         }
     }
     if let Some(ext) = &t.extended
-        && let Some(e) = header.get_mut(ext.number as usize)
+        && let Some(i) = slot(ext.number)
     {
         // Keep the type of an extended partition we read (0x05, 0x0f or 0x85).
         let sys =
             u8::from_str_radix(ext.type_byte.trim_start_matches("0x"), 16).unwrap_or(EXTENDED_TYPE);
-        *e = mbr_entry(false, sys, ext.start_lba, ext.size_lba);
+        let e = mbr::encode_entry(false, sys, ext.start_lba, ext.start_lba, ext.size_lba);
+        mbr::put_entry(&mut sector, i, &e);
     }
-    let mbr_err = |source| Error::Mbr {
-        path: path.to_owned(),
-        action: "writing the MBR",
-        source,
-    };
-    f.seek(SeekFrom::Start(0))
-        .map_err(io_err(path, "seeking to LBA 0"))?;
-    header.write_into(&mut *f).map_err(mbr_err)?;
+    write_at(f, path, 0, &sector)?;
 
-    // The EBR chain, written here rather than by mbrman 0.6, whose `write_into` computes EBR
-    // byte offsets in 32 bits and so cannot place EBRs past 4 GiB.
+    // The EBR chain: one EBR one alignment unit before each logical partition, its first
+    // entry relative to the EBR, its link relative to the extended partition (byte offsets in
+    // 64 bits: EBRs past 4 GiB land where they should).
     let logical: Vec<&PartitionInfo> = t
         .partitions
         .iter()
@@ -454,27 +408,192 @@ fn write_mbr(f: &mut File, path: &Path, t: &Table) -> Result<()> {
             let ebr = l.ebr_lba.unwrap_or(l.start_lba - 1);
             let mut sector = [0u8; 512];
             let sys = l.part_type.mbr_byte().unwrap_or(0x83);
-            sector[ENTRIES_OFFSET..ENTRIES_OFFSET + 16].copy_from_slice(&raw_entry(
-                boot(l),
-                sys,
-                l.start_lba,
-                l.start_lba - ebr,
-                l.size_lba,
-            ));
+            mbr::put_entry(
+                &mut sector,
+                0,
+                &mbr::encode_entry(boot(l), sys, l.start_lba, l.start_lba - ebr, l.size_lba),
+            );
             if let Some(next) = logical.get(i + 1) {
                 let next_ebr = next.ebr_lba.unwrap_or(next.start_lba - 1);
                 let span = next.end_lba + 1 - next_ebr;
-                sector[ENTRIES_OFFSET + 16..ENTRIES_OFFSET + 32].copy_from_slice(&raw_entry(
-                    false,
-                    EBR_LINK_TYPE,
-                    next_ebr,
-                    next_ebr - ext.start_lba,
-                    span,
-                ));
+                mbr::put_entry(
+                    &mut sector,
+                    1,
+                    &mbr::encode_entry(
+                        false,
+                        EBR_LINK_TYPE,
+                        next_ebr,
+                        next_ebr - ext.start_lba,
+                        span,
+                    ),
+                );
             }
             sector[510..512].copy_from_slice(&BOOT_SIGNATURE);
             write_at(f, path, ebr * ss, &sector)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PartSpec;
+
+    /// A `create` that fails leaves no file behind when it made the file, and leaves an
+    /// existing file as it was when the layout is invalid.
+    #[test]
+    fn failed_create_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for label in [Label::Gpt, Label::Mbr] {
+            let path = dir.path().join(format!("e-{label}.img"));
+            let mut l = Layout::new(label);
+            l.partitions
+                .push(PartSpec::new("a", "18446744073709551615"));
+            let err = create(
+                &path,
+                &l,
+                &WriteOptions {
+                    size: Some(1 << 30),
+                },
+            )
+            .expect_err("does not fit")
+            .to_string();
+            assert!(
+                err.contains("does not fit: 18446744073709551615 bytes"),
+                "{err}"
+            );
+            assert!(
+                !path.exists(),
+                "{label}: {} was left behind",
+                path.display()
+            );
+
+            // An existing file is neither grown nor removed by an invalid layout.
+            std::fs::write(&path, b"keep").expect("write");
+            create(
+                &path,
+                &l,
+                &WriteOptions {
+                    size: Some(1 << 30),
+                },
+            )
+            .expect_err("does not fit");
+            assert_eq!(std::fs::read(&path).expect("read"), b"keep");
+            std::fs::remove_file(&path).expect("rm");
+        }
+        // A valid layout makes the file at the size asked for.
+        let path = dir.path().join("ok.img");
+        let mut l = Layout::new(Label::Gpt);
+        l.partitions.push(PartSpec::new("a", "rest"));
+        let t = create(
+            &path,
+            &l,
+            &WriteOptions {
+                size: Some(8 << 20),
+            },
+        )
+        .expect("create");
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 8 << 20);
+    }
+
+    /// Our MBR decoder reads what sfdisk writes (primary, boot flag, extended, logical) as
+    /// `sfdisk --json` reports it, and a table we write from that is read by sfdisk the same.
+    #[test]
+    fn mbr_codec_agrees_with_sfdisk() {
+        use diskforge_cmd::Cmd;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let theirs = dir.path().join("theirs.img");
+        std::fs::File::create(&theirs)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("image");
+        Cmd::new("sfdisk")
+            .arg(&theirs)
+            .stdin_bytes(
+                b"label: dos\nlabel-id: 0x5eed1234\n,8MiB,c,*\n,40MiB,E\n,6MiB,L\n,4MiB,82\n,10MiB,L,*\n,5MiB,7\n"
+                    .to_vec(),
+            )
+            .run()
+            .expect("sfdisk");
+        let rows = |img: &Path| -> Vec<(String, u64, u64, String, bool)> {
+            let v: serde_json::Value = Cmd::new("sfdisk")
+                .arg("--json")
+                .arg(img)
+                .json()
+                .expect("sfdisk --json");
+            assert_eq!(v["partitiontable"]["id"], "0x5eed1234");
+            v["partitiontable"]["partitions"]
+                .as_array()
+                .expect("partitions")
+                .iter()
+                .map(|p| {
+                    let node = p["node"].as_str().unwrap_or_default();
+                    (
+                        node.rsplit_once(".img").map_or("", |(_, n)| n).to_owned(),
+                        p["start"].as_u64().unwrap_or(0),
+                        p["size"].as_u64().unwrap_or(0),
+                        p["type"].as_str().unwrap_or_default().to_owned(),
+                        p["bootable"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        };
+        let want = rows(&theirs);
+        assert_eq!(want.len(), 6, "{want:?}");
+        assert!(
+            want.iter().any(|w| w.0 == "6"),
+            "two logical partitions: {want:?}"
+        );
+        let t = crate::read(&theirs).expect("read");
+        assert_eq!(t.disk_uuid.as_deref(), Some("0x5eed1234"));
+        let ext = t.extended.as_ref().expect("extended");
+        let mut got: Vec<(String, u64, u64, String, bool)> = t
+            .partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.number.to_string(),
+                    p.start_lba,
+                    p.size_lba,
+                    p.part_type
+                        .mbr
+                        .clone()
+                        .unwrap_or_default()
+                        .trim_start_matches("0x")
+                        .trim_start_matches('0')
+                        .to_owned(),
+                    p.flags.contains(&crate::Flag::Boot),
+                )
+            })
+            .collect();
+        got.push((
+            ext.number.to_string(),
+            ext.start_lba,
+            ext.size_lba,
+            "5".into(),
+            false,
+        ));
+        got.sort();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        assert_eq!(got, want_sorted);
+
+        // Write the same table into a blank image with our encoder: sfdisk reads it the same.
+        let ours = dir.path().join("ours.img");
+        std::fs::File::create(&ours)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("image");
+        let mut plan = Plan::new(t.clone());
+        // The extended partition we read has type 0x05; keep it so the comparison is exact.
+        plan.table.align_bytes = None;
+        apply(&ours, &plan).expect("apply");
+        assert_eq!(rows(&ours), want);
+        let verify = Cmd::new("sfdisk")
+            .arg("--verify")
+            .arg(&ours)
+            .read()
+            .expect("verify");
+        assert!(verify.contains("No errors detected"), "{verify}");
+    }
 }

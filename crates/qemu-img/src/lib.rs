@@ -79,9 +79,9 @@ pub enum Error {
     /// An unknown image format name.
     #[error("unknown image format {0:?} (one of raw, qcow2, vmdk, vhdx, vpc)")]
     UnknownFormat(String),
-    /// A size string that does not parse.
-    #[error("invalid size {0:?} (bytes, or a number with K/M/G/T suffix)")]
-    InvalidSize(String),
+    /// A size string that does not parse (the grammar is diskforge-size's).
+    #[error(transparent)]
+    InvalidSize(#[from] diskforge_size::SizeError),
 }
 
 fn unsupported_message(path: &Path, format: &str) -> String {
@@ -157,25 +157,6 @@ impl FromStr for Format {
             _ => return Err(Error::UnknownFormat(s.to_owned())),
         })
     }
-}
-
-/// Parse a size: plain bytes or a number with a binary suffix `K`, `M`, `G`, `T` (optionally
-/// followed by `iB` or `B`), as qemu-img itself accepts.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let bad = || Error::InvalidSize(s.to_owned());
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let shift = match suffix.trim_end_matches("iB").trim_end_matches('B') {
-        "" => 0,
-        "k" | "K" => 10,
-        "m" | "M" => 20,
-        "g" | "G" => 30,
-        "t" | "T" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 /// One image as `qemu-img info --output=json` describes it (QEMU 7.2 keys).
@@ -480,14 +461,25 @@ pub enum NewSize {
 
 impl FromStr for NewSize {
     type Err = Error;
-    /// `10G`, `+1G`, `-512M`.
+    /// `10GiB`, `+1GiB`, `-512MiB`: a sign, then a size in the diskforge-size grammar (where
+    /// bare `G` is 10^9). qemu-img gets the byte count, never a re-spelled unit.
     fn from_str(s: &str) -> Result<Self> {
-        Ok(if let Some(r) = s.strip_prefix('+') {
-            NewSize::Grow(parse_size(r)?)
-        } else if let Some(r) = s.strip_prefix('-') {
-            NewSize::Shrink(parse_size(r)?)
+        let t = s.trim();
+        let bytes = |r: &str| {
+            diskforge_size::parse(r)
+                .map(diskforge_size::Size::bytes)
+                // Name the whole argument, sign included.
+                .map_err(|e| diskforge_size::SizeError {
+                    input: s.to_owned(),
+                    reason: e.reason,
+                })
+        };
+        Ok(if let Some(r) = t.strip_prefix('+') {
+            NewSize::Grow(bytes(r)?)
+        } else if let Some(r) = t.strip_prefix('-') {
+            NewSize::Shrink(bytes(r)?)
         } else {
-            NewSize::Absolute(parse_size(s)?)
+            NewSize::Absolute(bytes(t)?)
         })
     }
 }
@@ -680,20 +672,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
+    fn new_sizes_use_the_one_grammar() {
         let table = [
-            ("512", 512),
-            ("1K", 1024),
-            ("64M", 64 << 20),
-            ("2G", 2 << 30),
-            ("1TiB", 1 << 40),
-            ("3MB", 3 << 20),
+            ("512", NewSize::Absolute(512)),
+            ("1KiB", NewSize::Absolute(1024)),
+            ("2G", NewSize::Absolute(2_000_000_000)),
+            ("2GiB", NewSize::Absolute(2 << 30)),
+            ("+1.5GiB", NewSize::Grow(3 << 29)),
+            ("-3MB", NewSize::Shrink(3_000_000)),
         ];
-        for (s, n) in table {
-            assert_eq!(parse_size(s).ok(), Some(n), "{s}");
+        for (s, want) in table {
+            assert_eq!(s.parse::<NewSize>().ok(), Some(want), "{s}");
         }
-        for bad in ["", "M", "1X", "-1", "99999999999999T"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
+        for bad in ["", "M", "1X", "+-1", "--1", "99999999PiB", "+"] {
+            let e = bad.parse::<NewSize>().expect_err(bad).to_string();
+            assert!(e.starts_with(&format!("invalid size {bad:?}")), "{e}");
         }
     }
 
@@ -738,11 +731,11 @@ mod tests {
             "create -q -f qcow2 -b base.qcow2 -F qcow2 b.qcow2 1073741824"
         );
         assert_eq!(
-            resize_args(dst, None, "+1G".parse().unwrap(), false).join(" "),
+            resize_args(dst, None, "+1GiB".parse().unwrap(), false).join(" "),
             "resize -q b.qcow2 +1073741824"
         );
         assert_eq!(
-            resize_args(dst, Some(Format::Raw), "-1M".parse().unwrap(), false).join(" "),
+            resize_args(dst, Some(Format::Raw), "-1MiB".parse().unwrap(), false).join(" "),
             "resize -q -f raw --shrink b.qcow2 -1048576"
         );
         assert_eq!(

@@ -22,22 +22,23 @@ Exit codes:
      metadata; qemu-img has no check for vpc); the format is
      detected first and named in the message
 
-Sizes take K, M, G, T suffixes (powers of 1024). SOURCE_DATE_EPOCH makes
-mkfs output reproducible where the filesystem allows (ext2/3/4, vfat, swap,
-squashfs, erofs).
+Sizes (crates/size/README.md): KiB MiB GiB TiB are binary; KB MB GB TB and
+bare K M G T are decimal, as in diskimage-builder; qemu-img gets bytes.
+SOURCE_DATE_EPOCH makes mkfs output reproducible where the filesystem allows
+(ext2/3/4, vfat, swap, squashfs, erofs).
 
 Examples:
   dfimg info disk.qcow2 --backing-chain --json
   dfimg convert disk.raw disk.qcow2 -O qcow2 -c -m 8 -W
   dfimg convert disk.raw disk.vhd -O vpc -o force_size=on
   dfimg create overlay.qcow2 -f qcow2 -b base.qcow2 -F qcow2
-  dfimg create disk.raw 10G
-  dfimg resize disk.qcow2 +2G
+  dfimg create disk.raw 10GiB
+  dfimg resize disk.qcow2 +2GiB
   dfimg check disk.qcow2 --json
   dfimg measure disk.raw -O qcow2
-  dfimg mkfs ext4 root.img --size 1G --label root --from ./rootfs
-  dfimg mkfs vfat disk.img --offset 1M --size 64M --label ESP --from ./esp
-  dfimg detect disk.img --offset 1M";
+  dfimg mkfs ext4 root.img --size 1GiB --label root --from ./rootfs
+  dfimg mkfs vfat disk.img --offset 1MiB --size 64MiB --label ESP --from ./esp
+  dfimg detect disk.img --offset 1MiB";
 
 /// Disk images (qemu-img) and filesystems (mkfs) from one tool.
 #[derive(Debug, Parser)]
@@ -98,7 +99,7 @@ enum Cmd {
         /// The image to create.
         image: PathBuf,
         /// Virtual size.
-        #[arg(value_parser = qemu_img_cmd::parse_size)]
+        #[arg(value_parser = diskforge_size::parse_bytes)]
         size: Option<u64>,
         /// Format.
         #[arg(short = 'f', long, default_value = "raw")]
@@ -151,7 +152,7 @@ enum Cmd {
         #[arg(required_unless_present = "size")]
         image: Option<PathBuf>,
         /// Measure a new empty image of this size instead.
-        #[arg(long, value_parser = qemu_img_cmd::parse_size, conflicts_with = "image")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, conflicts_with = "image")]
         size: Option<u64>,
         /// Target format.
         #[arg(short = 'O', long = "output-format")]
@@ -167,10 +168,10 @@ enum Cmd {
         /// Image file or block device.
         target: PathBuf,
         /// Size of the file (created or emptied), or of the range with --offset.
-        #[arg(long, value_parser = qemu_img_cmd::parse_size)]
+        #[arg(long, value_parser = diskforge_size::parse_bytes)]
         size: Option<u64>,
         /// Byte offset into TARGET (needs --size): a partition without a loop device.
-        #[arg(long, value_parser = qemu_img_cmd::parse_size, requires = "size")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, requires = "size")]
         offset: Option<u64>,
         /// Filesystem label.
         #[arg(short = 'L', long)]
@@ -196,7 +197,7 @@ enum Cmd {
         /// Image file or device.
         path: PathBuf,
         /// Byte offset (a partition inside an image).
-        #[arg(long, value_parser = qemu_img_cmd::parse_size, default_value = "0")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, default_value = "0")]
         offset: u64,
         /// Print JSON.
         #[arg(long)]

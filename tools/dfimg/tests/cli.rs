@@ -72,7 +72,7 @@ fn poke_refcount(path: &Path, idx: u64, value: u16) {
 fn create_convert_check_exit_codes() {
     let dir = diskforge_testutil::scratch_dir();
     let d = dir.path();
-    let info = json(&dfimg(&["create", "disk.raw", "16M", "--json"], d));
+    let info = json(&dfimg(&["create", "disk.raw", "16MiB", "--json"], d));
     assert_eq!(info["virtual-size"], 16 << 20);
     let info = json(&dfimg(
         &[
@@ -155,7 +155,7 @@ fn create_convert_check_exit_codes() {
         ],
         d,
     ));
-    assert_eq!(code(&dfimg(&["resize", "top.qcow2", "+1M"], d)), 0);
+    assert_eq!(code(&dfimg(&["resize", "top.qcow2", "+1MiB"], d)), 0);
     let chain = json(&dfimg(
         &["info", "top.qcow2", "--backing-chain", "--json"],
         d,
@@ -163,7 +163,7 @@ fn create_convert_check_exit_codes() {
     assert_eq!(chain[0]["virtual-size"], 17 << 20);
     assert_eq!(chain[1]["filename"], "disk.qcow2");
     let m = json(&dfimg(
-        &["measure", "--size", "1G", "-O", "qcow2", "--json"],
+        &["measure", "--size", "1GiB", "-O", "qcow2", "--json"],
         d,
     ));
     assert!(m["fully-allocated"].as_u64().unwrap() > 1 << 30);
@@ -179,22 +179,22 @@ fn mkfs_and_detect() {
     std::fs::write(d.join("tree/boot/cfg"), "x").unwrap();
     let r = json(&dfimg(
         &[
-            "mkfs", "ext4", "root.img", "--size", "16M", "-L", "root", "--from", "tree", "--json",
+            "mkfs", "ext4", "root.img", "--size", "16MiB", "-L", "root", "--from", "tree", "--json",
         ],
         d,
     ));
     assert_eq!(r["detected"]["fs_type"], "ext4");
     assert_eq!(r["detected"]["label"], "root");
-    json(&dfimg(&["create", "disk.img", "64M", "--json"], d));
+    json(&dfimg(&["create", "disk.img", "64MiB", "--json"], d));
     let out = dfimg(
         &[
             "mkfs",
             "vfat",
             "disk.img",
             "--offset",
-            "1M",
+            "1MiB",
             "--size",
-            "32M",
+            "32MiB",
             "-L",
             "ESP",
             "-U",
@@ -203,7 +203,7 @@ fn mkfs_and_detect() {
         d,
     );
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    let det = dfimg(&["detect", "disk.img", "--offset", "1M"], d);
+    let det = dfimg(&["detect", "disk.img", "--offset", "1MiB"], d);
     assert_eq!(
         String::from_utf8_lossy(&det.stdout).trim(),
         "disk.img: vfat label=ESP uuid=1234-ABCD"
@@ -222,7 +222,7 @@ fn mkfs_and_detect() {
             "xfs",
             "/dev/null-not-here",
             "--size",
-            "300M",
+            "300MiB",
             "--dry-run",
         ],
         d,

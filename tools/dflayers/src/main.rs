@@ -54,11 +54,12 @@ struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// Largest size one tar entry may have (bytes, or with K/M/G/T suffix) [default: 16G]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    /// Largest size one tar entry may have (a size such as 16GiB; bare G is
+    /// 10^9) [default: 16GiB]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = diskforge_size::parse_bytes)]
     max_entry_size: Option<u64>,
-    /// Largest total size of one archive's entries [default: 64G]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    /// Largest total size of one archive's entries [default: 64GiB]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = diskforge_size::parse_bytes)]
     max_total_size: Option<u64>,
     #[command(subcommand)]
     command: Command,
@@ -176,30 +177,6 @@ impl From<Comp> for Compression {
             Comp::Zstd => Compression::Zstd,
         }
     }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "unknown size suffix {c:?} in {s:?} (use K, M, G or T)"
-                    ));
-                }
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn main() -> ExitCode {
@@ -503,13 +480,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
 
+    /// --max-entry-size reads the one diskforge size grammar (bare letters decimal).
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("abc").is_err());
+        let max = |v: &str| {
+            Cli::try_parse_from(["dflayers", "--max-entry-size", v, "unpack", "x"])
+                .map(|c| c.max_entry_size)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(max("512"), Ok(Some(512)));
+        assert_eq!(max("4KiB"), Ok(Some(4096)));
+        assert_eq!(max("4K"), Ok(Some(4000)));
+        assert_eq!(max("2GiB"), Ok(Some(2 << 30)));
+        assert!(max("1X").is_err());
+        assert!(max("abc").is_err());
+        // Units are case-sensitive: the error says which was meant.
+        assert!(max("2g").unwrap_err().contains("did you mean G?"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ Exit codes:
 
 Examples:
   dfloop attach disk.img                      # prints /dev/loopN
-  dfloop attach --offset 1M --sizelimit 64M --ro disk.img
+  dfloop attach --offset 1MiB --sizelimit 64MiB --ro disk.img
   dfloop attach --partscan --json disk.img
   dfloop attach --hold disk.img               # detach on Ctrl-C / SIGTERM
   dfloop list --json                          # same fields as losetup -J -l
@@ -47,11 +47,12 @@ enum Cmd {
     Attach {
         /// Image file or block device.
         file: PathBuf,
-        /// Start of the range, bytes (suffixes K, M, G, T: powers of 1024).
-        #[arg(long, value_parser = parse_size, default_value = "0")]
+        /// Start of the range: a size such as 1MiB (KiB… binary; KB… and bare
+        /// K… decimal).
+        #[arg(long, value_parser = diskforge_size::parse_bytes, default_value = "0")]
         offset: u64,
         /// Length of the range, bytes (0 = to the end).
-        #[arg(long, value_parser = parse_size, default_value = "0")]
+        #[arg(long, value_parser = diskforge_size::parse_bytes, default_value = "0")]
         sizelimit: u64,
         /// Attach read-only.
         #[arg(long, short = 'r')]
@@ -95,7 +96,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show a device's partitions: the pN node, or the byte range of the backing file.
+    /// Show a device's partitions: the pN node, or the byte range of the backing file
+    /// (an MBR extended partition is marked as the container it is, with neither).
     Partitions {
         /// A loop device.
         device: PathBuf,
@@ -227,7 +229,10 @@ struct PartRow {
     number: u32,
     start: u64,
     size: u64,
-    location: PartitionLocation,
+    /// MBR extended partition: a container, with no location to use.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    extended: bool,
+    location: Option<PartitionLocation>,
 }
 
 fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
@@ -240,14 +245,19 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
             number: e.number,
             start: e.start,
             size: e.size,
-            location: if node(e.number).exists() {
-                PartitionLocation::Node(node(e.number))
+            extended: e.extended,
+            // The extended container's node is a 1 KiB stub and its range holds the logical
+            // partitions: neither is a place to use.
+            location: if e.extended {
+                None
+            } else if node(e.number).exists() {
+                Some(PartitionLocation::Node(node(e.number)))
             } else {
-                PartitionLocation::Range {
+                Some(PartitionLocation::Range {
                     backing_file: info.back_file.clone(),
                     offset: info.offset + e.start,
                     size: e.size,
-                }
+                })
             },
         })
         .collect();
@@ -261,12 +271,13 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
     println!("NR       START        SIZE WHERE");
     for r in rows {
         let whr = match &r.location {
-            PartitionLocation::Node(p) => p.display().to_string(),
-            PartitionLocation::Range {
+            None => "(extended: container of the logical partitions)".to_owned(),
+            Some(PartitionLocation::Node(p)) => p.display().to_string(),
+            Some(PartitionLocation::Range {
                 backing_file,
                 offset,
                 size,
-            } => {
+            }) => {
                 format!(
                     "{} --offset {offset} --sizelimit {size}",
                     backing_file.display()
@@ -278,51 +289,34 @@ fn partitions(device: &std::path::Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Bytes with an optional binary suffix: `4096`, `512K`, `1M`, `2G`, `1T` (also `KiB`…).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512K, 1M)"))?;
-    let mult: u64 = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown size suffix {suffix:?} (K, M, G, T)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// --offset/--sizelimit read the one diskforge size grammar (bare letters decimal).
     #[test]
     fn sizes() {
+        let offset = |v: &str| match Cli::try_parse_from(["dfloop", "attach", "--offset", v, "f"]) {
+            Ok(Cli {
+                cmd: Cmd::Attach { offset, .. },
+            }) => Ok(offset),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
         for (s, v) in [
             ("0", 0),
             ("4096", 4096),
-            ("512K", 512 << 10),
-            ("1M", 1 << 20),
+            ("512KiB", 512 << 10),
+            ("1MiB", 1 << 20),
             ("2GiB", 2 << 30),
+            ("1M", 1_000_000),
+            ("1MB", 1_000_000),
         ] {
-            assert_eq!(parse_size(s), Ok(v), "{s}");
+            assert_eq!(offset(s), Ok(v), "{s}");
         }
-        assert!(
-            parse_size("1X")
-                .unwrap_err()
-                .contains("unknown size suffix")
-        );
-        assert!(parse_size("M").is_err());
+        assert!(offset("1X").unwrap_err().contains("unknown unit \"X\""));
+        assert!(offset("M").is_err());
+        assert!(offset("-1").is_err());
     }
 
     #[test]

@@ -127,3 +127,61 @@ fn hold_detaches_on_sigterm() {
     assert!(stdout.starts_with("/dev/loop"), "{stdout}");
     assert!(KernelState::capture().loops_under(dir.path()).is_empty());
 }
+
+/// An MBR extended partition is listed as the container it is, with no node or range to use;
+/// its logical partitions get ranges; `sfdisk --json` agrees on every start and size.
+#[test]
+fn partitions_mark_the_extended_container() {
+    if !require_root("partitions_mark_the_extended_container") {
+        return;
+    }
+    let dir = scratch_dir();
+    let img = dir.path().join("ext.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    Cmd::new("sfdisk")
+        .arg(&img)
+        .stdin_bytes(b"label: dos\n,8MiB,L\n,40MiB,E\n,6MiB,L\n,4MiB,83\n,10MiB,L\n".to_vec())
+        .run()
+        .unwrap();
+    let sf: serde_json::Value = Cmd::new("sfdisk").arg("--json").arg(&img).json().unwrap();
+    let img_s = img.to_str().unwrap();
+    // No partition scan: every usable partition is reached through a range.
+    let dev = Cmd::new(BIN)
+        .args(["attach", "--ro", img_s])
+        .read()
+        .unwrap();
+    let dev = dev.trim().to_owned();
+    let human = Cmd::new(BIN).args(["partitions", &dev]).read();
+    let json: Result<serde_json::Value, _> =
+        Cmd::new(BIN).args(["partitions", "--json", &dev]).json();
+    Cmd::new(BIN).args(["detach", &dev]).run().unwrap();
+    let (human, json) = (human.unwrap(), json.unwrap());
+    let parts = json["partitions"].as_array().unwrap();
+    let want = sf["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 5, "{json}");
+    assert_eq!(parts.len(), want.len(), "{json}\n{sf}");
+    for (p, s) in parts.iter().zip(want) {
+        assert_eq!(p["start"], s["start"].as_u64().unwrap() * 512, "{p} vs {s}");
+        assert_eq!(p["size"], s["size"].as_u64().unwrap() * 512, "{p} vs {s}");
+        let is_ext = s["type"] == "5";
+        assert_eq!(p["extended"].as_bool().unwrap_or(false), is_ext, "{p}");
+        if is_ext {
+            assert!(p["location"].is_null(), "{p}");
+        } else {
+            assert_eq!(
+                p["location"]["range"]["offset"], p["start"],
+                "{p}: a usable partition has a range"
+            );
+        }
+    }
+    let row2 = human.lines().find(|l| l.starts_with("2 ")).unwrap();
+    assert!(
+        row2.ends_with("(extended: container of the logical partitions)"),
+        "{human}"
+    );
+    assert!(!row2.contains("--offset"), "{human}");
+    assert!(KernelState::capture().loops_under(dir.path()).is_empty());
+}

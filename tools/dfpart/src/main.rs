@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use diskforge_part::{
-    Error as PartError, Flag, Label, Layout, PartKind, PartSpec, Table, WriteOptions, human_bytes,
-    parse_bytes,
+    Error as PartError, Flag, Label, Layout, PartKind, PartSpec, Size, Table, WriteOptions,
 };
 
 const AFTER_HELP: &str = "\
@@ -22,19 +21,20 @@ Exit codes:
      (add/delete/set: also a partition number that does not exist)
   4  show/add/delete/set: no partition table, or a damaged one
 
-Sizes: K M G T P and KiB MiB GiB TiB PiB are binary (powers of 1024);
-KB MB GB TB PB are decimal (powers of 1000); a bare number is bytes.
-A partition size may also be NN% (of the space the fixed-size
-partitions leave) or rest.
+Sizes (the diskforge-size grammar, crates/size/README.md): KiB MiB GiB
+TiB PiB are binary (powers of 1024); KB MB GB TB PB and bare K M G T P
+are decimal (powers of 1000), as in diskimage-builder and parted; a bare
+number is bytes. A partition size may also be NN% (of the space the
+fixed-size partitions leave) or rest.
 
 Examples:
-  dfpart create disk.img --label gpt --size 4G \\
+  dfpart create disk.img --label gpt --size 4GiB \\
       --part name=ESP,size=512MiB,type=EF00 \\
       --part name=root,size=rest,type=8300
-  dfpart create disk.img --label mbr --size 2G --part size=256M,flags=boot \\
-      --part size=1G,type=8e00 --part size=rest,type=0x83,flags=logical
+  dfpart create disk.img --label mbr --size 2GiB --part size=256MiB,flags=boot \\
+      --part size=1GiB,type=8e00 --part size=rest,type=0x83,flags=logical
   dfpart create disk.img --layout layout.yaml --uuid-seed build-42
-  dfpart create disk.img --label gpt --size 1G --part size=rest --dry-run
+  dfpart create disk.img --label gpt --size 1GiB --part size=rest --dry-run
   dfpart add disk.img --part name=home,size=50% --part name=srv,size=rest
   dfpart set disk.img 2 --name root --type 8304 --flags legacy_boot
   dfpart delete disk.img 3 --dry-run
@@ -90,8 +90,8 @@ struct CreateArgs {
     #[arg(long, value_parser = parse_label)]
     label: Option<Label>,
     /// Create the file if needed and grow it to SIZE (never shrinks).
-    #[arg(long, value_parser = parse_size)]
-    size: Option<u64>,
+    #[arg(long, value_parser = diskforge_part::size::parse)]
+    size: Option<Size>,
     /// Partition start alignment [default: 1MiB].
     #[arg(long)]
     align: Option<String>,
@@ -187,10 +187,6 @@ struct SetArgs {
 
 fn parse_label(s: &str) -> Result<Label, String> {
     s.parse()
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// A usage error in a `--part` or `--layout` value (exit code 2).
@@ -304,11 +300,12 @@ fn create(args: &CreateArgs, out: &mut impl Write) -> Result<()> {
     let layout = load_layout(args)?;
     if args.dry_run {
         let size = match args.size {
-            Some(s) => s,
+            Some(s) => s.bytes(),
             None => diskforge_part::disk_size(&args.image)
                 .with_context(|| "give --size for an image that does not exist yet".to_owned())?,
         };
         let plan = diskforge_part::plan(&layout, size)?;
+        warn(&plan);
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
         } else {
@@ -322,10 +319,12 @@ fn create(args: &CreateArgs, out: &mut impl Write) -> Result<()> {
         return Ok(());
     }
     if let Some(size) = args.size {
-        // Plan first so an invalid layout leaves no file behind.
-        diskforge_part::plan(&layout, size)?;
+        // Plan first so an invalid layout leaves no file behind (create checks it again), and
+        // to print its warnings.
+        warn(&diskforge_part::plan(&layout, size.bytes())?);
     }
-    let table = diskforge_part::create(&args.image, &layout, &WriteOptions { size: args.size })?;
+    let size = args.size.map(Size::bytes);
+    let table = diskforge_part::create(&args.image, &layout, &WriteOptions { size })?;
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&table)?)?;
     } else {
@@ -335,6 +334,13 @@ fn create(args: &CreateArgs, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// Print a plan's warnings on stderr.
+fn warn(plan: &diskforge_part::Plan) {
+    for w in &plan.warnings {
+        eprintln!("dfpart: warning: {w}");
+    }
+}
+
 /// Print `plan` (dry run) or apply it and print the result.
 fn finish(
     image: &Path,
@@ -342,6 +348,7 @@ fn finish(
     opts: &ChangeOpts,
     out: &mut impl Write,
 ) -> Result<()> {
+    warn(plan);
     if opts.dry_run {
         if opts.json {
             writeln!(out, "{}", serde_json::to_string_pretty(plan)?)?;
@@ -444,7 +451,7 @@ fn render(t: &Table, out: &mut impl Write) -> Result<()> {
         out,
         "{} table, {} ({} sectors of {} bytes), disk id {}",
         t.label,
-        human_bytes(t.disk_size_bytes),
+        Size::from_bytes(t.disk_size_bytes).approx(),
         t.disk_size_bytes / ss,
         ss,
         t.disk_uuid.as_deref().unwrap_or("(random when written)"),
@@ -454,7 +461,7 @@ fn render(t: &Table, out: &mut impl Write) -> Result<()> {
         t.first_usable_lba, t.last_usable_lba
     );
     if let Some(a) = t.align_bytes {
-        line += &format!(", alignment {}", human_bytes(a));
+        line += &format!(", alignment {}", Size::from_bytes(a).approx());
     }
     if t.pmbr_boot {
         line += ", protective MBR active";
@@ -485,15 +492,17 @@ fn render(t: &Table, out: &mut impl Write) -> Result<()> {
             p.start_lba.to_string(),
             p.end_lba.to_string(),
             p.size_lba.to_string(),
-            human_bytes(p.size_bytes),
+            Size::from_bytes(p.size_bytes).approx(),
             match t.label {
                 Label::Mbr => p.part_type.mbr.clone().unwrap_or_default(),
                 Label::Gpt => p.part_type.short().to_owned(),
             },
+            // Names from other tools may hold control characters: escape them so a row
+            // stays one line.
             p.name
-                .clone()
+                .as_deref()
                 .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| "-".into()),
+                .map_or_else(|| "-".into(), escape_controls),
             p.uuid.clone().unwrap_or_else(|| "(random)".into()),
             if flags.is_empty() {
                 "-".into()
@@ -523,6 +532,15 @@ fn render(t: &Table, out: &mut impl Write) -> Result<()> {
         writeln!(out, "{}", s.trim_end())?;
     }
     Ok(())
+}
+
+/// `name` with control characters escaped (`a\nb`); other names unchanged.
+fn escape_controls(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        name.escape_debug().to_string()
+    } else {
+        name.to_owned()
+    }
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

@@ -43,7 +43,7 @@ const GPT_ARGS: &[&str] = &[
     "--label",
     "gpt",
     "--size",
-    "1G",
+    "1GiB",
     "--uuid-seed",
     "cli-test",
     "--part",
@@ -51,7 +51,7 @@ const GPT_ARGS: &[&str] = &[
     "--part",
     "name=ESP,size=256MiB,type=EF00,flags=boot",
     "--part",
-    "name=swap,size=128M,type=8200,uuid=01234567-89ab-4def-8123-456789abcdef",
+    "name=swap,size=128MiB,type=8200,uuid=01234567-89ab-4def-8123-456789abcdef",
     "--part",
     "name=root,size=rest,type=8304",
 ];
@@ -62,7 +62,7 @@ const MBR_ARGS: &[&str] = &[
     "--label",
     "mbr",
     "--size",
-    "1G",
+    "1GiB",
     "--disk-uuid",
     "0xcafe0001",
     "--part",
@@ -152,7 +152,7 @@ fn dry_run_prints_plan_and_writes_nothing() {
             "--label",
             "gpt",
             "--size",
-            "64M",
+            "64MiB",
             "--part",
             "size=rest",
             "--dry-run",
@@ -175,7 +175,7 @@ fn source_date_epoch_makes_uuids_reproducible() {
                 "--label",
                 "gpt",
                 "--size",
-                "64M",
+                "64MiB",
                 "--part",
                 "size=rest",
                 "--json",
@@ -215,7 +215,7 @@ fn layout_file_yaml_and_json() {
             "create",
             "y.img",
             "--size",
-            "256M",
+            "256MiB",
             "--layout",
             "layout.yaml",
         ],
@@ -230,7 +230,7 @@ fn layout_file_yaml_and_json() {
             "create",
             "z.img",
             "--size",
-            "64M",
+            "64MiB",
             "--layout",
             "layout.json",
             "--disk-uuid",
@@ -246,7 +246,7 @@ fn layout_file_yaml_and_json() {
     .expect("write");
     let (code, _, err) = dfpart(
         dir.path(),
-        &["create", "b.img", "--size", "64M", "--layout", "bad.yaml"],
+        &["create", "b.img", "--size", "64MiB", "--layout", "bad.yaml"],
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bad.yaml") && err.contains("colour"), "{err}");
@@ -254,7 +254,7 @@ fn layout_file_yaml_and_json() {
 
 /// `dfpart create e.img --label LABEL --size 1G --part P…`
 fn create_args<'a>(label: &'a str, parts: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["create", "e.img", "--label", label, "--size", "1G"];
+    let mut a = vec!["create", "e.img", "--label", label, "--size", "1GiB"];
     for p in parts {
         a.extend(["--part", p]);
     }
@@ -275,22 +275,22 @@ fn exit_codes_and_messages() {
     std::fs::write(dir.path().join("blank.img"), vec![0u8; 4096]).expect("write");
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (
-            vec!["create", "e.img", "--size", "1G", "--part", "size=1M"],
+            vec!["create", "e.img", "--size", "1GiB", "--part", "size=1MiB"],
             2,
             "--label gpt|mbr is required",
         ),
         (
-            vec!["create", "e.img", "--label", "gpt", "--size", "1G"],
+            vec!["create", "e.img", "--label", "gpt", "--size", "1GiB"],
             2,
             "no partitions",
         ),
         (
-            gpt(&["size=1M,colour=red"]),
+            gpt(&["size=1MiB,colour=red"]),
             2,
-            "--part #1 \"size=1M,colour=red\": unknown key \"colour\"",
+            "--part #1 \"size=1MiB,colour=red\": unknown key \"colour\"",
         ),
         (
-            gpt(&["name=a,size=1M,flags=fast"]),
+            gpt(&["name=a,size=1MiB,flags=fast"]),
             2,
             "flags=\"fast\": unknown flag",
         ),
@@ -301,7 +301,14 @@ fn exit_codes_and_messages() {
         ),
         (
             vec![
-                "create", "e.img", "--label", "gpt", "--size", "1Q", "--part", "size=1M",
+                "create",
+                "e.img",
+                "--label",
+                "gpt",
+                "--size",
+                "1Q",
+                "--part",
+                "size=1MiB",
             ],
             2,
             "unknown unit",
@@ -312,7 +319,7 @@ fn exit_codes_and_messages() {
             "partition 1 (a): size=\"12X\": unknown unit \"X\"",
         ),
         (
-            gpt(&["name=a,size=1M,type=9999"]),
+            gpt(&["name=a,size=1MiB,type=9999"]),
             3,
             "partition 1 (a): type=\"9999\": unknown type",
         ),
@@ -322,28 +329,28 @@ fn exit_codes_and_messages() {
             "partition 2 (b): size=\"50%\": percentages add up to 110%",
         ),
         (
-            gpt(&["name=a,size=2G"]),
+            gpt(&["name=a,size=2GiB"]),
             3,
-            "partition 1 (a): size=\"2G\": does not fit",
+            "partition 1 (a): size=\"2GiB\": does not fit",
         ),
         (
-            gpt(&["name=a,size=100M", "name=b,size=1M,start=50M"]),
+            gpt(&["name=a,size=100MiB", "name=b,size=1MiB,start=50MiB"]),
             3,
-            "partition 2 (b): start=\"50M\": overlaps partition 1 (a)",
+            "partition 2 (b): start=\"50MiB\": overlaps partition 1 (a)",
         ),
         (
             mbr(&[
-                "size=1M,flags=primary",
-                "size=1M,flags=primary",
-                "size=1M,flags=primary",
-                "size=1M,flags=primary",
-                "name=five,size=1M,flags=primary",
+                "size=1MiB,flags=primary",
+                "size=1MiB,flags=primary",
+                "size=1MiB,flags=primary",
+                "size=1MiB,flags=primary",
+                "name=five,size=1MiB,flags=primary",
             ]),
             3,
             "partition 5 (five): flags=\"primary\": too many primary partitions",
         ),
         (
-            mbr(&["name=a,size=1M,uuid=x"]),
+            mbr(&["name=a,size=1MiB,uuid=x"]),
             3,
             "uuid=\"x\": MBR partitions have no UUID",
         ),
@@ -360,11 +367,61 @@ fn exit_codes_and_messages() {
                 "--label",
                 "gpt",
                 "--part",
-                "size=1M",
+                "size=1MiB",
                 "--dry-run",
             ],
             1,
             "give --size",
+        ),
+        // Sizes whose byte count overflows once rounded to sectors.
+        (
+            gpt(&["name=a,size=18446744073709551615"]),
+            3,
+            "partition 1 (a): size=\"18446744073709551615\": does not fit: \
+             18446744073709551615 bytes from byte 1048576 end past the usable area",
+        ),
+        (
+            mbr(&["name=a,size=18446744073709551615"]),
+            3,
+            "partition 1 (a): size=\"18446744073709551615\": does not fit: \
+             18446744073709551615 bytes from byte 1048576 end past the usable area",
+        ),
+        (
+            vec![
+                "create",
+                "e.img",
+                "--label",
+                "gpt",
+                "--size",
+                "18446744073709551616",
+                "--part",
+                "size=1MiB",
+            ],
+            2,
+            "invalid size \"18446744073709551616\": too large",
+        ),
+        (
+            vec![
+                "create",
+                "e.img",
+                "--label",
+                "gpt",
+                "--size=-1G",
+                "--part",
+                "size=1MiB",
+            ],
+            2,
+            "invalid size \"-1G\": sizes cannot be negative",
+        ),
+        (
+            gpt(&["name=a,size=1 gib"]),
+            3,
+            "size=\"1 gib\": unknown unit \"gib\"; units are case-sensitive: did you mean GiB?",
+        ),
+        (
+            gpt(&["name=a\nb,size=1MiB"]),
+            3,
+            "partition 1 (a\\nb): name=\"a\\nb\": contains the control character U+000A",
         ),
     ];
     for (args, want_code, want_msg) in cases {
@@ -437,11 +494,11 @@ fn add_set_delete() {
             "--label",
             "gpt",
             "--size",
-            "256M",
+            "256MiB",
             "--uuid-seed",
             "s",
             "--part",
-            "name=a,size=64M",
+            "name=a,size=64MiB",
         ],
     );
     let out = ok(
@@ -495,9 +552,9 @@ fn add_set_delete() {
             "partition 1 (a): type=\"zz\": unknown type",
         ),
         (
-            &["add", "g.img", "--part", "name=d,size=1M"],
+            &["add", "g.img", "--part", "name=d,size=1MiB"],
             3,
-            "partition 4 (d): size=\"1M\": does not fit",
+            "partition 4 (d): size=\"1MiB\": does not fit",
         ),
         (
             &["set", "mbr.img", "1", "--name", "x"],
@@ -510,4 +567,64 @@ fn add_set_delete() {
         assert_eq!(c, *code, "{args:?}: {err}");
         assert!(err.contains(msg), "{args:?}: {err}");
     }
+}
+
+/// Duplicate GPT names are written but warned about on stderr; bare unit letters are decimal.
+#[test]
+fn duplicate_names_warn_and_bare_letters_are_decimal() {
+    let dir = diskforge_testutil::scratch_dir();
+    let d = dir.path();
+    let (code, out, err) = dfpart(
+        d,
+        &[
+            "create",
+            "w.img",
+            "--label",
+            "gpt",
+            "--size",
+            "64MiB",
+            "--part",
+            "name=data,size=1G",
+            "--part",
+            "name=data,size=rest",
+            "--dry-run",
+        ],
+    );
+    // 1G is 10^9 bytes: more than the 64 MiB disk.
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("size=\"1G\": does not fit: 1000000000 bytes"),
+        "{err}"
+    );
+
+    let (code, out, err) = dfpart(
+        d,
+        &[
+            "create",
+            "w.img",
+            "--label",
+            "gpt",
+            "--size",
+            "64M",
+            "--part",
+            "name=data,size=10M",
+            "--part",
+            "name=data,size=rest",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "dfpart: warning: partitions 1, 2 share the name \"data\": PARTLABEL=\"data\" finds \
+         only one of them"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    // 64M = 64 * 10^6 bytes; 10M = 10^7 bytes, rounded up to 512-byte sectors.
+    assert_eq!(v["disk_size_bytes"], 64_000_000);
+    assert_eq!(v["partitions"][0]["size_bytes"], 10_000_384);
+    assert_eq!(
+        std::fs::metadata(d.join("w.img")).expect("stat").len(),
+        64_000_000
+    );
 }
