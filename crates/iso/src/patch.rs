@@ -40,7 +40,7 @@ use crate::iso9660::{
     walk_susp_area,
 };
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, SKIP_SECTORS};
-use crate::remaster::{Changes, parent_and_name};
+use crate::changes::{Changes, parent_and_name};
 use crate::{Error, Result};
 
 /// Zero bytes the output gets at `at` (block aligned): input bytes `[at, ..)` land at
@@ -425,19 +425,39 @@ fn packed_len(lens: impl IntoIterator<Item = usize>) -> u64 {
     at.div_ceil(SECTOR).max(1) * SECTOR
 }
 
+/// What [`plan`] works from: the input read once, and the resolved changes.
+pub(crate) struct PlanInput<'a> {
+    /// The input volume.
+    pub vol: &'a Volume,
+    /// Its primary tree.
+    pub primary: &'a Tree,
+    /// Its Joliet tree, when it has one.
+    pub joliet: Option<&'a Tree>,
+    /// Its isohybrid MBR/GPT.
+    pub hybrid: &'a Hybrid,
+    /// Load RBAs of the El Torito boot images (they may not move or grow).
+    pub boot_images: &'a [u32],
+    /// What to change.
+    pub changes: &'a Changes,
+    /// Whether the input carries an implanted MD5 (cleared: it would be stale).
+    pub had_md5: bool,
+    /// Whether the output may grow (see the module docs).
+    pub grow: bool,
+}
+
 /// Plan the byte writes for `changes`, or say why they do not fit. With `grow`, data that
 /// does not fit the padding goes into blocks inserted into the output (see the module docs).
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    vol: &Volume,
-    primary: &Tree,
-    joliet: Option<&Tree>,
-    hybrid: &Hybrid,
-    boot_images: &[u32],
-    changes: &Changes,
-    had_md5: bool,
-    grow: bool,
-) -> Result<std::result::Result<PatchPlan, NoFit>> {
+pub(crate) fn plan(input: &PlanInput<'_>) -> Result<std::result::Result<PatchPlan, NoFit>> {
+    let PlanInput {
+        vol,
+        primary,
+        joliet,
+        hybrid,
+        boot_images,
+        changes,
+        had_md5,
+        grow,
+    } = *input;
     let vb = u64::from(vol.primary.volume_blocks);
     let mut used_end = 18u64;
     // The highest start of any tree extent with data, wherever it is.

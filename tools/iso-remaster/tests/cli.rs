@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use diskforge_cmd::Cmd;
-use diskforge_iso::sample::{SampleOptions, build_sample};
+use diskforge_iso_fixture::sample::{SampleOptions, build_sample};
 
 fn bin() -> Command {
     #[allow(clippy::disallowed_methods)] // the binary under test, not an external tool
