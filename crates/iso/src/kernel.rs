@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use diskforge_cmd::Cmd;
 use diskforge_mount::{ImageMount, Mount, MountStack, Overlay};
 
-use crate::inspect::Inspection;
 use crate::changes::{Changes, Content};
+use crate::inspect::Inspection;
 use crate::rebuild::{apply_to_dir, mkisofs_boot_args};
 use crate::request::Mode;
 use crate::{Error, Result};

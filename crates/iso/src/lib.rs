@@ -130,7 +130,11 @@ pub enum Error {
 
 impl Error {
     /// A [`Error::BadValue`].
-    pub(crate) fn bad(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn bad(
+        what: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::BadValue {
             what,
             value: value.into(),

@@ -170,7 +170,10 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         notes.extend(dry_run_notes(req, &changes, plan.is_none()));
     }
     let (output, md5) = match (&req.output, plan) {
-        _ if req.dry_run => (req.output.clone().unwrap_or_else(|| req.input.clone()), None),
+        _ if req.dry_run => (
+            req.output.clone().unwrap_or_else(|| req.input.clone()),
+            None,
+        ),
         (None, Some(plan)) => (req.input.clone(), run.patch_in_place(&plan, progress)?),
         (Some(out), Some(plan)) => (out.clone(), run.write_planned(out, mode, &plan, progress)?),
         (Some(out), None) => {
@@ -259,7 +262,13 @@ impl<'r> Remaster<'r> {
     /// Resolve the request into changes (a timed step).
     fn resolve(&mut self, progress: &mut dyn FnMut(Event<'_>)) -> Result<Changes> {
         timed(&mut self.steps, "resolve edits", progress, |_| {
-            resolve(self.req, &self.vol, &self.primary, &self.insp, &self.scratch)
+            resolve(
+                self.req,
+                &self.vol,
+                &self.primary,
+                &self.insp,
+                &self.scratch,
+            )
         })
     }
 
@@ -280,7 +289,11 @@ impl<'r> Remaster<'r> {
             .iter()
             .flat_map(|c| c.entries.iter().map(|e| e.load_rba))
             .collect();
-        let name = if grow { "plan (may grow)" } else { "plan patch" };
+        let name = if grow {
+            "plan (may grow)"
+        } else {
+            "plan patch"
+        };
         timed(&mut self.steps, name, progress, |_| {
             crate::patch::plan(&PlanInput {
                 vol: &self.vol,
@@ -453,7 +466,9 @@ impl<'r> Remaster<'r> {
                 timed(steps, "extract (osirrox)", progress, |_| {
                     extract_tree(input, &tree)
                 })?;
-                timed(steps, "edit copy", progress, |_| apply_to_dir(&tree, changes))?;
+                timed(steps, "edit copy", progress, |_| {
+                    apply_to_dir(&tree, changes)
+                })?;
                 timed(steps, "rebuild (xorriso -as mkisofs)", progress, |_| {
                     rebuild(input, insp, &tree, staged_path, changes, scratch.path()?)
                 })?;
