@@ -266,7 +266,10 @@ fn failure_releases() -> Result<()> {
             Err(e) => e,
         };
         ensure!(
-            matches!(err, diskforge_iso::Error::Io { .. } | diskforge_iso::Error::Kernel { .. }),
+            matches!(
+                err,
+                diskforge_iso::Error::Io { .. } | diskforge_iso::Error::Kernel { .. }
+            ),
             "{mode}: unexpected error {err:?}"
         );
         ensure!(!out.exists(), "{mode}: a failed run left {}", out.display());

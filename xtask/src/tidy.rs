@@ -213,8 +213,10 @@ mod tests {
         fn cycles(src: &Path) -> Vec<String> {
             let mut files = Vec::new();
             rust_files(src, &mut files);
-            let modules: BTreeMap<String, PathBuf> =
-                files.iter().map(|f| (module_of(src, f), f.clone())).collect();
+            let modules: BTreeMap<String, PathBuf> = files
+                .iter()
+                .map(|f| (module_of(src, f), f.clone()))
+                .collect();
             let resolve = |path: String| -> Option<String> {
                 // The longest module that the path names (`a::b::Item` → `a::b`).
                 let mut p = path;
@@ -297,9 +299,18 @@ mod tests {
         std::fs::create_dir(p.join("net")).unwrap();
         for (f, text) in [
             ("lib.rs", "//! x\nmod a;\nmod b;\nmod net;\npub use a::A;\n"),
-            ("a.rs", "use crate::{b::B, Error};\n// crate::c in a comment\n"),
-            ("b.rs", "use crate::net::wire::W;\nfn f() { let _ = \"crate::a\"; }\n"),
-            ("c.rs", "pub struct C;\n#[cfg(test)]\nmod tests { use crate::a::A; }\n"),
+            (
+                "a.rs",
+                "use crate::{b::B, Error};\n// crate::c in a comment\n",
+            ),
+            (
+                "b.rs",
+                "use crate::net::wire::W;\nfn f() { let _ = \"crate::a\"; }\n",
+            ),
+            (
+                "c.rs",
+                "pub struct C;\n#[cfg(test)]\nmod tests { use crate::a::A; }\n",
+            ),
             ("net/mod.rs", "mod wire;\n"),
             ("net/wire.rs", "use super::super::a::A;\nuse crate::c::C;\n"),
         ] {
