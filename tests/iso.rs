@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
-use diskforge_iso::sample::{SampleOptions, build_sample};
 use diskforge_iso::{Edit, Mode, Request, remaster};
+use diskforge_iso_fixture::sample::{SampleOptions, build_sample};
 use diskforge_testutil::iso::el_torito_entries as el_torito_report;
 
 type R = anyhow::Result<()>;

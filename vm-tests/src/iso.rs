@@ -10,9 +10,8 @@
 
 use anyhow::{Context, Result, ensure};
 use diskforge_cmd::Cmd;
-use diskforge_iso::remaster::{Changes, Content, Put};
-use diskforge_iso::sample::{SampleOptions, build_sample};
-use diskforge_iso::{Edit, Mode, Request, remaster};
+use diskforge_iso::{Edit, Event, Mode, Request, remaster};
+use diskforge_iso_fixture::sample::{SampleOptions, build_sample};
 use diskforge_testutil::KernelState;
 use diskforge_testutil::iso::{el_torito_entries as report, extract};
 use libtest_mimic::Trial;
@@ -234,27 +233,46 @@ fn copy_mode() -> Result<()> {
     run_mode(Mode::Copy, false)
 }
 
-/// A kernel route that fails after mounting (a source file vanished) still unmounts and
-/// detaches everything it made.
+/// A kernel route that fails after mounting still unmounts and detaches everything it made.
+/// Through the public API: the replacement's source file is deleted when the mount step
+/// starts (the progress event), after `remaster` checked it, so copying it into the overlay
+/// (or bind-mounting it) fails with everything mounted.
 fn failure_releases() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let iso = build_sample(dir.path(), &SampleOptions::default())?;
-    let insp = diskforge_iso::inspect(&iso)?;
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir(&scratch)?;
-    let changes = Changes {
-        puts: vec![Put {
-            dest: "/docs/README.txt".into(),
-            content: Content::File(dir.path().join("vanished")),
-            existed: true,
-            why: "test".into(),
-        }],
-        ..Changes::default()
-    };
     for mode in [Mode::Overlay, Mode::Bind] {
+        let src = dir.path().join("vanishes");
+        std::fs::write(&src, "gone before the mount uses it\n")?;
         let out = dir.path().join("out.iso");
-        let res = diskforge_iso::kernel::run(mode, &iso, &insp, &out, &changes, &scratch);
-        ensure!(res.is_err(), "{mode}: expected an error");
+        let mut req = Request::new(&iso);
+        req.output = Some(out.clone());
+        req.mode = mode;
+        req.edits.push(Edit::Replace {
+            src: src.clone(),
+            dest: "/docs/README.txt".into(),
+        });
+        let mut removed = false;
+        let res = remaster(&req, &mut |e| {
+            if let Event::Step(name) = e
+                && name.starts_with("mount")
+                && !removed
+            {
+                removed = std::fs::remove_file(&src).is_ok();
+            }
+        });
+        ensure!(removed, "{mode}: no mount step was announced");
+        let err = match res {
+            Ok(o) => anyhow::bail!("{mode}: expected an error, got {:?}", o.steps),
+            Err(e) => e,
+        };
+        ensure!(
+            matches!(
+                err,
+                diskforge_iso::Error::Io { .. } | diskforge_iso::Error::Kernel { .. }
+            ),
+            "{mode}: unexpected error {err:?}"
+        );
+        ensure!(!out.exists(), "{mode}: a failed run left {}", out.display());
         let now = KernelState::capture();
         ensure!(
             now.mounts_under(dir.path()).is_empty(),

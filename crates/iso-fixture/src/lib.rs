@@ -23,6 +23,10 @@
 //! `EFI/BOOT/grub.cfg` inside the FAT image with [`EspLayout::Appended`] (OVMF boots the GPT
 //! ESP and GRUB reads its own partition) — the USB/UEFI case remaster tools get wrong.
 //!
+//! [`sample::build_sample`] makes a lighter image from the same helpers for remaster tests:
+//! placeholder kernel and initrd, no GRUB binary, optionally the ESP appended as MBR
+//! partition 2; `diskforge-iso`'s tests, examples and benchmark use it.
+//!
 //! [`boot::boot`] runs `qemu-system-x86_64` with SeaBIOS (the ISO as a CD, or as a hard disk:
 //! the USB-stick case) or OVMF, and parses the markers into a [`boot::BootReport`].
 //!
@@ -35,6 +39,7 @@
 pub mod boot;
 pub mod configs;
 pub mod initrd;
+pub mod sample;
 
 use std::path::{Path, PathBuf};
 

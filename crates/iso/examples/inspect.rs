@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path = match std::env::args_os().nth(1) {
         Some(p) => p.into(),
-        None => diskforge_iso::sample::build_sample(dir.path(), &Default::default())?,
+        None => diskforge_iso_fixture::sample::build_sample(dir.path(), &Default::default())?,
     };
     let report = diskforge_iso::inspect(&path)?;
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,9 +1,9 @@
-//! Build the sample installer-like hybrid ISO (see `diskforge_iso::sample`) and print its path.
+//! Build the sample installer-like hybrid ISO (see `diskforge_iso_fixture::sample`) and print its path.
 //! Used by `cargo xtask bench iso` to make a large image with many files.
 //!
 //! `cargo run -p diskforge-iso --example sample -- DIR [--bytes N] [--files K] [--appended-esp]`
 
-use diskforge_iso::sample::{SampleOptions, build_sample};
+use diskforge_iso_fixture::sample::{SampleOptions, build_sample};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     const USAGE: &str = "usage: sample DIR [--bytes N] [--files K] [--appended-esp]";

@@ -358,7 +358,7 @@ pub fn edit_configs_in_memory(img: &mut [u8], edit: &ConfigEdit) -> Option<Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::GRUB_CFG;
+    use diskforge_iso_fixture::sample::GRUB_CFG;
 
     fn edit() -> ConfigEdit {
         ConfigEdit {

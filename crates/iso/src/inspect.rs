@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::Result;
-use crate::boot::{BootCatalog, Hybrid, read_catalog, read_hybrid};
+use crate::boot::{BootCatalog, Hybrid, Platform, read_catalog, read_hybrid};
 use crate::iso9660::{SECTOR, TreeKind, Volume, VolumeDescriptor};
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, ImplantedMd5, parse_appdata};
 
@@ -79,4 +79,24 @@ pub fn inspect_with_tree(vol: &Volume, tree: &crate::iso9660::Tree) -> Result<In
         hybrid,
         implanted_md5: parse_appdata(&area),
     })
+}
+
+/// The GPT partition number of a hidden El Torito UEFI image that only the GPT describes
+/// (`-appended_part_as_gpt`): xorriso 1.5.4 neither replays nor reports that entry.
+pub(crate) fn gpt_only_hidden_efi(insp: &Inspection) -> Option<u32> {
+    let entries = insp.el_torito.as_ref()?.entries.iter();
+    let e = entries
+        .filter(|e| e.platform == Platform::Uefi && e.image.is_none())
+        .find(|_| true)?;
+    let start = u64::from(e.load_rba) * 4;
+    let in_mbr = insp
+        .hybrid
+        .mbr
+        .iter()
+        .flatten()
+        .any(|p| u64::from(p.start) == start);
+    let gpt = insp.hybrid.gpt.iter().flatten();
+    gpt.filter(|p| p.first_lba == start && !in_mbr)
+        .map(|p| p.number)
+        .next()
 }

@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use diskforge_cmd::Cmd;
 use diskforge_mount::{ImageMount, Mount, MountStack, Overlay};
 
+use crate::changes::{Changes, Content};
 use crate::inspect::Inspection;
-use crate::remaster::{Changes, Content, Mode, apply_to_dir, mkisofs_boot_args};
+use crate::rebuild::{apply_to_dir, mkisofs_boot_args};
+use crate::request::Mode;
 use crate::{Error, Result};
 
 /// Why the kernel routes cannot run here, or `None` when they can.

@@ -16,20 +16,31 @@
 
 use std::path::{Path, PathBuf};
 
+// Public: what users read or call. The rest is how remastering works inside; its layers
+// (leaf first): md5core, iso9660 → boot, isomd5, bootcfg → fat, inspect → request, changes →
+// patch → output → resolve, replay, rebuild → kernel → remaster (checked by xtask's tidy
+// test for import cycles).
 pub mod boot;
 pub mod bootcfg;
-pub mod fat;
+mod changes;
+mod fat;
 pub mod inspect;
 pub mod iso9660;
 pub mod isomd5;
-pub mod kernel;
+mod kernel;
 mod md5core;
-pub mod patch;
-pub mod remaster;
-pub mod sample;
+mod output;
+mod patch;
+mod rebuild;
+mod remaster;
+mod replay;
+mod request;
+mod resolve;
 
 pub use inspect::{Inspection, inspect};
-pub use remaster::{Edit, Event, Mode, Outcome, Request, remaster};
+pub use isomd5::Md5Sums;
+pub use remaster::{Outcome, Step, remaster};
+pub use request::{Edit, Event, Mode, Request};
 
 /// Errors from reading or remastering an image.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +129,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// A [`Error::BadValue`].
+    pub(crate) fn bad(
+        what: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::BadValue {
+            what,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             op,

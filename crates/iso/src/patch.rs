@@ -32,15 +32,15 @@
 //! both GPT headers and entry arrays with their CRCs, and El Torito load RBAs. The output is
 //! then a copy of the input in two ranges (reflinks or `copy_file_range`) plus these writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::boot::Hybrid;
+use crate::changes::{Changes, parent_and_name};
 use crate::iso9660::{
-    Extent, NodeKind, SECTOR, Tree, TreeKind, Volume, both32, le16, le32, le64, su_start,
-    walk_susp_area,
+    Extent, Node, NodeKind, SECTOR, Tree, TreeKind, Volume, VolumeDescriptor, both32, le16, le32,
+    le64, su_start, walk_susp_area,
 };
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, SKIP_SECTORS};
-use crate::remaster::{Changes, parent_and_name};
 use crate::{Error, Result};
 
 /// Zero bytes the output gets at `at` (block aligned): input bytes `[at, ..)` land at
@@ -425,320 +425,476 @@ fn packed_len(lens: impl IntoIterator<Item = usize>) -> u64 {
     at.div_ceil(SECTOR).max(1) * SECTOR
 }
 
+/// What [`plan`] works from: the input read once, and the resolved changes.
+pub(crate) struct PlanInput<'a> {
+    /// The input volume.
+    pub vol: &'a Volume,
+    /// Its primary tree.
+    pub primary: &'a Tree,
+    /// Its Joliet tree, when it has one.
+    pub joliet: Option<&'a Tree>,
+    /// Its isohybrid MBR/GPT.
+    pub hybrid: &'a Hybrid,
+    /// Load RBAs of the El Torito boot images (they may not move or grow).
+    pub boot_images: &'a [u32],
+    /// What to change.
+    pub changes: &'a Changes,
+    /// Whether the input carries an implanted MD5 (cleared: it would be stale).
+    pub had_md5: bool,
+    /// Whether the output may grow (see the module docs).
+    pub grow: bool,
+}
+
+/// A step's answer: done, or why the edits do not fit.
+type Fit<T> = std::result::Result<T, NoFit>;
+
+/// `?` for [`Fit`]: a step that says "does not fit" ends the plan with that answer.
+macro_rules! fit {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(why) => return Ok(Err(why)),
+        }
+    };
+}
+
 /// Plan the byte writes for `changes`, or say why they do not fit. With `grow`, data that
 /// does not fit the padding goes into blocks inserted into the output (see the module docs).
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    vol: &Volume,
-    primary: &Tree,
-    joliet: Option<&Tree>,
-    hybrid: &Hybrid,
-    boot_images: &[u32],
-    changes: &Changes,
+pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Fit<PatchPlan>> {
+    let mut w = PlanRun::new(input)?;
+    fit!(w.replace_files()?);
+    fit!(w.remove_files()?);
+    fit!(w.collect_new_dirs());
+    w.read_conventions()?;
+    fit!(w.new_file_records()?);
+    w.new_dir_records();
+    w.link_counts()?;
+    fit!(w.place_new_dirs()?);
+    fit!(w.fill_existing_dirs()?);
+    fit!(w.build_new_dirs()?);
+    fit!(w.path_tables()?);
+    w.set_volid()?;
+    w.clear_md5()?;
+    w.raw_writes()?;
+    let insert = fit!(w.grow()?);
+    w.finish(insert)
+}
+
+/// The Joliet node for the primary node at `path` (same extent, else same data block).
+fn joliet_node<'t>(joliet: Option<&'t Tree>, path: &str, lba: u32, size: u64) -> Option<&'t Node> {
+    joliet.and_then(|j| {
+        j.get(path)
+            .filter(|n| n.extents.first().is_some_and(|e| e.lba == lba))
+            .or_else(|| (size > 0).then(|| j.file_at(lba)).flatten())
+    })
+}
+
+/// The state [`plan`]'s steps share: the input, the block cache and writes ([`Planner`]),
+/// where the free blocks are, and what the additions build up.
+struct PlanRun<'a> {
+    vol: &'a Volume,
+    primary: &'a Tree,
+    joliet: Option<&'a Tree>,
+    hybrid: &'a Hybrid,
+    boot_images: &'a [u32],
+    changes: &'a Changes,
     had_md5: bool,
-    grow: bool,
-) -> Result<std::result::Result<PatchPlan, NoFit>> {
-    let vb = u64::from(vol.primary.volume_blocks);
-    let mut used_end = 18u64;
-    // The highest start of any tree extent with data, wherever it is.
-    let mut last_start = 0u64;
-    let mut bump = |e: &Extent| {
-        if u64::from(e.lba) < vb {
-            used_end = used_end.max(u64::from(e.lba) + u64::from(e.blocks()));
+    /// Volume size in blocks.
+    vb: u64,
+    /// The block after the last one any tree structure uses (inside the volume).
+    used_end: u64,
+    /// The highest start of any tree extent with data, wherever it is.
+    last_start: u64,
+    /// The first block free blocks may not reach (skip area, backup GPT, partitions).
+    limit: u64,
+    p: Planner<'a>,
+    /// Directories to create (`mkdir -p` of every missing parent), in both trees.
+    new_dirs: BTreeSet<String>,
+    /// The root's recording date, given to new records.
+    date: Vec<u8>,
+    /// The trees to edit (primary, and Joliet when there is one).
+    trees: Vec<TreeKind>,
+    /// Whether the image's Joliet file names carry `;1`.
+    joliet_versions: bool,
+    /// New records per directory (existing or new) of each tree.
+    groups: BTreeMap<(TreeKind, String), NewRecords>,
+    /// New subdirectories per parent (Rock Ridge link counts).
+    new_subdirs: BTreeMap<String, u32>,
+    /// The Rock Ridge SUSP skip, when directories are created in a Rock Ridge tree.
+    rr_skip: Option<u8>,
+    /// Whether directory link counts are counted (else all 1, as libisofs writes them).
+    counted: bool,
+    /// Where each new directory went, per tree: (block, length).
+    placed_dirs: BTreeMap<(TreeKind, String), (u32, u32)>,
+    /// Blocks of the new directories.
+    new_children: BTreeSet<u64>,
+    /// Existing directories rewritten into new blocks: (tree, old block) → (block, bytes).
+    moved: BTreeMap<(TreeKind, u32), (u64, Vec<u8>)>,
+}
+
+impl<'a> PlanRun<'a> {
+    /// Measure what the trees use and where free blocks may go.
+    fn new(input: &PlanInput<'a>) -> Result<Self> {
+        let vol = input.vol;
+        let vb = u64::from(vol.primary.volume_blocks);
+        let mut used_end = 18u64;
+        let mut last_start = 0u64;
+        let mut bump = |e: &Extent| {
+            if u64::from(e.lba) < vb {
+                used_end = used_end.max(u64::from(e.lba) + u64::from(e.blocks()));
+            }
+        };
+        for t in std::iter::once(input.primary).chain(input.joliet) {
+            for e in t.nodes.values().flat_map(|n| n.extents.iter()) {
+                bump(e);
+                if e.len > 0 {
+                    last_start = last_start.max(u64::from(e.lba));
+                }
+            }
+            t.dirs.values().for_each(&mut bump);
         }
-    };
-    for t in std::iter::once(primary).chain(joliet) {
-        for e in t.nodes.values().flat_map(|n| n.extents.iter()) {
-            bump(e);
-            if e.len > 0 {
-                last_start = last_start.max(u64::from(e.lba));
+        for d in std::iter::once(&vol.primary).chain(vol.joliet.as_ref()) {
+            for lba in [d.path_table_l, d.path_table_m] {
+                bump(&Extent {
+                    lba,
+                    len: d.path_table_size,
+                });
             }
         }
-        t.dirs.values().for_each(&mut bump);
-    }
-    for d in std::iter::once(&vol.primary).chain(vol.joliet.as_ref()) {
-        for lba in [d.path_table_l, d.path_table_m] {
+        if let Some(c) = vol.boot_catalog_lba {
             bump(&Extent {
-                lba,
-                len: d.path_table_size,
+                lba: c,
+                len: SECTOR as u32,
             });
         }
-    }
-    if let Some(c) = vol.boot_catalog_lba {
-        bump(&Extent {
-            lba: c,
-            len: SECTOR as u32,
-        });
-    }
-    for &b in boot_images {
-        bump(&Extent {
-            lba: b,
-            len: SECTOR as u32,
-        });
-    }
-    let mut limit = vb.saturating_sub(SKIP_SECTORS + 1);
-    if let Some(backup) = hybrid.gpt_backup_lba {
-        limit = limit.min(backup.saturating_sub(33) / 4);
-    }
-    for (start, _) in hybrid.partition_ranges() {
-        if start / 4 >= used_end {
-            limit = limit.min(start / 4);
+        for &b in input.boot_images {
+            bump(&Extent {
+                lba: b,
+                len: SECTOR as u32,
+            });
         }
-    }
-    let mut p = Planner {
-        vol,
-        blocks: BTreeMap::new(),
-        data: Vec::new(),
-        placed: Vec::new(),
-        next_free: used_end,
-        limit,
-        grow,
-        notes: Vec::new(),
-    };
-    let jnode = |path: &str, lba: u32, size: u64| {
-        joliet.and_then(|j| {
-            j.get(path)
-                .filter(|n| n.extents.first().is_some_and(|e| e.lba == lba))
-                .or_else(|| (size > 0).then(|| j.file_at(lba)).flatten())
+        let mut limit = vb.saturating_sub(SKIP_SECTORS + 1);
+        if let Some(backup) = input.hybrid.gpt_backup_lba {
+            limit = limit.min(backup.saturating_sub(33) / 4);
+        }
+        for (start, _) in input.hybrid.partition_ranges() {
+            if start / 4 >= used_end {
+                limit = limit.min(start / 4);
+            }
+        }
+        Ok(PlanRun {
+            vol,
+            primary: input.primary,
+            joliet: input.joliet,
+            hybrid: input.hybrid,
+            boot_images: input.boot_images,
+            changes: input.changes,
+            had_md5: input.had_md5,
+            vb,
+            used_end,
+            last_start,
+            limit,
+            p: Planner {
+                vol,
+                blocks: BTreeMap::new(),
+                data: Vec::new(),
+                placed: Vec::new(),
+                next_free: used_end,
+                limit,
+                grow: input.grow,
+                notes: Vec::new(),
+            },
+            new_dirs: BTreeSet::new(),
+            date: Vec::new(),
+            trees: std::iter::once(TreeKind::Primary)
+                .chain(input.joliet.map(|_| TreeKind::Joliet))
+                .collect(),
+            joliet_versions: false,
+            groups: BTreeMap::new(),
+            new_subdirs: BTreeMap::new(),
+            rr_skip: None,
+            counted: false,
+            placed_dirs: BTreeMap::new(),
+            new_children: BTreeSet::new(),
+            moved: BTreeMap::new(),
         })
-    };
+    }
 
-    // Replacements (in place or relocated): offsets of records stay valid in this phase.
-    for put in changes.puts.iter().filter(|p| p.existed) {
-        let Some(node) = primary.get(&put.dest) else {
-            return Ok(Err(format!("{} is not in the primary tree", put.dest)));
-        };
-        if node.kind != NodeKind::File || node.extents.len() != 1 {
-            return Ok(Err(format!("{} is not a single-extent file", put.dest)));
+    /// The tree and descriptor of `kind`, when the image has it.
+    fn tree_of(&self, kind: TreeKind) -> Option<(&'a Tree, &'a VolumeDescriptor)> {
+        match (kind, self.joliet, self.vol.joliet.as_ref()) {
+            (TreeKind::Primary, _, _) => Some((self.primary, &self.vol.primary)),
+            (TreeKind::Joliet, Some(j), Some(d)) => Some((j, d)),
+            _ => None,
         }
-        let data = put.content.bytes()?;
-        let Ok(size) = u32::try_from(data.len()) else {
-            return Ok(Err(format!("{} is over 4 GiB", put.dest)));
-        };
-        let ext = node.extents[0];
-        let lba = if data.len() as u64 <= ext.allocated() && ext.allocated() > 0 {
-            p.notes.push(format!(
-                "{}: rewritten in place ({} of {} bytes)",
-                put.dest,
-                size,
-                ext.allocated()
-            ));
-            u64::from(ext.lba)
-        } else {
-            if boot_images.contains(&ext.lba) {
+    }
+
+    /// Replacements (in place or relocated): offsets of records stay valid in this step.
+    fn replace_files(&mut self) -> Result<Fit<()>> {
+        let (vol, p) = (self.vol, &mut self.p);
+        for put in self.changes.puts.iter().filter(|p| p.existed) {
+            let Some(node) = self.primary.get(&put.dest) else {
+                return Ok(Err(format!("{} is not in the primary tree", put.dest)));
+            };
+            if node.kind != NodeKind::File || node.extents.len() != 1 {
+                return Ok(Err(format!("{} is not a single-extent file", put.dest)));
+            }
+            let data = put.content.bytes()?;
+            let Ok(size) = u32::try_from(data.len()) else {
+                return Ok(Err(format!("{} is over 4 GiB", put.dest)));
+            };
+            let ext = node.extents[0];
+            let lba = if data.len() as u64 <= ext.allocated() && ext.allocated() > 0 {
+                p.notes.push(format!(
+                    "{}: rewritten in place ({} of {} bytes)",
+                    put.dest,
+                    size,
+                    ext.allocated()
+                ));
+                u64::from(ext.lba)
+            } else {
+                if self.boot_images.contains(&ext.lba) {
+                    return Ok(Err(format!(
+                        "{} is a boot image and grew past its blocks",
+                        put.dest
+                    )));
+                }
+                match p.alloc(data.len() as u64)? {
+                    Ok(l) => {
+                        p.notes.push(format!(
+                            "{}: moved to free block {l} ({size} bytes)",
+                            put.dest
+                        ));
+                        l
+                    }
+                    Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
+                }
+            };
+            let lba32 = lba as u32;
+            if lba == u64::from(ext.lba) {
+                // In place: write only the blocks that change (a FAT edit touches a few).
+                // Compared a chunk at a time through one small buffer.
+                let mut old = vec![0u8; COMPARE_CHUNK];
+                let mut new = [0u8; SECTOR as usize];
+                let mut done = 0u64;
+                while done < ext.allocated() {
+                    let n = (ext.allocated() - done).min(COMPARE_CHUNK as u64) as usize;
+                    vol.src.read_at(ext.offset() + done, &mut old[..n])?;
+                    for (i, o) in old[..n].chunks(SECTOR as usize).enumerate() {
+                        let at = done as usize + i * SECTOR as usize;
+                        let have = data.len().saturating_sub(at).min(SECTOR as usize);
+                        new[..have].copy_from_slice(&data[at..at + have]);
+                        new[have..].fill(0);
+                        if o != new.as_slice() {
+                            p.data.push((ext.offset() + at as u64, new.to_vec()));
+                        }
+                    }
+                    done += n as u64;
+                }
+            } else {
+                p.write_data(lba, &data);
+            }
+            let mut recs = node.records.clone();
+            if let Some(j) = joliet_node(self.joliet, &put.dest, ext.lba, node.size) {
+                recs.extend(j.records.iter().copied());
+            }
+            for r in recs {
+                p.set_record(r, lba32, size)?;
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Removals: the file's records go from both trees (its data stays).
+    fn remove_files(&mut self) -> Result<Fit<()>> {
+        for dest in &self.changes.removes {
+            let Some(node) = self.primary.get(dest) else {
+                return Ok(Err(format!("{dest} is not in the primary tree")));
+            };
+            if node.kind == NodeKind::Dir {
                 return Ok(Err(format!(
-                    "{} is a boot image and grew past its blocks",
-                    put.dest
+                    "{dest} is a directory (the path tables would change)"
                 )));
             }
-            match p.alloc(data.len() as u64)? {
-                Ok(l) => {
-                    p.notes.push(format!(
-                        "{}: moved to free block {l} ({size} bytes)",
-                        put.dest
-                    ));
-                    l
-                }
-                Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
-            }
-        };
-        let lba32 = lba as u32;
-        if lba == u64::from(ext.lba) {
-            // In place: write only the blocks that change (a FAT edit touches a few). Compared
-            // a chunk at a time through one small buffer.
-            let mut old = vec![0u8; COMPARE_CHUNK];
-            let mut new = [0u8; SECTOR as usize];
-            let mut done = 0u64;
-            while done < ext.allocated() {
-                let n = (ext.allocated() - done).min(COMPARE_CHUNK as u64) as usize;
-                vol.src.read_at(ext.offset() + done, &mut old[..n])?;
-                for (i, o) in old[..n].chunks(SECTOR as usize).enumerate() {
-                    let at = done as usize + i * SECTOR as usize;
-                    let have = data.len().saturating_sub(at).min(SECTOR as usize);
-                    new[..have].copy_from_slice(&data[at..at + have]);
-                    new[have..].fill(0);
-                    if o != new.as_slice() {
-                        p.data.push((ext.offset() + at as u64, new.to_vec()));
+            let ext = node.extents[0];
+            let jn = joliet_node(self.joliet, dest, ext.lba, node.size).cloned();
+            for (tree, n) in [(Some(self.primary), Some(node.clone())), (self.joliet, jn)] {
+                let (Some(tree), Some(n)) = (tree, n) else {
+                    continue;
+                };
+                let (parent, _) = parent_and_name(&n.path);
+                let Some(dir) = tree.dirs.get(&parent).copied() else {
+                    continue;
+                };
+                for r in &n.records {
+                    let ident = self.vol.src.read_vec(r + 32, 1)?;
+                    let ident = self.vol.src.read_vec(r + 33, usize::from(ident[0]))?;
+                    if !self.p.remove_record(dir, &ident)? {
+                        return Ok(Err(format!("{dest}: its record moved while planning")));
                     }
                 }
-                done += n as u64;
             }
-        } else {
-            p.write_data(lba, &data);
+            self.p
+                .notes
+                .push(format!("{dest}: directory records removed"));
         }
-        let mut recs = node.records.clone();
-        if let Some(j) = jnode(&put.dest, ext.lba, node.size) {
-            recs.extend(j.records.iter().copied());
-        }
-        for r in recs {
-            p.set_record(r, lba32, size)?;
-        }
+        Ok(Ok(()))
     }
 
-    // Removals.
-    for dest in &changes.removes {
-        let Some(node) = primary.get(dest) else {
-            return Ok(Err(format!("{dest} is not in the primary tree")));
-        };
-        if node.kind == NodeKind::Dir {
-            return Ok(Err(format!(
-                "{dest} is a directory (the path tables would change)"
-            )));
-        }
-        let ext = node.extents[0];
-        let jn = jnode(dest, ext.lba, node.size).cloned();
-        for (tree, n) in [(Some(primary), Some(node.clone())), (joliet, jn)] {
-            let (Some(tree), Some(n)) = (tree, n) else {
-                continue;
-            };
-            let (parent, _) = parent_and_name(&n.path);
-            let Some(dir) = tree.dirs.get(&parent).copied() else {
-                continue;
-            };
-            for r in &n.records {
-                let ident = vol.src.read_vec(r + 32, 1)?;
-                let ident = vol.src.read_vec(r + 33, usize::from(ident[0]))?;
-                if !p.remove_record(dir, &ident)? {
-                    return Ok(Err(format!("{dest}: its record moved while planning")));
+    /// Directories to create (`mkdir -p` of every missing parent of an added file).
+    fn collect_new_dirs(&mut self) -> Fit<()> {
+        for put in self.changes.puts.iter().filter(|p| !p.existed) {
+            let (mut parent, _) = parent_and_name(&put.dest);
+            while !self.primary.dirs.contains_key(&parent) {
+                if self.primary.get(&parent).is_some() {
+                    return Err(format!("{}: {parent} is not a directory", put.dest));
                 }
+                self.new_dirs.insert(parent.clone());
+                parent = parent_and_name(&parent).0;
+            }
+            if let Some(j) = self.joliet
+                && !j.dirs.contains_key(&parent)
+            {
+                return Err(format!("{}: no Joliet directory {parent}", put.dest));
             }
         }
-        p.notes.push(format!("{dest}: directory records removed"));
+        for path in &self.new_dirs {
+            *self.new_subdirs.entry(parent_and_name(path).0).or_default() += 1;
+        }
+        Ok(())
     }
 
-    // Additions. Joliet names carry ";1" only if the image's other names do (xorriso omits it).
-    let joliet_versions = match vol.joliet.as_ref() {
-        Some(j) => vol
-            .read_dir(j.root, false)?
-            .iter()
-            .filter(|r| !r.is_dot() && !r.is_dir())
-            .any(|r| r.ident.ends_with(&[0, b';', 0, b'1'])),
-        None => false,
-    };
-    // Directories to create (`mkdir -p` of every missing parent), in both trees.
-    let mut new_dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    for put in changes.puts.iter().filter(|p| !p.existed) {
-        let (mut parent, _) = parent_and_name(&put.dest);
-        while !primary.dirs.contains_key(&parent) {
-            if primary.get(&parent).is_some() {
-                return Ok(Err(format!("{}: {parent} is not a directory", put.dest)));
+    /// What new records copy from the image: the root's date, whether Joliet names carry
+    /// `;1` (xorriso omits it), and the Rock Ridge link count convention. Images whose
+    /// directories all say 1 ("unknown", as libisofs writes them) keep that: new directories
+    /// say 1 too and nothing is counted. The convention is only read when directories are
+    /// created (not on the in-place hot path).
+    fn read_conventions(&mut self) -> Result<()> {
+        let vol = self.vol;
+        self.joliet_versions = match vol.joliet.as_ref() {
+            Some(j) => vol
+                .read_dir(j.root, false)?
+                .iter()
+                .filter(|r| !r.is_dot() && !r.is_dir())
+                .any(|r| r.ident.ends_with(&[0, b';', 0, b'1'])),
+            None => false,
+        };
+        self.date = vol.src.read_vec(vol.primary.root.offset() + 18, 7)?;
+        self.rr_skip = vol
+            .rock_ridge
+            .map(|r| r.skip)
+            .filter(|_| !self.new_dirs.is_empty());
+        self.counted = match self.rr_skip {
+            Some(skip) => {
+                let root_dot = vol
+                    .src
+                    .read_vec(vol.primary.root.offset(), SECTOR as usize)?;
+                let len = usize::from(root_dot[0]).min(root_dot.len());
+                px_links(&root_dot[..len], skip).is_some_and(|n| n >= 2)
             }
-            new_dirs.insert(parent.clone());
-            parent = parent_and_name(&parent).0;
-        }
-        if let Some(j) = joliet
-            && !j.dirs.contains_key(&parent)
-        {
-            return Ok(Err(format!("{}: no Joliet directory {parent}", put.dest)));
-        }
+            None => false,
+        };
+        Ok(())
     }
-    let date = vol.src.read_vec(vol.primary.root.offset() + 18, 7)?;
-    let trees: Vec<TreeKind> = std::iter::once(TreeKind::Primary)
-        .chain(joliet.map(|_| TreeKind::Joliet))
-        .collect();
-    // New records per directory (existing or new) of each tree.
-    let mut groups: BTreeMap<(TreeKind, String), NewRecords> = BTreeMap::new();
-    let record_for = |kind: TreeKind, name: &str, lba: u32, size: u32, dir: bool| {
+
+    /// A new record for `name` in a `kind` tree.
+    fn record_for(&self, kind: TreeKind, name: &str, lba: u32, size: u32, dir: bool) -> Vec<u8> {
         let (ident, su) = match kind {
             TreeKind::Primary => (
                 iso_ident(name, dir),
-                rr_entries(vol, Some(name), if dir { 0o040755 } else { 0o100644 }),
+                rr_entries(self.vol, Some(name), if dir { 0o040755 } else { 0o100644 }),
             ),
-            TreeKind::Joliet => (joliet_ident(name, joliet_versions && !dir), Vec::new()),
+            TreeKind::Joliet => (joliet_ident(name, self.joliet_versions && !dir), Vec::new()),
         };
-        let mut r = build_record(lba, size, &date, &ident, &su);
+        let mut r = build_record(lba, size, &self.date, &ident, &su);
         if dir {
             r[25] = 0x02;
         }
         r
-    };
-    for put in changes.puts.iter().filter(|p| !p.existed) {
-        let (parent, name) = parent_and_name(&put.dest);
-        let data = put.content.bytes()?;
-        let Ok(size) = u32::try_from(data.len()) else {
-            return Ok(Err(format!("{} is over 4 GiB", put.dest)));
-        };
-        let lba = match p.alloc(data.len() as u64)? {
-            Ok(l) => l,
-            Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
-        };
-        let Ok(lba32) = u32::try_from(lba) else {
-            return Ok(Err(format!("{}: block {lba} is past 2^32", put.dest)));
-        };
-        p.write_data(lba, &data);
-        for &kind in &trees {
-            groups
-                .entry((kind, parent.clone()))
-                .or_default()
-                .push(NewRecord {
-                    bytes: record_for(kind, &name, lba32, size, false),
-                    what: put.dest.clone(),
-                    subdir: None,
-                });
-        }
-        p.notes.push(format!(
-            "{}: added at free block {lba} ({size} bytes)",
-            put.dest
-        ));
     }
-    for path in &new_dirs {
-        let (parent, name) = parent_and_name(path);
-        for &kind in &trees {
-            groups
-                .entry((kind, parent.clone()))
-                .or_default()
-                .push(NewRecord {
-                    bytes: record_for(kind, &name, 0, 0, true),
-                    what: path.clone(),
-                    subdir: Some(path.clone()),
-                });
+
+    /// Added files: data into free blocks, a record for each tree's parent directory.
+    fn new_file_records(&mut self) -> Result<Fit<()>> {
+        for put in self.changes.puts.iter().filter(|p| !p.existed) {
+            let (parent, name) = parent_and_name(&put.dest);
+            let data = put.content.bytes()?;
+            let Ok(size) = u32::try_from(data.len()) else {
+                return Ok(Err(format!("{} is over 4 GiB", put.dest)));
+            };
+            let lba = match self.p.alloc(data.len() as u64)? {
+                Ok(l) => l,
+                Err(why) => return Ok(Err(format!("{}: {why}", put.dest))),
+            };
+            let Ok(lba32) = u32::try_from(lba) else {
+                return Ok(Err(format!("{}: block {lba} is past 2^32", put.dest)));
+            };
+            self.p.write_data(lba, &data);
+            for kind in self.trees.clone() {
+                let bytes = self.record_for(kind, &name, lba32, size, false);
+                self.groups
+                    .entry((kind, parent.clone()))
+                    .or_default()
+                    .push(NewRecord {
+                        bytes,
+                        what: put.dest.clone(),
+                        subdir: None,
+                    });
+            }
+            self.p.notes.push(format!(
+                "{}: added at free block {lba} ({size} bytes)",
+                put.dest
+            ));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Records for the new directories in their parents (extents set once placed).
+    fn new_dir_records(&mut self) {
+        for path in self.new_dirs.clone() {
+            let (parent, name) = parent_and_name(&path);
+            for kind in self.trees.clone() {
+                let bytes = self.record_for(kind, &name, 0, 0, true);
+                self.groups
+                    .entry((kind, parent.clone()))
+                    .or_default()
+                    .push(NewRecord {
+                        bytes,
+                        what: path.clone(),
+                        subdir: Some(path.clone()),
+                    });
+            }
         }
     }
-    // Rock Ridge link counts: a directory has 2 + its subdirectories.
-    let mut new_subdirs: BTreeMap<String, u32> = BTreeMap::new();
-    for path in &new_dirs {
-        *new_subdirs.entry(parent_and_name(path).0).or_default() += 1;
-    }
-    // Images whose directories all say 1 ("unknown", as libisofs writes them) keep that
-    // convention: new directories say 1 too and nothing is counted. Only read when
-    // directories are created (not on the in-place hot path).
-    let rr_skip = vol
-        .rock_ridge
-        .map(|r| r.skip)
-        .filter(|_| !new_dirs.is_empty());
-    let counted = match rr_skip {
-        Some(skip) => {
-            let root_dot = vol
-                .src
-                .read_vec(vol.primary.root.offset(), SECTOR as usize)?;
-            let len = usize::from(root_dot[0]).min(root_dot.len());
-            px_links(&root_dot[..len], skip).is_some_and(|n| n >= 2)
-        }
-        None => false,
-    };
-    if let (Some(skip), false) = (rr_skip, counted) {
-        for r in groups
+
+    /// Rock Ridge link counts: a directory has 2 + its subdirectories. New directories'
+    /// records, and existing directories that gain subdirectories: their `.`, their record
+    /// in the parent, and their children's `..` (before any of those blocks is moved).
+    fn link_counts(&mut self) -> Result<()> {
+        let Some(skip) = self.rr_skip else {
+            return Ok(());
+        };
+        let primary_new = self
+            .groups
             .iter_mut()
             .filter(|((k, _), _)| *k == TreeKind::Primary)
-            .flat_map(|(_, v)| v.iter_mut())
-            .filter(|r| r.subdir.is_some())
-        {
-            set_px_links(&mut r.bytes, skip, 1);
+            .flat_map(|(_, v)| v.iter_mut());
+        if !self.counted {
+            for r in primary_new.filter(|r| r.subdir.is_some()) {
+                set_px_links(&mut r.bytes, skip, 1);
+            }
+            return Ok(());
         }
-    }
-    if let (Some(skip), true) = (rr_skip, counted) {
-        for r in groups
-            .iter_mut()
-            .filter(|((k, _), _)| *k == TreeKind::Primary)
-            .flat_map(|(_, v)| v.iter_mut())
-        {
-            if let Some(n) = r.subdir.as_ref().and_then(|d| new_subdirs.get(d)) {
+        for r in primary_new {
+            if let Some(n) = r.subdir.as_ref().and_then(|d| self.new_subdirs.get(d)) {
                 bump_px_links(&mut r.bytes, skip, *n);
             }
         }
-        // Existing directories that gain subdirectories: their `.`, their record in the
-        // parent, and their children's `..` (before any of those blocks is moved).
-        for (path, n) in new_subdirs.iter().filter(|(d, _)| !new_dirs.contains(*d)) {
+        let (primary, p) = (self.primary, &mut self.p);
+        for (path, n) in self
+            .new_subdirs
+            .iter()
+            .filter(|(d, _)| !self.new_dirs.contains(*d))
+        {
             let Some(dir) = primary.dirs.get(path).copied() else {
                 continue;
             };
@@ -772,230 +928,255 @@ pub fn plan(
                 }
             }
         }
+        Ok(())
     }
-    // Place the new directories: their size is known from their records' lengths.
-    let mut placed_dirs: BTreeMap<(TreeKind, String), (u32, u32)> = BTreeMap::new();
-    let mut new_children = std::collections::BTreeSet::new();
-    for path in &new_dirs {
-        for &kind in &trees {
-            let recs = groups
-                .get(&(kind, path.clone()))
-                .map_or(&[][..], |v| &v[..]);
-            let len = packed_len(
-                std::iter::repeat_n(34 + dot_su(vol, kind).len(), 2)
-                    .chain(recs.iter().map(|r| r.bytes.len())),
-            );
-            let lba = match p.alloc(len)? {
-                Ok(l) => l,
-                Err(why) => return Ok(Err(format!("{path}: {why}"))),
-            };
-            let (Ok(lba32), Ok(len32)) = (u32::try_from(lba), u32::try_from(len)) else {
-                return Ok(Err(format!("{path}: block {lba} is past 2^32")));
-            };
-            placed_dirs.insert((kind, path.clone()), (lba32, len32));
-            new_children.insert(lba);
-        }
-    }
-    for ((kind, _), recs) in groups.iter_mut() {
-        for r in recs.iter_mut() {
-            if let Some(&(lba, len)) = r
-                .subdir
-                .as_ref()
-                .and_then(|d| placed_dirs.get(&(*kind, d.clone())))
-            {
-                set_extent(&mut r.bytes, lba, len);
+
+    /// Place the new directories (their size is known from their records' lengths) and set
+    /// the extents in the records that point at them.
+    fn place_new_dirs(&mut self) -> Result<Fit<()>> {
+        for path in &self.new_dirs {
+            for &kind in &self.trees {
+                let recs = self
+                    .groups
+                    .get(&(kind, path.clone()))
+                    .map_or(&[][..], |v| &v[..]);
+                let len = packed_len(
+                    std::iter::repeat_n(34 + dot_su(self.vol, kind).len(), 2)
+                        .chain(recs.iter().map(|r| r.bytes.len())),
+                );
+                let lba = match self.p.alloc(len)? {
+                    Ok(l) => l,
+                    Err(why) => return Ok(Err(format!("{path}: {why}"))),
+                };
+                let (Ok(lba32), Ok(len32)) = (u32::try_from(lba), u32::try_from(len)) else {
+                    return Ok(Err(format!("{path}: block {lba} is past 2^32")));
+                };
+                self.placed_dirs
+                    .insert((kind, path.clone()), (lba32, len32));
+                self.new_children.insert(lba);
             }
         }
-    }
-    let depth = |d: &str| d.matches('/').count() - usize::from(d == "/");
-    // Existing directories, shallow first: their blocks when the records fit, else rewritten
-    // into new blocks. A moved directory fixes its children's `..` records in their blocks
-    // before those children are themselves read for moving.
-    let mut existing: Vec<(usize, TreeKind, String)> = groups
-        .keys()
-        .filter(|(_, d)| !new_dirs.contains(d))
-        .map(|(k, d)| (depth(d), *k, d.clone()))
-        .collect();
-    existing.sort();
-    let mut moved: BTreeMap<(TreeKind, u32), (u64, Vec<u8>)> = BTreeMap::new();
-    for (_, kind, dir_path) in existing {
-        let recs = groups
-            .get(&(kind, dir_path.clone()))
-            .map_or(&[][..], |v| &v[..]);
-        let (tree, desc) = match (kind, joliet, vol.joliet.as_ref()) {
-            (TreeKind::Primary, _, _) => (primary, &vol.primary),
-            (TreeKind::Joliet, Some(j), Some(d)) => (j, d),
-            _ => continue,
-        };
-        let Some(dir) = tree.dirs.get(&dir_path).copied() else {
-            return Ok(Err(format!("directory {dir_path} vanished while planning")));
-        };
-        // In place, all or nothing.
-        let saved: Vec<(u64, Vec<u8>)> = (0..u64::from(dir.blocks()))
-            .map(|b| {
-                let lba = u64::from(dir.lba) + b;
-                p.block(lba).map(|v| (lba, v.clone()))
-            })
-            .collect::<Result<_>>()?;
-        let mut fits = true;
-        for r in recs {
-            if p.insert_record(dir, &r.bytes)?.is_err() {
-                fits = false;
-                break;
-            }
-        }
-        if fits {
-            continue;
-        }
-        for (lba, b) in saved {
-            p.blocks.insert(lba, b);
-        }
-        let ctx = DirMove {
-            kind,
-            tree,
-            desc,
-            path: &dir_path,
-            dir,
-            new_children: &new_children,
-        };
-        match relocate_dir(&mut p, &ctx, recs, &mut moved)? {
-            Ok(note) => p.notes.push(note),
-            Err(why) => return Ok(Err(format!("{}: {why}", recs[0].what))),
-        }
-    }
-    // Build the new directories: `.`, `..` (the parent wherever it ended up), records.
-    for ((kind, path), &(lba, len)) in &placed_dirs {
-        let (parent, _) = parent_and_name(path);
-        let tree = match kind {
-            TreeKind::Primary => primary,
-            TreeKind::Joliet => joliet.unwrap_or(primary),
-        };
-        let (plba, plen) = match (
-            placed_dirs.get(&(*kind, parent.clone())),
-            tree.dirs.get(&parent),
-        ) {
-            (Some(&(l, n)), _) => (l, n),
-            (None, Some(e)) => match moved.get(&(*kind, e.lba)) {
-                Some((l, d)) => (*l as u32, d.len() as u32),
-                None => (e.lba, e.len),
-            },
-            (None, None) => return Ok(Err(format!("{path}: no parent {parent}"))),
-        };
-        let su = dot_su(vol, *kind);
-        let mut dot = build_record(lba, len, &date, &[0], &su);
-        dot[25] = 0x02;
-        let mut dotdot = build_record(plba, plen, &date, &[1], &su);
-        dotdot[25] = 0x02;
-        if let (TreeKind::Primary, Some(skip), false) = (kind, rr_skip, counted) {
-            set_px_links(&mut dot, skip, 1);
-            set_px_links(&mut dotdot, skip, 1);
-        }
-        if let (TreeKind::Primary, Some(skip), true) = (kind, rr_skip, counted) {
-            bump_px_links(&mut dot, skip, new_subdirs.get(path).copied().unwrap_or(0));
-            // `..` carries the parent's count: a new parent's, or the existing one's `.`.
-            let parent_links = if new_dirs.contains(&parent) {
-                Some(2 + new_subdirs.get(&parent).copied().unwrap_or(0))
-            } else {
-                match primary.dirs.get(&parent) {
-                    Some(e) => {
-                        let b = match moved.get(&(TreeKind::Primary, e.lba)) {
-                            Some((_, d)) => d[..SECTOR as usize].to_vec(),
-                            None => p.read_range(e.offset(), SECTOR as usize)?,
-                        };
-                        px_links(&b[..usize::from(b[0])], skip)
-                    }
-                    None => None,
+        for ((kind, _), recs) in self.groups.iter_mut() {
+            for r in recs.iter_mut() {
+                if let Some(&(lba, len)) = r
+                    .subdir
+                    .as_ref()
+                    .and_then(|d| self.placed_dirs.get(&(*kind, d.clone())))
+                {
+                    set_extent(&mut r.bytes, lba, len);
                 }
-            };
-            if let Some(n) = parent_links {
-                bump_px_links(&mut dotdot, skip, n.saturating_sub(2));
             }
         }
-        let mut recs: Vec<Vec<u8>> = groups
-            .get(&(*kind, path.clone()))
-            .map(|v| v.iter().map(|r| r.bytes.clone()).collect())
-            .unwrap_or_default();
-        recs.sort_by(|a, b| a[33..33 + usize::from(a[32])].cmp(&b[33..33 + usize::from(b[32])]));
-        if recs
-            .windows(2)
-            .any(|w| w[0][33..33 + usize::from(w[0][32])] == w[1][33..33 + usize::from(w[1][32])])
-        {
-            return Ok(Err(format!(
-                "{path}: two new names map to the same ISO 9660 name"
-            )));
-        }
-        let data = pack(
-            std::iter::once(dot)
-                .chain(std::iter::once(dotdot))
-                .chain(recs),
-        );
-        if data.len() as u32 != len {
-            return Ok(Err(format!(
-                "{path}: directory size changed while planning"
-            )));
-        }
-        p.placed.push((u64::from(lba) * SECTOR, data));
-        p.notes.push(format!(
-            "directory {path}{}: created at block {lba}",
-            if *kind == TreeKind::Joliet {
-                " (Joliet)"
-            } else {
-                ""
-            }
-        ));
+        Ok(Ok(()))
     }
-    // Path tables follow moved and new directories.
-    for &kind in &trees {
-        let (tree, desc) = match (kind, joliet, vol.joliet.as_ref()) {
-            (TreeKind::Primary, _, _) => (primary, &vol.primary),
-            (TreeKind::Joliet, Some(j), Some(d)) => (j, d),
-            _ => continue,
-        };
-        let relocated: BTreeMap<u32, u32> = moved
-            .iter()
-            .filter(|((k, _), _)| *k == kind)
-            .map(|((_, old), (new, _))| (*old, *new as u32))
+
+    /// Existing directories that get records, shallow first: their blocks when the records
+    /// fit, else rewritten into new blocks. A moved directory fixes its children's `..`
+    /// records in their blocks before those children are themselves read for moving.
+    fn fill_existing_dirs(&mut self) -> Result<Fit<()>> {
+        let depth = |d: &str| d.matches('/').count() - usize::from(d == "/");
+        let mut existing: Vec<(usize, TreeKind, String)> = self
+            .groups
+            .keys()
+            .filter(|(_, d)| !self.new_dirs.contains(d))
+            .map(|(k, d)| (depth(d), *k, d.clone()))
             .collect();
-        let mut created: Vec<(u32, u32, Vec<u8>)> = Vec::new();
-        for path in &new_dirs {
-            let (parent, _) = parent_and_name(path);
-            let parent_lba = match placed_dirs.get(&(kind, parent.clone())) {
-                Some(&(l, _)) => l,
-                None => match tree.dirs.get(&parent) {
-                    Some(e) => relocated.get(&e.lba).copied().unwrap_or(e.lba),
-                    None => return Ok(Err(format!("{path}: no parent {parent}"))),
-                },
-            };
-            let Some(&(lba, _)) = placed_dirs.get(&(kind, path.clone())) else {
+        existing.sort();
+        for (_, kind, dir_path) in existing {
+            let recs = self
+                .groups
+                .get(&(kind, dir_path.clone()))
+                .map_or(&[][..], |v| &v[..]);
+            let Some((tree, desc)) = self.tree_of(kind) else {
                 continue;
             };
-            let rec = &groups[&(kind, parent.clone())]
-                .iter()
-                .find(|r| r.subdir.as_deref() == Some(path.as_str()))
-                .map(|r| r.bytes.clone())
-                .unwrap_or_default();
-            if rec.len() < 34 {
-                return Ok(Err(format!("{path}: no record in {parent}")));
+            let Some(dir) = tree.dirs.get(&dir_path).copied() else {
+                return Ok(Err(format!("directory {dir_path} vanished while planning")));
+            };
+            let p = &mut self.p;
+            // In place, all or nothing.
+            let saved: Vec<(u64, Vec<u8>)> = (0..u64::from(dir.blocks()))
+                .map(|b| {
+                    let lba = u64::from(dir.lba) + b;
+                    p.block(lba).map(|v| (lba, v.clone()))
+                })
+                .collect::<Result<_>>()?;
+            let mut fits = true;
+            for r in recs {
+                if p.insert_record(dir, &r.bytes)?.is_err() {
+                    fits = false;
+                    break;
+                }
             }
-            created.push((parent_lba, lba, rec[33..33 + usize::from(rec[32])].to_vec()));
+            if fits {
+                continue;
+            }
+            for (lba, b) in saved {
+                p.blocks.insert(lba, b);
+            }
+            let ctx = DirMove {
+                kind,
+                tree,
+                desc,
+                path: &dir_path,
+                dir,
+                new_children: &self.new_children,
+            };
+            match relocate_dir(p, &ctx, recs, &mut self.moved)? {
+                Ok(note) => p.notes.push(note),
+                Err(why) => return Ok(Err(format!("{}: {why}", recs[0].what))),
+            }
         }
-        if relocated.is_empty() && created.is_empty() {
-            continue;
-        }
-        if let Err(why) = write_path_tables(&mut p, desc, &relocated, &created)? {
-            return Ok(Err(why));
-        }
+        Ok(Ok(()))
     }
-    p.placed
-        .extend(moved.into_values().map(|(lba, data)| (lba * SECTOR, data)));
 
-    // Volume id.
-    if let Some(v) = &changes.volid {
+    /// The Rock Ridge link count `..` of the new directory `path` carries: its parent's
+    /// (a new parent's, or the existing one's `.`, wherever that ended up).
+    fn parent_links(&mut self, parent: &str, skip: u8) -> Result<Option<u32>> {
+        if self.new_dirs.contains(parent) {
+            return Ok(Some(2 + self.new_subdirs.get(parent).copied().unwrap_or(0)));
+        }
+        let Some(e) = self.primary.dirs.get(parent) else {
+            return Ok(None);
+        };
+        let b = match self.moved.get(&(TreeKind::Primary, e.lba)) {
+            Some((_, d)) => d[..SECTOR as usize].to_vec(),
+            None => self.p.read_range(e.offset(), SECTOR as usize)?,
+        };
+        Ok(px_links(&b[..usize::from(b[0])], skip))
+    }
+
+    /// Build the new directories: `.`, `..` (the parent wherever it ended up), records.
+    fn build_new_dirs(&mut self) -> Result<Fit<()>> {
+        for ((kind, path), &(lba, len)) in &self.placed_dirs.clone() {
+            let (parent, _) = parent_and_name(path);
+            let tree = match kind {
+                TreeKind::Primary => self.primary,
+                TreeKind::Joliet => self.joliet.unwrap_or(self.primary),
+            };
+            let (plba, plen) = match (
+                self.placed_dirs.get(&(*kind, parent.clone())),
+                tree.dirs.get(&parent),
+            ) {
+                (Some(&(l, n)), _) => (l, n),
+                (None, Some(e)) => match self.moved.get(&(*kind, e.lba)) {
+                    Some((l, d)) => (*l as u32, d.len() as u32),
+                    None => (e.lba, e.len),
+                },
+                (None, None) => return Ok(Err(format!("{path}: no parent {parent}"))),
+            };
+            let su = dot_su(self.vol, *kind);
+            let mut dot = build_record(lba, len, &self.date, &[0], &su);
+            dot[25] = 0x02;
+            let mut dotdot = build_record(plba, plen, &self.date, &[1], &su);
+            dotdot[25] = 0x02;
+            if let (TreeKind::Primary, Some(skip)) = (kind, self.rr_skip) {
+                if self.counted {
+                    let own = self.new_subdirs.get(path).copied().unwrap_or(0);
+                    bump_px_links(&mut dot, skip, own);
+                    if let Some(n) = self.parent_links(&parent, skip)? {
+                        bump_px_links(&mut dotdot, skip, n.saturating_sub(2));
+                    }
+                } else {
+                    set_px_links(&mut dot, skip, 1);
+                    set_px_links(&mut dotdot, skip, 1);
+                }
+            }
+            let mut recs: Vec<Vec<u8>> = self
+                .groups
+                .get(&(*kind, path.clone()))
+                .map(|v| v.iter().map(|r| r.bytes.clone()).collect())
+                .unwrap_or_default();
+            let ident = |r: &[u8]| r[33..33 + usize::from(r[32])].to_vec();
+            recs.sort_by_key(|r| ident(r));
+            if recs.windows(2).any(|w| ident(&w[0]) == ident(&w[1])) {
+                return Ok(Err(format!(
+                    "{path}: two new names map to the same ISO 9660 name"
+                )));
+            }
+            let data = pack(
+                std::iter::once(dot)
+                    .chain(std::iter::once(dotdot))
+                    .chain(recs),
+            );
+            if data.len() as u32 != len {
+                return Ok(Err(format!(
+                    "{path}: directory size changed while planning"
+                )));
+            }
+            self.p.placed.push((u64::from(lba) * SECTOR, data));
+            self.p.notes.push(format!(
+                "directory {path}{}: created at block {lba}",
+                if *kind == TreeKind::Joliet {
+                    " (Joliet)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Path tables follow moved and new directories; then the moved directories' blocks
+    /// join the writes.
+    fn path_tables(&mut self) -> Result<Fit<()>> {
+        for kind in self.trees.clone() {
+            let Some((tree, desc)) = self.tree_of(kind) else {
+                continue;
+            };
+            let relocated: BTreeMap<u32, u32> = self
+                .moved
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, old), (new, _))| (*old, *new as u32))
+                .collect();
+            let mut created: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+            for path in &self.new_dirs {
+                let (parent, _) = parent_and_name(path);
+                let parent_lba = match self.placed_dirs.get(&(kind, parent.clone())) {
+                    Some(&(l, _)) => l,
+                    None => match tree.dirs.get(&parent) {
+                        Some(e) => relocated.get(&e.lba).copied().unwrap_or(e.lba),
+                        None => return Ok(Err(format!("{path}: no parent {parent}"))),
+                    },
+                };
+                let Some(&(lba, _)) = self.placed_dirs.get(&(kind, path.clone())) else {
+                    continue;
+                };
+                let rec = &self.groups[&(kind, parent.clone())]
+                    .iter()
+                    .find(|r| r.subdir.as_deref() == Some(path.as_str()))
+                    .map(|r| r.bytes.clone())
+                    .unwrap_or_default();
+                if rec.len() < 34 {
+                    return Ok(Err(format!("{path}: no record in {parent}")));
+                }
+                created.push((parent_lba, lba, rec[33..33 + usize::from(rec[32])].to_vec()));
+            }
+            if relocated.is_empty() && created.is_empty() {
+                continue;
+            }
+            if let Err(why) = write_path_tables(&mut self.p, desc, &relocated, &created)? {
+                return Ok(Err(why));
+            }
+        }
+        let moved = std::mem::take(&mut self.moved);
+        self.p
+            .placed
+            .extend(moved.into_values().map(|(lba, data)| (lba * SECTOR, data)));
+        Ok(Ok(()))
+    }
+
+    /// A new volume id in the primary (and Joliet) descriptor.
+    fn set_volid(&mut self) -> Result<()> {
+        let Some(v) = &self.changes.volid else {
+            return Ok(());
+        };
         let mut a = [b' '; 32];
         a[..v.len()].copy_from_slice(v.as_bytes());
-        let pvd = u64::from(vol.primary.lba);
-        p.block(pvd)?[40..72].copy_from_slice(&a);
-        if let Some(j) = &vol.joliet {
+        let pvd = u64::from(self.vol.primary.lba);
+        self.p.block(pvd)?[40..72].copy_from_slice(&a);
+        if let Some(j) = &self.vol.joliet {
             let mut u = Vec::new();
             for c in v.encode_utf16().take(16) {
                 u.extend_from_slice(&c.to_be_bytes());
@@ -1004,105 +1185,128 @@ pub fn plan(
             for pair in u.chunks_exact_mut(2).skip(v.encode_utf16().count().min(16)) {
                 pair.copy_from_slice(&[0, b' ']);
             }
-            p.block(u64::from(j.lba))?[40..72].copy_from_slice(&u);
+            self.p.block(u64::from(j.lba))?[40..72].copy_from_slice(&u);
         }
-        p.notes.push(format!("volume id set to {v:?}"));
+        self.p.notes.push(format!("volume id set to {v:?}"));
+        Ok(())
     }
 
-    if had_md5 {
-        let at = APPDATA_OFFSET as usize;
-        p.block(u64::from(vol.primary.lba))?[at..at + APPDATA_SIZE].fill(b' ');
-        p.notes.push("stale implanted MD5 cleared".into());
+    /// An implanted MD5 would be stale: its application area goes back to spaces.
+    fn clear_md5(&mut self) -> Result<()> {
+        if self.had_md5 {
+            let at = APPDATA_OFFSET as usize;
+            self.p.block(u64::from(self.vol.primary.lba))?[at..at + APPDATA_SIZE].fill(b' ');
+            self.p.notes.push("stale implanted MD5 cleared".into());
+        }
+        Ok(())
     }
 
-    for raw in &changes.raw {
-        let old = vol.src.read_vec(raw.offset, raw.data.len())?;
-        let mut n = 0;
-        for (i, (o, d)) in old
-            .chunks(SECTOR as usize)
-            .zip(raw.data.chunks(SECTOR as usize))
-            .enumerate()
-        {
-            if o != d {
-                p.data.push((raw.offset + i as u64 * SECTOR, d.to_vec()));
-                n += 1;
+    /// Raw rewrites outside the tree (hidden EFI images): only the blocks that change.
+    fn raw_writes(&mut self) -> Result<()> {
+        for raw in &self.changes.raw {
+            let old = self.vol.src.read_vec(raw.offset, raw.data.len())?;
+            let mut n = 0;
+            for (i, (o, d)) in old
+                .chunks(SECTOR as usize)
+                .zip(raw.data.chunks(SECTOR as usize))
+                .enumerate()
+            {
+                if o != d {
+                    self.p
+                        .data
+                        .push((raw.offset + i as u64 * SECTOR, d.to_vec()));
+                    n += 1;
+                }
             }
+            self.p
+                .notes
+                .push(format!("{}: {n} blocks rewritten", raw.what));
         }
-        p.notes.push(format!("{}: {n} blocks rewritten", raw.what));
+        Ok(())
     }
 
-    let insert = if p.next_free > limit {
+    /// When new data went past the limit: insert zero blocks there (a whole number of MiB)
+    /// and make what points past it follow.
+    fn grow(&mut self) -> Result<Fit<Option<Insert>>> {
+        let limit = self.limit;
+        if self.p.next_free <= limit {
+            return Ok(Ok(None));
+        }
         // Blocks go in at `limit`: nothing referenced may lie across or after it, and what
         // moves up must be described by tables that follow it.
-        if last_start >= limit || used_end > limit {
+        if self.last_start >= limit || self.used_end > limit {
             return Ok(Err(format!(
                 "data reaches block {}, past block {limit} where the image would grow",
-                last_start.max(used_end)
+                self.last_start.max(self.used_end)
             )));
         }
-        if vol.src.len() < limit * SECTOR {
+        if self.vol.src.len() < limit * SECTOR {
             return Ok(Err(format!(
                 "the file ends at byte {}, before its volume does",
-                vol.src.len()
+                self.vol.src.len()
             )));
         }
-        if let Some(why) = unmovable_tail(vol, hybrid, limit, vb)? {
+        if let Some(why) = unmovable_tail(self.vol, self.hybrid, limit, self.vb)? {
             return Ok(Err(why));
         }
-        let blocks = (p.next_free - limit).div_ceil(GROW_ALIGN) * GROW_ALIGN;
+        let blocks = (self.p.next_free - limit).div_ceil(GROW_ALIGN) * GROW_ALIGN;
         let ins = Insert {
             at: limit * SECTOR,
             len: blocks * SECTOR,
         };
-        if let Err(why) = follow_insert(&mut p, ins)? {
+        if let Err(why) = follow_insert(&mut self.p, ins)? {
             return Ok(Err(why));
         }
-        p.notes.push(format!(
+        self.p.notes.push(format!(
             "image grown by {} MiB at block {limit} (what follows moved up: skip area, \
              appended partitions, backup GPT)",
             ins.len >> 20
         ));
-        Some(ins)
-    } else {
-        None
-    };
-    let shift = |o: u64| match insert {
-        Some(i) if o >= i.at => o + i.len,
-        _ => o,
-    };
-    if let Some(i) = insert
-        && let Some((o, _)) = p
-            .data
-            .iter()
-            .find(|(o, d)| *o < i.at && o + d.len() as u64 > i.at)
-    {
-        return Ok(Err(format!(
-            "an edit at byte {o} spans the point where the image would grow"
-        )));
+        Ok(Ok(Some(ins)))
     }
-    let mut writes: Vec<(u64, Vec<u8>)> = p.data.into_iter().map(|(o, d)| (shift(o), d)).collect();
-    writes.extend(p.placed);
-    writes.extend(
-        p.blocks
-            .into_iter()
-            .map(|(lba, b)| (shift(lba * SECTOR), b)),
-    );
-    writes.sort_by_key(|(o, _)| *o);
-    for w in writes.windows(2) {
-        if w[0].0 + w[0].1.len() as u64 > w[1].0 {
-            return Ok(Err(format!("two edits overlap at byte {}", w[1].0)));
+
+    /// All writes in output coordinates, sorted and checked not to overlap.
+    fn finish(self, insert: Option<Insert>) -> Result<Fit<PatchPlan>> {
+        let shift = |o: u64| match insert {
+            Some(i) if o >= i.at => o + i.len,
+            _ => o,
+        };
+        let p = self.p;
+        if let Some(i) = insert
+            && let Some((o, _)) = p
+                .data
+                .iter()
+                .find(|(o, d)| *o < i.at && o + d.len() as u64 > i.at)
+        {
+            return Ok(Err(format!(
+                "an edit at byte {o} spans the point where the image would grow"
+            )));
         }
+        let mut writes: Vec<(u64, Vec<u8>)> =
+            p.data.into_iter().map(|(o, d)| (shift(o), d)).collect();
+        writes.extend(p.placed);
+        writes.extend(
+            p.blocks
+                .into_iter()
+                .map(|(lba, b)| (shift(lba * SECTOR), b)),
+        );
+        writes.sort_by_key(|(o, _)| *o);
+        for w in writes.windows(2) {
+            if w[0].0 + w[0].1.len() as u64 > w[1].0 {
+                return Ok(Err(format!("two edits overlap at byte {}", w[1].0)));
+            }
+        }
+        let grown = insert.map_or(0, |i| i.len / SECTOR);
+        let Ok(volume_blocks) = u32::try_from(self.vb + grown) else {
+            return Ok(Err("the volume would pass 2^32 blocks".into()));
+        };
+        Ok(Ok(PatchPlan {
+            writes,
+            notes: p.notes,
+            insert,
+            volume_blocks,
+        }))
     }
-    let grown = insert.map_or(0, |i| i.len / SECTOR);
-    let Ok(volume_blocks) = u32::try_from(vb + grown) else {
-        return Ok(Err("the volume would pass 2^32 blocks".into()));
-    };
-    Ok(Ok(PatchPlan {
-        writes,
-        notes: p.notes,
-        insert,
-        volume_blocks,
-    }))
 }
 
 /// Directory records to add.

@@ -84,8 +84,12 @@ struct Cli {
     /// Resolve the edits and pick the mode, print the plan, and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Do not fsync the output before publishing it (the default flushes the file,
+    /// then its directory after the rename).
+    #[arg(long)]
+    no_sync: bool,
     /// Verify the implanted MD5 of INPUT and exit (0 match, 3 mismatch or none).
-    #[arg(long, conflicts_with_all = ["output", "add", "replace", "remove", "volid", "kickstart", "preseed", "kernel_args", "implant_md5"])]
+    #[arg(long, conflicts_with_all = ["output", "add", "replace", "remove", "volid", "kickstart", "preseed", "kernel_args", "implant_md5", "no_sync"])]
     check_md5: bool,
     /// Print the result as JSON.
     #[arg(long)]
@@ -189,6 +193,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     req.mode = cli.mode.parse()?;
     req.implant_md5 = cli.implant_md5;
     req.dry_run = cli.dry_run;
+    req.sync = !cli.no_sync;
     let bar = progress_bar(tty);
     let mut progress = |ev: Event<'_>| match ev {
         Event::Step(s) => {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use diskforge_cmd::Cmd;
-use diskforge_iso::sample::{SampleOptions, build_sample};
+use diskforge_iso_fixture::sample::{SampleOptions, build_sample};
 
 fn bin() -> Command {
     #[allow(clippy::disallowed_methods)] // the binary under test, not an external tool
@@ -230,4 +230,65 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         .filter(|n| n.starts_with(".iso-remaster"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The output is flushed before it is published: under strace, `fsync` of the staged file
+/// comes before the rename to OUT and `fsync` of the directory after it; `--no-sync` makes no
+/// `fsync` at all (patch mode runs no other program that could). Needs `strace` (package
+/// strace); a missing one fails the test with the package named.
+#[test]
+fn output_is_fsynced_around_the_rename_unless_no_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let iso = build_sample(dir.path(), &SampleOptions::default()).expect("sample");
+    std::fs::write(dir.path().join("ks.cfg"), "text\n").expect("ks");
+    for no_sync in [false, true] {
+        let out = dir.path().join(format!("out-{no_sync}.iso"));
+        let log = dir.path().join(format!("strace-{no_sync}.log"));
+        let mut c = Cmd::new("strace")
+            .args([
+                "-f",
+                "-e",
+                "trace=fsync,fdatasync,rename,renameat,renameat2,open,openat",
+            ])
+            .arg("-o")
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_iso-remaster"))
+            .arg(&iso)
+            .arg("-o")
+            .arg(&out)
+            .args(["--mode", "patch", "--kickstart"])
+            .arg(dir.path().join("ks.cfg"));
+        if no_sync {
+            c = c.arg("--no-sync");
+        }
+        c.run().expect("iso-remaster under strace");
+        assert!(out.is_file());
+        let trace = std::fs::read_to_string(&log).expect("strace log");
+        let lines: Vec<&str> = trace.lines().collect();
+        let out_name = out.file_name().unwrap().to_string_lossy().into_owned();
+        let rename = lines
+            .iter()
+            .position(|l| l.contains("rename") && l.contains(&out_name))
+            .unwrap_or_else(|| panic!("no rename to {out_name}:\n{trace}"));
+        let fsyncs: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].contains("fsync(") && !lines[i].contains("= -1"))
+            .collect();
+        if no_sync {
+            assert!(fsyncs.is_empty(), "--no-sync still fsyncs:\n{trace}");
+        } else {
+            assert!(
+                fsyncs.iter().any(|&i| i < rename) && fsyncs.iter().any(|&i| i > rename),
+                "expected fsync before and after the rename:\n{trace}"
+            );
+            // The one after the rename is the directory's: opened just before it.
+            let after = fsyncs.iter().find(|&&i| i > rename).unwrap();
+            let dir_name = dir.path().to_string_lossy().into_owned();
+            assert!(
+                lines[rename..*after]
+                    .iter()
+                    .any(|l| l.contains("open") && l.contains(&format!("\"{dir_name}\""))),
+                "the directory was not opened between the rename and the fsync:\n{trace}"
+            );
+        }
+    }
 }

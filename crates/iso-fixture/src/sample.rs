@@ -4,13 +4,15 @@
 //! the image is large enough for isomd5sum's fragment checkpoints (over 21 × 32 KiB).
 //!
 //! The kernel and initrd are placeholders: this image is for remaster tests, not for booting
-//! (the `diskforge-iso-fixture` crate builds one that boots).
+//! ([`crate::build`] makes one that boots). It needs no kernel, busybox or GRUB on the host,
+//! only isolinux, syslinux-common, dosfstools, mtools and xorriso; the file helpers and the
+//! error type are the fixture's.
 
 use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
 
-use crate::{Error, Result};
+use crate::{Error, Result, mkdirs, tool};
 
 /// The isolinux configuration of the sample.
 pub const ISOLINUX_CFG: &str = "default linux\ntimeout 10\n\nlabel linux\n  menu label ^Install\n  kernel /images/vmlinuz\n  append initrd=/images/initrd.img quiet\n\nlabel rescue\n  menu label ^Rescue\n  kernel /images/vmlinuz\n  append initrd=/images/initrd.img rescue\n";
@@ -42,11 +44,12 @@ impl Default for SampleOptions {
     }
 }
 
+/// Write `path`, creating its parent directories.
 fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
     if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(|e| Error::io("creating", p, e))?;
+        mkdirs(p)?;
     }
-    std::fs::write(path, data).map_err(|e| Error::io("writing", path, e))
+    crate::write(path, data)
 }
 
 /// Pseudo-random bytes (xorshift), cheap to make in bulk.
@@ -86,14 +89,17 @@ fn write_filler(tree: &Path, opts: &SampleOptions) -> Result<()> {
 /// Build the sample under `dir` (which must exist) and return the ISO's path.
 pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
     let tree = dir.join("sample-tree");
-    let isolinux = Path::new("/usr/lib/ISOLINUX/isolinux.bin");
-    let ldlinux = Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32");
+    let isolinux = Path::new(crate::host::ISOLINUX_BIN);
+    let ldlinux = Path::new(crate::host::LDLINUX_C32);
     for (src, dst) in [
         (isolinux, "isolinux/isolinux.bin"),
         (ldlinux, "isolinux/ldlinux.c32"),
     ] {
-        let data = std::fs::read(src)
-            .map_err(|e| Error::io("reading (install isolinux, syslinux-common)", src, e))?;
+        let data = std::fs::read(src).map_err(|_| Error::MissingInput {
+            what: "isolinux",
+            path: src.to_owned(),
+            package: "isolinux, syslinux-common",
+        })?;
         write(&tree.join(dst), data)?;
     }
     write(&tree.join("isolinux/isolinux.cfg"), ISOLINUX_CFG)?;
@@ -111,16 +117,22 @@ pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
     let efi = tree.join("images/efiboot.img");
     std::fs::File::create(&efi)
         .and_then(|f| f.set_len(2 << 20))
-        .map_err(|e| Error::io("creating", &efi, e))?;
+        .map_err(|source| Error::Io {
+            action: "creating",
+            path: efi.clone(),
+            source,
+        })?;
     Cmd::new("mkfs.vfat")
         .args(["-n", "EFIBOOT"])
         .arg(&efi)
-        .run()?;
+        .run()
+        .map_err(tool("making the sample's efiboot.img with mkfs.vfat"))?;
     Cmd::new("mmd")
         .arg("-i")
         .arg(&efi)
         .args(["::/EFI", "::/EFI/BOOT"])
-        .run()?;
+        .run()
+        .map_err(tool("making EFI/BOOT in the sample's efiboot.img"))?;
     let cfg = dir.join("sample-grub.cfg");
     write(&cfg, GRUB_CFG)?;
     Cmd::new("mcopy")
@@ -128,13 +140,15 @@ pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
         .arg(&efi)
         .arg(&cfg)
         .arg("::/EFI/BOOT/grub.cfg")
-        .run()?;
+        .run()
+        .map_err(tool("copying grub.cfg into the sample's efiboot.img"))?;
     Cmd::new("mcopy")
         .arg("-i")
         .arg(&efi)
         .arg(tree.join("EFI/BOOT/BOOTX64.EFI"))
         .arg("::/EFI/BOOT/BOOTX64.EFI")
-        .run()?;
+        .run()
+        .map_err(tool("copying BOOTX64.EFI into the sample's efiboot.img"))?;
 
     let out = dir.join(format!("{}.iso", opts.volid.to_lowercase()));
     let mut c = Cmd::new("xorriso")
@@ -155,7 +169,7 @@ pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
             "-J",
             "-joliet-long",
             "-isohybrid-mbr",
-            "/usr/lib/ISOLINUX/isohdpfx.bin",
+            crate::host::ISOHDPFX,
         ])
         .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
         .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"])
@@ -174,6 +188,9 @@ pub fn build_sample(dir: &Path, opts: &SampleOptions) -> Result<PathBuf> {
             "-isohybrid-gpt-basdat",
         ]);
     }
-    c.env("SOURCE_DATE_EPOCH", "1700000000").arg(&tree).run()?;
+    c.env("SOURCE_DATE_EPOCH", crate::DEFAULT_EPOCH.to_string())
+        .arg(&tree)
+        .run()
+        .map_err(tool("assembling the sample ISO with xorriso"))?;
     Ok(out)
 }
