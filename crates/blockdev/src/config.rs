@@ -125,10 +125,10 @@ pub enum LvSize {
     Size(Size),
     /// `extents`: a count.
     Extents(u64),
-    /// `extents`: `N%VG`, `N%FREE`, `N%PVS` (hundredths of a percent).
+    /// `extents`: `N%VG`, `N%FREE`, `N%PVS`.
     Percent {
-        /// Share in hundredths of a percent.
-        hundredths: u32,
+        /// The share.
+        share: size::Percent,
         /// `VG`, `FREE` or `PVS`.
         of: String,
     },
@@ -665,13 +665,13 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
                 f.problem(base_line, "base", base_str.as_deref(), "a local_loop is a disk of its own and takes no base");
             }
             let size = f.string("size").and_then(|(s, l)| match size::parse(&s) {
-                Ok(v) if v.0 == 0 => {
+                Ok(v) if v.bytes() == 0 => {
                     f.problem(l, "size", Some(&s), "an image cannot be 0 bytes");
                     None
                 }
                 Ok(v) => Some(v),
                 Err(e) => {
-                    f.problem(l, "size", Some(&s), e.reason);
+                    f.problem(l, "size", Some(&s), e.reason.to_string());
                     None
                 }
             });
@@ -708,13 +708,13 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
                 },
             };
             let align = f.string("align").and_then(|(s, l)| match size::parse(&s) {
-                Ok(v) if v.0 == 0 || v.0 % 512 != 0 => {
+                Ok(v) if v.bytes() == 0 || v.bytes() % 512 != 0 => {
                     f.problem(l, "align", Some(&s), "must be a positive multiple of 512 bytes");
                     None
                 }
-                Ok(v) => Some(v.0),
+                Ok(v) => Some(v.bytes()),
                 Err(e) => {
-                    f.problem(l, "align", Some(&s), e.reason);
+                    f.problem(l, "align", Some(&s), e.reason.to_string());
                     None
                 }
             });
@@ -918,13 +918,13 @@ fn type_partition(p: &YNode, table_base: &str, probs: &mut Vec<Problem>) -> Opti
             (None, p.line)
         }
         Some((s, l)) => match size::parse_spec(&s) {
-            Ok(SizeSpec::Absolute(Size(0))) => {
+            Ok(SizeSpec::Absolute(z)) if z.bytes() == 0 => {
                 f.problem(l, "size", Some(&s), "a partition cannot be 0 bytes");
                 (None, l)
             }
             Ok(v) => (Some(v), l),
             Err(e) => {
-                f.problem(l, "size", Some(&s), e.reason);
+                f.problem(l, "size", Some(&s), e);
                 (None, l)
             }
         },
@@ -932,7 +932,7 @@ fn type_partition(p: &YNode, table_base: &str, probs: &mut Vec<Problem>) -> Opti
     let type_code = f.string("type").map(|(s, _)| s);
     Some(Partition {
         name: f.name.clone(),
-        size: size.unwrap_or(SizeSpec::Absolute(Size(0))),
+        size: size.unwrap_or(SizeSpec::Absolute(Size::ZERO)),
         type_code,
         boot,
         primary,
@@ -1005,13 +1005,13 @@ fn type_lvm(f: &mut Fields, line: usize) -> Lvm {
                             None
                         }
                         (Some((s, l)), None) => match size::parse(&s) {
-                            Ok(v) if v.0 == 0 => {
+                            Ok(v) if v.bytes() == 0 => {
                                 g.problem(l, "size", Some(&s), "a logical volume cannot be 0 bytes");
                                 None
                             }
                             Ok(v) => Some(LvSize::Size(v)),
                             Err(e) => {
-                                g.problem(l, "size", Some(&s), e.reason);
+                                g.problem(l, "size", Some(&s), e.reason.to_string());
                                 None
                             }
                         },
@@ -1054,9 +1054,9 @@ fn parse_extents(s: &str) -> Result<LvSize, String> {
             return Err("a relative size is N%VG, N%FREE or N%PVS".into());
         }
         match size::parse_spec(&format!("{num}%")) {
-            Ok(SizeSpec::Percent(p)) => Ok(LvSize::Percent { hundredths: p.0, of }),
+            Ok(SizeSpec::Percent(share)) => Ok(LvSize::Percent { share, of }),
             Ok(_) => Err("not a percentage".into()),
-            Err(e) => Err(e.reason),
+            Err(e) => Err(e),
         }
     } else {
         match t.parse::<u64>() {

@@ -355,7 +355,7 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
     for img in &cfg.images {
         let dir = img.directory.as_ref().map_or_else(|| opts.image_dir.clone(), PathBuf::from);
         let path = dir.join(format!("{}.raw", img.name));
-        let Some(size) = img.size.map(|s| s.0).or(opts.image_size) else {
+        let Some(size) = img.size.map(|s| s.bytes()).or(opts.image_size) else {
             probs.push(Problem::at(img.line, "no size: give `size` here or an image size (--image-size)").node("local_loop", &img.name).key("size"));
             continue;
         };
@@ -446,11 +446,11 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
             let mut over = false;
             for lv in l.lvs.iter().filter(|lv| lv.base == vg.name) {
                 let (requested, extents) = match &lv.size {
-                    LvSize::Size(s) => (lv.size_text.clone(), s.0 / EXTENT),
+                    LvSize::Size(s) => (lv.size_text.clone(), s.bytes() / EXTENT),
                     LvSize::Extents(n) => (n.to_string(), *n),
-                    LvSize::Percent { hundredths, of } => {
+                    LvSize::Percent { share, of } => {
                         let basis = if of == "FREE" { free } else { total };
-                        (format!("{}%{of}", crate::size::Percent(*hundredths)), crate::size::Percent(*hundredths).of(basis))
+                        (lv.size_text.clone(), share.of(basis))
                     }
                 };
                 if extents == 0 {
@@ -612,9 +612,14 @@ fn place(t: &Table, block_size: Option<u32>, disk: u64, warnings: &mut Vec<Probl
                 }
             }
         }
-        spec.size = match p.size {
-            SizeSpec::Absolute(b) => b.0.to_string(),
-            SizeSpec::Percent(pct) => {
+        let share = match p.size {
+            SizeSpec::Absolute(b) => Err(b),
+            SizeSpec::Percent(pct) => Ok(pct),
+            SizeSpec::Rest => Ok(crate::size::Percent::FULL),
+        };
+        spec.size = match share {
+            Err(b) => b.bytes().to_string(),
+            Ok(pct) => {
                 let mut probe = layout.clone();
                 let mut rest = spec.clone();
                 rest.size = "rest".into();
@@ -624,7 +629,7 @@ fn place(t: &Table, block_size: Option<u32>, disk: u64, warnings: &mut Vec<Probl
                     Err(_) => 0,
                 };
                 let align = t.align.unwrap_or(1 << 20);
-                let sz = if pct.0 == 10_000 { free } else { pct.of(free) / align * align };
+                let sz = if pct == crate::size::Percent::FULL { free } else { pct.of(free) / align * align };
                 if sz == 0 {
                     // Left to diskforge-part's plan to report with numbers.
                     "0".into()
@@ -652,7 +657,7 @@ fn does_not_fit_part(t: &Table, p: &crate::config::Partition, block_size: Option
 /// The problem for a table diskforge-part could not place on `disk` bytes.
 fn does_not_fit(t: &Table, block_size: Option<u32>, disk: u64, e: &diskforge_part::Error) -> Problem {
     let align = t.align.unwrap_or(1 << 20);
-    let fixed: u64 = t.partitions.iter().map(|p| match p.size { SizeSpec::Absolute(b) => b.0, SizeSpec::Percent(_) => 0 }).sum();
+    let fixed: u64 = t.partitions.iter().filter_map(|p| p.size.absolute()).map(|b| b.bytes()).sum();
     let logical = if t.label == Label::Mbr { t.partitions.iter().filter(|p| !p.primary).count() as u64 } else { 0 };
     let table_cost = match t.label { Label::Gpt => 2 * align, Label::Mbr => align };
     let mut msg = format!(
