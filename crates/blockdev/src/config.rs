@@ -251,14 +251,14 @@ struct Raw {
 pub(crate) fn unsafe_name(s: &str) -> Option<&'static str> {
     if s.is_empty() {
         Some("is empty")
-    } else if s.contains('/') {
-        Some("contains a path separator '/'")
-    } else if s == ".." || s == "." {
-        Some("is a relative path component")
     } else if s.contains('\n') || s.contains('\r') {
         Some("contains a line break")
     } else if s.chars().any(char::is_control) {
         Some("contains control characters")
+    } else if s.contains('/') {
+        Some("contains a path separator '/'")
+    } else if s == ".." || s == "." {
+        Some("is a relative path component")
     } else if s.len() > 128 {
         Some("is longer than 128 bytes")
     } else {

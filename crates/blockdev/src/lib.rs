@@ -121,6 +121,19 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The config's bytes as text: UTF-8, or an error naming the line and byte of the first
+/// invalid sequence (the bytes themselves are never echoed).
+pub fn decode(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        Error::Invalid(Problems(vec![Problem::at(
+            line,
+            format!("not UTF-8 text: invalid byte sequence at byte {at}"),
+        )]))
+    })
+}
+
 /// Parse and validate a config. All problems are returned at once, in line order. The
 /// root-filesystem parameters come from `opts` ([`PlanOptions::root_fs_type`],
 /// [`PlanOptions::root_label`]).

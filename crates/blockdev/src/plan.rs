@@ -367,7 +367,14 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
         steps.push(Step::CreateImage { image: img.name.clone(), path: path.clone(), size });
         devs.regions.insert(img.name.clone(), (path.clone(), 0, size));
         let mut disk = DiskPlan { name: img.name.clone(), path: path.clone(), size, size_human: human(size), table: None };
-        if let Some(t) = cfg.tables.iter().find(|t| t.base == img.name) {
+        // A table with problems of its own (types, flags) is not placed: its errors would
+        // only repeat them.
+        let flawed = |t: &Table| {
+            probs.iter().any(|p| {
+                p.node.as_deref().is_some_and(|n| n == t.name || t.partitions.iter().any(|q| q.name == n))
+            })
+        };
+        if let Some(t) = cfg.tables.iter().find(|t| t.base == img.name && !flawed(t)) {
             let mut layout = match place(t, img.block_size, size, &mut warnings) {
                 Ok(l) => l,
                 Err(i) => {

@@ -99,6 +99,8 @@ pub(crate) fn validate(cfg: &Config, probs: &mut Vec<Problem>) -> Index {
     let names: Vec<&str> = idx.nodes.keys().map(String::as_str).collect();
     let check = |kind: &str, name: &str, line: usize, base: &str, allowed: &[Kind], what: &str, probs: &mut Vec<Problem>| -> bool {
         match idx.kind(base) {
+            // A missing base was reported where it was read.
+            None if base.is_empty() => false,
             None => {
                 let hint = if base.is_empty() { String::new() } else { suggest(base, &names) };
                 probs.push(Problem::at(line, format!("no node is called {base:?}{hint}")).node(kind, name).field("base", base));
