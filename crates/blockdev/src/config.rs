@@ -14,7 +14,14 @@ use crate::size::{self, Size, SizeSpec};
 use crate::yaml::{YKind, YNode};
 
 /// Node types dib knows (its plugin names).
-pub const NODE_TYPES: &[&str] = &["local_loop", "partitioning", "lvm", "mkfs", "mount", "fstab"];
+pub const NODE_TYPES: &[&str] = &[
+    "local_loop",
+    "partitioning",
+    "lvm",
+    "mkfs",
+    "mount",
+    "fstab",
+];
 
 /// A block device image file (`local_loop`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,8 +328,11 @@ fn expand_one(
     let kind = scalar_text(key);
     if !NODE_TYPES.contains(&kind.as_str()) {
         probs.push(
-            Problem::at(key.line, format!("unknown node type{}", suggest(&kind, NODE_TYPES)))
-                .kind(&kind),
+            Problem::at(
+                key.line,
+                format!("unknown node type{}", suggest(&kind, NODE_TYPES)),
+            )
+            .kind(&kind),
         );
         return;
     }
@@ -333,7 +343,10 @@ fn expand_one(
         _ => {
             probs.push(Problem::at(
                 values.line,
-                format!("{kind}: the node's settings must be a mapping, not {}", values.shape()),
+                format!(
+                    "{kind}: the node's settings must be a mapping, not {}",
+                    values.shape()
+                ),
             ));
             return;
         }
@@ -370,7 +383,10 @@ fn expand_one(
     let mut fields = Vec::new();
     for (k, v) in map {
         let Some(ks) = k.as_str() else {
-            probs.push(Problem::at(k.line, format!("a key must be a string, not {}", k.shape())).kind(&kind));
+            probs.push(
+                Problem::at(k.line, format!("a key must be a string, not {}", k.shape()))
+                    .kind(&kind),
+            );
             continue;
         };
         if seen.contains(&ks) {
@@ -381,9 +397,12 @@ fn expand_one(
         if ks == "partitions" && kind == "partitioning" {
             let YKind::Seq(parts) = &v.kind else {
                 probs.push(
-                    Problem::at(v.line, format!("must be a list of partitions, not {}", v.shape()))
-                        .kind(&kind)
-                        .key("partitions"),
+                    Problem::at(
+                        v.line,
+                        format!("must be a list of partitions, not {}", v.shape()),
+                    )
+                    .kind(&kind)
+                    .key("partitions"),
                 );
                 continue;
             };
@@ -391,8 +410,11 @@ fn expand_one(
             for p in parts {
                 let YKind::Map(pm) = &p.kind else {
                     probs.push(
-                        Problem::at(p.line, format!("a partition must be a mapping, not {}", p.shape()))
-                            .kind("partition"),
+                        Problem::at(
+                            p.line,
+                            format!("a partition must be a mapping, not {}", p.shape()),
+                        )
+                        .kind("partition"),
                     );
                     continue;
                 };
@@ -531,7 +553,12 @@ impl Fields<'_> {
         match v.as_str() {
             Some(s) => Some((s.to_owned(), v.line)),
             None => {
-                self.problem(v.line, key, None, format!("must be a string, not {}", v.shape()));
+                self.problem(
+                    v.line,
+                    key,
+                    None,
+                    format!("must be a string, not {}", v.shape()),
+                );
                 None
             }
         }
@@ -547,7 +574,12 @@ impl Fields<'_> {
                 .filter_map(|i| match i.as_str() {
                     Some(s) => Some(s.to_owned()),
                     None => {
-                        self.problem(i.line, key, None, format!("items must be strings, not {}", i.shape()));
+                        self.problem(
+                            i.line,
+                            key,
+                            None,
+                            format!("items must be strings, not {}", i.shape()),
+                        );
                         None
                     }
                 })
@@ -602,15 +634,27 @@ pub(crate) fn read(doc: &YNode, root: &RootParams, probs: &mut Vec<Problem>) -> 
     let mut cfg = Config::default();
     for raw in &mut raws {
         if raw.kind == "mkfs" && raw.name.as_ref().is_some_and(|(n, _)| n == "mkfs_root") {
-            let scalar = |t: String| YNode { line: raw.line, kind: YKind::Scalar { text: t, quoted: true } };
+            let scalar = |t: String| YNode {
+                line: raw.line,
+                kind: YKind::Scalar {
+                    text: t,
+                    quoted: true,
+                },
+            };
             let has = |raw: &Raw, k: &str| raw.fields.iter().any(|(f, _)| f == k);
             if !has(raw, "type") {
                 let t = root.fs_type.clone().unwrap_or_else(|| "ext4".into());
                 raw.fields.push(("type".into(), scalar(t)));
             }
             if !has(raw, "label") {
-                let xfs = raw.fields.iter().any(|(f, v)| f == "type" && v.as_str() == Some("xfs"));
-                let l = root.label.clone().unwrap_or_else(|| if xfs { "img-rootfs" } else { "cloudimg-rootfs" }.into());
+                let xfs = raw
+                    .fields
+                    .iter()
+                    .any(|(f, v)| f == "type" && v.as_str() == Some("xfs"));
+                let l = root
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| if xfs { "img-rootfs" } else { "cloudimg-rootfs" }.into());
                 raw.fields.push(("label".into(), scalar(l)));
             }
         }
@@ -637,7 +681,11 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
                 .field("name", &name),
         );
     }
-    let base_str = raw.base.as_ref().and_then(|b| b.as_str()).map(str::to_owned);
+    let base_str = raw
+        .base
+        .as_ref()
+        .and_then(|b| b.as_str())
+        .map(str::to_owned);
     let base_line = raw.base.as_ref().map_or(raw.line, |b| b.line);
     let mut f = Fields {
         kind: &raw.kind,
@@ -649,11 +697,21 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
         match (&base_str, &raw.base) {
             (Some(b), _) => b.clone(),
             (None, Some(b)) => {
-                f.problem(b.line, "base", None, format!("must be a node name, not {}", b.shape()));
+                f.problem(
+                    b.line,
+                    "base",
+                    None,
+                    format!("must be a node name, not {}", b.shape()),
+                );
                 String::new()
             }
             (None, None) => {
-                f.problem(raw.line, "base", None, "missing: name the node this one is made on");
+                f.problem(
+                    raw.line,
+                    "base",
+                    None,
+                    "missing: name the node this one is made on",
+                );
                 String::new()
             }
         }
@@ -662,7 +720,12 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
         "local_loop" => {
             f.check_keys(&["size", "directory", "block_size"]);
             if raw.base.is_some() {
-                f.problem(base_line, "base", base_str.as_deref(), "a local_loop is a disk of its own and takes no base");
+                f.problem(
+                    base_line,
+                    "base",
+                    base_str.as_deref(),
+                    "a local_loop is a disk of its own and takes no base",
+                );
             }
             let size = f.string("size").and_then(|(s, l)| match size::parse(&s) {
                 Ok(v) if v.bytes() == 0 => {
@@ -678,7 +741,12 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
             let block_size = f.number("block_size");
             if let Some(b) = block_size.filter(|b| *b != 512 && *b != 4096) {
                 let line = f.get("block_size").map_or(raw.line, |v| v.line);
-                f.problem(line, "block_size", Some(&b.to_string()), "must be 512 or 4096");
+                f.problem(
+                    line,
+                    "block_size",
+                    Some(&b.to_string()),
+                    "must be 512 or 4096",
+                );
             }
             let directory = f.string("directory").map(|(s, _)| s);
             cfg.images.push(Image {
@@ -709,7 +777,12 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
             };
             let align = f.string("align").and_then(|(s, l)| match size::parse(&s) {
                 Ok(v) if v.bytes() == 0 || v.bytes() % 512 != 0 => {
-                    f.problem(l, "align", Some(&s), "must be a positive multiple of 512 bytes");
+                    f.problem(
+                        l,
+                        "align",
+                        Some(&s),
+                        "must be a positive multiple of 512 bytes",
+                    );
                     None
                 }
                 Ok(v) => Some(v.bytes()),
@@ -721,7 +794,10 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
             let mut partitions = Vec::new();
             match f.get("partitions").cloned() {
                 None => f.problem(raw.line, "partitions", None, "missing: list the partitions"),
-                Some(YNode { kind: YKind::Seq(items), line }) => {
+                Some(YNode {
+                    kind: YKind::Seq(items),
+                    line,
+                }) => {
                     if items.is_empty() {
                         f.problem(line, "partitions", None, "the list is empty");
                     }
@@ -755,7 +831,12 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
             let fs_type = match f.string("type") {
                 None => {
                     if f.get("type").is_none() {
-                        f.problem(raw.line, "type", None, "missing: the filesystem type (ext4, xfs, vfat…)");
+                        f.problem(
+                            raw.line,
+                            "type",
+                            None,
+                            "missing: the filesystem type (ext4, xfs, vfat…)",
+                        );
                     }
                     None
                 }
@@ -768,7 +849,9 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
                 },
             };
             let label_given = f.string("label");
-            let mut label = label_given.as_ref().map_or(name.clone(), |(s, _)| s.clone());
+            let mut label = label_given
+                .as_ref()
+                .map_or(name.clone(), |(s, _)| s.clone());
             let label_line = label_given.as_ref().map_or(name_line, |(_, l)| *l);
             if fs_type == Some(diskforge_mkfs::FsType::Vfat) {
                 label = label.to_uppercase();
@@ -782,25 +865,55 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
                         label_line,
                         "label",
                         Some(&label),
-                        format!("too long for {t}: {} bytes, at most {max}{}", label.len(),
-                            if label_given.is_none() { " (the label defaults to the node name; give a shorter `label`)" } else { "" }),
+                        format!(
+                            "too long for {t}: {} bytes, at most {max}{}",
+                            label.len(),
+                            if label_given.is_none() {
+                                " (the label defaults to the node name; give a shorter `label`)"
+                            } else {
+                                ""
+                            }
+                        ),
                     ),
-                    None if label_given.is_some() => f.problem(label_line, "label", Some(&label), format!("{t} has no label")),
+                    None if label_given.is_some() => f.problem(
+                        label_line,
+                        "label",
+                        Some(&label),
+                        format!("{t} has no label"),
+                    ),
                     _ => {}
                 }
             }
             let opts = f
                 .string("opts")
-                .map(|(s, _)| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                .map(|(s, _)| {
+                    s.split(' ')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
             let uuid = f.string("uuid").map(|(s, l)| {
                 if !valid_uuid(&s, fs_type) {
-                    f.problem(l, "uuid", Some(&s), "not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx; XXXX-XXXX for vfat)");
+                    f.problem(
+                        l,
+                        "uuid",
+                        Some(&s),
+                        "not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx; XXXX-XXXX for vfat)",
+                    );
                 }
                 s
             });
             if let Some(fs_type) = fs_type {
-                cfg.filesystems.push(Mkfs { name, base, fs_type, label, opts, uuid, line: raw.line });
+                cfg.filesystems.push(Mkfs {
+                    name,
+                    base,
+                    fs_type,
+                    label,
+                    opts,
+                    uuid,
+                    line: raw.line,
+                });
             }
         }
         "mount" => {
@@ -809,33 +922,63 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
             match f.string("mount_point") {
                 None => {
                     if f.get("mount_point").is_none() {
-                        f.problem(raw.line, "mount_point", None, "missing: an absolute path, or none for swap");
+                        f.problem(
+                            raw.line,
+                            "mount_point",
+                            None,
+                            "missing: an absolute path, or none for swap",
+                        );
                     }
                 }
                 Some((mp, l)) => {
                     if let Some(why) = bad_mount_point(&mp) {
                         f.problem(l, "mount_point", Some(&mp), why);
                     }
-                    cfg.mounts.push(Mount { name, base, mount_point: mp, line: l });
+                    cfg.mounts.push(Mount {
+                        name,
+                        base,
+                        mount_point: mp,
+                        line: l,
+                    });
                 }
             }
         }
         "fstab" => {
             f.check_keys(&["options", "dump-freq", "fsck-passno"]);
             let base = need_base(&mut f);
-            let options = f.string("options").map_or_else(|| "defaults".to_owned(), |(s, l)| {
-                if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    f.problem(l, "options", Some(&s), "must be one word of comma-separated options (no spaces)");
-                }
-                s
-            });
+            let options = f.string("options").map_or_else(
+                || "defaults".to_owned(),
+                |(s, l)| {
+                    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        f.problem(
+                            l,
+                            "options",
+                            Some(&s),
+                            "must be one word of comma-separated options (no spaces)",
+                        );
+                    }
+                    s
+                },
+            );
             let dump_freq = f.number("dump-freq").unwrap_or(0);
             let fsck_passno = f.number("fsck-passno").unwrap_or(2);
             if fsck_passno > 2 {
                 let line = f.get("fsck-passno").map_or(raw.line, |v| v.line);
-                f.problem(line, "fsck-passno", Some(&fsck_passno.to_string()), "must be 0, 1 or 2");
+                f.problem(
+                    line,
+                    "fsck-passno",
+                    Some(&fsck_passno.to_string()),
+                    "must be 0, 1 or 2",
+                );
             }
-            cfg.fstabs.push(Fstab { name, base, options, dump_freq, fsck_passno, line: raw.line });
+            cfg.fstabs.push(Fstab {
+                name,
+                base,
+                options,
+                dump_freq,
+                fsck_passno,
+                line: raw.line,
+            });
         }
         _ => {}
     }
@@ -850,7 +993,8 @@ fn valid_uuid(s: &str, t: Option<diskforge_mkfs::FsType>) -> bool {
                 .zip(lens)
                 .all(|(p, l)| p.len() == *l && p.bytes().all(|b| b.is_ascii_hexdigit()))
     };
-    hex_groups(&[8, 4, 4, 4, 12]) || (t == Some(diskforge_mkfs::FsType::Vfat) && hex_groups(&[4, 4]))
+    hex_groups(&[8, 4, 4, 4, 12])
+        || (t == Some(diskforge_mkfs::FsType::Vfat) && hex_groups(&[4, 4]))
 }
 
 fn bad_mount_point(mp: &str) -> Option<String> {
@@ -878,16 +1022,36 @@ fn type_partition(p: &YNode, table_base: &str, probs: &mut Vec<Problem>) -> Opti
         .iter()
         .filter_map(|(k, v)| k.as_str().map(|k| (k.to_owned(), v.clone())))
         .collect();
-    let name = fields.iter().find(|(k, _)| k == "name").and_then(|(_, v)| v.as_str()).map(str::to_owned);
+    let name = fields
+        .iter()
+        .find(|(k, _)| k == "name")
+        .and_then(|(_, v)| v.as_str())
+        .map(str::to_owned);
     let Some(name) = name else {
-        probs.push(Problem::at(p.line, "missing name").kind("partition").key("name"));
+        probs.push(
+            Problem::at(p.line, "missing name")
+                .kind("partition")
+                .key("name"),
+        );
         return None;
     };
-    let name_line = fields.iter().find(|(k, _)| k == "name").map_or(p.line, |(_, v)| v.line);
+    let name_line = fields
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map_or(p.line, |(_, v)| v.line);
     if let Some(why) = unsafe_name(&name) {
-        probs.push(Problem::at(name_line, format!("unsafe name: {why}")).kind("partition").field("name", &name));
+        probs.push(
+            Problem::at(name_line, format!("unsafe name: {why}"))
+                .kind("partition")
+                .field("name", &name),
+        );
     }
-    let mut f = Fields { kind: "partition", name, fields: &fields, probs };
+    let mut f = Fields {
+        kind: "partition",
+        name,
+        fields: &fields,
+        probs,
+    };
     f.check_keys(&["flags", "size", "type"]);
     if let Some((b, l)) = f.string("base")
         && b != table_base
@@ -900,20 +1064,35 @@ fn type_partition(p: &YNode, table_base: &str, probs: &mut Vec<Problem>) -> Opti
     if let Some(v) = f.get("flags")
         && !matches!(v.kind, YKind::Seq(_))
     {
-        f.problem(v.line, "flags", Some(&v.brief()), "must be a list, like [boot, primary]");
+        f.problem(
+            v.line,
+            "flags",
+            Some(&v.brief()),
+            "must be a list, like [boot, primary]",
+        );
     }
     for fl in f.strings("flags") {
         match fl.as_str() {
             "boot" => boot = true,
             "primary" => primary = true,
-            _ => f.problem(flag_line, "flags", Some(&fl), format!("unknown flag{}", suggest(&fl, &["boot", "primary"]))),
+            _ => f.problem(
+                flag_line,
+                "flags",
+                Some(&fl),
+                format!("unknown flag{}", suggest(&fl, &["boot", "primary"])),
+            ),
         }
     }
     let size_text = f.string("size").map(|(s, _)| s).unwrap_or_default();
     let (size, size_line) = match f.string("size") {
         None => {
             if f.get("size").is_none() {
-                f.problem(p.line, "size", None, "missing: an absolute size (1GiB) or a percentage of the free space (100%)");
+                f.problem(
+                    p.line,
+                    "size",
+                    None,
+                    "missing: an absolute size (1GiB) or a percentage of the free space (100%)",
+                );
             }
             (None, p.line)
         }
@@ -944,19 +1123,35 @@ fn type_partition(p: &YNode, table_base: &str, probs: &mut Vec<Problem>) -> Opti
 }
 
 fn type_lvm(f: &mut Fields, line: usize) -> Lvm {
-    let mut lvm = Lvm { name: String::new(), pvs: Vec::new(), vgs: Vec::new(), lvs: Vec::new(), line };
+    let mut lvm = Lvm {
+        name: String::new(),
+        pvs: Vec::new(),
+        vgs: Vec::new(),
+        lvs: Vec::new(),
+        line,
+    };
     for key in ["pvs", "vgs", "lvs"] {
         let Some(v) = f.get(key).cloned() else {
             f.problem(line, key, None, "missing: LVM needs pvs, vgs and lvs");
             continue;
         };
         let YKind::Seq(items) = &v.kind else {
-            f.problem(v.line, key, None, format!("must be a list, not {}", v.shape()));
+            f.problem(
+                v.line,
+                key,
+                None,
+                format!("must be a list, not {}", v.shape()),
+            );
             continue;
         };
         for item in items {
             let YKind::Map(m) = &item.kind else {
-                f.problem(item.line, key, None, format!("items must be mappings, not {}", item.shape()));
+                f.problem(
+                    item.line,
+                    key,
+                    None,
+                    format!("items must be mappings, not {}", item.shape()),
+                );
                 continue;
             };
             let fields: Vec<(String, YNode)> = m
@@ -964,15 +1159,32 @@ fn type_lvm(f: &mut Fields, line: usize) -> Lvm {
                 .filter_map(|(k, v)| k.as_str().map(|k| (k.to_owned(), v.clone())))
                 .collect();
             let kind = &key[..2];
-            let name = fields.iter().find(|(k, _)| k == "name").and_then(|(_, v)| v.as_str()).map(str::to_owned);
+            let name = fields
+                .iter()
+                .find(|(k, _)| k == "name")
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_owned);
             let Some(name) = name else {
-                f.probs.push(Problem::at(item.line, "missing name").kind(kind).key("name"));
+                f.probs.push(
+                    Problem::at(item.line, "missing name")
+                        .kind(kind)
+                        .key("name"),
+                );
                 continue;
             };
             if let Some(why) = unsafe_name(&name) {
-                f.probs.push(Problem::at(item.line, format!("unsafe name: {why}")).kind(kind).field("name", &name));
+                f.probs.push(
+                    Problem::at(item.line, format!("unsafe name: {why}"))
+                        .kind(kind)
+                        .field("name", &name),
+                );
             }
-            let mut g = Fields { kind, name: name.clone(), fields: &fields, probs: f.probs };
+            let mut g = Fields {
+                kind,
+                name: name.clone(),
+                fields: &fields,
+                probs: f.probs,
+            };
             let base = g.strings("base");
             if base.is_empty() {
                 g.problem(item.line, "base", None, "missing");
@@ -982,31 +1194,60 @@ fn type_lvm(f: &mut Fields, line: usize) -> Lvm {
                 "pvs" => {
                     g.check_keys(&["options"]);
                     if base.len() > 1 {
-                        g.problem(item.line, "base", Some(&base.join(",")), "a physical volume is made on one device");
+                        g.problem(
+                            item.line,
+                            "base",
+                            Some(&base.join(",")),
+                            "a physical volume is made on one device",
+                        );
                     }
-                    lvm.pvs.push(Pv { name, base: base.into_iter().next().unwrap_or_default(), options, line: item.line });
+                    lvm.pvs.push(Pv {
+                        name,
+                        base: base.into_iter().next().unwrap_or_default(),
+                        options,
+                        line: item.line,
+                    });
                 }
                 "vgs" => {
                     g.check_keys(&["options"]);
-                    lvm.vgs.push(Vg { name, base, options, line: item.line });
+                    lvm.vgs.push(Vg {
+                        name,
+                        base,
+                        options,
+                        line: item.line,
+                    });
                 }
                 _ => {
                     g.check_keys(&["options", "size", "extents", "type", "thin-pool"]);
                     let size = g.string("size");
                     let extents = g.string("extents");
-                    let size_text = size.as_ref().or(extents.as_ref()).map(|(s, _)| s.clone()).unwrap_or_default();
+                    let size_text = size
+                        .as_ref()
+                        .or(extents.as_ref())
+                        .map(|(s, _)| s.clone())
+                        .unwrap_or_default();
                     let lv_size = match (size, extents) {
                         (Some(_), Some((e, l))) => {
                             g.problem(l, "extents", Some(&e), "give size or extents, not both");
                             None
                         }
                         (None, None) => {
-                            g.problem(item.line, "size", None, "missing: give size (1800MiB) or extents (28%VG)");
+                            g.problem(
+                                item.line,
+                                "size",
+                                None,
+                                "missing: give size (1800MiB) or extents (28%VG)",
+                            );
                             None
                         }
                         (Some((s, l)), None) => match size::parse(&s) {
                             Ok(v) if v.bytes() == 0 => {
-                                g.problem(l, "size", Some(&s), "a logical volume cannot be 0 bytes");
+                                g.problem(
+                                    l,
+                                    "size",
+                                    Some(&s),
+                                    "a logical volume cannot be 0 bytes",
+                                );
                                 None
                             }
                             Ok(v) => Some(LvSize::Size(v)),
@@ -1031,13 +1272,32 @@ fn type_lvm(f: &mut Fields, line: usize) -> Lvm {
                     });
                     let thin_pool = g.string("thin-pool").map(|(s, _)| s);
                     if lv_type.as_deref() == Some("thin") && thin_pool.is_none() {
-                        g.problem(item.line, "thin-pool", None, "missing: a thin volume names its pool");
+                        g.problem(
+                            item.line,
+                            "thin-pool",
+                            None,
+                            "missing: a thin volume names its pool",
+                        );
                     }
                     if base.len() > 1 {
-                        g.problem(item.line, "base", Some(&base.join(",")), "a logical volume is in one volume group");
+                        g.problem(
+                            item.line,
+                            "base",
+                            Some(&base.join(",")),
+                            "a logical volume is in one volume group",
+                        );
                     }
                     if let Some(size) = lv_size {
-                        lvm.lvs.push(Lv { name, base: base.into_iter().next().unwrap_or_default(), size, lv_type, thin_pool, options, size_text, line: item.line });
+                        lvm.lvs.push(Lv {
+                            name,
+                            base: base.into_iter().next().unwrap_or_default(),
+                            size,
+                            lv_type,
+                            thin_pool,
+                            options,
+                            size_text,
+                            line: item.line,
+                        });
                     }
                 }
             }

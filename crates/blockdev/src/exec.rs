@@ -78,16 +78,18 @@ fn kernel_step(plan: &Plan) -> Option<(&'static str, String)> {
     if let Route::Offline = plan.route {
         return None;
     }
-    plan.steps.iter().find_map(|s| match s {
-        Step::PhysicalVolume { pv, .. } => Some(("pv", pv.clone())),
-        Step::VolumeGroup { vg, .. } => Some(("vg", vg.clone())),
-        Step::LogicalVolume { lv, .. } => Some(("lv", lv.clone())),
-        Step::Mkfs { filesystem } if matches!(filesystem.device, Device::Lv { .. }) => {
-            Some(("mkfs", filesystem.name.clone()))
-        }
-        _ => None,
-    })
-    .or_else(|| Some(("lvm", String::new())))
+    plan.steps
+        .iter()
+        .find_map(|s| match s {
+            Step::PhysicalVolume { pv, .. } => Some(("pv", pv.clone())),
+            Step::VolumeGroup { vg, .. } => Some(("vg", vg.clone())),
+            Step::LogicalVolume { lv, .. } => Some(("lv", lv.clone())),
+            Step::Mkfs { filesystem } if matches!(filesystem.device, Device::Lv { .. }) => {
+                Some(("mkfs", filesystem.name.clone()))
+            }
+            _ => None,
+        })
+        .or_else(|| Some(("lvm", String::new())))
 }
 
 fn write_state(dir: &Path, st: &State) -> Result<()> {
@@ -216,15 +218,19 @@ fn run_step(step: &Step, state_dir: &Path, st: &mut State) -> Result<()> {
                     }
                 })?;
             st.images.push(path.clone());
-            f.set_len(*size).map_err(io(format!("sizing to {size} bytes"), path))?;
+            f.set_len(*size)
+                .map_err(io(format!("sizing to {size} bytes"), path))?;
         }
         Step::PartitionTable {
-            table, path, layout, ..
+            table,
+            path,
+            layout,
+            ..
         } => {
             diskforge_part::create(path, layout, &diskforge_part::WriteOptions::default())
                 .map_err(|source| Error::Part {
                     node: table.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Step::WriteFstab { path, contents } => {
@@ -244,13 +250,22 @@ fn run_step(step: &Step, state_dir: &Path, st: &mut State) -> Result<()> {
         }
         Step::Mkfs { filesystem } => mkfs(filesystem, state_dir, st)?,
         Step::PhysicalVolume { pv, .. } => {
-            return Err(Error::KernelRoute { kind: "pv", node: pv.clone() });
+            return Err(Error::KernelRoute {
+                kind: "pv",
+                node: pv.clone(),
+            });
         }
         Step::VolumeGroup { vg, .. } => {
-            return Err(Error::KernelRoute { kind: "vg", node: vg.clone() });
+            return Err(Error::KernelRoute {
+                kind: "vg",
+                node: vg.clone(),
+            });
         }
         Step::LogicalVolume { lv, .. } => {
-            return Err(Error::KernelRoute { kind: "lv", node: lv.clone() });
+            return Err(Error::KernelRoute {
+                kind: "lv",
+                node: lv.clone(),
+            });
         }
     }
     Ok(())
@@ -295,7 +310,7 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
     };
     let res = diskforge_mkfs::mkfs(&opts, &target).map_err(|source| Error::Mkfs {
         node: fs.name.clone(),
-        source,
+        source: Box::new(source),
     });
     if let Some(stage) = scratch {
         fs::remove_dir_all(&stage).map_err(io("removing", &stage))?;
@@ -324,7 +339,11 @@ fn stage_tree(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
             .map_err(io("setting the mode of", &to))?;
         std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid())).or_else(|e| {
             // Not root: the owner stays ours, as it would with any unprivileged copy.
-            if e.kind() == std::io::ErrorKind::PermissionDenied { Ok(()) } else { Err(io("chown", &to)(e)) }
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                Ok(())
+            } else {
+                Err(io("chown", &to)(e))
+            }
         })?;
         if skip.contains(&from) {
             continue;
@@ -388,7 +407,11 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
         symbol: symbol.to_owned(),
         reason: reason.to_owned(),
     };
-    let fs_at = |mp: &str| plan.filesystems.iter().find(|f| f.mount_point.as_deref() == Some(mp));
+    let fs_at = |mp: &str| {
+        plan.filesystems
+            .iter()
+            .find(|f| f.mount_point.as_deref() == Some(mp))
+    };
     let region = |d: &Device| match d {
         Device::Region {
             image,
@@ -405,8 +428,12 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
             .or(plan.disks.first())
             .map(|d| d.path.display().to_string())
             .ok_or_else(|| err("no local_loop image in the config"))?,
-        "root-label" => fs_at("/").map(|f| f.label.clone()).ok_or_else(|| err("nothing is mounted at /"))?,
-        "root-fstype" => fs_at("/").map(|f| f.fs_type.to_string()).ok_or_else(|| err("nothing is mounted at /"))?,
+        "root-label" => fs_at("/")
+            .map(|f| f.label.clone())
+            .ok_or_else(|| err("nothing is mounted at /"))?,
+        "root-fstype" => fs_at("/")
+            .map(|f| f.fs_type.to_string())
+            .ok_or_else(|| err("nothing is mounted at /"))?,
         "boot-label" => fs_at("/boot").map(|f| f.label.clone()).unwrap_or_default(),
         "mount-points" => plan.mount_order.join("|"),
         "image-block-partition" => plan
@@ -414,13 +441,22 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
             .iter()
             .find(|f| f.base == "root")
             .map(|f| region(&f.device))
-            .or_else(|| plan.disks.iter().find(|d| d.name == "image0").map(|d| format!("{}@0+{}", d.path.display(), d.size)))
+            .or_else(|| {
+                plan.disks
+                    .iter()
+                    .find(|d| d.name == "image0")
+                    .map(|d| format!("{}@0+{}", d.path.display(), d.size))
+            })
             .ok_or_else(|| err("no block device named root or image0"))?,
         "image-block-devices" => plan
             .filesystems
             .iter()
             .map(|f| format!(" [{}]={} ", f.base, region(&f.device)))
             .collect(),
-        _ => return Err(err("unknown symbol (image-path, image-block-partition, image-block-devices, root-label, root-fstype, boot-label, mount-points)")),
+        _ => {
+            return Err(err(
+                "unknown symbol (image-path, image-block-partition, image-block-devices, root-label, root-fstype, boot-label, mount-points)",
+            ));
+        }
     })
 }

@@ -35,7 +35,7 @@ pub use exec::{
     CreateOptions, Event, STATE_FILE, State, cleanup, create, delete, getval, read_state,
 };
 pub use plan::{
-    DiskPlan, Device, EXTENT, FsPlan, LvPlan, PV_OVERHEAD, PartPlan, Plan, PlanOptions, Route,
+    Device, DiskPlan, EXTENT, FsPlan, LvPlan, PV_OVERHEAD, PartPlan, Plan, PlanOptions, Route,
     Step, TablePlan, VgPlan, tree_bytes,
 };
 pub use problem::{Problem, Problems};
@@ -62,18 +62,18 @@ pub enum Error {
     Part {
         /// The `partitioning` name.
         node: String,
-        /// The cause.
+        /// The cause (boxed: it is large).
         #[source]
-        source: diskforge_part::Error,
+        source: Box<diskforge_part::Error>,
     },
     /// Making a filesystem failed.
     #[error("mkfs {node:?}")]
     Mkfs {
         /// The mkfs node.
         node: String,
-        /// The cause.
+        /// The cause (boxed: it carries stderr).
         #[source]
-        source: diskforge_mkfs::Error,
+        source: Box<diskforge_mkfs::Error>,
     },
     /// File I/O failed.
     #[error("{action} {}", path.display())]
@@ -211,7 +211,13 @@ pub fn measure_tree(root: &Path, cfg: &Config) -> Result<BTreeMap<String, u64>> 
         let exclude: Vec<PathBuf> = points
             .iter()
             .filter(|o| *o != mp && (*mp == "/" || o.starts_with(&format!("{mp}/"))))
-            .map(|o| PathBuf::from(o.trim_start_matches('/').trim_start_matches(mp.trim_start_matches('/')).trim_start_matches('/')))
+            .map(|o| {
+                PathBuf::from(
+                    o.trim_start_matches('/')
+                        .trim_start_matches(mp.trim_start_matches('/'))
+                        .trim_start_matches('/'),
+                )
+            })
             .collect();
         let bytes = tree_bytes(&dir, &exclude).map_err(|source| Error::Io {
             action: "measuring".into(),

@@ -345,33 +345,71 @@ struct Devices {
 
 /// Plan `cfg`; problems found while placing (sizes that do not fit, LVM over 100%) are
 /// pushed to `probs`.
-pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Vec<Problem>) -> Plan {
+pub(crate) fn plan(
+    cfg: &Config,
+    idx: &Index,
+    opts: &PlanOptions,
+    probs: &mut Vec<Problem>,
+) -> Plan {
     let mut warnings = Vec::new();
     let mut steps = Vec::new();
     let mut disks = Vec::new();
-    let mut devs = Devices { regions: BTreeMap::new(), lvs: BTreeMap::new() };
+    let mut devs = Devices {
+        regions: BTreeMap::new(),
+        lvs: BTreeMap::new(),
+    };
     let mut reasons = Vec::new();
 
     for img in &cfg.images {
-        let dir = img.directory.as_ref().map_or_else(|| opts.image_dir.clone(), PathBuf::from);
+        let dir = img
+            .directory
+            .as_ref()
+            .map_or_else(|| opts.image_dir.clone(), PathBuf::from);
         let path = dir.join(format!("{}.raw", img.name));
         let Some(size) = img.size.map(|s| s.bytes()).or(opts.image_size) else {
-            probs.push(Problem::at(img.line, "no size: give `size` here or an image size (--image-size)").node("local_loop", &img.name).key("size"));
+            probs.push(
+                Problem::at(
+                    img.line,
+                    "no size: give `size` here or an image size (--image-size)",
+                )
+                .node("local_loop", &img.name)
+                .key("size"),
+            );
             continue;
         };
         let ss = u64::from(img.block_size.unwrap_or(512));
         if size % ss != 0 {
-            probs.push(Problem::at(img.line, format!("{size} bytes is not a multiple of the {ss}-byte block size")).node("local_loop", &img.name).field("size", &size.to_string()));
+            probs.push(
+                Problem::at(
+                    img.line,
+                    format!("{size} bytes is not a multiple of the {ss}-byte block size"),
+                )
+                .node("local_loop", &img.name)
+                .field("size", &size.to_string()),
+            );
             continue;
         }
-        steps.push(Step::CreateImage { image: img.name.clone(), path: path.clone(), size });
-        devs.regions.insert(img.name.clone(), (path.clone(), 0, size));
-        let mut disk = DiskPlan { name: img.name.clone(), path: path.clone(), size, size_human: human(size), table: None };
+        steps.push(Step::CreateImage {
+            image: img.name.clone(),
+            path: path.clone(),
+            size,
+        });
+        devs.regions
+            .insert(img.name.clone(), (path.clone(), 0, size));
+        let mut disk = DiskPlan {
+            name: img.name.clone(),
+            path: path.clone(),
+            size,
+            size_human: human(size),
+            table: None,
+        };
         // A table with problems of its own (types, flags) is not placed: its errors would
         // only repeat them.
         let flawed = |t: &Table| {
             probs.iter().any(|p| {
-                p.node.as_deref().is_some_and(|n| n == t.name || t.partitions.iter().any(|q| q.name == n))
+                p.node
+                    .as_deref()
+                    .is_some_and(|n| n == t.name || t.partitions.iter().any(|q| q.name == n))
             })
         };
         if let Some(t) = cfg.tables.iter().find(|t| t.base == img.name && !flawed(t)) {
@@ -395,7 +433,8 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
                     for (i, pi) in p.table.partitions.iter().enumerate() {
                         let name = pi.name.clone().unwrap_or_default();
                         let cfg_part = t.partitions.iter().find(|c| c.name == name);
-                        devs.regions.insert(name.clone(), (path.clone(), pi.start_bytes, pi.size_bytes));
+                        devs.regions
+                            .insert(name.clone(), (path.clone(), pi.start_bytes, pi.size_bytes));
                         parts.push(PartPlan {
                             name,
                             number: pi.number,
@@ -405,7 +444,11 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
                             size: pi.size_bytes,
                             size_human: human(pi.size_bytes),
                             type_code: pi.part_type.short().to_owned(),
-                            gap_before: pi.start_bytes.saturating_sub(if i == 0 { 0 } else { prev_end }),
+                            gap_before: pi.start_bytes.saturating_sub(if i == 0 {
+                                0
+                            } else {
+                                prev_end
+                            }),
                         });
                         prev_end = pi.start_bytes + pi.size_bytes;
                     }
@@ -417,7 +460,12 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
                         partitions: parts,
                         free_at_end: usable_end.saturating_sub(prev_end),
                     });
-                    steps.push(Step::PartitionTable { table: t.name.clone(), image: img.name.clone(), path: path.clone(), layout });
+                    steps.push(Step::PartitionTable {
+                        table: t.name.clone(),
+                        image: img.name.clone(),
+                        path: path.clone(),
+                        layout,
+                    });
                 }
                 Err(e) => {
                     probs.push(does_not_fit(t, img.block_size, size, &e));
@@ -428,7 +476,10 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
     }
     for t in &cfg.tables {
         if idx.kind(&t.base) == Some(Kind::Lv) {
-            reasons.push(format!("partitioning {:?} is on logical volume {:?}", t.name, t.base));
+            reasons.push(format!(
+                "partitioning {:?} is on logical volume {:?}",
+                t.name, t.base
+            ));
         }
     }
 
@@ -437,15 +488,31 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
     for l in &cfg.lvms {
         reasons.push(format!("lvm {:?} needs device-mapper", l.name));
         for pv in &l.pvs {
-            steps.push(Step::PhysicalVolume { pv: pv.name.clone(), device: pv.base.clone(), options: pv.options.clone() });
+            steps.push(Step::PhysicalVolume {
+                pv: pv.name.clone(),
+                device: pv.base.clone(),
+                options: pv.options.clone(),
+            });
         }
         for vg in &l.vgs {
-            steps.push(Step::VolumeGroup { vg: vg.name.clone(), pvs: vg.base.clone(), options: vg.options.clone() });
+            steps.push(Step::VolumeGroup {
+                vg: vg.name.clone(),
+                pvs: vg.base.clone(),
+                options: vg.options.clone(),
+            });
             let mut pvs = Vec::new();
             for pvn in &vg.base {
-                let Some(pv) = l.pvs.iter().find(|p| &p.name == pvn) else { continue };
-                let Some((_, _, size)) = devs.regions.get(&pv.base) else { continue };
-                pvs.push((pv.name.clone(), pv.base.clone(), size.saturating_sub(PV_OVERHEAD) / EXTENT));
+                let Some(pv) = l.pvs.iter().find(|p| &p.name == pvn) else {
+                    continue;
+                };
+                let Some((_, _, size)) = devs.regions.get(&pv.base) else {
+                    continue;
+                };
+                pvs.push((
+                    pv.name.clone(),
+                    pv.base.clone(),
+                    size.saturating_sub(PV_OVERHEAD) / EXTENT,
+                ));
             }
             let total: u64 = pvs.iter().map(|p| p.2).sum();
             let mut free = total;
@@ -484,19 +551,43 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
                     );
                 }
                 free = free.saturating_sub(cost);
-                devs.lvs.insert(lv.name.clone(), (vg.name.clone(), extents * EXTENT));
-                steps.push(Step::LogicalVolume { lv: lv.name.clone(), vg: vg.name.clone(), extents, options: lv.options.clone() });
-                lvs.push(LvPlan { name: lv.name.clone(), requested, extents, size: extents * EXTENT, size_human: human(extents * EXTENT), lv_type: lv.lv_type.clone(), overhead_extents: overhead });
+                devs.lvs
+                    .insert(lv.name.clone(), (vg.name.clone(), extents * EXTENT));
+                steps.push(Step::LogicalVolume {
+                    lv: lv.name.clone(),
+                    vg: vg.name.clone(),
+                    extents,
+                    options: lv.options.clone(),
+                });
+                lvs.push(LvPlan {
+                    name: lv.name.clone(),
+                    requested,
+                    extents,
+                    size: extents * EXTENT,
+                    size_human: human(extents * EXTENT),
+                    lv_type: lv.lv_type.clone(),
+                    overhead_extents: overhead,
+                });
             }
-            vgs.push(VgPlan { name: vg.name.clone(), pvs, extents: total, lvs, free_extents: free });
+            vgs.push(VgPlan {
+                name: vg.name.clone(),
+                pvs,
+                extents: total,
+                lvs,
+                free_extents: free,
+            });
         }
     }
 
     // Mounts, in order: parents first.
     let mut mounts: Vec<&crate::config::Mount> = cfg.mounts.iter().collect();
-    mounts.sort_by(|a, b| mount_key(&a.mount_point).cmp(&mount_key(&b.mount_point)));
+    mounts.sort_by_key(|a| mount_key(&a.mount_point));
     let mount_order: Vec<String> = mounts.iter().map(|m| m.mount_point.clone()).collect();
-    let real_points: Vec<&str> = mount_order.iter().map(String::as_str).filter(|m| *m != "none").collect();
+    let real_points: Vec<&str> = mount_order
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != "none")
+        .collect();
 
     // Filesystems.
     let mut filesystems = Vec::new();
@@ -504,16 +595,41 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
         let mount = cfg.mounts.iter().find(|x| x.base == m.name);
         let mount_point = mount.map(|x| x.mount_point.clone()).filter(|p| p != "none");
         let device = if let Some((image, offset, size)) = devs.regions.get(&m.base) {
-            Device::Region { image: image.clone(), offset: *offset, size: *size }
+            Device::Region {
+                image: image.clone(),
+                offset: *offset,
+                size: *size,
+            }
         } else if let Some((vg, size)) = devs.lvs.get(&m.base) {
-            reasons.push(format!("mkfs {:?} is on logical volume {:?}", m.name, m.base));
-            Device::Lv { vg: vg.clone(), lv: m.base.clone(), size: *size }
+            reasons.push(format!(
+                "mkfs {:?} is on logical volume {:?}",
+                m.name, m.base
+            ));
+            Device::Lv {
+                vg: vg.clone(),
+                lv: m.base.clone(),
+                size: *size,
+            }
         } else {
             continue;
         };
         let min = min_fs_size(m.fs_type);
         if device.size() > 0 && device.size() < min {
-            probs.push(Problem::at(m.line, format!("{:?} is {} ({} bytes); {} needs at least {}", m.base, human(device.size()), device.size(), m.fs_type, human(min))).node("mkfs", &m.name).field("type", m.fs_type.as_str()));
+            probs.push(
+                Problem::at(
+                    m.line,
+                    format!(
+                        "{:?} is {} ({} bytes); {} needs at least {}",
+                        m.base,
+                        human(device.size()),
+                        device.size(),
+                        m.fs_type,
+                        human(min)
+                    ),
+                )
+                .node("mkfs", &m.name)
+                .field("type", m.fs_type.as_str()),
+            );
         }
         if let Some(mp) = &mount_point
             && let Some(need) = opts.content.get(mp)
@@ -523,23 +639,55 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
         }
         let (source, exclude) = match (&opts.root, &mount_point) {
             (Some(root), Some(mp)) if m.fs_type != FsType::Swap => {
-                let src = if mp == "/" { root.clone() } else { root.join(mp.trim_start_matches('/')) };
+                let src = if mp == "/" {
+                    root.clone()
+                } else {
+                    root.join(mp.trim_start_matches('/'))
+                };
                 let exclude = real_points
                     .iter()
                     .filter(|o| *o != mp && is_below(o, mp))
-                    .map(|o| if mp == "/" { o.trim_start_matches('/').to_owned() } else { o[mp.len() + 1..].to_owned() })
+                    .map(|o| {
+                        if mp == "/" {
+                            o.trim_start_matches('/').to_owned()
+                        } else {
+                            o[mp.len() + 1..].to_owned()
+                        }
+                    })
                     .collect();
                 (Some(src), exclude)
             }
             _ => (None, Vec::new()),
         };
         let uuid = m.uuid.clone().or_else(|| {
-            opts.uuid_seed.as_ref().filter(|_| m.fs_type != FsType::Squashfs).map(|seed| {
-                let u = diskforge_mkfs::derived_uuid(m.fs_type, Some(&format!("{seed}\0{}", m.name)), 0);
-                if m.fs_type == FsType::Vfat { format!("{}-{}", &u[..4], &u[4..8]).to_ascii_uppercase() } else { u }
-            })
+            opts.uuid_seed
+                .as_ref()
+                .filter(|_| m.fs_type != FsType::Squashfs)
+                .map(|seed| {
+                    let u = diskforge_mkfs::derived_uuid(
+                        m.fs_type,
+                        Some(&format!("{seed}\0{}", m.name)),
+                        0,
+                    );
+                    if m.fs_type == FsType::Vfat {
+                        format!("{}-{}", &u[..4], &u[4..8]).to_ascii_uppercase()
+                    } else {
+                        u
+                    }
+                })
         });
-        filesystems.push(FsPlan { name: m.name.clone(), base: m.base.clone(), fs_type: m.fs_type, label: m.label.clone(), uuid, opts: m.opts.clone(), mount_point, device, source, exclude });
+        filesystems.push(FsPlan {
+            name: m.name.clone(),
+            base: m.base.clone(),
+            fs_type: m.fs_type,
+            label: m.label.clone(),
+            uuid,
+            opts: m.opts.clone(),
+            mount_point,
+            device,
+            source,
+            exclude,
+        });
     }
     filesystems.sort_by(|a, b| {
         let ka = a.mount_point.as_deref().map(mount_key);
@@ -550,8 +698,12 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
     // fstab, as dib's writefstab: mount order, LABEL=, swap as `none swap sw 0 0`.
     let mut fstab = Vec::new();
     for m in &mounts {
-        let Some(entry) = cfg.fstabs.iter().find(|f| f.base == m.name) else { continue };
-        let Some(fs) = cfg.filesystems.iter().find(|f| f.name == m.base) else { continue };
+        let Some(entry) = cfg.fstabs.iter().find(|f| f.base == m.name) else {
+            continue;
+        };
+        let Some(fs) = cfg.filesystems.iter().find(|f| f.name == m.base) else {
+            continue;
+        };
         let swap = fs.fs_type == FsType::Swap;
         fstab.push(format!(
             "LABEL={} {} {} {} {} {}",
@@ -570,17 +722,33 @@ pub(crate) fn plan(cfg: &Config, idx: &Index, opts: &PlanOptions, probs: &mut Ve
         && !fstab.is_empty()
     {
         let contents: String = fstab.iter().map(|l| format!("{l}\n")).collect();
-        steps.push(Step::WriteFstab { path: root.join("etc/fstab"), contents });
+        steps.push(Step::WriteFstab {
+            path: root.join("etc/fstab"),
+            contents,
+        });
     }
     for fs in &filesystems {
-        steps.push(Step::Mkfs { filesystem: fs.clone() });
+        steps.push(Step::Mkfs {
+            filesystem: fs.clone(),
+        });
     }
-    let route = if reasons.is_empty() { Route::Offline } else {
+    let route = if reasons.is_empty() {
+        Route::Offline
+    } else {
         reasons.sort();
         reasons.dedup();
         Route::Kernel { reasons }
     };
-    Plan { route, disks, volume_groups: vgs, filesystems, mount_order, fstab, steps, warnings }
+    Plan {
+        route,
+        disks,
+        volume_groups: vgs,
+        filesystems,
+        mount_order,
+        fstab,
+        steps,
+        warnings,
+    }
 }
 
 /// Sort key for mount points: depth, then the path; `none` last.
@@ -588,18 +756,28 @@ fn mount_key(mp: &str) -> (usize, String) {
     if mp == "none" {
         return (usize::MAX, String::new());
     }
-    (mp.split('/').filter(|c| !c.is_empty()).count(), mp.to_owned())
+    (
+        mp.split('/').filter(|c| !c.is_empty()).count(),
+        mp.to_owned(),
+    )
 }
 
 fn is_below(child: &str, parent: &str) -> bool {
-    parent == "/" || child.strip_prefix(parent).is_some_and(|r| r.starts_with('/'))
+    parent == "/"
+        || child
+            .strip_prefix(parent)
+            .is_some_and(|r| r.starts_with('/'))
 }
-
 
 /// The layout for diskforge-part with every size in bytes (dib's percentages resolved
 /// against the free space diskforge-part reports).
 /// `Err(i)`: partition `i` (a percentage) would get no space.
-fn place(t: &Table, block_size: Option<u32>, disk: u64, warnings: &mut Vec<Problem>) -> Result<Layout, usize> {
+fn place(
+    t: &Table,
+    block_size: Option<u32>,
+    disk: u64,
+    warnings: &mut Vec<Problem>,
+) -> Result<Layout, usize> {
     let mut layout = Layout::new(t.label);
     layout.align = Some(t.align.unwrap_or(1 << 20).to_string());
     layout.sector_size = block_size;
@@ -608,7 +786,11 @@ fn place(t: &Table, block_size: Option<u32>, disk: u64, warnings: &mut Vec<Probl
         spec.type_code = p.type_code.as_ref().map(|c| normal_type(c, t.label));
         match t.label {
             Label::Mbr => {
-                spec.flags.push(if p.primary { Flag::Primary } else { Flag::Logical });
+                spec.flags.push(if p.primary {
+                    Flag::Primary
+                } else {
+                    Flag::Logical
+                });
                 if p.boot {
                     spec.flags.push(Flag::Boot);
                 }
@@ -632,11 +814,20 @@ fn place(t: &Table, block_size: Option<u32>, disk: u64, warnings: &mut Vec<Probl
                 rest.size = "rest".into();
                 probe.partitions.push(rest);
                 let free = match diskforge_part::plan(&probe, disk) {
-                    Ok(pl) => pl.table.partitions.iter().find(|q| q.name.as_deref() == Some(&p.name)).map_or(0, |q| q.size_bytes),
+                    Ok(pl) => pl
+                        .table
+                        .partitions
+                        .iter()
+                        .find(|q| q.name.as_deref() == Some(&p.name))
+                        .map_or(0, |q| q.size_bytes),
                     Err(_) => 0,
                 };
                 let align = t.align.unwrap_or(1 << 20);
-                let sz = if pct == crate::size::Percent::FULL { free } else { pct.of(free) / align * align };
+                let sz = if pct == crate::size::Percent::FULL {
+                    free
+                } else {
+                    pct.of(free) / align * align
+                };
                 if sz == 0 {
                     // Left to diskforge-part's plan to report with numbers.
                     "0".into()
@@ -653,37 +844,91 @@ fn place(t: &Table, block_size: Option<u32>, disk: u64, warnings: &mut Vec<Probl
     Ok(layout)
 }
 
-fn does_not_fit_part(t: &Table, p: &crate::config::Partition, block_size: Option<u32>, disk: u64) -> Problem {
-    let mut msg = format!("{} of the free space is nothing on the {} ({disk} bytes) image: the partitions before it leave no space", p.size_text, human(disk));
+fn does_not_fit_part(
+    t: &Table,
+    p: &crate::config::Partition,
+    block_size: Option<u32>,
+    disk: u64,
+) -> Problem {
+    let mut msg = format!(
+        "{} of the free space is nothing on the {} ({disk} bytes) image: the partitions before it leave no space",
+        p.size_text,
+        human(disk)
+    );
     if let Some(min) = smallest_fit(t, block_size, disk) {
-        msg.push_str(&format!("; the smallest image that fits this table is {} ({min} bytes)", human(min)));
+        msg.push_str(&format!(
+            "; the smallest image that fits this table is {} ({min} bytes)",
+            human(min)
+        ));
     }
-    Problem::at(p.size_line, msg).node("partition", &p.name).field("size", &p.size_text)
+    Problem::at(p.size_line, msg)
+        .node("partition", &p.name)
+        .field("size", &p.size_text)
 }
 
 /// The problem for a table diskforge-part could not place on `disk` bytes.
-fn does_not_fit(t: &Table, block_size: Option<u32>, disk: u64, e: &diskforge_part::Error) -> Problem {
+fn does_not_fit(
+    t: &Table,
+    block_size: Option<u32>,
+    disk: u64,
+    e: &diskforge_part::Error,
+) -> Problem {
     let align = t.align.unwrap_or(1 << 20);
-    let fixed: u64 = t.partitions.iter().filter_map(|p| p.size.absolute()).map(|b| b.bytes()).sum();
-    let logical = if t.label == Label::Mbr { t.partitions.iter().filter(|p| !p.primary).count() as u64 } else { 0 };
-    let table_cost = match t.label { Label::Gpt => 2 * align, Label::Mbr => align };
+    let fixed: u64 = t
+        .partitions
+        .iter()
+        .filter_map(|p| p.size.absolute())
+        .map(|b| b.bytes())
+        .sum();
+    let logical = if t.label == Label::Mbr {
+        t.partitions.iter().filter(|p| !p.primary).count() as u64
+    } else {
+        0
+    };
+    let table_cost = match t.label {
+        Label::Gpt => 2 * align,
+        Label::Mbr => align,
+    };
     let mut msg = format!(
         "the partitions do not fit on the {} ({disk} bytes) image: {e}. Requested: {} ({fixed} bytes) of fixed sizes; overhead: {} for the {} table and alignment to {}{}",
-        human(disk), human(fixed), human(table_cost), t.label, human(align),
-        if logical > 0 { format!(", {} for {logical} EBR(s)", human(logical * align)) } else { String::new() },
+        human(disk),
+        human(fixed),
+        human(table_cost),
+        t.label,
+        human(align),
+        if logical > 0 {
+            format!(", {} for {logical} EBR(s)", human(logical * align))
+        } else {
+            String::new()
+        },
     );
     if let Some(min) = smallest_fit(t, block_size, disk) {
-        msg.push_str(&format!("; the smallest image that fits is {} ({min} bytes)", human(min)));
+        msg.push_str(&format!(
+            "; the smallest image that fits is {} ({min} bytes)",
+            human(min)
+        ));
     }
     let (line, node, field, value) = match e {
-        diskforge_part::Error::Oversize { part, .. } | diskforge_part::Error::NoSpace { part, .. } => {
+        diskforge_part::Error::Oversize { part, .. }
+        | diskforge_part::Error::NoSpace { part, .. } => {
             let p = t.partitions.get(part.index.saturating_sub(1));
-            (p.map_or(t.line, |p| p.size_line), p.map_or(t.name.clone(), |p| p.name.clone()), "size", p.map_or(String::new(), |p| p.size_text.clone()))
+            (
+                p.map_or(t.line, |p| p.size_line),
+                p.map_or(t.name.clone(), |p| p.name.clone()),
+                "size",
+                p.map_or(String::new(), |p| p.size_text.clone()),
+            )
         }
         _ => (t.line, t.name.clone(), "partitions", String::new()),
     };
-    let kind = if node == t.name { "partitioning" } else { "partition" };
-    Problem::at(line, msg).node(kind, &node).field(field, &value)
+    let kind = if node == t.name {
+        "partitioning"
+    } else {
+        "partition"
+    };
+    Problem::at(line, msg)
+        .node(kind, &node)
+        .field(field, &value)
 }
 
 /// The smallest disk size (a multiple of the alignment) on which the table places, found by

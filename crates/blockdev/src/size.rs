@@ -38,10 +38,21 @@ mod tests {
         ] {
             assert_eq!(parse(s).map(Size::bytes), Ok(want), "{s}");
         }
-        for s in ["", "MiB", "12X", "1.2.3G", "99999999999999999999T", "-1", "rest"] {
+        for s in [
+            "",
+            "MiB",
+            "12X",
+            "1.2.3G",
+            "99999999999999999999T",
+            "-1",
+            "rest",
+        ] {
             assert!(parse(s).is_err(), "{s}");
         }
-        assert_eq!(parse_spec("50%"), Ok(SizeSpec::Percent(Percent::from_whole(50).expect("50"))));
+        assert_eq!(
+            parse_spec("50%"),
+            Ok(SizeSpec::Percent(Percent::from_whole(50).expect("50")))
+        );
         for s in ["0%", "101%", "x%", "rest"] {
             assert!(parse_spec(s).is_err(), "{s}");
         }

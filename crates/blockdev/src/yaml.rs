@@ -252,8 +252,8 @@ mod tests {
 
     #[test]
     fn lines_and_shapes() {
-        let n = parse("- local_loop:\n    name: image0\n\n- mkfs:\n    type: '8300'\n")
-            .expect("parse");
+        let n =
+            parse("- local_loop:\n    name: image0\n\n- mkfs:\n    type: '8300'\n").expect("parse");
         let YKind::Seq(items) = &n.kind else {
             panic!("not a list")
         };

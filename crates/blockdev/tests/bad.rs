@@ -38,7 +38,10 @@ fn every_bad_config_is_refused_with_its_problems() {
             "{name}: raw control characters in {text:?}"
         );
         assert!(
-            problems.0.iter().all(|p| p.line.is_some() || p.node.is_some()),
+            problems
+                .0
+                .iter()
+                .all(|p| p.line.is_some() || p.node.is_some()),
             "{name}: a problem names neither line nor node: {text}"
         );
         insta::assert_snapshot!(format!("bad-{name}"), text);
