@@ -367,6 +367,10 @@ pub(crate) fn plan(
             .map_or_else(|| opts.image_dir.clone(), PathBuf::from);
         let path = dir.join(format!("{}.raw", img.name));
         let Some(size) = img.size.map(|s| s.bytes()).or(opts.image_size) else {
+            // A size that did not parse was reported already.
+            if probs.iter().any(|p| p.node.as_deref() == Some(&img.name)) {
+                continue;
+            }
             probs.push(
                 Problem::at(
                     img.line,
