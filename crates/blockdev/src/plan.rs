@@ -908,9 +908,10 @@ fn does_not_fit(
     );
     if let Some(min) = smallest_fit(t, block_size, disk) {
         msg.push_str(&format!(
-            "; the smallest image that fits is {} ({min} bytes)",
+            "; the smallest image that fits is {} ({min} bytes), where the partitions are:",
             human(min)
         ));
+        msg.push_str(&breakdown(t, block_size, min));
     }
     let (line, node, field, value) = match e {
         diskforge_part::Error::Oversize { part, .. }
@@ -933,6 +934,38 @@ fn does_not_fit(
     Problem::at(line, msg)
         .node(kind, &node)
         .field(field, &value)
+}
+
+/// One line per partition of `t` placed on a `disk`-byte image: requested, computed, and
+/// the gap (alignment, EBR) before it.
+fn breakdown(t: &Table, block_size: Option<u32>, disk: u64) -> String {
+    let mut w = Vec::new();
+    let Ok(layout) = place(t, block_size, disk, &mut w) else {
+        return String::new();
+    };
+    let Ok(p) = diskforge_part::plan(&layout, disk) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut prev_end = 0;
+    for q in &p.table.partitions {
+        let name = q.name.clone().unwrap_or_default();
+        let asked = t
+            .partitions
+            .iter()
+            .find(|c| c.name == name)
+            .map_or("?", |c| c.size_text.as_str());
+        out.push_str(&format!(
+            "\n  {name}: requested {asked}, computed {} ({} bytes) at byte {}, after {} of alignment{}",
+            human(q.size_bytes),
+            q.size_bytes,
+            q.start_bytes,
+            human(q.start_bytes - prev_end.min(q.start_bytes)),
+            if q.ebr_lba.is_some() { " and EBR" } else { "" },
+        ));
+        prev_end = q.start_bytes + q.size_bytes;
+    }
+    out
 }
 
 /// The smallest disk size (a multiple of the alignment) on which the table places, found by

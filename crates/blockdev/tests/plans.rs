@@ -63,3 +63,32 @@ fn tree_and_graph_spellings_plan_the_same() {
         assert_eq!(strip(tree), strip(graph), "{pair}");
     }
 }
+
+/// With a root tree measured, a filesystem too small for its part of the tree is a problem
+/// naming both sizes; nested mount points count for their own filesystem only.
+#[test]
+fn root_tree_must_fit_its_filesystems() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("srv")).expect("mkdir");
+    std::fs::write(root.join("srv/big"), vec![1u8; 20 << 20]).expect("write");
+    std::fs::write(root.join("small"), "x").expect("write");
+    let text = "- local_loop: {name: image0, size: 32MiB}\n\
+                - partitioning:\n    base: image0\n    label: gpt\n    partitions:\n\
+                \x20     - {name: root, size: 50%, mkfs: {type: ext4, mount: {mount_point: /}}}\n\
+                \x20     - {name: srv, size: 100%, mkfs: {type: ext4, mount: {mount_point: /srv}}}\n";
+    let mut o = opts();
+    o.root = Some(root.to_owned());
+    let cfg = diskforge_blockdev::load(text, &o).expect("load");
+    o.content = diskforge_blockdev::measure_tree(root, &cfg).expect("measure");
+    assert!(o.content["/"] < 1 << 20, "{:?}", o.content);
+    assert!(o.content["/srv"] > 20 << 20, "{:?}", o.content);
+    let e = plan_text(text, &o).expect_err("too small").to_string();
+    assert!(
+        e.contains(
+            "line 7: mkfs \"mkfs_srv\": base: the root tree under /srv needs about 20.0 MiB"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("mkfs_root"), "{e}");
+}
