@@ -56,12 +56,14 @@ pub enum Event {
 }
 
 /// Options for [`create`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
     /// Keep the half-made image files when a step fails (default: remove them).
     pub keep_on_error: bool,
     /// Test hook: fail step N (0-based) before it runs.
     pub fail_at: Option<usize>,
+    /// Set (by a SIGINT/SIGTERM handler) to stop before the next step and unwind.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 fn io(action: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -145,7 +147,16 @@ pub fn create(
             total,
             node: step.node().to_owned(),
         });
-        let res = if opts.fail_at == Some(i) {
+        let cancelled = opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
+        let res = if cancelled {
+            Err(Error::Interrupted {
+                step: i,
+                node: step.node().to_owned(),
+            })
+        } else if opts.fail_at == Some(i) {
             Err(Error::Injected {
                 step: i,
                 node: step.node().to_owned(),

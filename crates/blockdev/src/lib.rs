@@ -108,6 +108,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A signal (or the caller) cancelled the build before step `step`; what was made is
+    /// removed.
+    #[error("interrupted before step {step} ({node}); what was made is removed")]
+    Interrupted {
+        /// The step index.
+        step: usize,
+        /// Its node.
+        node: String,
+    },
     /// The test hook asked step `step` to fail.
     #[error("step {step} ({node}): failed on purpose (fault injection)")]
     Injected {

@@ -433,3 +433,40 @@ fn an_existing_image_is_never_overwritten() {
         "precious"
     );
 }
+
+/// Cancelling (what the tool's SIGINT/SIGTERM handler does) stops before the next step and
+/// removes what was made.
+#[test]
+fn cancel_unwinds() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = tree(dir.path());
+    let plan = plan_text(
+        &example("gpt-bios-esp-root"),
+        &opts(dir.path(), &root, 256 << 20),
+    )
+    .expect("plan");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = CreateOptions {
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let state = dir.path().join("state");
+    let mut progress = |e: diskforge_blockdev::Event| {
+        if let diskforge_blockdev::Event::Done { index: 2 } = e {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    };
+    match create(&plan, &state, &o, &mut progress) {
+        Err(Error::Interrupted { step: 3, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!plan.disks[0].path.exists());
+    assert_eq!(
+        fs::read_to_string(root.join("etc/fstab")).expect("fstab"),
+        "# the fstab before\n"
+    );
+    delete(&state).expect("delete");
+    assert!(!state.exists());
+}

@@ -225,9 +225,20 @@ fn run(cli: Cli) -> Result<(), Error> {
                     eprintln!("[{}/{total}] {node}", index + 1);
                 }
             };
+            // SIGINT/SIGTERM: stop before the next step and unwind (a terminal's SIGINT
+            // also reaches the mkfs child, which fails the running step).
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, cancel.clone()).map_err(|source| Error::Io {
+                    action: "installing a signal handler for".into(),
+                    path: "SIGINT/SIGTERM".into(),
+                    source,
+                })?;
+            }
             let opts = CreateOptions {
                 keep_on_error,
                 fail_at: None,
+                cancel: Some(cancel),
             };
             let st = diskforge_blockdev::create(&plan, &state, &opts, &mut progress)?;
             if config.json {
