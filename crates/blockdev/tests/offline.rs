@@ -470,3 +470,46 @@ fn cancel_unwinds() {
     delete(&state).expect("delete");
     assert!(!state.exists());
 }
+
+/// dib's own block-device-mbr default, unchanged: one primary, bootable, ext4 partition
+/// (mkfs_root's type and label come from the root-filesystem defaults).
+#[test]
+fn dib_mbr_default_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = tree(dir.path());
+    let plan = plan_text(
+        &example("mbr-single-root"),
+        &opts(dir.path(), &root, 64 << 20),
+    )
+    .expect("plan");
+    create(
+        &plan,
+        &dir.path().join("state"),
+        &CreateOptions::default(),
+        &mut |_| {},
+    )
+    .expect("create");
+    let t = table_matches_plan(&plan, "image0");
+    assert_eq!(
+        (t.label.as_str(), t.partitions[0].ty.as_str()),
+        ("dos", "83")
+    );
+    let v: serde_json::Value = Cmd::new("sfdisk")
+        .arg("--json")
+        .arg(&plan.disks[0].path)
+        .json()
+        .expect("sfdisk");
+    assert_eq!(v["partitiontable"]["partitions"][0]["bootable"], true);
+    let (img, off, size) = region(&plan, "mkfs_root");
+    let kv = blkid(&img, off);
+    assert!(
+        has(&kv, "TYPE", "ext4") && has(&kv, "LABEL", "cloudimg-rootfs"),
+        "{kv:?}"
+    );
+    let fsimg = e2fsck(&img, off, size, dir.path());
+    assert_eq!(
+        debugfs_cat(&fsimg, "/etc/fstab"),
+        "LABEL=cloudimg-rootfs / ext4 defaults 0 1\n"
+    );
+    assert_eq!(debugfs_cat(&fsimg, "/var/lib/state"), "var data\n");
+}
