@@ -301,7 +301,7 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
     }
     opts.uuid = fs.uuid.clone();
     opts.extra_args = fs.opts.clone();
-    opts.source_date_epoch = st.plan_epoch();
+    opts.source_date_epoch = fs.epoch;
     let mut scratch = None;
     if let Some(src) = &fs.source {
         if fs.exclude.is_empty() {
@@ -328,12 +328,6 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
         st.scratch.retain(|s| s != &stage);
     }
     res.map(|_| ())
-}
-
-impl State {
-    fn plan_epoch(&self) -> Option<u64> {
-        diskforge_mkfs::source_date_epoch_from_env()
-    }
 }
 
 /// Make `stage` a view of `src` without the `exclude` subtrees (left as empty directories

@@ -219,13 +219,14 @@ pub fn measure_tree(root: &Path, cfg: &Config) -> Result<BTreeMap<String, u64>> 
         }
         let exclude: Vec<PathBuf> = points
             .iter()
-            .filter(|o| *o != mp && (*mp == "/" || o.starts_with(&format!("{mp}/"))))
-            .map(|o| {
-                PathBuf::from(
-                    o.trim_start_matches('/')
-                        .trim_start_matches(mp.trim_start_matches('/'))
-                        .trim_start_matches('/'),
-                )
+            .filter(|o| *o != mp)
+            .filter_map(|o| {
+                let rel = if *mp == "/" {
+                    o.strip_prefix('/')
+                } else {
+                    o.strip_prefix(&format!("{mp}/"))
+                };
+                rel.map(PathBuf::from)
             })
             .collect();
         let bytes = tree_bytes(&dir, &exclude).map_err(|source| Error::Io {

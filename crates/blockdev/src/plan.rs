@@ -216,6 +216,9 @@ pub struct FsPlan {
     /// Mount points below its own, whose contents go to their own filesystems (left as
     /// empty directories here), relative to `source`.
     pub exclude: Vec<String>,
+    /// `SOURCE_DATE_EPOCH` for a reproducible filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// One step, in order.
@@ -691,6 +694,7 @@ pub(crate) fn plan(
             device,
             source,
             exclude,
+            epoch: opts.source_date_epoch,
         });
     }
     filesystems.sort_by(|a, b| {

@@ -167,7 +167,9 @@ fn plan_options(a: &ConfigArgs) -> Result<PlanOptions, Error> {
         image_dir: a.image_dir.clone(),
         root: a.root.clone(),
         uuid_seed: a.uuid_seed.clone(),
-        source_date_epoch: None,
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
         content: Default::default(),
         root_fs_type: std::env::var("FS_TYPE").ok().filter(|s| !s.is_empty()),
         root_label: std::env::var("ROOT_LABEL").ok().filter(|s| !s.is_empty()),
