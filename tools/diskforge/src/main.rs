@@ -1,9 +1,12 @@
 //! `diskforge TOOL ARGS…` runs the diskforge tool `TOOL` (`loop` → `dfloop`, `mount` →
 //! `dfmount`, `part` → `dfpart`, `img` → `dfimg`, `layers` → `dflayers`, `iso` →
 //! `iso-remaster`) found next to this binary or on `PATH`, replacing this process.
+//! `diskforge blockdev …` runs in this process (see `blockdev`).
 //!
 //! Exit codes: those of the tool; 2 for an unknown tool or usage error; 127 when the tool's
 //! binary cannot be found.
+
+mod blockdev;
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ fn usage() -> String {
     for (short, bin) in TOOLS {
         s.push_str(&format!("  {short:<8} runs {bin}\n"));
     }
+    s.push_str("  blockdev builds disks from diskimage-builder block-device YAML (in process)\n");
     s
 }
 
@@ -33,6 +37,11 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     };
     let tool = tool.to_string_lossy().into_owned();
+    if tool == "blockdev" {
+        let code = blockdev::main(args.collect());
+        std::io::Write::flush(&mut std::io::stdout())?;
+        std::process::exit(code);
+    }
     if tool == "-h" || tool == "--help" || tool == "help" {
         print!("{}", usage());
         return Ok(());

@@ -1,0 +1,135 @@
+//! [`Problem`]: one thing wrong with a config, naming the YAML line, the node, the field and
+//! the value; [`Problems`]: all of them, reported at once.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One thing wrong (or worth a warning) in a block-device config.
+///
+/// Rendered as `line 12: mkfs "fs_root": label="this_is_too_long": too long for xfs …`.
+/// Names and values are printed with Rust's debug escaping, so control characters and
+/// binary junk show as `\n`, `\u{1b}` and never reach the terminal raw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// 1-based YAML line, when the problem comes from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// Node type (`partitioning`, `mkfs`…), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Node name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The field (`size`, `base`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The value as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `line` with `message`; add the rest with the builder methods.
+    pub fn at(line: usize, message: impl Into<String>) -> Self {
+        Problem {
+            line: Some(line),
+            kind: None,
+            node: None,
+            field: None,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    /// A problem that no single line carries.
+    pub fn global(message: impl Into<String>) -> Self {
+        Problem {
+            line: None,
+            ..Problem::at(0, message)
+        }
+    }
+
+    /// Name the node.
+    pub fn node(mut self, kind: &str, name: &str) -> Self {
+        self.kind = Some(kind.to_owned());
+        self.node = Some(name.to_owned());
+        self
+    }
+
+    /// Name the node type only (the node has no usable name).
+    pub fn kind(mut self, kind: &str) -> Self {
+        self.kind = Some(kind.to_owned());
+        self
+    }
+
+    /// Name the field and its value.
+    pub fn field(mut self, field: &str, value: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self.value = Some(value.to_owned());
+        self
+    }
+
+    /// Name the field only.
+    pub fn key(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(l) = self.line {
+            write!(f, "line {l}: ")?;
+        }
+        match (&self.kind, &self.node) {
+            (Some(k), Some(n)) => write!(f, "{k} {n:?}: ")?,
+            (Some(k), None) => write!(f, "{k}: ")?,
+            (None, Some(n)) => write!(f, "{n:?}: ")?,
+            (None, None) => {}
+        }
+        match (&self.field, &self.value) {
+            (Some(k), Some(v)) => write!(f, "{k}={v:?}: ")?,
+            (Some(k), None) => write!(f, "{k}: ")?,
+            _ => {}
+        }
+        // The message is ours, but may quote input: escape anything that is not printable.
+        for c in self.message.chars() {
+            if c.is_control() && c != '\n' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found, in line order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    /// Sort by line (problems without a line last), keeping the order of equal lines, and
+    /// drop exact duplicates.
+    pub fn sorted(mut self) -> Self {
+        self.0.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        self.0.dedup();
+        self
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}

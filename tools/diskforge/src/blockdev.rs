@@ -1,0 +1,374 @@
+//! `diskforge blockdev`: diskimage-builder's `dib-block-device`, offline. Parses arguments,
+//! calls diskforge-blockdev, prints; all logic lives in the crate.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use diskforge_blockdev::{CreateOptions, Error, Event, Plan, PlanOptions, Route, Step};
+
+/// Build disks from diskimage-builder block-device YAML, without loop devices or mounts.
+#[derive(Debug, Parser)]
+#[command(name = "diskforge blockdev", version, term_width = 80)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate the config and print the plan (offsets and sizes in bytes and units).
+    Plan(ConfigArgs),
+    /// Build the disks the config describes (offline route), recording state.
+    Create {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// State directory (state.json is written after every step).
+        #[arg(long)]
+        state: PathBuf,
+        /// Print the plan and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep half-made images when a step fails.
+        #[arg(long)]
+        keep_on_error: bool,
+    },
+    /// Print a value dib's scripts ask for (root-label, root-fstype, boot-label,
+    /// mount-points, image-path, image-block-partition, image-block-devices).
+    Getval {
+        /// The symbol.
+        symbol: String,
+        /// State directory of a `create`; without it the config is planned.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove the state directory (and scratch files); idempotent.
+    Cleanup {
+        /// State directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Remove the images a build made and its state (after a failure); idempotent.
+    Delete {
+        /// State directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// The YAML config, or - for stdin. Default: $DIB_BLOCK_DEVICE_CONFIG (a path, a
+    /// file:// URL, or the YAML itself).
+    #[arg(long)]
+    config: Option<String>,
+    /// Size of local_loop images that give none (dib's --image-size), e.g. 4GiB.
+    #[arg(long)]
+    image_size: Option<String>,
+    /// Directory for the image files (IMAGE_DIR/NAME.raw).
+    #[arg(long, default_value = ".")]
+    image_dir: PathBuf,
+    /// Root tree to populate the filesystems from; its etc/fstab is written first.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Seed for table and filesystem UUIDs (reproducible images).
+    #[arg(long)]
+    uuid_seed: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `diskforge blockdev ARGS…`; the exit code: 0, 1 on errors, 2 on usage errors.
+pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(
+        std::iter::once(std::ffi::OsString::from("diskforge blockdev")).chain(args),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("diskforge blockdev: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            1
+        }
+    }
+}
+
+/// The config text: `--config FILE|-`, else `DIB_BLOCK_DEVICE_CONFIG` as dib reads it.
+fn config_text(arg: Option<&str>) -> Result<String, Error> {
+    let read_path = |p: &Path| {
+        std::fs::read(p)
+            .map_err(|source| Error::Io {
+                action: "reading the config".into(),
+                path: p.to_owned(),
+                source,
+            })
+            .and_then(|b| diskforge_blockdev::decode(&b).map(str::to_owned))
+    };
+    match arg {
+        Some("-") => {
+            let mut b = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .map_err(|source| Error::Io {
+                    action: "reading the config from".into(),
+                    path: "stdin".into(),
+                    source,
+                })?;
+            diskforge_blockdev::decode(&b).map(str::to_owned)
+        }
+        Some(p) => read_path(Path::new(p)),
+        None => match std::env::var("DIB_BLOCK_DEVICE_CONFIG") {
+            Ok(v) => {
+                if let Some(p) = v.strip_prefix("file://") {
+                    read_path(Path::new(p))
+                } else if !v.contains('\n') && Path::new(v.trim()).is_file() {
+                    read_path(Path::new(v.trim()))
+                } else {
+                    Ok(v)
+                }
+            }
+            Err(_) => Err(Error::State {
+                path: "--config".into(),
+                reason: "no config: give --config FILE or set DIB_BLOCK_DEVICE_CONFIG".into(),
+            }),
+        },
+    }
+}
+
+fn plan_options(a: &ConfigArgs) -> Result<PlanOptions, Error> {
+    let image_size = a
+        .image_size
+        .as_deref()
+        .map(|s| {
+            diskforge_blockdev::size::parse(s)
+                .map(|v| v.bytes())
+                .map_err(|e| {
+                    Error::Invalid(diskforge_blockdev::Problems(vec![
+                        diskforge_blockdev::Problem::global(format!("--image-size: {e}")),
+                    ]))
+                })
+        })
+        .transpose()?;
+    Ok(PlanOptions {
+        image_size,
+        image_dir: a.image_dir.clone(),
+        root: a.root.clone(),
+        uuid_seed: a.uuid_seed.clone(),
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        content: Default::default(),
+        root_fs_type: std::env::var("FS_TYPE").ok().filter(|s| !s.is_empty()),
+        root_label: std::env::var("ROOT_LABEL").ok().filter(|s| !s.is_empty()),
+    })
+}
+
+fn make_plan(a: &ConfigArgs) -> Result<Plan, Error> {
+    let text = config_text(a.config.as_deref())?;
+    let mut opts = plan_options(a)?;
+    if let Some(root) = &a.root {
+        let cfg = diskforge_blockdev::load(&text, &opts)?;
+        opts.content = diskforge_blockdev::measure_tree(root, &cfg)?;
+    }
+    diskforge_blockdev::plan_text(&text, &opts)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::State {
+        path: "stdout".into(),
+        reason: e.to_string(),
+    })?;
+    println!("{s}");
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.cmd {
+        Cmd::Plan(a) => {
+            let plan = make_plan(&a)?;
+            if a.json {
+                json(&plan)
+            } else {
+                print!("{}", render(&plan));
+                Ok(())
+            }
+        }
+        Cmd::Create {
+            config,
+            state,
+            dry_run,
+            keep_on_error,
+        } => {
+            let plan = make_plan(&config)?;
+            if dry_run {
+                return if config.json {
+                    json(&plan)
+                } else {
+                    print!("{}", render(&plan));
+                    Ok(())
+                };
+            }
+            let tty = std::io::stderr().is_terminal() && !config.json;
+            let mut progress = |e: Event| {
+                if let (true, Event::Start { index, total, node }) = (tty, &e) {
+                    eprintln!("[{}/{total}] {node}", index + 1);
+                }
+            };
+            // SIGINT/SIGTERM: stop before the next step and unwind (a terminal's SIGINT
+            // also reaches the mkfs child, which fails the running step).
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, cancel.clone()).map_err(|source| Error::Io {
+                    action: "installing a signal handler for".into(),
+                    path: "SIGINT/SIGTERM".into(),
+                    source,
+                })?;
+            }
+            let opts = CreateOptions {
+                keep_on_error,
+                fail_at: None,
+                cancel: Some(cancel),
+            };
+            let st = diskforge_blockdev::create(&plan, &state, &opts, &mut progress)?;
+            if config.json {
+                json(&serde_json::json!({
+                    "state": state,
+                    "images": st.images,
+                    "steps": st.done,
+                    "fstab": plan.fstab,
+                }))
+            } else {
+                for d in &plan.disks {
+                    println!("{}", d.path.display());
+                }
+                Ok(())
+            }
+        }
+        Cmd::Getval {
+            symbol,
+            state,
+            config,
+        } => {
+            let plan = match state {
+                Some(s) => diskforge_blockdev::read_state(&s)?.plan,
+                None => make_plan(&config)?,
+            };
+            let v = diskforge_blockdev::getval(&plan, &symbol)?;
+            if config.json {
+                json(&serde_json::json!({ "symbol": symbol, "value": v }))
+            } else {
+                println!("{v}");
+                Ok(())
+            }
+        }
+        Cmd::Cleanup { state } => diskforge_blockdev::cleanup(&state),
+        Cmd::Delete { state } => diskforge_blockdev::delete(&state),
+    }
+}
+
+/// The plan for humans: disks, partitions with offsets and sizes (bytes and units),
+/// volume groups, filesystems, fstab, steps.
+fn render(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let human = diskforge_blockdev::size::human;
+    match &plan.route {
+        Route::Offline => s.push_str("route: offline (no loop device, no mount)\n"),
+        Route::Kernel { reasons } => {
+            s.push_str("route: kernel (not implemented yet):\n");
+            for r in reasons {
+                let _ = writeln!(s, "  {r}");
+            }
+        }
+    }
+    for d in &plan.disks {
+        let _ = writeln!(
+            s,
+            "disk {} {}: {} bytes ({})",
+            d.name,
+            d.path.display(),
+            d.size,
+            d.size_human
+        );
+        if let Some(t) = &d.table {
+            let _ = writeln!(s, "  {} table, align {}", t.label, human(t.align));
+            for p in &t.partitions {
+                let _ = writeln!(
+                    s,
+                    "  {:>3} {:<12} {:<7} start {:>12} ({:>9}) size {:>12} ({:>9}) type {} asked {}",
+                    p.number,
+                    p.name,
+                    format!("{:?}", p.kind).to_lowercase(),
+                    p.start,
+                    human(p.start),
+                    p.size,
+                    p.size_human,
+                    p.type_code,
+                    p.requested
+                );
+            }
+            let _ = writeln!(s, "  free at end: {} bytes", t.free_at_end);
+        }
+    }
+    for vg in &plan.volume_groups {
+        let _ = writeln!(
+            s,
+            "vg {}: {} extents, {} free",
+            vg.name, vg.extents, vg.free_extents
+        );
+        for lv in &vg.lvs {
+            let _ = writeln!(
+                s,
+                "  lv {:<12} {:>6} extents {:>12} ({:>9}) asked {}",
+                lv.name, lv.extents, lv.size, lv.size_human, lv.requested
+            );
+        }
+    }
+    for f in &plan.filesystems {
+        let _ = writeln!(
+            s,
+            "mkfs {} on {}: {} label {} mount {}",
+            f.name,
+            f.base,
+            f.fs_type,
+            f.label,
+            f.mount_point.as_deref().unwrap_or("-")
+        );
+    }
+    if !plan.fstab.is_empty() {
+        s.push_str("fstab:\n");
+        for l in &plan.fstab {
+            let _ = writeln!(s, "  {l}");
+        }
+    }
+    s.push_str("steps:\n");
+    for (i, st) in plan.steps.iter().enumerate() {
+        let what = match st {
+            Step::CreateImage { .. } => "create image",
+            Step::PartitionTable { .. } => "write partition table",
+            Step::PhysicalVolume { .. } => "pvcreate",
+            Step::VolumeGroup { .. } => "vgcreate",
+            Step::LogicalVolume { .. } => "lvcreate",
+            Step::WriteFstab { .. } => "write fstab",
+            Step::Mkfs { .. } => "mkfs",
+        };
+        let _ = writeln!(s, "  {:>2}. {what} {}", i + 1, st.node());
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}

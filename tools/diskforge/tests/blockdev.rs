@@ -1,0 +1,206 @@
+//! `diskforge blockdev` through the real binary: the plan as text (snapshot) and JSON, every
+//! problem of a bad config on stderr with exit 1, `DIB_BLOCK_DEVICE_CONFIG` as a path, a
+//! `file://` URL or inline YAML, `create` → `getval --state` → `cleanup` (twice), `--dry-run`
+//! writing nothing, and LVM refused with the node named and nothing written.
+
+use std::path::{Path, PathBuf};
+
+use diskforge_cmd::Cmd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_diskforge");
+
+fn config(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/blockdev/examples/configs")
+        .join(format!("{name}.yaml"))
+}
+
+fn bd(args: &[&str]) -> Cmd {
+    Cmd::new(BIN).arg("blockdev").args(args)
+}
+
+/// Exit code and stderr of a command expected to fail.
+fn fails(c: Cmd) -> (Option<i32>, String) {
+    match c.run() {
+        Ok(_) => panic!("{} succeeded", c.display()),
+        Err(e) => (
+            e.exit_status().and_then(|s| s.code()),
+            e.stderr().unwrap_or_default().to_owned(),
+        ),
+    }
+}
+
+#[test]
+fn plan_text_and_json() {
+    let cfg = config("gpt-bios-esp-root");
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let common = [
+        "--config",
+        cfg,
+        "--image-size",
+        "1GiB",
+        "--image-dir",
+        "/images",
+        "--uuid-seed",
+        "cli",
+    ];
+    let text = bd(&[&["plan"][..], &common].concat()).read().expect("plan");
+    insta::assert_snapshot!(text);
+    let json: serde_json::Value = bd(&[&["plan", "--json"][..], &common].concat())
+        .json()
+        .expect("plan --json");
+    assert_eq!(json["route"], "offline");
+    assert_eq!(
+        json["disks"][0]["table"]["partitions"][2]["start"],
+        69206016
+    );
+}
+
+#[test]
+fn bad_config_lists_every_problem() {
+    let bad = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/blockdev/tests/bad/size-does-not-parse.yaml");
+    let (code, stderr) = fails(bd(&["plan", "--config"]).arg(&bad));
+    assert_eq!(code, Some(1));
+    insta::assert_snapshot!(stderr);
+    let (code, _) = fails(bd(&["plan", "--bogus"]));
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn dib_block_device_config_forms() {
+    let path = config("efi");
+    let inline = std::fs::read_to_string(&path).expect("read");
+    let forms = [
+        path.display().to_string(),
+        format!("file://{}", path.display()),
+        inline,
+    ];
+    for v in forms {
+        let out = bd(&["getval", "mount-points", "--image-size", "2GB"])
+            .env("DIB_BLOCK_DEVICE_CONFIG", &v)
+            .read()
+            .expect("getval");
+        assert_eq!(out, "/|/boot/efi");
+    }
+    let out = bd(&[
+        "getval",
+        "root-label",
+        "--config",
+        "-",
+        "--image-size",
+        "2GB",
+    ])
+    .stdin_bytes(std::fs::read(config("mbr-single-root")).expect("read"))
+    .read()
+    .expect("getval from stdin");
+    assert_eq!(out, "cloudimg-rootfs");
+    let out = bd(&[
+        "getval",
+        "root-fstype",
+        "--config",
+        "-",
+        "--image-size",
+        "2GB",
+    ])
+    .env("FS_TYPE", "xfs")
+    .stdin_bytes(std::fs::read(config("mbr-single-root")).expect("read"))
+    .read()
+    .expect("getval FS_TYPE");
+    assert_eq!(out, "xfs");
+}
+
+fn sfdisk_parts(image: &Path) -> usize {
+    let v: serde_json::Value = Cmd::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .json()
+        .expect("sfdisk --json");
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn create_getval_cleanup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("boot/efi")).expect("mkdir");
+    std::fs::write(root.join("hello"), "hi\n").expect("write");
+    let state = dir.path().join("state");
+    let images = dir.path().join("images");
+    let cfg = config("gpt-bios-esp-root");
+    let args = |extra: &[&str]| {
+        let mut c = bd(&["create", "--image-size", "200MiB", "--config"])
+            .arg(&cfg)
+            .arg("--state")
+            .arg(&state)
+            .arg("--image-dir")
+            .arg(&images)
+            .arg("--root")
+            .arg(&root);
+        for a in extra {
+            c = c.arg(a);
+        }
+        c
+    };
+    // --dry-run prints the plan and writes nothing.
+    let out = args(&["--dry-run"]).read().expect("dry run");
+    assert!(out.contains("route: offline"), "{out}");
+    assert!(!state.exists() && !images.exists() && !root.join("etc").exists());
+
+    let out: serde_json::Value = args(&["--json"]).json().expect("create --json");
+    assert_eq!(out["steps"], 5);
+    let image = images.join("image0.raw");
+    assert_eq!(sfdisk_parts(&image), 3);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/fstab")).expect("fstab"),
+        "LABEL=cloudimg-rootfs / ext4 defaults 0 1\nLABEL=EFI /boot/efi vfat umask=0077 0 2\n"
+    );
+    let p = bd(&["getval", "image-path", "--state"])
+        .arg(&state)
+        .read()
+        .expect("getval");
+    assert_eq!(p, image.display().to_string());
+    bd(&["cleanup", "--state"])
+        .arg(&state)
+        .run()
+        .expect("cleanup");
+    bd(&["cleanup", "--state"])
+        .arg(&state)
+        .run()
+        .expect("cleanup again");
+    assert!(!state.exists() && image.exists());
+}
+
+#[test]
+fn lvm_needs_the_kernel_route() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (code, stderr) = fails(
+        bd(&["create", "--config"])
+            .arg(config("lvm-two-pvs"))
+            .arg("--state")
+            .arg(&state)
+            .arg("--image-dir")
+            .arg(dir.path()),
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("pv \"pv\": needs the kernel route (device-mapper"),
+        "{stderr}"
+    );
+    assert!(!state.exists() && !dir.path().join("image0.raw").exists());
+}
+
+#[test]
+fn help_fits_80_columns() {
+    for sub in ["plan", "create", "getval", "cleanup", "delete"] {
+        let help = bd(&[sub, "--help"]).read().expect("help");
+        for l in help.lines() {
+            assert!(l.chars().count() <= 80, "{sub}: {l:?}");
+        }
+    }
+    let help = bd(&["--help"]).read().expect("help");
+    assert!(help.lines().all(|l| l.chars().count() <= 80), "{help}");
+}
