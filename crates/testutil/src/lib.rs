@@ -6,11 +6,14 @@
 //! - [`scratch_dir`] makes a temporary directory on a real disk filesystem (not tmpfs), which
 //!   overlayfs upper/work dirs and loop backing files need.
 //! - [`iso`] reads ISO results back with independent tools (El Torito entries, file bytes).
+//! - [`help`] walks a tool's `--help` pages and checks its man pages and completions.
 //!
 //! It never tears anything down itself: a leak is a test failure, not something to tidy.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+pub mod help;
 
 /// Whether we run as root. When not, prints a visible skip line naming the test and returns
 /// false; callers `return` early.

@@ -203,6 +203,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("DFLAYERS_LOG"))

@@ -39,6 +39,7 @@ Examples:
 #[command(
     name = "iso-remaster",
     version,
+    term_width = 80,
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP,
     long_about = "Inspect and remaster bootable ISO images: add, replace or remove files, \
@@ -105,6 +106,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
