@@ -397,7 +397,7 @@ fn resolve_accel(want: Accel) -> Accel {
     }
 }
 
-/// Boot the host's kernel under KVM for [`KVM_PROBE`] and look for its banner on serial.
+/// Boot the host's kernel under KVM for `KVM_PROBE` and look for its banner on serial.
 pub fn kvm_works() -> bool {
     if std::fs::OpenOptions::new()
         .read(true)

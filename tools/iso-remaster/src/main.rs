@@ -67,7 +67,7 @@ struct Cli {
     /// New volume id (boot configs that name the old one follow).
     #[arg(long)]
     volid: Option<String>,
-    /// Add FILE at the root and inst.ks=hd:LABEL=<volid>:/<name> to every boot entry.
+    /// Add FILE at the root and inst.ks=hd:LABEL=VOLID:/NAME to every boot entry.
     #[arg(long, value_name = "FILE")]
     kickstart: Option<PathBuf>,
     /// Add FILE at the root and the Debian preseed arguments to every boot entry.
