@@ -96,12 +96,36 @@ pub fn ensure_installed(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
+/// Whether `cargo deny` runs (CI's `deny` step needs it).
+fn has_cargo_deny(sh: &Shell) -> bool {
+    cmd!(sh, "cargo deny --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+}
+
+/// Install cargo-deny (`cargo install --locked cargo-deny`, a release build of a few hundred
+/// crates) when `cargo deny` is missing.
+pub fn ensure_cargo_deny(sh: &Shell) -> Result<()> {
+    if has_cargo_deny(sh) {
+        return Ok(());
+    }
+    eprintln!("deps: installing cargo-deny (cargo install --locked cargo-deny)");
+    cmd!(sh, "cargo install --locked cargo-deny")
+        .run()
+        .context("cargo install --locked cargo-deny")?;
+    Ok(())
+}
+
 /// `cargo xtask deps [--check]`
 pub fn run(sh: &Shell, args: &DepsArgs) -> Result<()> {
     if args.check {
         let m = missing(sh)?;
-        if m.is_empty() {
-            println!("all {} packages present", PACKAGES.len());
+        let no_deny = !has_cargo_deny(sh);
+        if m.is_empty() && !no_deny {
+            println!("all {} packages present, and cargo-deny", PACKAGES.len());
             return Ok(());
         }
         for p in &m {
@@ -112,7 +136,17 @@ pub fn run(sh: &Shell, args: &DepsArgs) -> Result<()> {
                 .unwrap_or("");
             println!("missing {p:<20} {why}");
         }
-        bail!("{} packages missing (run `cargo xtask deps`)", m.len());
+        if no_deny {
+            println!(
+                "missing {:<20} ci step `deny` (cargo install)",
+                "cargo-deny"
+            );
+        }
+        bail!(
+            "{} packages missing (run `cargo xtask deps`)",
+            m.len() + usize::from(no_deny)
+        );
     }
-    ensure_installed(sh)
+    ensure_installed(sh)?;
+    ensure_cargo_deny(sh)
 }

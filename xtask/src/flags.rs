@@ -25,6 +25,9 @@ pub enum Task {
     /// The README's main job: build the installer-like ISO, remaster it with a kickstart and
     /// an implanted MD5, and boot the result in QEMU.
     Demo(DemoArgs),
+    /// Build the tools and write their man pages and shell completions to target/dist
+    /// (optionally installing binaries, man pages and completions under a prefix).
+    Dist(DistArgs),
 }
 
 /// `cargo xtask deps`
@@ -82,4 +85,16 @@ pub struct DemoArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `cargo xtask dist`
+#[derive(Debug, Args)]
+pub struct DistArgs {
+    /// Also install binaries (PREFIX/bin), man pages (PREFIX/share/man/man1) and completions
+    /// (PREFIX/share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}).
+    #[arg(long, value_name = "PREFIX")]
+    pub install: Option<std::path::PathBuf>,
+    /// Build the tools in the dev profile instead of release (quicker; for checks).
+    #[arg(long)]
+    pub debug: bool,
 }

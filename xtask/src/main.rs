@@ -5,11 +5,13 @@
 //! - `ci`: deps + fmt check + clippy + `cargo test --workspace` + vm-test (what `.ci/run` runs).
 //! - `bench AREA`: side-by-side benchmarks against the conventional tools, as ratios.
 //! - `demo`: the README's main job (build an installer-like ISO, remaster it, boot it).
+//! - `dist [--install PREFIX]`: man pages and shell completions for every tool, from clap.
 
 mod bench;
 mod ci;
 mod demo;
 mod deps;
+mod dist;
 mod flags;
 mod tidy;
 mod vm;
@@ -28,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         flags::Task::Ci(a) => ci::run(&sh, &a),
         flags::Task::Bench(a) => bench::run(&sh, &a),
         flags::Task::Demo(a) => demo::run(&sh, &a),
+        flags::Task::Dist(a) => dist::run(&sh, &a),
     }
 }
 

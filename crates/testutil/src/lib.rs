@@ -6,6 +6,7 @@
 //! - [`scratch_dir`] makes a temporary directory on a real disk filesystem (not tmpfs), which
 //!   overlayfs upper/work dirs and loop backing files need.
 //! - [`iso`] reads ISO results back with independent tools (El Torito entries, file bytes).
+//! - [`help`] walks a tool's `--help` pages and checks its man pages and completions.
 //!
 //! It never tears anything down itself: a leak is a test failure, not something to tidy.
 //!
@@ -38,6 +39,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+pub mod help;
 
 /// Panic with "needs root" unless the effective user is root.
 ///

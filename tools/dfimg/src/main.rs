@@ -206,6 +206,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {

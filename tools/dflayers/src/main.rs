@@ -180,6 +180,7 @@ impl From<Comp> for Compression {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("DFLAYERS_LOG"))

@@ -81,6 +81,9 @@ enum Cmd {
         /// Devices such as /dev/loop3.
         #[arg(required = true)]
         devices: Vec<PathBuf>,
+        /// JSON: {"loopdevices": [{"name", "detached", "error"}]}, one entry per DEVICE.
+        #[arg(long)]
+        json: bool,
     },
     /// List attached loop devices.
     List {
@@ -108,6 +111,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
@@ -165,13 +169,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => drop(dev.release()),
             }
         }
-        Cmd::Detach { devices } => {
+        Cmd::Detach { devices, json } => {
             let mut failed = false;
+            let mut rows = Vec::new();
             for d in devices {
-                if let Err(e) = diskforge_loop::detach(&d) {
-                    eprintln!("dfloop: {:#}", anyhow::Error::from(e));
+                let error = diskforge_loop::detach(&d)
+                    .err()
+                    .map(|e| format!("{:#}", anyhow::Error::from(e)));
+                if let Some(e) = &error {
+                    eprintln!("dfloop: {e}");
                     failed = true;
                 }
+                rows.push(serde_json::json!({
+                    "name": d,
+                    "detached": error.is_none(),
+                    "error": error,
+                }));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "loopdevices": rows }))?
+                );
             }
             if failed {
                 return Ok(ExitCode::from(1));

@@ -182,5 +182,45 @@ fn partitions_mark_the_extended_container() {
         "{human}"
     );
     assert!(!row2.contains("--offset"), "{human}");
+
+#[test]
+#[ignore = "needs root"]
+fn detach_json_reports_each_device() {
+    require_root();
+    let dir = scratch_dir();
+    let img = dir.path().join("detach.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let dev = Cmd::new(BIN).arg("attach").arg(&img).read().unwrap();
+    let dev = dev.trim().to_owned();
+    let not_loop = dir.path().join("not-a-loop");
+    std::fs::write(&not_loop, b"x").unwrap();
+    let not_loop = not_loop.to_str().unwrap();
+    // One device detaches, the other path is no loop device: exit 1, both reported.
+    let e = Cmd::new(BIN)
+        .args(["detach", "--json", &dev, not_loop])
+        .run()
+        .unwrap_err();
+    assert_eq!(e.exit_status().and_then(|s| s.code()), Some(1), "{e}");
+    let diskforge_cmd::Error::Failed { stdout, .. } = &e else {
+        panic!("{e}")
+    };
+    let v: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    let rows = v["loopdevices"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[0]["name"], dev.as_str());
+    assert_eq!(rows[0]["detached"], true);
+    assert!(rows[0]["error"].is_null(), "{v}");
+    assert_eq!(rows[1]["name"], not_loop);
+    assert_eq!(rows[1]["detached"], false);
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("not-a-loop"),
+        "{v}"
+    );
+    // losetup agrees that the device is gone.
+    let theirs = Cmd::new("losetup").args(["-j"]).arg(&img).read().unwrap();
+    assert!(theirs.trim().is_empty(), "{theirs}");
     assert!(KernelState::capture().loops_under(dir.path()).is_empty());
 }

@@ -178,6 +178,7 @@ enum XinoArg {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -593,6 +593,7 @@ fn run(cli: &Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match run(&cli) {

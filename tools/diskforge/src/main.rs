@@ -29,7 +29,30 @@ fn usage() -> String {
     s
 }
 
+/// The forwarder's command line as clap sees it, for its man page and completions only (the
+/// arguments are forwarded, not parsed): one subcommand per tool, taking that tool's arguments.
+fn command() -> clap::Command {
+    let mut cmd = clap::Command::new("diskforge")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Run a diskforge tool: diskforge TOOL [ARGS…]")
+        .subcommand_required(true);
+    for (short, bin) in TOOLS {
+        let args = clap::Arg::new("ARGS")
+            .help(format!("Arguments for {bin}"))
+            .num_args(0..)
+            .trailing_var_arg(true)
+            .allow_hyphen_values(true);
+        cmd = cmd.subcommand(
+            clap::Command::new(*short)
+                .about(format!("Run {bin} (see {bin}(1))"))
+                .arg(args),
+        );
+    }
+    cmd
+}
+
 fn main() -> anyhow::Result<()> {
+    diskforge_cli::dist_hook_with(command);
     diskforge_cmd::exit_quietly_on_broken_pipe();
     let mut args = std::env::args_os().skip(1);
     let Some(tool) = args.next() else {

@@ -39,6 +39,7 @@ Examples:
 #[command(
     name = "iso-remaster",
     version,
+    term_width = 80,
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP,
     long_about = "Inspect and remaster bootable ISO images: add, replace or remove files, \
@@ -66,7 +67,7 @@ struct Cli {
     /// New volume id (boot configs that name the old one follow).
     #[arg(long)]
     volid: Option<String>,
-    /// Add FILE at the root and inst.ks=hd:LABEL=<volid>:/<name> to every boot entry.
+    /// Add FILE at the root and inst.ks=hd:LABEL=VOLID:/NAME to every boot entry.
     #[arg(long, value_name = "FILE")]
     kickstart: Option<PathBuf>,
     /// Add FILE at the root and the Debian preseed arguments to every boot entry.
@@ -109,6 +110,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    diskforge_cli::dist_hook::<Cli>();
     diskforge_cmd::exit_quietly_on_broken_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
