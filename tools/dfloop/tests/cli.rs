@@ -182,6 +182,7 @@ fn partitions_mark_the_extended_container() {
         "{human}"
     );
     assert!(!row2.contains("--offset"), "{human}");
+}
 
 #[test]
 #[ignore = "needs root"]
