@@ -196,6 +196,51 @@ impl std::fmt::Display for Tally {
     }
 }
 
+/// The `package` step: `cargo package --no-verify --offline` for every crate that may be
+/// published (`publish = false` ones left out), so manifests, versions of internal
+/// dependencies and packaged files are checked without the network. The full
+/// `cargo publish --workspace --dry-run` also compiles each packaged crate (minutes here).
+fn package(sh: &Shell) -> Result<()> {
+    let json = cmd!(
+        sh,
+        "cargo metadata --no-deps --format-version 1 --offline --locked"
+    )
+    .quiet()
+    .read()?;
+    let meta: serde_json::Value = serde_json::from_str(&json)?;
+    let mut packages = Vec::new();
+    for p in meta["packages"].as_array().into_iter().flatten() {
+        // `publish = false` reads as an empty registry list.
+        let unpublished = p["publish"].as_array().is_some_and(|r| r.is_empty());
+        if let (false, Some(name)) = (unpublished, p["name"].as_str()) {
+            packages.extend(["-p".to_owned(), name.to_owned()]);
+        }
+    }
+    anyhow::ensure!(!packages.is_empty(), "no publishable packages");
+    cmd!(
+        sh,
+        "cargo package --no-verify --offline --locked --allow-dirty {packages...}"
+    )
+    .run()?;
+    Ok(())
+}
+
+/// The `deny` step: licenses and bans (deny.toml) without fetching anything; installs
+/// cargo-deny first when missing.
+fn deny(sh: &Shell) -> Result<()> {
+    crate::deps::ensure_cargo_deny(sh)?;
+    cmd!(sh, "cargo deny --offline --locked check licenses bans").run()?;
+    Ok(())
+}
+
+/// The `doc` step: `cargo doc --workspace --no-deps` with rustdoc warnings denied.
+fn doc(sh: &Shell) -> Result<()> {
+    cmd!(sh, "cargo doc --workspace --no-deps --locked")
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .run()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Tally, verdict};
@@ -282,49 +327,4 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 4 filtered out; 
         let t = Tally::parse("test ignored_paths ... ok\nresult: ok. 9 ignored\n");
         assert_eq!(t, Tally::default());
     }
-}
-
-/// The `package` step: `cargo package --no-verify --offline` for every crate that may be
-/// published (`publish = false` ones left out), so manifests, versions of internal
-/// dependencies and packaged files are checked without the network. The full
-/// `cargo publish --workspace --dry-run` also compiles each packaged crate (minutes here).
-fn package(sh: &Shell) -> Result<()> {
-    let json = cmd!(
-        sh,
-        "cargo metadata --no-deps --format-version 1 --offline --locked"
-    )
-    .quiet()
-    .read()?;
-    let meta: serde_json::Value = serde_json::from_str(&json)?;
-    let mut packages = Vec::new();
-    for p in meta["packages"].as_array().into_iter().flatten() {
-        // `publish = false` reads as an empty registry list.
-        let unpublished = p["publish"].as_array().is_some_and(|r| r.is_empty());
-        if let (false, Some(name)) = (unpublished, p["name"].as_str()) {
-            packages.extend(["-p".to_owned(), name.to_owned()]);
-        }
-    }
-    anyhow::ensure!(!packages.is_empty(), "no publishable packages");
-    cmd!(
-        sh,
-        "cargo package --no-verify --offline --locked --allow-dirty {packages...}"
-    )
-    .run()?;
-    Ok(())
-}
-
-/// The `deny` step: licenses and bans (deny.toml) without fetching anything; installs
-/// cargo-deny first when missing.
-fn deny(sh: &Shell) -> Result<()> {
-    crate::deps::ensure_cargo_deny(sh)?;
-    cmd!(sh, "cargo deny --offline --locked check licenses bans").run()?;
-    Ok(())
-}
-
-/// The `doc` step: `cargo doc --workspace --no-deps` with rustdoc warnings denied.
-fn doc(sh: &Shell) -> Result<()> {
-    cmd!(sh, "cargo doc --workspace --no-deps --locked")
-        .env("RUSTDOCFLAGS", "-D warnings")
-        .run()?;
-    Ok(())
 }

@@ -145,7 +145,11 @@ pub const PACKAGES: &[Package] = &[
     ),
     pkg("ovmf", &[], "UEFI firmware for boot checks (diskforge-vm)"),
     pkg("rsync", &["rsync"], "conventional remaster route"),
-    pkg("man-db", &["man"], "man -l renders the generated man pages (tools/*/tests/help.rs)"),
+    pkg(
+        "man-db",
+        &["man"],
+        "man -l renders the generated man pages (tools/*/tests/help.rs)",
+    ),
     pkg("umoci", &["umoci"], "OCI interop tests"),
     pkg("skopeo", &["skopeo"], "OCI interop tests"),
 ];
