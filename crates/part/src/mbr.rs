@@ -7,7 +7,10 @@
 //! boot flag, first CHS (3 bytes), type, last CHS (3 bytes), start LBA and sector count (both
 //! u32, little endian).
 
-use crate::read::{BOOT_SIGNATURE, ENTRIES_OFFSET};
+/// The `0x55 0xAA` boot signature at bytes 510–511 of an MBR or EBR.
+pub(crate) const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xaa];
+/// Offset of the first partition entry in an MBR or EBR.
+pub(crate) const ENTRIES_OFFSET: usize = 446;
 
 /// Boot flag of an active (bootable) entry.
 const BOOT_ACTIVE: u8 = 0x80;

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::layout::{Flag, Label};
-use crate::mbr;
+use crate::mbr::{self, BOOT_SIGNATURE, ENTRIES_OFFSET};
 use crate::plan::{ATTR_LEGACY_BOOT, ATTR_REQUIRED, mbr_partuuid, usable};
 use crate::types::PartType;
 use crate::{Error, Extended, PartKind, PartitionInfo, Result, Table};
@@ -16,10 +16,6 @@ use crate::{Error, Extended, PartKind, PartitionInfo, Result, Table};
 const MAX_GPT_ENTRIES: u32 = 16384;
 /// Most logical partitions we follow in an EBR chain before calling it a loop.
 const MAX_LOGICAL: usize = 256;
-/// The `0x55 0xAA` boot signature at bytes 510–511 of an MBR or EBR.
-pub(crate) const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xaa];
-/// Offset of the first partition entry in an MBR or EBR.
-pub(crate) const ENTRIES_OFFSET: usize = 446;
 
 pub(crate) fn io_err(
     path: &Path,

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use crate::layout::{Label, Layout, random_uuid};
 use crate::mbr;
+use crate::mbr::BOOT_SIGNATURE;
 use crate::plan::{EXTENDED_TYPE, Plan, compact_gpt_numbers, mbr_partuuid, plan, usable};
-use crate::read::{BOOT_SIGNATURE, device_sector_size, disk_size, io_err, read_with_sector_size};
+use crate::read::{device_sector_size, disk_size, io_err, read_with_sector_size};
 use crate::{Error, PartKind, PartitionInfo, Result, Table};
 
 /// Type byte of the links in an EBR chain (what fdisk and sfdisk write).

@@ -20,6 +20,7 @@ use diskforge_cmd::{Cmd, NextLine};
 use serde::Serialize;
 
 use crate::qemu;
+pub use crate::qemu::Accel;
 
 /// How long the KVM probe waits for the kernel's banner.
 pub const PROBE_TIME: Duration = Duration::from_secs(2);
@@ -27,41 +28,6 @@ pub const PROBE_TIME: Duration = Duration::from_secs(2);
 pub const ENV: &str = "DISKFORGE_ACCEL";
 /// The line the kernel prints first on its console.
 const BANNER: &str = "Linux version";
-
-/// An accelerator QEMU runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// Software emulation.
-    Tcg,
-}
-
-impl Accel {
-    /// `kvm` or `tcg`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-
-    /// Parse [`Accel::name`].
-    pub fn from_name(s: &str) -> Option<Accel> {
-        match s.trim() {
-            "kvm" => Some(Accel::Kvm),
-            "tcg" => Some(Accel::Tcg),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// What the caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
