@@ -7,7 +7,7 @@
 //! - [`isomd5`]: the `implantisomd5`/`checkisomd5` format, computed while bytes stream.
 //! - [`remaster()`]: add/replace/remove files, set the volume id, add a kickstart/preseed and
 //!   kernel arguments to every boot entry (also inside the EFI FAT image, via mtools), in
-//!   patch, direct, copy, overlay or bind mode ([`remaster`](mod@remaster) module docs).
+//!   patch, direct, copy, overlay or bind mode (see [`Mode`] for how each works).
 //!
 //! It follows ECMA-119 (ISO 9660), Rock Ridge (RRIP 1.12 over SUSP 1.12), Joliet, the El
 //! Torito 1.0 specification, UEFI 2.x for GPT, and rhinstaller/isomd5sum for the MD5. It does
