@@ -8,7 +8,7 @@
 //! cached per kernel release: in this process always, and in `DIR/accel-RELEASE` when the
 //! caller gives a cache directory ([`AccelCache`]). A cached answer can go stale (a module
 //! reloaded, another host sharing the target dir): when a boot under a *cached* "kvm" fails
-//! ([`AccelChoice::reprobe_on_failure`]), the launcher probes again ([`reprobe`]) and, when
+//! ([`AccelChoice::reprobe_on_failure`]), the launcher probes again ([`AccelCache::reprobe`]) and, when
 //! the probe now says TCG, boots again under TCG. `DISKFORGE_ACCEL=kvm|tcg` skips the probe.
 
 use std::collections::BTreeMap;
