@@ -83,25 +83,6 @@ fn edit_config(text: &str) -> String {
         .collect()
 }
 
-/// El Torito entries as `xorriso -report_el_torito plain` lists them, without the block
-/// address (a rebuild may move a boot image; what it is and how it boots must stay).
-fn el_torito(sh: &Shell, iso: &Path) -> Result<Vec<String>> {
-    let text = cmd!(sh, "xorriso -indev {iso} -report_el_torito plain")
-        .ignore_stderr()
-        .read()?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("El Torito boot img") || l.starts_with("El Torito img path"))
-        .map(|l| {
-            let mut t: Vec<&str> = l.split_whitespace().collect();
-            if l.starts_with("El Torito boot img") {
-                t.pop();
-            }
-            t.join(" ")
-        })
-        .collect())
-}
-
 /// Bytes of `path` in `iso` (osirrox).
 fn extract(sh: &Shell, iso: &Path, path: &str, scratch: &Path) -> Result<Vec<u8>> {
     let dst = scratch.join(format!("check{}", path.replace('/', "_")));
@@ -154,7 +135,7 @@ fn check(
             out.display()
         );
     }
-    let boot = el_torito(sh, out)?;
+    let boot = diskforge_testutil::iso::el_torito_entries(out)?;
     if boot_may_differ {
         return Ok(if boot == input_boot {
             "ok".into()
@@ -231,7 +212,7 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
     // The sample's source tree is not needed any more.
     sh.remove_path(gen_dir.join("sample-tree"))?;
     let size = std::fs::metadata(&iso)?.len();
-    let input_boot = el_torito(sh, &iso)?;
+    let input_boot = diskforge_testutil::iso::el_torito_entries(&iso)?;
     ensure!(
         input_boot.iter().any(|l| l.contains(" UEFI ")),
         "the sample has no UEFI entry: {input_boot:?}"
