@@ -333,10 +333,7 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
                 cmd!(sh, "xorriso -indev {iso} -outdev {out} -boot_image any replay -joliet on -compliance joliet_long_names {maps...} -commit")
                     .ignore_stderr()
                     .run()?;
-                if md5 {
-                    cmd!(sh, "implantisomd5 {out}").ignore_stdout().run()?;
-                }
-                Ok(cmd!(sh, "sync {out}").run()?)
+                implant_and_sync(sh, &out, md5)
             })?;
             sh.remove_path(&edits)?;
             Ok(t)
@@ -359,10 +356,7 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
                 cmd!(sh, "genisoimage -quiet -U -r -v -T -J -joliet-long -V {VOLID} -volset {VOLID} -A {VOLID} -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table -o {out} {copy}")
                 .ignore_stderr()
                 .run()?;
-                if md5 {
-                    cmd!(sh, "implantisomd5 {out}").ignore_stdout().run()?;
-                }
-                Ok(cmd!(sh, "sync {out}").run()?)
+                implant_and_sync(sh, &out, md5)
             })?;
             sh.remove_path(&copy)?;
             let note = check(sh, &input_boot, &out, md5, true, &scratch)?;
@@ -498,4 +492,12 @@ fn print_table(rows: &[Row], size: u64, files: u32, quick: bool) {
             r.note
         );
     }
+}
+
+/// The conventional routes' last steps: `implantisomd5` when asked, then `sync` of the output.
+fn implant_and_sync(sh: &Shell, out: &Path, md5: bool) -> Result<()> {
+    if md5 {
+        cmd!(sh, "implantisomd5 {out}").ignore_stdout().run()?;
+    }
+    Ok(cmd!(sh, "sync {out}").run()?)
 }
