@@ -1,17 +1,22 @@
 //! `cargo xtask demo`: the README's main job, end to end on this machine.
 //!
 //! 1. `deps`: install missing system tools (the same table as `cargo xtask deps`);
-//! 2. build `iso-remaster` and the fixture's `build_fixture`/`boot_iso` examples (release);
-//! 3. build the installer-like fixture ISO (isolinux + GRUB EFI on an appended ESP,
-//!    isohybrid MBR/GPT, busybox initrd) in a temp dir under /var/tmp;
-//! 4. `iso-remaster IN -o OUT --kickstart ks.cfg --add … --implant-md5 --mode auto --json`;
-//! 5. `checkisomd5 OUT`, and the El Torito entries of OUT against IN (`xorriso`);
-//! 6. boot OUT in QEMU: SeaBIOS as CD and as hard disk (USB stick), OVMF as CD and as hard
+//! 2. build `disk-image-create`, `iso-remaster` and the fixture's `build_fixture`/`boot_iso`
+//!    examples (release);
+//! 3. `disk-image-create -o DIR/demo -t qcow2 --boot-check busybox vm block-device-efi`: the
+//!    embedded default VM image (GPT with BIOS-boot + ESP + root, GRUB for BIOS and UEFI),
+//!    built offline and booted to its serial marker under SeaBIOS and OVMF;
+//! 4. build the installer-like fixture ISO (isolinux + GRUB EFI on an appended ESP,
+//!    isohybrid MBR/GPT, busybox initrd) in `target/demo`;
+//! 5. `iso-remaster IN -o OUT --kickstart ks.cfg --add … --implant-md5 --mode auto --json`;
+//! 6. `checkisomd5 OUT`, and the El Torito entries of OUT against IN (`xorriso`);
+//! 7. boot OUT in QEMU: SeaBIOS as CD and as hard disk (USB stick), OVMF as CD and as hard
 //!    disk; each must show the fixture's marker, `inst.ks=` on the kernel command line, the
 //!    kickstart's first line read from the medium and the added file.
 //!
-//! Prints each step's time and result (`--json`: the same as JSON on stdout) and exits
-//! non-zero when any check fails, keeping the temp dir for a post-mortem.
+//! Prints each step's time and result (`--json`: the same as JSON on stdout) and where the
+//! outputs are (`target/demo/demo.qcow2`, `target/demo/remastered.iso`, kept for use or a
+//! post-mortem), and exits non-zero when any check fails.
 //!
 //! It drives the tools as processes (xtask never depends on workspace crates).
 
@@ -96,13 +101,19 @@ pub fn run(sh: &Shell, args: &DemoArgs) -> Result<()> {
     let mut steps = Vec::new();
     let mut mode = Value::Null;
     let mut boots = Vec::new();
-    let dir = tempfile::Builder::new()
-        .prefix("diskforge-demo-")
-        .tempdir_in("/var/tmp")
-        .context("creating a temp dir in /var/tmp")?;
-    let ok = demo(sh, dir.path(), &mut steps, &mut mode, &mut boots);
+    // Outputs stay where the user can use them: target/demo (emptied first).
+    let dir = target_dir().join("demo");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ok = demo(sh, &dir, &mut steps, &mut mode, &mut boots);
     let seconds = total.elapsed().as_secs_f64();
-    let kept = if ok { None } else { Some(dir.keep()) };
+    let outputs: Vec<PathBuf> = ["demo.qcow2", "remastered.iso"]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect();
     if args.json {
         let report = json!({
             "ok": ok,
@@ -110,11 +121,11 @@ pub fn run(sh: &Shell, args: &DemoArgs) -> Result<()> {
             "seconds": seconds,
             "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
             "boots": boots,
-            "kept_dir": kept,
+            "outputs": outputs,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(&steps, &mode, seconds, ok, kept.as_deref());
+        print_human(&steps, &mode, seconds, ok, &outputs);
     }
     anyhow::ensure!(ok, "demo: some checks failed (see above)");
     Ok(())
@@ -134,18 +145,20 @@ fn demo(
     });
     let release = target_dir().join("release");
     let remaster = release.join("iso-remaster");
+    let dic = release.join("disk-image-create");
     let build_fixture = release.join("examples/build_fixture");
     let boot_iso = release.join("examples/boot_iso");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = timed(steps, "build tools (cargo --release)", || {
-        cmd!(sh, "{cargo} build --release --quiet -p iso-remaster").run()?;
+        cmd!(sh, "{cargo} build --release --quiet -p iso-remaster -p disk-image-create").run()?;
         cmd!(sh, "{cargo} build --release --quiet -p diskforge-iso-fixture --example build_fixture --example boot_iso")
             .run()?;
-        Ok(((), "iso-remaster, build_fixture, boot_iso".into()))
+        Ok(((), "disk-image-create, iso-remaster, build_fixture, boot_iso".into()))
     });
     if built.is_none() {
         return false;
     }
+    let image_ok = vm_image(sh, &dic, dir, steps, boots);
     let input = dir.join("fixture.iso");
     let fixture = timed(steps, "build fixture ISO", || {
         let out = cmd!(sh, "{build_fixture} {dir} --esp-appended")
@@ -303,7 +316,70 @@ fn demo(
             }
         }
     }
-    steps.iter().all(|s| s.ok)
+    image_ok && steps.iter().all(|s| s.ok)
+}
+
+/// Build the embedded default VM image with `disk-image-create` and boot it (its own
+/// `--boot-check`); one step for the build, one line per build step and per boot.
+fn vm_image(sh: &Shell, dic: &Path, dir: &Path, steps: &mut Vec<Step>, boots: &mut Vec<Value>) -> bool {
+    let name = dir.join("demo");
+    let report = timed(
+        steps,
+        "disk-image-create busybox vm block-device-efi (qcow2, --boot-check)",
+        || {
+            let out = cmd!(
+                sh,
+                "{dic} -o {name} -t qcow2 --boot-check --json busybox vm block-device-efi"
+            )
+            .quiet()
+            .ignore_status()
+            .output()?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "disk-image-create failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let v: Value =
+                serde_json::from_slice(&out.stdout).context("parsing disk-image-create --json")?;
+            let out = &v["outputs"][0];
+            let detail = format!(
+                "{} ({:.1} MiB)",
+                out["path"].as_str().unwrap_or("?"),
+                out["bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+            Ok((v, detail))
+        },
+    );
+    let Some(v) = report else {
+        return false;
+    };
+    for s in v["steps"].as_array().into_iter().flatten() {
+        steps.push(Step {
+            name: format!("  disk-image-create: {}", s["step"].as_str().unwrap_or("?")),
+            seconds: s["millis"].as_f64().map(|m| m / 1000.0),
+            ok: true,
+            detail: String::new(),
+        });
+    }
+    let fws: Vec<&str> = v["boots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["firmware"].as_str())
+        .collect();
+    let both = fws == ["seabios", "ovmf"];
+    steps.push(Step {
+        name: "  VM image booted to its marker".into(),
+        seconds: None,
+        ok: both,
+        detail: format!("under {}", fws.join(" and ")),
+    });
+    for b in v["boots"].as_array().into_iter().flatten() {
+        boots.push(json!({ "image": b["image"], "firmware": b["firmware"], "seconds": b["seconds"], "accel": b["accel"] }));
+    }
+    both
 }
 
 /// Boot `iso` with the fixture's `boot_iso` example; its JSON report (it exits 1 when the
@@ -359,9 +435,10 @@ fn el_torito(sh: &Shell, iso: &Path) -> Result<Vec<String>> {
     Ok(entries)
 }
 
-fn print_human(steps: &[Step], mode: &Value, seconds: f64, ok: bool, kept: Option<&Path>) {
-    println!("diskforge demo: build an installer-like ISO, remaster it with a kickstart and an");
-    println!("implanted MD5, boot the result with SeaBIOS and OVMF\n");
+fn print_human(steps: &[Step], mode: &Value, seconds: f64, ok: bool, outputs: &[PathBuf]) {
+    println!("diskforge demo: build a VM image from diskimage-builder elements and boot it; build");
+    println!("an installer-like ISO, remaster it with a kickstart and an implanted MD5, and boot");
+    println!("the result with SeaBIOS and OVMF\n");
     if let Some(m) = mode["mode"].as_str() {
         println!(
             "mode chosen: {m} ({})\n",
@@ -382,8 +459,8 @@ fn print_human(steps: &[Step], mode: &Value, seconds: f64, ok: bool, kept: Optio
         println!("PASS: every check passed in {seconds:.1} s");
     } else {
         println!("FAIL: {failed} step(s) failed in {seconds:.1} s");
-        if let Some(d) = kept {
-            println!("kept {} for a post-mortem", d.display());
-        }
+    }
+    for o in outputs {
+        println!("output: {}", o.display());
     }
 }

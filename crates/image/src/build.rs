@@ -1,0 +1,896 @@
+//! The build: request → resolved elements → phases on the tree → disk → outputs → boot check.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use diskforge_blockdev as blockdev;
+use diskforge_elements as elements;
+use elements::Phase;
+use serde::Serialize;
+
+use crate::output::{OutputFormat, OutputOptions, OutputReport, write_output};
+use crate::{Error, Result, io_err};
+
+/// The serial-console line the shipped `busybox` element prints once the system is up, and
+/// the default boot-check marker.
+pub const DEFAULT_MARKER: &str = "diskforge-image-booted";
+
+/// `--boot-check`: boot each disk output in QEMU and wait for a marker on the serial console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootCheck {
+    /// The line to wait for (default [`DEFAULT_MARKER`]).
+    pub marker: String,
+    /// How long each boot may take.
+    pub timeout: Duration,
+}
+
+impl Default for BootCheck {
+    fn default() -> Self {
+        BootCheck {
+            marker: DEFAULT_MARKER.into(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What to build: dib's `disk-image-create` arguments and environment, as data.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRequest {
+    /// Elements named on the command line, in order.
+    pub elements: Vec<String>,
+    /// `-o NAME`: outputs are `NAME.qcow2`, `NAME.tar`, … (default `image`).
+    pub name: PathBuf,
+    /// `-t`: the output types (default qcow2).
+    pub formats: Vec<OutputFormat>,
+    /// `-a`: the architecture (dib's names: amd64/x86_64, i386, arm64/aarch64 …).
+    pub arch: String,
+    /// `--image-size` in bytes; default computed from the tree.
+    pub image_size: Option<u64>,
+    /// `ELEMENTS_PATH`, earlier entries first (the shipped elements come last).
+    pub elements_path: Vec<PathBuf>,
+    /// `DIB_BLOCK_DEVICE_CONFIG`: a path, `file://PATH`, or inline YAML; default the
+    /// `block-device-*` element's `block-device-default.yaml`.
+    pub block_device_config: Option<String>,
+    /// Output writing.
+    pub output: OutputOptions,
+    /// Environment for the scripts (dib's `DIB_*` and whatever else the caller passes).
+    pub env: BTreeMap<String, String>,
+    /// Each script's time limit.
+    pub script_timeout: Duration,
+    /// `-x`: trace scripts (`DIB_DEBUG_TRACE=1`, `set -x`).
+    pub trace: bool,
+    /// Skip non-executable phase files silently, as dib does (default: refuse).
+    pub allow_nonexec: bool,
+    /// Keep the build directory and half-made image after a failure.
+    pub keep_on_error: bool,
+    /// Where the build directory goes (default `TMPDIR` or /tmp).
+    pub work_dir: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH`: fixed UUIDs, mtimes and timestamps for reproducible outputs.
+    pub source_date_epoch: Option<u64>,
+    /// `--image-cache` (`DIB_IMAGE_CACHE`; default `~/.cache/image-create`).
+    pub image_cache: Option<PathBuf>,
+    /// `FS_TYPE`: the root filesystem type when the layout gives none (default ext4).
+    pub fs_type: Option<String>,
+    /// `--root-label`.
+    pub root_label: Option<String>,
+    /// `--boot-check`.
+    pub boot_check: Option<BootCheck>,
+    /// Set by a SIGINT/SIGTERM handler: the build stops at the next step and unwinds.
+    #[serde(skip)]
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl BuildRequest {
+    /// A request with dib's defaults: `-o NAME`, `-t qcow2` (compressed), amd64.
+    pub fn new<I, S>(elements: I, name: impl Into<PathBuf>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        BuildRequest {
+            elements: elements.into_iter().map(Into::into).collect(),
+            name: name.into(),
+            formats: vec![OutputFormat::Qcow2],
+            arch: "amd64".into(),
+            image_size: None,
+            elements_path: Vec::new(),
+            block_device_config: None,
+            output: OutputOptions {
+                compress: true,
+                ..Default::default()
+            },
+            env: BTreeMap::new(),
+            script_timeout: Duration::from_secs(3600),
+            trace: false,
+            allow_nonexec: false,
+            keep_on_error: false,
+            work_dir: None,
+            source_date_epoch: None,
+            image_cache: None,
+            fs_type: None,
+            root_label: None,
+            boot_check: None,
+            cancel: None,
+        }
+    }
+
+    fn needs_disk(&self) -> bool {
+        self.formats.iter().any(|f| f.is_disk())
+    }
+}
+
+/// Progress, for the tool to render.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum BuildEvent {
+    /// A build step starts (`resolve`, `root.d`, `block-device plan`, `output qcow2`, …).
+    StepStart {
+        /// Its name.
+        step: String,
+    },
+    /// It finished.
+    StepDone {
+        /// Its name.
+        step: String,
+        /// How long it took.
+        millis: u64,
+    },
+    /// A phase script starts.
+    Script {
+        /// The element.
+        element: String,
+        /// The phase directory.
+        phase: String,
+        /// The script's file name.
+        script: String,
+    },
+    /// A script finished.
+    ScriptDone {
+        /// The element.
+        element: String,
+        /// The phase directory.
+        phase: String,
+        /// The script's file name.
+        script: String,
+        /// How long it ran.
+        millis: u64,
+    },
+    /// A line of script output (for `-x` and verbose renderers).
+    Output {
+        /// The line.
+        line: String,
+    },
+}
+
+/// One step's wall time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepTiming {
+    /// The step.
+    pub step: String,
+    /// Milliseconds.
+    pub millis: u64,
+}
+
+/// One boot of the boot check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootResult {
+    /// `seabios` or `ovmf`.
+    pub firmware: String,
+    /// The image booted.
+    pub image: PathBuf,
+    /// `tcg` or `kvm`.
+    pub accel: String,
+    /// Seconds until the marker.
+    pub seconds: f64,
+}
+
+/// What a build made.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// The elements, resolved (dependencies included), in order.
+    pub elements: Vec<String>,
+    /// Each step's time, in order.
+    pub steps: Vec<StepTiming>,
+    /// The outputs.
+    pub outputs: Vec<OutputReport>,
+    /// The block-device plan, when a disk was made.
+    pub disk: Option<blockdev::Plan>,
+    /// Boot-check results.
+    pub boots: Vec<BootResult>,
+    /// Milliseconds in all.
+    pub total_millis: u64,
+}
+
+/// What `--dry-run` prints: everything a build would do, nothing written.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    /// The request.
+    pub request: BuildRequest,
+    /// The resolved elements, environment files and scripts.
+    pub resolved: elements::Resolved,
+    /// The environment the scripts would see (paths under a build directory to be made).
+    pub environment: BTreeMap<String, String>,
+    /// Scripts per phase, in run order.
+    pub scripts: Vec<(String, Vec<String>)>,
+    /// Where the block-device config comes from, when a disk is made.
+    pub block_device_source: Option<String>,
+    /// The outputs that would be written.
+    pub outputs: Vec<PathBuf>,
+}
+
+/// dib's `ARCH` for `-a`: amd64 for x86_64 and so on.
+fn dib_arch(arch: &str) -> Result<&'static str> {
+    Ok(match arch {
+        "amd64" | "x86_64" => "amd64",
+        "i386" | "i686" | "x86" => "i386",
+        "arm64" | "aarch64" => "arm64",
+        "armhf" => "armhf",
+        "ppc64le" | "ppc64el" => "ppc64el",
+        "s390x" => "s390x",
+        other => {
+            return Err(Error::Usage {
+                field: "-a".into(),
+                value: other.into(),
+                reason: "unknown architecture (amd64/x86_64, i386, arm64/aarch64, armhf, \
+                         ppc64el/ppc64le, s390x)"
+                    .into(),
+            });
+        }
+    })
+}
+
+/// The elements to resolve: the requested ones, plus dib's default block-device element when
+/// a disk is wanted and no element provides `block-device` (mbr on x86, gpt elsewhere).
+fn with_default_block_device(req: &BuildRequest, shipped: &Path) -> Result<Vec<String>> {
+    let mut names = req.elements.clone();
+    if names.is_empty() {
+        return Err(Error::Usage {
+            field: "elements".into(),
+            value: String::new(),
+            reason: "name at least one element (e.g. `busybox vm`)".into(),
+        });
+    }
+    if req.needs_disk() && req.block_device_config.is_none() {
+        let probe = elements::resolve(&names, &resolve_options(req, shipped))
+            .map_err(|e| Error::Elements(Box::new(e)))?;
+        if !probe.has("block-device") {
+            let default = match dib_arch(&req.arch)? {
+                "amd64" | "i386" => "block-device-mbr",
+                _ => "block-device-gpt",
+            };
+            names.push(default.into());
+        }
+    }
+    Ok(names)
+}
+
+fn resolve_options(req: &BuildRequest, shipped: &Path) -> elements::ResolveOptions {
+    let mut path = req.elements_path.clone();
+    path.push(shipped.to_owned());
+    elements::ResolveOptions {
+        elements_path: path,
+        allow_nonexec: req.allow_nonexec,
+        env: req.env.clone(),
+    }
+}
+
+/// The block-device YAML text and a name for it (for errors).
+fn block_device_text(req: &BuildRequest, resolved: &elements::Resolved) -> Result<(String, String)> {
+    if let Some(v) = &req.block_device_config {
+        let path = v.strip_prefix("file://").unwrap_or(v);
+        // dib: a value that names an existing file is read; anything else is inline YAML.
+        if v.starts_with("file://") || (!v.contains('\n') && Path::new(path).is_file()) {
+            let text = fs::read_to_string(path).map_err(io_err("reading", Path::new(path)))?;
+            return Ok((text, path.to_owned()));
+        }
+        return Ok((v.clone(), "DIB_BLOCK_DEVICE_CONFIG".into()));
+    }
+    let Some(p) = resolved.block_device_default() else {
+        return Err(Error::Usage {
+            field: "DIB_BLOCK_DEVICE_CONFIG".into(),
+            value: String::new(),
+            reason: "no block-device layout: set it, or add a block-device-* element".into(),
+        });
+    };
+    let text = fs::read_to_string(&p).map_err(io_err("reading", &p))?;
+    Ok((text, p.display().to_string()))
+}
+
+struct Steps<'a> {
+    timings: Vec<StepTiming>,
+    progress: &'a mut dyn FnMut(BuildEvent),
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Steps<'_> {
+    fn run<T>(&mut self, step: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+        {
+            return Err(Error::Interrupted { step: step.into() });
+        }
+        (self.progress)(BuildEvent::StepStart { step: step.into() });
+        let t = Instant::now();
+        let r = f(self)?;
+        let millis = t.elapsed().as_millis() as u64;
+        (self.progress)(BuildEvent::StepDone {
+            step: step.into(),
+            millis,
+        });
+        self.timings.push(StepTiming {
+            step: step.into(),
+            millis,
+        });
+        Ok(r)
+    }
+}
+
+fn script_event(ev: elements::ScriptEvent) -> BuildEvent {
+    match ev {
+        elements::ScriptEvent::Start {
+            element,
+            phase,
+            script,
+        } => BuildEvent::Script {
+            element,
+            phase: phase.dir().into(),
+            script,
+        },
+        elements::ScriptEvent::Output { line } => BuildEvent::Output { line },
+        elements::ScriptEvent::Done {
+            element,
+            phase,
+            script,
+            elapsed,
+        } => BuildEvent::ScriptDone {
+            element,
+            phase: phase.dir().into(),
+            script,
+            millis: elapsed.as_millis() as u64,
+        },
+    }
+}
+
+/// The build directory: `TMP_BUILD_DIR` with `built/` (the tree), `hooks/`, `image/` (the raw
+/// disk) and `state/` (the block-device state). Removed on drop unless kept.
+struct BuildDir {
+    dir: tempfile::TempDir,
+}
+
+impl BuildDir {
+    fn new(req: &BuildRequest) -> Result<BuildDir> {
+        let base = req
+            .work_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        fs::create_dir_all(&base).map_err(io_err("creating", &base))?;
+        let dir = tempfile::Builder::new()
+            .prefix("dib_build.")
+            .tempdir_in(&base)
+            .map_err(io_err("creating a build directory in", &base))?;
+        for sub in ["built", "hooks", "image", "state", "elements"] {
+            let p = dir.path().join(sub);
+            fs::create_dir(&p).map_err(io_err("creating", &p))?;
+        }
+        Ok(BuildDir { dir })
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn tree(&self) -> PathBuf {
+        self.path().join("built")
+    }
+    fn hooks(&self) -> PathBuf {
+        self.path().join("hooks")
+    }
+    fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+}
+
+fn run_context(req: &BuildRequest, bd: &Path, arch: &str) -> elements::RunContext {
+    let mut env = req.env.clone();
+    let name = req
+        .name
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    env.insert("IMAGE_NAME".into(), name);
+    env.insert("ARCH".into(), arch.into());
+    env.entry("DIB_INIT_SYSTEM".into())
+        .or_insert_with(|| "systemd".into());
+    if let Some(s) = req.image_size {
+        // dib exports DIB_IMAGE_SIZE in GB.
+        env.insert("DIB_IMAGE_SIZE".into(), format!("{}", s as f64 / 1e9));
+    }
+    let cache = req.image_cache.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"))
+            .join(".cache/image-create")
+    });
+    env.insert("DIB_IMAGE_CACHE".into(), cache.display().to_string());
+    if let Some(e) = req.source_date_epoch {
+        env.insert("SOURCE_DATE_EPOCH".into(), e.to_string());
+    }
+    if req.trace {
+        env.insert("DIB_DEBUG_TRACE".into(), "1".into());
+    }
+    env.insert(
+        "TMP_MOUNT_PATH".into(),
+        bd.join("built").display().to_string(),
+    );
+    elements::RunContext {
+        target_root: bd.join("built"),
+        hooks_dir: bd.join("hooks"),
+        build_dir: bd.to_owned(),
+        env,
+        script_timeout: req.script_timeout,
+        trace: req.trace,
+        cancel: req.cancel.clone(),
+    }
+}
+
+/// `--dry-run`: resolve everything and say what would run, writing nothing but the shipped
+/// elements into a temporary directory that is removed again.
+pub fn dry_run(req: &BuildRequest) -> Result<DryRun> {
+    let arch = dib_arch(&req.arch)?;
+    let tmp = tempfile::tempdir().map_err(io_err("creating a temporary directory in", &std::env::temp_dir()))?;
+    let shipped = elements::shipped_elements(tmp.path()).map_err(io_err("writing the shipped elements to", tmp.path()))?;
+    let names = with_default_block_device(req, &shipped)?;
+    let resolved = elements::resolve(&names, &resolve_options(req, &shipped))
+        .map_err(|e| Error::Elements(Box::new(e)))?;
+    let bd = PathBuf::from("$TMP_BUILD_DIR");
+    let ctx = run_context(req, &bd, arch);
+    let environment = elements::environment(&resolved, &ctx);
+    let scripts = Phase::ALL
+        .iter()
+        .map(|p| {
+            (
+                p.dir().to_owned(),
+                resolved
+                    .scripts(*p)
+                    .iter()
+                    .map(|s| format!("{}/{}", s.element, s.name))
+                    .collect(),
+            )
+        })
+        .collect();
+    let block_device_source = if req.needs_disk() {
+        Some(block_device_text(req, &resolved)?.1)
+    } else {
+        None
+    };
+    let outputs = req.formats.iter().map(|f| f.path_for(&req.name)).collect();
+    Ok(DryRun {
+        request: req.clone(),
+        resolved,
+        environment,
+        scripts,
+        block_device_source,
+        outputs,
+    })
+}
+
+/// The image size when `--image-size` is not given: the tree's bytes plus a quarter (at least
+/// 64 MiB) of headroom for the root filesystem, plus every fixed-size partition of the layout,
+/// rounded up to a MiB. dib computes it the same way from `du` of the tree.
+fn auto_size(text: &str, opts: &blockdev::PlanOptions, tree_bytes: u64) -> Result<u64> {
+    const MIB: u64 = 1 << 20;
+    // Plan once with a large disk to learn the partitions that do not hold the root.
+    let mut probe = opts.clone();
+    probe.image_size = Some(1 << 40);
+    probe.root = None;
+    probe.content.clear();
+    let fixed: u64 = match blockdev::plan_text(text, &probe) {
+        Ok(p) => {
+            let root_region = p.filesystems.iter().find_map(|f| {
+                (f.mount_point.as_deref() == Some("/")).then(|| match &f.device {
+                    blockdev::Device::Region { offset, .. } => Some(*offset),
+                    blockdev::Device::Lv { .. } => None,
+                })
+            });
+            p.disks
+                .iter()
+                .filter_map(|d| d.table.as_ref())
+                .flat_map(|t| &t.partitions)
+                .filter(|pp| Some(Some(pp.start)) != root_region)
+                .map(|pp| pp.size)
+                .sum()
+        }
+        Err(_) => 0,
+    };
+    let root = tree_bytes + (tree_bytes / 4).max(64 * MIB);
+    Ok((fixed + root + 8 * MIB).div_ceil(MIB) * MIB)
+}
+
+/// Build the image. See the crate docs for the steps.
+pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(BuildEvent)) -> Result<BuildReport> {
+    let started = Instant::now();
+    let arch = dib_arch(&req.arch)?;
+    if req.formats.is_empty() {
+        return Err(Error::Usage {
+            field: "-t".into(),
+            value: String::new(),
+            reason: "no output type".into(),
+        });
+    }
+    if let Some(parent) = req.name.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
+    {
+        return Err(Error::Usage {
+            field: "-o".into(),
+            value: req.name.display().to_string(),
+            reason: format!("the directory {} does not exist", parent.display()),
+        });
+    }
+    let bd = BuildDir::new(req)?;
+    let mut steps = Steps {
+        timings: Vec::new(),
+        progress,
+        cancel: req.cancel.clone(),
+    };
+    let res = build_in(req, arch, &bd, &mut steps);
+    match res {
+        Ok((elements, disk, outputs, boots)) => {
+            let st = bd.path().join("state");
+            if disk.is_some() {
+                let _ = blockdev::cleanup(&st);
+            }
+            drop(bd);
+            Ok(BuildReport {
+                elements,
+                steps: steps.timings,
+                outputs,
+                disk,
+                boots,
+                total_millis: started.elapsed().as_millis() as u64,
+            })
+        }
+        Err(e) => {
+            if req.keep_on_error {
+                let kept = bd.keep();
+                tracing::warn!(dir = %kept.display(), "build failed; build directory kept");
+            } else {
+                let st = bd.path().join("state");
+                if st.join(blockdev::STATE_FILE).exists() {
+                    let _ = blockdev::cleanup(&st);
+                    let _ = blockdev::delete(&st);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+type Built = (
+    Vec<String>,
+    Option<blockdev::Plan>,
+    Vec<OutputReport>,
+    Vec<BootResult>,
+);
+
+fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>) -> Result<Built> {
+    let tree = bd.tree();
+    let shipped_dir = bd.path().join("elements");
+    let resolved = steps.run("resolve elements", |_| {
+        let shipped = elements::shipped_elements(&shipped_dir)
+            .map_err(io_err("writing the shipped elements to", &shipped_dir))?;
+        let names = with_default_block_device(req, &shipped)?;
+        let r = elements::resolve(&names, &resolve_options(req, &shipped))
+            .map_err(|e| Error::Elements(Box::new(e)))?;
+        elements::prepare_hooks(&r, &bd.hooks()).map_err(|e| Error::Elements(Box::new(e)))?;
+        Ok(r)
+    })?;
+    let names: Vec<String> = resolved.elements().iter().map(|e| e.name.clone()).collect();
+    let mut ctx = run_context(req, bd.path(), arch);
+    let marker = req
+        .boot_check
+        .as_ref()
+        .map(|b| b.marker.clone())
+        .unwrap_or_else(|| DEFAULT_MARKER.into());
+
+    let mut phase = |steps: &mut Steps<'_>, ctx: &elements::RunContext, p: Phase| -> Result<()> {
+        if resolved.scripts(p).is_empty() {
+            return Ok(());
+        }
+        steps.run(p.dir(), |s| {
+            elements::run_phase(&resolved, p, ctx, &mut |ev| (s.progress)(script_event(ev)))
+                .map(|_| ())
+                .map_err(|e| Error::Elements(Box::new(e)))
+        })
+    };
+
+    // root.d: the shipped busybox element makes its root natively first.
+    if resolved.has("busybox") {
+        steps.run("busybox root", |_| {
+            let opts = diskforge_boot::BusyboxOptions {
+                marker: marker.clone(),
+                poweroff: true,
+                hostname: ctx
+                    .env
+                    .get("IMAGE_NAME")
+                    .cloned()
+                    .unwrap_or_else(|| "diskforge".into()),
+                ..Default::default()
+            };
+            diskforge_boot::busybox_root(&tree, &opts)
+                .map(|_| ())
+                .map_err(|e| Error::Boot(Box::new(e)))
+        })?;
+    }
+    for p in [
+        Phase::Root,
+        Phase::ExtraData,
+        Phase::PreInstall,
+        Phase::Install,
+        Phase::PostInstall,
+        Phase::PostRoot,
+    ] {
+        phase(steps, &ctx, p)?;
+    }
+
+    let mut plan = None;
+    if req.needs_disk() {
+        let (text, source_name) = block_device_text(req, &resolved)?;
+        let bderr = |source_name: &str| {
+            let source_name = source_name.to_owned();
+            move |e| Error::BlockDevice {
+                source_name,
+                source: Box::new(e),
+            }
+        };
+        let p = steps.run("block-device plan", |_| {
+            let mut opts = blockdev::PlanOptions {
+                image_size: req.image_size,
+                image_dir: bd.path().join("image"),
+                root: Some(tree.clone()),
+                uuid_seed: Some(match req.source_date_epoch {
+                    Some(e) => format!("{}:{e}", req.name.display()),
+                    None => uuid_seed_random(),
+                }),
+                source_date_epoch: req.source_date_epoch,
+                content: BTreeMap::new(),
+                root_fs_type: req.fs_type.clone(),
+                root_label: req.root_label.clone(),
+            };
+            if opts.image_size.is_none() {
+                let bytes = blockdev::tree_bytes(&tree, &[]).map_err(io_err("measuring", &tree))?;
+                opts.image_size = Some(auto_size(&text, &opts, bytes)?);
+            }
+            blockdev::plan_text(&text, &opts).map_err(bderr(&source_name))
+        })?;
+        ctx.env.insert(
+            "DIB_IMAGE_SIZE".into(),
+            format!(
+                "{}",
+                p.disks.first().map(|d| d.size).unwrap_or_default() as f64 / 1e9
+            ),
+        );
+        if resolved.has("vm") {
+            steps.run("bootloader files", |_| install_tree_boot(&tree, &p, &ctx))?;
+        }
+        // fstab before finalise, as dib's writefstab does; create writes the same again.
+        if !p.fstab.is_empty() {
+            let etc = tree.join("etc");
+            fs::create_dir_all(&etc).map_err(io_err("creating", &etc))?;
+            let mut text = p.fstab.join("\n");
+            text.push('\n');
+            fs::write(etc.join("fstab"), text).map_err(io_err("writing", &etc.join("fstab")))?;
+        }
+        plan = Some(p);
+    }
+    phase(steps, &ctx, Phase::PreFinalise)?;
+    phase(steps, &ctx, Phase::Finalise)?;
+
+    let mut raw = None;
+    if let Some(p) = &plan {
+        let st = bd.path().join("state");
+        steps.run("block-device create", |s| {
+            let opts = blockdev::CreateOptions {
+                keep_on_error: req.keep_on_error,
+                fail_at: None,
+                cancel: s.cancel.clone(),
+            };
+            blockdev::create(p, &st, &opts, &mut |_| {}).map_err(|e| Error::BlockDevice {
+                source_name: "create".into(),
+                source: Box::new(e),
+            })
+        })?;
+        let image = p
+            .disks
+            .first()
+            .map(|d| d.path.clone())
+            .ok_or_else(|| Error::Usage {
+                field: "DIB_BLOCK_DEVICE_CONFIG".into(),
+                value: String::new(),
+                reason: "the layout has no local_loop image".into(),
+            })?;
+        if resolved.has("vm") {
+            steps.run("bootloader (BIOS)", |_| install_bios(&image, p))?;
+        }
+        ctx.env
+            .insert("IMAGE_BLOCK_DEVICE".into(), image.display().to_string());
+        phase(steps, &ctx, Phase::BlockDevice)?;
+        raw = Some(image);
+    }
+    phase(steps, &ctx, Phase::Cleanup)?;
+
+    let mut outputs = Vec::new();
+    for f in &req.formats {
+        let dst = f.path_for(&req.name);
+        let r = steps.run(&format!("output {f}"), |_| {
+            write_output(*f, raw.as_deref(), &tree, &dst, &req.output)
+        })?;
+        outputs.push(r);
+    }
+
+    let mut boots = Vec::new();
+    if let (Some(bc), Some(p)) = (&req.boot_check, &plan) {
+        let disk = outputs
+            .iter()
+            .find(|o| matches!(o.format, OutputFormat::Qcow2 | OutputFormat::Raw))
+            .ok_or_else(|| Error::Usage {
+                field: "--boot-check".into(),
+                value: String::new(),
+                reason: "needs a raw or qcow2 output (-t raw or -t qcow2)".into(),
+            })?;
+        for fw in firmwares(p) {
+            let name = match fw {
+                diskforge_vm::Firmware::SeaBios => "seabios",
+                diskforge_vm::Firmware::Ovmf => "ovmf",
+            };
+            let r = steps.run(&format!("boot check ({name})"), |_| {
+                boot_check(&disk.path, disk.format, fw, bc)
+            })?;
+            boots.push(r);
+        }
+    }
+    Ok((names, plan, outputs, boots))
+}
+
+fn uuid_seed_random() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The root filesystem and the ESP (a vfat filesystem mounted at /boot/efi) of a plan.
+fn root_and_esp(p: &blockdev::Plan) -> (Option<&blockdev::FsPlan>, Option<&blockdev::FsPlan>) {
+    let root = p
+        .filesystems
+        .iter()
+        .find(|f| f.mount_point.as_deref() == Some("/"));
+    let esp = p
+        .filesystems
+        .iter()
+        .find(|f| f.mount_point.as_deref() == Some("/boot/efi"));
+    (root, esp)
+}
+
+/// The firmwares a plan can boot under: SeaBIOS when it has a BIOS route (MBR, or GPT with a
+/// BIOS-boot partition), OVMF when it has an ESP.
+fn firmwares(p: &blockdev::Plan) -> Vec<diskforge_vm::Firmware> {
+    let mut v = Vec::new();
+    if bios_capable(p) {
+        v.push(diskforge_vm::Firmware::SeaBios);
+    }
+    if root_and_esp(p).1.is_some() {
+        v.push(diskforge_vm::Firmware::Ovmf);
+    }
+    v
+}
+
+fn bios_capable(p: &blockdev::Plan) -> bool {
+    p.disks.first().and_then(|d| d.table.as_ref()).is_some_and(|t| {
+        t.label == diskforge_part::Label::Mbr
+            || t
+                .partitions
+                .iter()
+                .any(|pp| pp.type_code.eq_ignore_ascii_case("ef02"))
+    })
+}
+
+/// dib's bootloader element: the kernel command line.
+fn grub_config(p: &blockdev::Plan, ctx: &elements::RunContext, tree: &Path) -> Result<diskforge_boot::GrubConfig> {
+    let (root, _) = root_and_esp(p);
+    let root = root.ok_or_else(|| Error::Usage {
+        field: "DIB_BLOCK_DEVICE_CONFIG".into(),
+        value: String::new(),
+        reason: "the vm element needs a filesystem mounted at /".into(),
+    })?;
+    let (kernel, initrd) = diskforge_boot::find_kernel(tree).map_err(|e| Error::Boot(Box::new(e)))?;
+    let base = ctx
+        .env
+        .get("DIB_BOOTLOADER_DEFAULT_CMDLINE")
+        .cloned()
+        .unwrap_or_else(|| "nofb nomodeset gfxpayload=text".into());
+    let serial = ctx
+        .env
+        .get("DIB_BOOTLOADER_SERIAL_CONSOLE")
+        .cloned()
+        .unwrap_or_else(|| "ttyS0,115200".into());
+    let mut cmdline = String::new();
+    if let Some(u) = &root.uuid {
+        cmdline.push_str(&format!("root=UUID={u} "));
+    } else {
+        cmdline.push_str(&format!("root=LABEL={} ", root.label));
+    }
+    cmdline.push_str(&format!("ro console=tty0 console={serial} no_timer_check {base}"));
+    Ok(diskforge_boot::GrubConfig {
+        kernel,
+        initrd,
+        cmdline,
+        root_uuid: root.uuid.clone(),
+        root_label: Some(root.label.clone()),
+        timeout: ctx
+            .env
+            .get("DIB_GRUB_TIMEOUT")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1),
+        serial: true,
+    })
+}
+
+fn install_tree_boot(tree: &Path, p: &blockdev::Plan, ctx: &elements::RunContext) -> Result<()> {
+    let cfg = grub_config(p, ctx, tree)?;
+    diskforge_boot::write_grub_cfg(tree, &cfg).map_err(|e| Error::Boot(Box::new(e)))?;
+    if root_and_esp(p).1.is_some() {
+        let esp = tree.join("boot/efi");
+        fs::create_dir_all(&esp).map_err(io_err("creating", &esp))?;
+        diskforge_boot::install_efi(&esp, &cfg).map_err(|e| Error::Boot(Box::new(e)))?;
+    }
+    Ok(())
+}
+
+fn install_bios(image: &Path, p: &blockdev::Plan) -> Result<()> {
+    if !bios_capable(p) {
+        return Ok(());
+    }
+    let (Some(root), Some(disk)) = (root_and_esp(p).0, p.disks.first()) else {
+        return Ok(());
+    };
+    let _ = image;
+    diskforge_boot::install_bios(&disk.path, disk, root)
+        .map(|_| ())
+        .map_err(|e| Error::Boot(Box::new(e)))
+}
+
+fn boot_check(
+    image: &Path,
+    format: OutputFormat,
+    fw: diskforge_vm::Firmware,
+    bc: &BootCheck,
+) -> Result<BootResult> {
+    use diskforge_vm::{Access, Drive, Expect, Format, Vm};
+    let f = if format == OutputFormat::Qcow2 {
+        Format::Qcow2
+    } else {
+        Format::Raw
+    };
+    let vm = Vm::disk(Drive::virtio(image, f, Access::Snapshot), fw);
+    let expect = Expect::marker(bc.marker.clone(), bc.timeout);
+    let name = match fw {
+        diskforge_vm::Firmware::SeaBios => "seabios",
+        diskforge_vm::Firmware::Ovmf => "ovmf",
+    };
+    let r = diskforge_vm::boot_to_marker(&vm, &expect).map_err(|e| Error::BootCheck {
+        firmware: name.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(BootResult {
+        firmware: name.into(),
+        image: image.to_owned(),
+        accel: r.accel.name().into(),
+        seconds: r.done_after.unwrap_or(r.seconds),
+    })
+}

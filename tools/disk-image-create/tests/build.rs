@@ -1,0 +1,377 @@
+//! `disk-image-create` end to end: the embedded default boots under SeaBIOS and OVMF, every
+//! output type is accepted by an independent tool, builds are reproducible, failing and hanging
+//! scripts are reported and killed, signals unwind, and bad input fails early and cleanly.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_disk-image-create");
+
+struct Run {
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            dir: diskforge_testutil::scratch_dir(),
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn work(&self) -> PathBuf {
+        let w = self.path("work");
+        fs::create_dir_all(&w).unwrap();
+        w
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--work-dir").arg(self.work());
+        c.args(args);
+        c.env_remove("ELEMENTS_PATH")
+            .env_remove("DIB_BLOCK_DEVICE_CONFIG")
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+    /// The build directory is gone after every run, success or failure.
+    fn assert_no_build_dir(&self) {
+        let left: Vec<_> = fs::read_dir(self.work())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left in the work dir: {left:?}");
+    }
+    /// Write an element `name` with `files` (path, text) under `elements/`.
+    fn element(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.path("elements");
+        let dir = root.join(name);
+        for (p, text) in files {
+            let f = dir.join(p);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, text).unwrap();
+            if p.contains(".d/") {
+                fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        root
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
+}
+
+fn tool(program: &str, args: &[&str]) -> String {
+    let o = Command::new(program).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{program} {args:?}: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `busybox vm block-device-efi` → qcow2, booted to the marker under SeaBIOS and OVMF.
+#[test]
+fn default_image_boots_under_bios_and_uefi() {
+    let r = Run::new();
+    let out = r.path("demo");
+    let o = r.run(
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "qcow2",
+            "--boot-check",
+            "--json",
+            "busybox",
+            "vm",
+            "block-device-efi",
+        ],
+        &[],
+    );
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fws: Vec<&str> = v["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["firmware"].as_str().unwrap())
+        .collect();
+    assert_eq!(fws, ["seabios", "ovmf"], "{v}");
+    let qcow2 = r.path("demo.qcow2");
+    let info = tool("qemu-img", &["info", "--output=json", qcow2.to_str().unwrap()]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(
+        info["format-specific"]["data"]["compression-type"], "zstd",
+        "{info}"
+    );
+    tool("qemu-img", &["check", qcow2.to_str().unwrap()]);
+    r.assert_no_build_dir();
+}
+
+/// Every `-t` type from one build, each checked by an independent tool.
+#[test]
+fn every_output_type_is_accepted_by_its_tool() {
+    let r = Run::new();
+    let out = r.path("all");
+    let o = r.run(
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "raw,qcow2,vhd,vhdx,vmdk,tar,tgz,squashfs,docker,oci",
+            "--checksum",
+            "busybox",
+            "vm",
+            "block-device-gpt",
+        ],
+        &[],
+    );
+    ok(&o);
+    let p = |s: &str| r.path(s).to_str().unwrap().to_owned();
+    let v = tool("sgdisk", &["-v", &p("all.raw")]);
+    assert!(v.contains("No problems found"), "{v}");
+    for (file, fmt) in [
+        ("all.qcow2", "qcow2"),
+        ("all.vhd", "vpc"),
+        ("all.vhdx", "vhdx"),
+        ("all.vmdk", "vmdk"),
+    ] {
+        let info = tool("qemu-img", &["info", "--output=json", &p(file)]);
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["format"], fmt, "{file}");
+        if fmt != "vpc" {
+            tool("qemu-img", &["check", &p(file)]);
+        }
+        // The converted disk holds the same bytes as the raw image.
+        tool("qemu-img", &["compare", "-f", "raw", &p("all.raw"), &p(file)]);
+    }
+    for tarball in ["all.tar", "all.tgz", "all.docker.tar"] {
+        let list = tool("tar", &["-tf", &p(tarball)]);
+        for want in ["./bin/busybox", "./sbin/init", "./etc/fstab", "./boot/grub/grub.cfg"] {
+            assert!(list.lines().any(|l| l == want), "{tarball} lacks {want}");
+        }
+    }
+    let list = tool("unsquashfs", &["-l", &p("all.squash")]);
+    assert!(list.contains("squashfs-root/bin/busybox"), "{list}");
+    let unpacked = r.path("oci-unpacked");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", p("all.oci")),
+            unpacked.to_str().unwrap(),
+        ],
+    );
+    assert!(unpacked.join("rootfs/bin/busybox").is_file());
+    // --checksum: md5sum -c and sha256sum -c accept them.
+    for f in ["all.qcow2", "all.tar"] {
+        for (sum, ext) in [("md5sum", "md5"), ("sha256sum", "sha256")] {
+            let o = Command::new(sum)
+                .arg("-c")
+                .arg(format!("{f}.{ext}"))
+                .current_dir(r.dir.path())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{sum} -c {f}.{ext}: {}", stderr(&o));
+        }
+    }
+    r.assert_no_build_dir();
+}
+
+/// With SOURCE_DATE_EPOCH, two builds give byte-identical tar and raw outputs.
+#[test]
+fn builds_are_reproducible() {
+    let r = Run::new();
+    let mut sums = Vec::new();
+    for name in ["a", "b"] {
+        let out = r.path(name);
+        let o = r.run(
+            &["-o", out.to_str().unwrap(), "-t", "raw,tar", "busybox", "vm", "block-device-efi"],
+            &[("SOURCE_DATE_EPOCH", "1700000000")],
+        );
+        ok(&o);
+        let s = tool(
+            "sha256sum",
+            &[
+                r.path(&format!("{name}.raw")).to_str().unwrap(),
+                r.path(&format!("{name}.tar")).to_str().unwrap(),
+            ],
+        );
+        sums.push(
+            s.lines()
+                .map(|l| l.split_whitespace().next().unwrap().to_owned())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(sums[0], sums[1]);
+}
+
+/// A custom element's scripts see dib's environment; a script that fails names element,
+/// phase and script with its last lines, and nothing is left behind.
+#[test]
+fn failing_script_is_named_and_nothing_is_left() {
+    let r = Run::new();
+    let elements = r.element(
+        "breaks",
+        &[
+            ("element-deps", "busybox\n"),
+            (
+                "root.d/50-env",
+                "#!/bin/sh\nset -e\necho \"target=$TARGET_ROOT name=$IMAGE_NAME arch=$ARCH\"\ntest -d \"$TARGET_ROOT\"\necho made > \"$TARGET_ROOT/made-by-root.d\"\n",
+            ),
+            (
+                "post-root.d/90-fail",
+                "#!/bin/sh\necho first line\necho the last words\nexit 7\n",
+            ),
+        ],
+    );
+    let out = r.path("broken");
+    let o = r.run(
+        &["-o", out.to_str().unwrap(), "-t", "raw", "breaks", "vm"],
+        &[("ELEMENTS_PATH", elements.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    for want in ["breaks", "post-root.d", "90-fail", "the last words"] {
+        assert!(e.contains(want), "stderr lacks {want:?}:\n{e}");
+    }
+    assert!(!r.path("broken.raw").exists());
+    r.assert_no_build_dir();
+}
+
+/// A script that never ends is killed at `--script-timeout`, with its children.
+#[test]
+fn hanging_script_is_killed_with_its_children() {
+    let r = Run::new();
+    let elements = r.element(
+        "hangs",
+        &[(
+            "extra-data.d/10-hang",
+            "#!/bin/sh\nsleep 4242 &\nsleep 4243\n",
+        )],
+    );
+    let t = Instant::now();
+    let o = r.run(
+        &["-t", "tar", "-o", r.path("h").to_str().unwrap(), "--script-timeout", "2", "busybox", "hangs"],
+        &[("ELEMENTS_PATH", elements.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let e = stderr(&o);
+    assert!(e.contains("10-hang") && e.contains("hangs"), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = tool("ps", &["-eo", "args"]);
+    assert!(
+        !ps.lines().any(|l| l.starts_with("sleep 424")),
+        "a script's process survived:\n{ps}"
+    );
+    r.assert_no_build_dir();
+}
+
+/// Bad input fails before anything is built, with the exit code `--help` documents.
+#[test]
+fn bad_input_fails_early() {
+    let r = Run::new();
+    let nonexec = r.element("nonexec", &[("install.d/10-x", "#!/bin/sh\ntrue\n")]);
+    fs::set_permissions(
+        nonexec.join("nonexec/install.d/10-x"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+        (vec!["-t", "qcow3", "busybox"], vec![], 2, "qcow3"),
+        (vec!["--image-size", "lots", "busybox"], vec![], 2, "lots"),
+        (vec!["-a", "sparc", "busybox"], vec![], 2, "sparc"),
+        (vec!["no-such-element"], vec![], 3, "no-such-element"),
+        (
+            vec!["busybox", "nonexec"],
+            vec![("ELEMENTS_PATH", nonexec.to_str().unwrap())],
+            3,
+            "10-x",
+        ),
+        (
+            vec!["busybox", "vm"],
+            vec![("DIB_BLOCK_DEVICE_CONFIG", "- local_loop:\n    name: image0\n- mkfs:\n    base: nothere\n")],
+            3,
+            "nothere",
+        ),
+    ];
+    for (args, env, code, needle) in cases {
+        let mut a = vec!["-o", "x"];
+        a.extend(args.iter().copied());
+        let o = r.run(&a, &env);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
+        assert!(e.contains(needle), "{args:?}: stderr lacks {needle:?}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    r.assert_no_build_dir();
+}
+
+/// `--dry-run --json` resolves and lists, writing nothing.
+#[test]
+fn dry_run_writes_nothing() {
+    let r = Run::new();
+    let out = r.path("dry");
+    let o = r.run(
+        &["--dry-run", "--json", "-o", out.to_str().unwrap(), "busybox", "vm"],
+        &[],
+    );
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let src = v["block_device_source"].as_str().unwrap();
+    assert!(src.ends_with("block-device-mbr/block-device-default.yaml"), "{src}");
+    assert!(v["environment"]["TARGET_ROOT"].is_string(), "{v}");
+    assert!(!r.path("dry.qcow2").exists());
+    r.assert_no_build_dir();
+}
+
+/// SIGTERM during a build: exit 143, no output, no build directory.
+#[test]
+fn sigterm_unwinds() {
+    let r = Run::new();
+    let elements = r.element("slow", &[("extra-data.d/10-slow", "#!/bin/sh\nsleep 30\n")]);
+    let mut c = r.cmd(&["-o", r.path("s").to_str().unwrap(), "-t", "raw", "busybox", "vm", "slow"]);
+    c.env("ELEMENTS_PATH", &elements)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(!r.path("s.raw").exists());
+    r.assert_no_build_dir();
+}
