@@ -255,9 +255,11 @@ fn with_default_block_device(req: &BuildRequest, shipped: &Path) -> Result<Vec<S
         });
     }
     if req.needs_disk() && req.block_device_config.is_none() {
-        let probe = elements::resolve(&names, &resolve_options(req, shipped))
-            .map_err(|e| Error::Elements(Box::new(e)))?;
-        if !probe.has("block-device") {
+        // `vm` depends on the virtual element `block-device`; when nothing provides it (or the
+        // list does not resolve without it), add dib's default provider.
+        let provided = elements::resolve(&names, &resolve_options(req, shipped))
+            .is_ok_and(|r| r.has("block-device"));
+        if !provided {
             let default = match dib_arch(&req.arch)? {
                 "amd64" | "i386" => "block-device-mbr",
                 _ => "block-device-gpt",
@@ -406,8 +408,8 @@ fn run_context(req: &BuildRequest, bd: &Path, arch: &str) -> elements::RunContex
     env.entry("DIB_INIT_SYSTEM".into())
         .or_insert_with(|| "systemd".into());
     if let Some(s) = req.image_size {
-        // dib exports DIB_IMAGE_SIZE in GB.
-        env.insert("DIB_IMAGE_SIZE".into(), format!("{}", s as f64 / 1e9));
+        // dib's DIB_IMAGE_SIZE is in GiB.
+        env.insert("DIB_IMAGE_SIZE".into(), format!("{}", s as f64 / (1u64 << 30) as f64));
     }
     let cache = req.image_cache.clone().unwrap_or_else(|| {
         std::env::var_os("HOME")
@@ -478,10 +480,11 @@ pub fn dry_run(req: &BuildRequest) -> Result<DryRun> {
     })
 }
 
-/// The image size when `--image-size` is not given: the tree's bytes plus a quarter (at least
-/// 64 MiB) of headroom for the root filesystem, plus every fixed-size partition of the layout,
-/// rounded up to a MiB. dib computes it the same way from `du` of the tree.
-fn auto_size(text: &str, opts: &blockdev::PlanOptions, tree_bytes: u64) -> Result<u64> {
+/// The image size when `--image-size` is not given, as dib computes it: the tree's bytes / 0.6
+/// (or plus `DIB_IMAGE_EXTRA_SIZE` MiB when set) for the root filesystem — at least the tree
+/// plus 32 MiB — plus every partition that does not hold the root (dib adds a fixed 525 MiB
+/// for block-device-efi's ESP; we add what the layout asks for), rounded up to a MiB.
+fn auto_size(text: &str, opts: &blockdev::PlanOptions, tree_bytes: u64, extra_mib: Option<u64>) -> u64 {
     const MIB: u64 = 1 << 20;
     // Plan once with a large disk to learn the partitions that do not hold the root.
     let mut probe = opts.clone();
@@ -506,8 +509,12 @@ fn auto_size(text: &str, opts: &blockdev::PlanOptions, tree_bytes: u64) -> Resul
         }
         Err(_) => 0,
     };
-    let root = tree_bytes + (tree_bytes / 4).max(64 * MIB);
-    Ok((fixed + root + 8 * MIB).div_ceil(MIB) * MIB)
+    let root = match extra_mib {
+        Some(x) => tree_bytes + x * MIB,
+        None => (tree_bytes as f64 / 0.6) as u64,
+    }
+    .max(tree_bytes + 32 * MIB);
+    (fixed + root + 8 * MIB).div_ceil(MIB) * MIB
 }
 
 /// Build the image. See the crate docs for the steps.
@@ -663,7 +670,11 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             };
             if opts.image_size.is_none() {
                 let bytes = blockdev::tree_bytes(&tree, &[]).map_err(io_err("measuring", &tree))?;
-                opts.image_size = Some(auto_size(&text, &opts, bytes)?);
+                let extra = ctx
+                    .env
+                    .get("DIB_IMAGE_EXTRA_SIZE")
+                    .and_then(|v| v.trim().parse().ok());
+                opts.image_size = Some(auto_size(&text, &opts, bytes, extra));
             }
             blockdev::plan_text(&text, &opts).map_err(bderr(&source_name))
         })?;
@@ -671,7 +682,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             "DIB_IMAGE_SIZE".into(),
             format!(
                 "{}",
-                p.disks.first().map(|d| d.size).unwrap_or_default() as f64 / 1e9
+                p.disks.first().map(|d| d.size).unwrap_or_default() as f64 / (1u64 << 30) as f64
             ),
         );
         if resolved.has("vm") {

@@ -346,7 +346,8 @@ fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// GNU tar arguments for a reproducible root tar: sorted names, numeric owners, xattrs and
-/// ACLs kept (as dib's `tar --xattrs`), mtimes clamped to `epoch` when given.
+/// ACLs kept, `./proc` and `./sys` left out (as dib's `tar --xattrs --exclude ./sys
+/// --exclude ./proc`), mtimes clamped to `epoch` when given.
 pub fn tar_args(tree: &Path, out: &Path, gzip: bool, epoch: Option<u64>) -> Vec<String> {
     let mut a = vec![
         "--create".to_owned(),
@@ -359,6 +360,8 @@ pub fn tar_args(tree: &Path, out: &Path, gzip: bool, epoch: Option<u64>) -> Vec<
         "--acls".into(),
         "--format=posix".into(),
         "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime".into(),
+        "--exclude=./proc".into(),
+        "--exclude=./sys".into(),
     ];
     if let Some(e) = epoch {
         a.push(format!("--mtime=@{e}"));
@@ -399,6 +402,11 @@ fn write_tree(format: OutputFormat, tree: &Path, tmp: &Path, opts: &OutputOption
                 "-comp".into(),
                 "xz".into(),
                 "-xattrs".into(),
+                "-wildcards".into(),
+                "-e".into(),
+                "proc/*".into(),
+                "-e".into(),
+                "sys/*".into(),
             ];
             if let Some(e) = opts.epoch {
                 a.extend([

@@ -45,8 +45,9 @@ struct Cli {
     /// Architecture (amd64/x86_64, i386, arm64/aarch64, …).
     #[arg(short = 'a', value_name = "ARCH", env = "ARCH", default_value = "amd64")]
     arch: String,
-    /// Image size: a bare number is GB as in dib (`2` = 2×10⁹ bytes), or a size with a unit
-    /// (`2GiB`, `800MB`). Default: the tree plus headroom plus the fixed partitions.
+    /// Image size: a bare number is GiB as in dib (`2` = 2×2³⁰ bytes), or a size with a unit
+    /// (`800MiB`, `3GB`). Default: as dib, the tree / 0.6 (or plus DIB_IMAGE_EXTRA_SIZE MiB)
+    /// plus the other partitions.
     #[arg(long, value_name = "SIZE")]
     image_size: Option<String>,
     /// Trace the element scripts (`set -x`, DIB_DEBUG_TRACE=1) and show their output.
@@ -103,7 +104,8 @@ struct Cli {
     json: bool,
 }
 
-/// dib's `--image-size`: a bare number is GB (10⁹ bytes), fractions allowed.
+/// dib's `--image-size`: a bare number is GiB (dib multiplies it by 1024² KiB), fractions
+/// allowed.
 fn image_size(s: &str) -> Result<u64, Error> {
     let bad = |reason: String| Error::Usage {
         field: "--image-size".into(),
@@ -112,9 +114,9 @@ fn image_size(s: &str) -> Result<u64, Error> {
     };
     if let Ok(gb) = s.trim().parse::<f64>() {
         if !(gb.is_finite() && gb > 0.0 && gb < 1e6) {
-            return Err(bad("must be a positive number of GB below 10⁶".into()));
+            return Err(bad("must be a positive number of GiB below 10⁶".into()));
         }
-        return Ok((gb * 1e9).round() as u64);
+        return Ok((gb * (1u64 << 30) as f64).round() as u64);
     }
     diskforge_size::parse_bytes(s).map_err(|e| bad(e.to_string()))
 }
@@ -391,8 +393,8 @@ mod tests {
 
     #[test]
     fn image_size_is_dib_gb_or_a_size() {
-        assert_eq!(image_size("2").unwrap(), 2_000_000_000);
-        assert_eq!(image_size("1.5").unwrap(), 1_500_000_000);
+        assert_eq!(image_size("2").unwrap(), 2 << 30);
+        assert_eq!(image_size("1.5").unwrap(), 3 << 29);
         assert_eq!(image_size("2GiB").unwrap(), 2 << 30);
         assert!(image_size("-1").is_err());
         assert!(image_size("lots").is_err());
