@@ -626,6 +626,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                     .get("IMAGE_NAME")
                     .cloned()
                     .unwrap_or_else(|| "diskforge".into()),
+                source_date_epoch: req.source_date_epoch,
                 ..Default::default()
             };
             diskforge_boot::busybox_root(&tree, &opts)
@@ -645,6 +646,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     }
 
     let mut plan = None;
+    let mut grub = None;
     if req.needs_disk() {
         let (text, source_name) = block_device_text(req, &resolved)?;
         let bderr = |source_name: &str| {
@@ -686,7 +688,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             ),
         );
         if resolved.has("vm") {
-            steps.run("bootloader files", |_| install_tree_boot(&tree, &p, &ctx))?;
+            grub = Some(steps.run("bootloader files", |_| install_tree_boot(&tree, &p, &ctx))?);
         }
         // fstab before finalise, as dib's writefstab does; create writes the same again.
         if !p.fstab.is_empty() {
@@ -724,8 +726,8 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                 value: String::new(),
                 reason: "the layout has no local_loop image".into(),
             })?;
-        if resolved.has("vm") {
-            steps.run("bootloader (BIOS)", |_| install_bios(&image, p))?;
+        if let Some(cfg) = &grub {
+            steps.run("bootloader (BIOS)", |_| install_bios(&image, p, cfg))?;
         }
         ctx.env
             .insert("IMAGE_BLOCK_DEVICE".into(), image.display().to_string());
@@ -819,7 +821,7 @@ fn grub_config(p: &blockdev::Plan, ctx: &elements::RunContext, tree: &Path) -> R
         value: String::new(),
         reason: "the vm element needs a filesystem mounted at /".into(),
     })?;
-    let (kernel, initrd) = diskforge_boot::find_kernel(tree).map_err(|e| Error::Boot(Box::new(e)))?;
+    let (kernel, initrd) = find_kernel(tree)?;
     let base = ctx
         .env
         .get("DIB_BOOTLOADER_DEFAULT_CMDLINE")
@@ -830,17 +832,12 @@ fn grub_config(p: &blockdev::Plan, ctx: &elements::RunContext, tree: &Path) -> R
         .get("DIB_BOOTLOADER_SERIAL_CONSOLE")
         .cloned()
         .unwrap_or_else(|| "ttyS0,115200".into());
-    let mut cmdline = String::new();
-    if let Some(u) = &root.uuid {
-        cmdline.push_str(&format!("root=UUID={u} "));
-    } else {
-        cmdline.push_str(&format!("root=LABEL={} ", root.label));
-    }
-    cmdline.push_str(&format!("ro console=tty0 console={serial} no_timer_check {base}"));
+    // diskforge-boot adds root=UUID=… (or LABEL=) from the fields below.
+    let cmdline = format!("console=tty0 console={serial} no_timer_check {base}");
     Ok(diskforge_boot::GrubConfig {
         kernel,
         initrd,
-        cmdline,
+        cmdline: cmdline.trim().to_owned(),
         root_uuid: root.uuid.clone(),
         root_label: Some(root.label.clone()),
         timeout: ctx
@@ -852,7 +849,53 @@ fn grub_config(p: &blockdev::Plan, ctx: &elements::RunContext, tree: &Path) -> R
     })
 }
 
-fn install_tree_boot(tree: &Path, p: &blockdev::Plan, ctx: &elements::RunContext) -> Result<()> {
+/// The newest `boot/vmlinuz-RELEASE` in the tree and its `boot/initrd.img-RELEASE` (Debian's
+/// names, which the busybox element uses too), as paths inside the root filesystem.
+fn find_kernel(tree: &Path) -> Result<(String, Option<String>)> {
+    let boot = tree.join("boot");
+    let mut releases: Vec<String> = fs::read_dir(&boot)
+        .map_err(io_err("reading", &boot))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(str::to_owned)
+        })
+        .collect();
+    releases.sort_by(|a, b| version_cmp(a, b));
+    let Some(rel) = releases.pop() else {
+        return Err(Error::Usage {
+            field: "vm".into(),
+            value: boot.display().to_string(),
+            reason: "no kernel (boot/vmlinuz-RELEASE) in the tree: add an operating-system \
+                     element that installs one"
+                .into(),
+        });
+    };
+    let initrd = format!("boot/initrd.img-{rel}");
+    Ok((
+        format!("/boot/vmlinuz-{rel}"),
+        tree.join(&initrd).is_file().then(|| format!("/{initrd}")),
+    ))
+}
+
+/// Compare kernel releases by their numeric parts (`6.1.0-10` < `6.1.0-9` is wrong as text).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |s: &str| -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
+}
+
+fn install_tree_boot(
+    tree: &Path,
+    p: &blockdev::Plan,
+    ctx: &elements::RunContext,
+) -> Result<diskforge_boot::GrubConfig> {
     let cfg = grub_config(p, ctx, tree)?;
     diskforge_boot::write_grub_cfg(tree, &cfg).map_err(|e| Error::Boot(Box::new(e)))?;
     if root_and_esp(p).1.is_some() {
@@ -860,18 +903,17 @@ fn install_tree_boot(tree: &Path, p: &blockdev::Plan, ctx: &elements::RunContext
         fs::create_dir_all(&esp).map_err(io_err("creating", &esp))?;
         diskforge_boot::install_efi(&esp, &cfg).map_err(|e| Error::Boot(Box::new(e)))?;
     }
-    Ok(())
+    Ok(cfg)
 }
 
-fn install_bios(image: &Path, p: &blockdev::Plan) -> Result<()> {
+fn install_bios(image: &Path, p: &blockdev::Plan, cfg: &diskforge_boot::GrubConfig) -> Result<()> {
     if !bios_capable(p) {
         return Ok(());
     }
     let (Some(root), Some(disk)) = (root_and_esp(p).0, p.disks.first()) else {
         return Ok(());
     };
-    let _ = image;
-    diskforge_boot::install_bios(&disk.path, disk, root)
+    diskforge_boot::install_bios(image, disk, root, cfg)
         .map(|_| ())
         .map_err(|e| Error::Boot(Box::new(e)))
 }

@@ -125,6 +125,20 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The input is wrong (elements that do not resolve, an invalid block-device config), as
+    /// opposed to a failure while building: tools exit 3 for these.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            Error::Elements(e) => matches!(**e, diskforge_elements::Error::Problems(_)),
+            Error::BlockDevice { source, .. } => {
+                matches!(**source, diskforge_blockdev::Error::Invalid(_))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -182,12 +182,7 @@ fn exit_code(e: &Error, cancelled: Option<i32>) -> i32 {
     }
     match e {
         Error::Usage { .. } => 2,
-        Error::Elements(inner) if inner.is_input_error() => 3,
-        Error::BlockDevice { source, .. }
-            if matches!(**source, diskforge_image::BlockDeviceError::Invalid(_)) =>
-        {
-            3
-        }
+        e if e.is_invalid_input() => 3,
         Error::BootCheck { .. } => 4,
         _ => 1,
     }
