@@ -604,7 +604,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         .map(|b| b.marker.clone())
         .unwrap_or_else(|| DEFAULT_MARKER.into());
 
-    let mut phase = |steps: &mut Steps<'_>, ctx: &elements::RunContext, p: Phase| -> Result<()> {
+    let phase = |steps: &mut Steps<'_>, ctx: &elements::RunContext, p: Phase| -> Result<()> {
         if resolved.scripts(p).is_empty() {
             return Ok(());
         }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use diskforge_image::{BootCheck, BuildEvent, BuildReport, BuildRequest, Error, OutputFormat};
+use diskforge_image::{BootCheck, BuildEvent, BuildReport, BuildRequest, Error};
+#[cfg(test)]
+use diskforge_image::OutputFormat;
 
 const AFTER_HELP: &str = "\
 Examples:
