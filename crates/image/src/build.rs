@@ -662,7 +662,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                 image_dir: bd.path().join("image"),
                 root: Some(tree.clone()),
                 uuid_seed: Some(match req.source_date_epoch {
-                    Some(e) => format!("{}:{e}", req.name.display()),
+                    Some(e) => format!("{}:{e}", ctx.env.get("IMAGE_NAME").map_or("", |n| n)),
                     None => uuid_seed_random(),
                 }),
                 source_date_epoch: req.source_date_epoch,
@@ -703,6 +703,9 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     phase(steps, &ctx, Phase::PreFinalise)?;
     phase(steps, &ctx, Phase::Finalise)?;
 
+    if let Some(e) = req.source_date_epoch {
+        steps.run("clamp mtimes", |_| clamp_mtimes(&tree, e))?;
+    }
     let mut raw = None;
     if let Some(p) = &plan {
         let st = bd.path().join("state");
@@ -767,6 +770,38 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         }
     }
     Ok((names, plan, outputs, boots))
+}
+
+/// Set every mtime in `tree` later than `epoch` to `epoch` (symlinks themselves, not their
+/// targets), so that files the phases wrote just now (GRUB's, an element's) do not make
+/// two builds differ in filesystems that keep mtimes as they are (FAT).
+fn clamp_mtimes(tree: &Path, epoch: u64) -> Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT, utimensat};
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![tree.to_owned()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).map_err(io_err("inspecting", &p))?;
+        if m.is_dir() {
+            for e in fs::read_dir(&p).map_err(io_err("reading", &p))? {
+                stack.push(e.map_err(io_err("reading", &p))?.path());
+            }
+        }
+        if m.mtime() > epoch as i64 {
+            let t = Timestamps {
+                last_access: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
+                last_modification: Timespec {
+                    tv_sec: epoch as i64,
+                    tv_nsec: 0,
+                },
+            };
+            utimensat(CWD, &p, &t, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err("setting the mtime of", &p)(e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 fn uuid_seed_random() -> String {

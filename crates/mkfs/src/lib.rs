@@ -725,6 +725,9 @@ fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
             }
             Cmd::new("debugfs")
                 .args(["-w", "-f", "-"])
+                // Without it debugfs stamps the superblock's last-write time with the clock,
+                // and two builds a second apart differ.
+                .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
                 .arg(target)
                 .stdin_bytes(script)
                 .run()

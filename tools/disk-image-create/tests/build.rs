@@ -210,8 +210,9 @@ fn every_output_type_is_accepted_by_its_tool() {
 fn builds_are_reproducible() {
     let r = Run::new();
     let mut sums = Vec::new();
-    for name in ["a", "b"] {
-        let out = r.path(name);
+    for dir in ["a", "b"] {
+        fs::create_dir_all(r.path(dir)).unwrap();
+        let out = r.path(&format!("{dir}/img"));
         let o = r.run(
             &["-o", out.to_str().unwrap(), "-t", "raw,tar", "busybox", "vm", "block-device-efi"],
             &[("SOURCE_DATE_EPOCH", "1700000000")],
@@ -220,8 +221,8 @@ fn builds_are_reproducible() {
         let s = tool(
             "sha256sum",
             &[
-                r.path(&format!("{name}.raw")).to_str().unwrap(),
-                r.path(&format!("{name}.tar")).to_str().unwrap(),
+                r.path(&format!("{dir}/img.raw")).to_str().unwrap(),
+                r.path(&format!("{dir}/img.tar")).to_str().unwrap(),
             ],
         );
         sums.push(
