@@ -982,3 +982,63 @@ fn boot_check(
         seconds: r.done_after.unwrap_or(r.seconds),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_sort_numerically() {
+        let mut v = vec!["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"];
+        v.sort_by(|a, b| version_cmp(a, b));
+        assert_eq!(v, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-10-amd64"]);
+    }
+
+    #[test]
+    fn arch_names_follow_dib() {
+        assert_eq!(dib_arch("x86_64").unwrap(), "amd64");
+        assert_eq!(dib_arch("aarch64").unwrap(), "arm64");
+        let e = dib_arch("sparc").unwrap_err().to_string();
+        assert!(e.starts_with("-a \"sparc\": unknown architecture"), "{e}");
+    }
+
+    #[test]
+    fn block_device_config_is_a_path_a_file_url_or_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bd.yaml");
+        fs::write(&f, "- local_loop:\n    name: image0\n").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let shipped = elements::shipped_elements(tmp.path()).unwrap();
+        let mut req = BuildRequest::new(["busybox"], "x");
+        let resolved = elements::resolve(&req.elements, &resolve_options(&req, &shipped)).unwrap();
+        for (value, name) in [
+            (f.display().to_string(), f.display().to_string()),
+            (format!("file://{}", f.display()), f.display().to_string()),
+            (
+                "- local_loop:\n    name: image0\n".to_owned(),
+                "DIB_BLOCK_DEVICE_CONFIG".to_owned(),
+            ),
+        ] {
+            req.block_device_config = Some(value);
+            let (text, source) = block_device_text(&req, &resolved).unwrap();
+            assert_eq!(text, "- local_loop:\n    name: image0\n");
+            assert_eq!(source, name);
+        }
+        req.block_device_config = Some("file:///no/such/file.yaml".into());
+        let e = block_device_text(&req, &resolved).unwrap_err().to_string();
+        assert!(e.contains("/no/such/file.yaml"), "{e}");
+    }
+
+    #[test]
+    fn auto_size_adds_the_fixed_partitions_to_the_tree() {
+        let text = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: gpt\n    partitions:\n      - name: ESP\n        type: 'EF00'\n        size: 550MiB\n        mkfs:\n          type: vfat\n          mount:\n            mount_point: /boot/efi\n      - name: root\n        type: '8300'\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n";
+        let opts = blockdev::PlanOptions::default();
+        let mib = 1u64 << 20;
+        // 60 MiB of tree: /0.6 = 100 MiB root, + 550 MiB ESP + 8 MiB slack.
+        assert_eq!(auto_size(text, &opts, 60 * mib, None), 658 * mib);
+        // DIB_IMAGE_EXTRA_SIZE=200 (MiB) instead of the 0.6 scale.
+        assert_eq!(auto_size(text, &opts, 60 * mib, Some(200)), 818 * mib);
+        // A tiny tree still gets 32 MiB of room.
+        assert_eq!(auto_size(text, &opts, mib, None), (550 + 33 + 8) * mib);
+    }
+}
