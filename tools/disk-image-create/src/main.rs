@@ -17,22 +17,29 @@ use diskforge_image::OutputFormat;
 
 const AFTER_HELP: &str = "\
 Examples:
-  disk-image-create -o out/demo -t qcow2 --boot-check busybox vm block-device-efi
+  disk-image-create -o demo --boot-check busybox vm block-device-efi
   ELEMENTS_PATH=./elements disk-image-create -o web -t raw,tar my-element
   DIB_BLOCK_DEVICE_CONFIG=file://layout.yaml disk-image-create busybox vm
   disk-image-create --dry-run --json busybox vm
 
-Environment: ELEMENTS_PATH (colon-separated, earlier wins), DIB_BLOCK_DEVICE_CONFIG (a path,
-file://PATH or inline YAML), SOURCE_DATE_EPOCH (reproducible outputs), FS_TYPE, and every
-DIB_* variable (passed to the element scripts).
+Environment:
+  ELEMENTS_PATH            colon-separated element dirs, earlier wins
+  DIB_BLOCK_DEVICE_CONFIG  a path, file://PATH or inline YAML
+  SOURCE_DATE_EPOCH        reproducible outputs (fixed UUIDs and times)
+  FS_TYPE, DIB_*           passed on to the element scripts
 
-Exit codes: 0 built; 1 the build failed (a script, mkfs, qemu-img …); 2 usage error;
-3 invalid input (elements that do not resolve, a bad block-device config); 4 the boot check
-failed; 130/143 interrupted by SIGINT/SIGTERM (everything made is removed).";
+Exit codes:
+  0        built
+  1        the build failed (a script, mkfs, qemu-img …)
+  2        usage error
+  3        invalid input (elements that do not resolve, a bad block-device
+           config)
+  4        the boot check failed
+  130/143  interrupted by SIGINT/SIGTERM (everything made is removed)";
 
 /// Build a VM disk image from diskimage-builder elements.
 #[derive(Debug, Parser)]
-#[command(name = "disk-image-create", version, after_help = AFTER_HELP)]
+#[command(name = "disk-image-create", version, after_help = AFTER_HELP, term_width = 80)]
 struct Cli {
     /// Elements to build from (with their dependencies).
     #[arg(value_name = "ELEMENT", required = true)]
