@@ -758,16 +758,30 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                 value: String::new(),
                 reason: "needs a raw or qcow2 output (-t raw or -t qcow2)".into(),
             })?;
-        for fw in firmwares(p) {
-            let name = match fw {
-                diskforge_vm::Firmware::SeaBios => "seabios",
-                diskforge_vm::Firmware::Ovmf => "ovmf",
-            };
-            let r = steps.run(&format!("boot check ({name})"), |_| {
-                boot_check(&disk.path, disk.format, fw, bc)
-            })?;
-            boots.push(r);
-        }
+        // The boots run side by side (each QEMU is one vCPU); one step times them all.
+        let fws = firmwares(p);
+        let names: Vec<&str> = fws.iter().map(|f| firmware_name(*f)).collect();
+        let results = steps.run(&format!("boot check ({})", names.join(", ")), |_| {
+            let results: Vec<Result<BootResult>> = std::thread::scope(|s| {
+                let handles: Vec<_> = fws
+                    .iter()
+                    .map(|fw| s.spawn(|| boot_check(&disk.path, disk.format, *fw, bc)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::BootCheck {
+                                firmware: "?".into(),
+                                reason: "the boot thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            results.into_iter().collect::<Result<Vec<_>>>()
+        })?;
+        boots.extend(results);
     }
     Ok((names, plan, outputs, boots))
 }
@@ -953,6 +967,13 @@ fn install_bios(image: &Path, p: &blockdev::Plan, cfg: &diskforge_boot::GrubConf
         .map_err(|e| Error::Boot(Box::new(e)))
 }
 
+fn firmware_name(fw: diskforge_vm::Firmware) -> &'static str {
+    match fw {
+        diskforge_vm::Firmware::SeaBios => "seabios",
+        diskforge_vm::Firmware::Ovmf => "ovmf",
+    }
+}
+
 fn boot_check(
     image: &Path,
     format: OutputFormat,
@@ -967,10 +988,7 @@ fn boot_check(
     };
     let vm = Vm::disk(Drive::virtio(image, f, Access::Snapshot), fw);
     let expect = Expect::marker(bc.marker.clone(), bc.timeout);
-    let name = match fw {
-        diskforge_vm::Firmware::SeaBios => "seabios",
-        diskforge_vm::Firmware::Ovmf => "ovmf",
-    };
+    let name = firmware_name(fw);
     let r = diskforge_vm::boot_to_marker(&vm, &expect).map_err(|e| Error::BootCheck {
         firmware: name.into(),
         reason: e.to_string(),
