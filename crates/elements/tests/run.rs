@@ -1,0 +1,523 @@
+//! Running phases for real: host phases (any user), in-chroot phases in a busybox-static
+//! chroot (root), failures, timeouts, cancel and `kill -9` of the runner.
+
+#![allow(clippy::unwrap_used)] // test setup failures should panic at once
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use diskforge_elements::{
+    Error, Phase, Resolved, RunContext, ScriptEvent, environment, prepare_hooks, resolve, run_phase,
+};
+
+struct Build {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    resolved: Resolved,
+    ctx: RunContext,
+}
+
+/// Elements under DIR/elements (plus `os`), resolved for `requested`, hooks prepared, an
+/// empty target at DIR/target.
+fn build(files: &[(&str, &str, bool)], requested: &[&str]) -> Build {
+    let dir = tmp();
+    let root = real(dir.path());
+    let els = root.join("elements");
+    os_element(&els);
+    write(&els, files);
+    let mut req = names(requested);
+    req.push("os".into());
+    let resolved = resolve(&req, &opts(&[&els], &[])).unwrap();
+    let target = root.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let ctx = RunContext {
+        target_root: target,
+        hooks_dir: root.join("build/hooks"),
+        build_dir: root.join("build"),
+        env: BTreeMap::from([("IMAGE_NAME".into(), "test-image".into())]),
+        script_timeout: Duration::from_secs(60),
+        trace: false,
+        cancel: None,
+    };
+    prepare_hooks(&resolved, &ctx.hooks_dir).unwrap();
+    Build {
+        _dir: dir,
+        root,
+        resolved,
+        ctx,
+    }
+}
+
+fn run(
+    b: &Build,
+    phase: Phase,
+) -> (
+    Result<diskforge_elements::PhaseReport, Error>,
+    Vec<ScriptEvent>,
+) {
+    let mut events = Vec::new();
+    let r = run_phase(&b.resolved, phase, &b.ctx, &mut |e| events.push(e));
+    (r, events)
+}
+
+#[test]
+fn host_phase_sees_dib_environment_and_sourced_env_files() {
+    let b = build(
+        &[
+            (
+                "a/environment.d/10-a.bash",
+                "export FROM_ENV_D=a\nNOT_EXPORTED=x\n",
+                false,
+            ),
+            (
+                "b/environment.d/20-b",
+                "export FROM_ENV_D=\"$FROM_ENV_D+b\"\n",
+                false,
+            ),
+            (
+                "a/root.d/10-env",
+                "#!/bin/bash\nset -eu\n\
+                 echo \"target=$TARGET_ROOT mount=$TMP_MOUNT_PATH\"\n\
+                 echo \"hooks=$TMP_HOOKS_PATH build=$TMP_BUILD_DIR\"\n\
+                 echo \"elements=$IMAGE_ELEMENT name=$IMAGE_NAME\"\n\
+                 echo \"envd=$FROM_ENV_D unexported=${NOT_EXPORTED:-unset}\"\n\
+                 echo \"lib=$_LIB/die $(test -f $_LIB/die && echo ok)\"\n\
+                 echo \"cwd=$(pwd) self=$0\"\n\
+                 echo to-stderr >&2\n\
+                 eval declare -A els=($(get_image_element_array)); echo \"array=${els[b]}\"\n\
+                 touch \"$TARGET_ROOT/made-by-root.d\"\n",
+                true,
+            ),
+            ("b/root.d/05-first", "#!/bin/sh\necho first\n", true),
+        ],
+        &["a", "b"],
+    );
+    let (r, events) = run(&b, Phase::Root);
+    let report = r.unwrap();
+    assert_eq!(
+        report
+            .scripts
+            .iter()
+            .map(|s| format!("{}/{}", s.element, s.script))
+            .collect::<Vec<_>>(),
+        ["b/05-first", "a/10-env"]
+    );
+    let lines: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            ScriptEvent::Output { line } => Some(redact(line, &b.root)),
+            _ => None,
+        })
+        .collect();
+    insta::assert_snapshot!(lines.join("\n"), @r"
+    first
+    target=[ROOT]/target mount=[ROOT]/target
+    hooks=[ROOT]/build/hooks build=[ROOT]/build
+    elements=a b os name=test-image
+    envd=a+b unexported=unset
+    lib=[ROOT]/build/hooks/_lib/die ok
+    cwd=[ROOT]/build/hooks self=[ROOT]/build/hooks/root.d/10-env
+    to-stderr
+    array=[ROOT]/elements/b
+    ");
+    assert!(
+        matches!(&events[0], ScriptEvent::Start { element, phase: Phase::Root, script } if element == "b" && script == "05-first")
+    );
+    assert!(
+        matches!(events.last().unwrap(), ScriptEvent::Done { script, .. } if script == "10-env")
+    );
+    assert!(b.ctx.target_root.join("made-by-root.d").exists());
+    // What environment() reports is what the script saw.
+    let env = environment(&b.resolved, &b.ctx);
+    assert_eq!(env["IMAGE_ELEMENT"], "a b os");
+    assert_eq!(env["TARGET_ROOT"], b.ctx.target_root.display().to_string());
+}
+
+#[test]
+fn failing_script_names_element_phase_script_status_and_last_lines() {
+    let b = build(
+        &[
+            ("el/post-root.d/10-ok", "#!/bin/sh\necho fine\n", true),
+            (
+                "el/post-root.d/20-fail",
+                "#!/bin/sh\nfor i in $(seq 1 30); do echo line $i; done\necho boom >&2\nexit 3\n",
+                true,
+            ),
+            (
+                "el/post-root.d/30-never",
+                "#!/bin/sh\ntouch \"$TARGET_ROOT/ran\"\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    let (r, _) = run(&b, Phase::PostRoot);
+    let err = r.unwrap_err();
+    match &err {
+        Error::ScriptFailed {
+            element,
+            phase,
+            script,
+            status,
+            last_lines,
+        } => {
+            assert_eq!(
+                (element.as_str(), *phase, script.as_str()),
+                ("el", Phase::PostRoot, "20-fail")
+            );
+            assert_eq!(status, "exit status 3");
+            assert_eq!(last_lines.len(), 20);
+            assert_eq!(last_lines.first().unwrap(), "line 12");
+            assert_eq!(last_lines.last().unwrap(), "boom");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(
+            "el/post-root.d/20-fail failed (exit status 3); last 20 lines:\n    line 12\n"
+        ),
+        "{msg}"
+    );
+    assert!(
+        !b.ctx.target_root.join("ran").exists(),
+        "the build stops at the failure"
+    );
+}
+
+#[test]
+fn failing_environment_file_fails_the_script() {
+    let b = build(
+        &[
+            (
+                "el/environment.d/10-gate",
+                "echo 'not on this arch' >&2\nexit 1\n",
+                false,
+            ),
+            (
+                "el/cleanup.d/10-x",
+                "#!/bin/sh\ntouch \"$TARGET_ROOT/ran\"\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    let err = run(&b, Phase::Cleanup).0.unwrap_err();
+    assert!(
+        matches!(&err, Error::ScriptFailed { script, last_lines, .. } if script == "10-x" && last_lines == &["not on this arch"]),
+        "{err:?}"
+    );
+    assert!(!b.ctx.target_root.join("ran").exists());
+}
+
+#[test]
+fn timeout_kills_the_script_and_its_children() {
+    let mut b = build(
+        &[(
+            "el/extra-data.d/10-hang",
+            "#!/bin/bash\necho started\nsleep 987651 &\nsleep 987652\n",
+            true,
+        )],
+        &["el"],
+    );
+    b.ctx.script_timeout = Duration::from_millis(1500);
+    let t0 = Instant::now();
+    let err = run(&b, Phase::ExtraData).0.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    match &err {
+        Error::ScriptTimedOut {
+            element,
+            script,
+            timeout,
+            last_lines,
+            ..
+        } => {
+            assert_eq!((element.as_str(), script.as_str()), ("el", "10-hang"));
+            assert_eq!(*timeout, Duration::from_millis(1500));
+            assert_eq!(last_lines, &["started"]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("el/extra-data.d/10-hang timed out after 1.5s"),
+        "{err}"
+    );
+    // Gone by the time run_phase returned: no waiting here.
+    assert_eq!(processes_with("sleep 987651"), Vec::<u32>::new());
+    assert_eq!(processes_with("sleep 987652"), Vec::<u32>::new());
+}
+
+#[test]
+fn cancel_kills_the_running_script() {
+    let mut b = build(
+        &[
+            (
+                "el/block-device.d/10-hang",
+                "#!/bin/sh\nsleep 987653 &\nsleep 987654\n",
+                true,
+            ),
+            (
+                "el/block-device.d/20-never",
+                "#!/bin/sh\ntouch \"$TARGET_ROOT/ran\"\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    let flag = Arc::new(AtomicBool::new(false));
+    b.ctx.cancel = Some(flag.clone());
+    let raiser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        flag.store(true, Ordering::SeqCst);
+    });
+    let err = run(&b, Phase::BlockDevice).0.unwrap_err();
+    raiser.join().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "cancelled during el/block-device.d/10-hang"
+    );
+    assert!(!b.ctx.target_root.join("ran").exists());
+    assert_eq!(processes_with("sleep 987653"), Vec::<u32>::new());
+    assert_eq!(processes_with("sleep 987654"), Vec::<u32>::new());
+    // Raised before the phase: nothing starts.
+    let (r, events) = run(&b, Phase::BlockDevice);
+    assert_eq!(r.unwrap_err().to_string(), "cancelled");
+    assert!(events.is_empty());
+}
+
+#[test]
+fn trace_sets_debug_trace() {
+    let mut b = build(
+        &[(
+            "el/pre-finalise.d/10-x",
+            "#!/bin/sh\necho \"trace=$DIB_DEBUG_TRACE\"\n",
+            true,
+        )],
+        &["el"],
+    );
+    b.ctx.trace = true;
+    let (r, events) = run(&b, Phase::PreFinalise);
+    r.unwrap();
+    assert!(events.contains(&ScriptEvent::Output {
+        line: "trace=1".into()
+    }));
+}
+
+#[test]
+fn missing_hooks_are_reported() {
+    let b = build(&[("el/root.d/10-x", "#!/bin/sh\n", true)], &["el"]);
+    std::fs::remove_file(b.ctx.hooks_dir.join("root.d/10-x")).unwrap();
+    let err = run(&b, Phase::Root).0.unwrap_err();
+    assert!(matches!(err, Error::HookMissing { .. }), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// In-chroot phases (root): a busybox-static chroot.
+
+/// Put the host's busybox-static into `target` with the applets the scripts use.
+fn busybox_root(target: &Path) {
+    let bin = target.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static installed");
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in [
+        "sh", "cat", "echo", "ls", "touch", "test", "grep", "sleep", "mkdir", "stat", "seq",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn chroot_phase_has_binds_inside_and_none_outside() {
+    diskforge_testutil::require_root();
+    let b = build(
+        &[
+            ("el/environment.d/10-e", "export IN_CHROOT_ENV=yes\n", false),
+            (
+                "el/install.d/10-check",
+                "#!/bin/sh\nset -eu\n\
+                 test $$ -lt 100 && echo \"own pid namespace\"\n\
+                 echo \"env=$IN_CHROOT_ENV home=$HOME target_root=${TARGET_ROOT:-unset}\"\n\
+                 test -e /proc/self/mountinfo && echo proc-ok\n\
+                 test -d /sys/kernel && echo sys-ok\n\
+                 test -c /dev/null && echo dev-ok\n\
+                 test -d /dev/pts && grep -q ' /dev/pts ' /proc/self/mountinfo && echo pts-ok\n\
+                 test -x /tmp/in_target.d/install.d/10-check && echo hooks-ok\n\
+                 if touch /tmp/in_target.d/x 2>/dev/null; then echo hooks-writable; else echo hooks-ro; fi\n\
+                 touch /ready\n\
+                 while ! test -e /go; do sleep 0.05; done\n\
+                 echo done > /result\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    busybox_root(&b.ctx.target_root);
+    let target = b.ctx.target_root.clone();
+    let before = diskforge_testutil::KernelState::capture();
+    let mut lines = Vec::new();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut events = Vec::new();
+            let r = run_phase(&b.resolved, Phase::Install, &b.ctx, &mut |e| events.push(e));
+            (r, events)
+        });
+        let until = Instant::now() + Duration::from_secs(30);
+        while !target.join("ready").exists() {
+            assert!(Instant::now() < until, "script never got ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // While the script runs inside, the host sees none of its mounts.
+        assert_eq!(host_mounts_under(&target), Vec::<String>::new());
+        std::fs::write(target.join("go"), "").unwrap();
+        let (r, events) = h.join().unwrap();
+        r.unwrap();
+        for e in events {
+            if let ScriptEvent::Output { line } = e {
+                lines.push(line);
+            }
+        }
+    });
+    assert_eq!(
+        lines,
+        [
+            "own pid namespace",
+            "env=yes home=/root target_root=unset",
+            "proc-ok",
+            "sys-ok",
+            "dev-ok",
+            "pts-ok",
+            "hooks-ok",
+            "hooks-ro",
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("result")).unwrap(),
+        "done\n"
+    );
+    // Afterwards: nothing mounted, the hooks mount point removed, /proc an empty dir.
+    assert_eq!(host_mounts_under(&target), Vec::<String>::new());
+    assert!(!target.join("tmp/in_target.d").exists());
+    assert_eq!(std::fs::read_dir(target.join("proc")).unwrap().count(), 0);
+    before.assert_nothing_new();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn chroot_failure_and_timeout_leave_nothing_behind() {
+    diskforge_testutil::require_root();
+    let mut b = build(
+        &[
+            (
+                "el/finalise.d/10-fail",
+                "#!/bin/sh\necho inside\nexit 7\n",
+                true,
+            ),
+            (
+                "hang/post-install.d/10-hang",
+                "#!/bin/sh\nsleep 987655 &\nsleep 987656\n",
+                true,
+            ),
+        ],
+        &["el", "hang"],
+    );
+    busybox_root(&b.ctx.target_root);
+    let err = run(&b, Phase::Finalise).0.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "el/finalise.d/10-fail failed (exit status 7); last 1 line:\n    inside"
+    );
+    b.ctx.script_timeout = Duration::from_secs(1);
+    let err = run(&b, Phase::PostInstall).0.unwrap_err();
+    assert!(matches!(err, Error::ScriptTimedOut { .. }), "{err:?}");
+    assert_eq!(processes_with("sleep 987655"), Vec::<u32>::new());
+    assert_eq!(processes_with("sleep 987656"), Vec::<u32>::new());
+    assert_eq!(host_mounts_under(&b.ctx.target_root), Vec::<String>::new());
+    assert!(!b.ctx.target_root.join("tmp/in_target.d").exists());
+}
+
+/// The `run_phase` example binary (built by `cargo test` with the other examples).
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples/run_phase");
+    assert!(
+        p.exists(),
+        "{} missing: run through `cargo test` so examples are built",
+        p.display()
+    );
+    p
+}
+
+/// `kill -9` of the runner while a script (and a background child) runs leaves no process
+/// and no mount.
+fn kill9_leaves_nothing(phase: Phase, marker: &str) {
+    let b = build(
+        &[(
+            &format!("el/{}/10-hang", phase.dir()),
+            &format!("#!/bin/sh\nsleep {marker}1 &\necho ready\nsleep {marker}2\n"),
+            true,
+        )],
+        &["el"],
+    );
+    if phase.in_chroot() {
+        busybox_root(&b.ctx.target_root);
+    }
+    let els = b.root.join("elements");
+    let mut child = diskforge_cmd::Cmd::new(example_binary())
+        .arg(&els)
+        .arg(&b.ctx.target_root)
+        .arg(&b.ctx.build_dir)
+        .arg(phase.dir())
+        .args(["el", "os"])
+        .spawn_streaming()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match child.next_line(until) {
+            diskforge_cmd::NextLine::Line(l) if l.contains("ready") => break,
+            diskforge_cmd::NextLine::Line(_) => {}
+            other => panic!("runner ended before the script was ready: {other:?}"),
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while processes_with(&format!("sleep {marker}2")).is_empty() {
+        assert!(Instant::now() < until, "the script's sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_raw(child.pid().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let f = child.finish(Duration::from_secs(5)).unwrap();
+    assert!(!f.status.success());
+    assert_eq!(
+        wait_no_process(&format!("sleep {marker}")),
+        Vec::<u32>::new()
+    );
+    assert_eq!(host_mounts_under(&b.ctx.target_root), Vec::<String>::new());
+}
+
+#[test]
+fn kill9_of_the_runner_in_a_host_phase_leaves_no_process() {
+    kill9_leaves_nothing(Phase::PostRoot, "98766");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn kill9_of_the_runner_in_a_chroot_phase_leaves_no_process_or_mount() {
+    diskforge_testutil::require_root();
+    kill9_leaves_nothing(Phase::PreInstall, "98767");
+}
