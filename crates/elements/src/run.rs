@@ -128,7 +128,10 @@ for _dib_env in "$@"; do
     set +x
 done
 unset _dib_env
-"$_dib_script"
+# Not the last command, so that the shell forks instead of exec'ing: the shell stays the
+# namespace's init (reaping orphans) and the script gets ordinary signal handling.
+"$_dib_script" || exit $?
+exit 0
 "#;
 
 /// Sets up the chroot inside the new mount namespace, then runs [`INNER`] in the target's

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use diskforge_elements::{
-    Error, Phase, Resolved, RunContext, ScriptEvent, environment, prepare_hooks, resolve, run_phase,
+    Error, Phase, Resolved, RunContext, ScriptEvent, environment, prepare_hooks, resolve,
+    run_phase, shipped_elements,
 };
 
 struct Build {
@@ -520,4 +521,86 @@ fn kill9_of_the_runner_in_a_host_phase_leaves_no_process() {
 fn kill9_of_the_runner_in_a_chroot_phase_leaves_no_process_or_mount() {
     diskforge_testutil::require_root();
     kill9_leaves_nothing(Phase::PreInstall, "98767");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn shipped_install_static_and_stable_interface_names_work_in_a_busybox_chroot() {
+    diskforge_testutil::require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tmp();
+    let root = real(dir.path());
+    let els = root.join("elements");
+    os_element(&els);
+    write(
+        &els,
+        &[
+            ("mine/static/etc/motd", "hello from static\n", false),
+            (
+                "mine/static/usr/local/bin/tool",
+                "#!/bin/sh\necho tool\n",
+                true,
+            ),
+            ("mine/static/tmp/note", "kept\n", false),
+        ],
+    );
+    std::os::unix::fs::symlink("motd", els.join("mine/static/etc/motd-link")).unwrap();
+    let shipped = shipped_elements(&root.join("shipped")).unwrap();
+    let resolved = resolve(
+        &names(&["os", "mine", "install-static", "stable-interface-names"]),
+        &opts(&[&els, &shipped], &[]),
+    )
+    .unwrap();
+    let target = root.join("target");
+    busybox_root(&target);
+    std::fs::create_dir_all(target.join("tmp")).unwrap();
+    std::fs::set_permissions(target.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::create_dir_all(target.join("etc/udev/rules.d")).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/null",
+        target.join("etc/udev/rules.d/80-net-name-slot.rules"),
+    )
+    .unwrap();
+    let ctx = RunContext {
+        target_root: target.clone(),
+        hooks_dir: root.join("build/hooks"),
+        build_dir: root.join("build"),
+        env: BTreeMap::new(),
+        script_timeout: Duration::from_secs(60),
+        trace: true,
+        cancel: None,
+    };
+    prepare_hooks(&resolved, &ctx.hooks_dir).unwrap();
+    let mut out = Vec::new();
+    let report = run_phase(&resolved, Phase::Install, &ctx, &mut |e| {
+        if let ScriptEvent::Output { line } = e {
+            out.push(line)
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.scripts.len(), 2, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/motd")).unwrap(),
+        "hello from static\n"
+    );
+    let tool = std::fs::metadata(target.join("usr/local/bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o777, 0o755);
+    assert_eq!((tool.uid(), tool.gid()), (0, 0));
+    assert_eq!(
+        std::fs::read_link(target.join("etc/motd-link")).unwrap(),
+        Path::new("motd")
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("tmp/note")).unwrap(),
+        "kept\n"
+    );
+    // An existing directory keeps its mode.
+    assert_eq!(
+        std::fs::metadata(target.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    assert!(
+        std::fs::symlink_metadata(target.join("etc/udev/rules.d/80-net-name-slot.rules")).is_err()
+    );
+    assert_eq!(host_mounts_under(&target), Vec::<String>::new());
 }
