@@ -254,7 +254,8 @@ fn install_types() {
     let dir = tmp();
     let root = real(dir.path());
     install_type_elements(&root);
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &[],
             &[
