@@ -197,6 +197,13 @@ pub enum Error {
         /// The target root.
         path: PathBuf,
     },
+    /// A mount point inside the target is a symlink; mounting on it would follow the link
+    /// out of the target, so the phase is refused.
+    #[error("{path}: is a symlink; refusing to mount over it")]
+    TargetSymlink {
+        /// The symlink.
+        path: PathBuf,
+    },
     /// In-chroot phases need root (mount and PID namespaces, `chroot`).
     #[error("running {phase} in a chroot needs root")]
     NeedsRoot {

@@ -283,6 +283,12 @@ struct InTargetDir {
 
 impl InTargetDir {
     fn prepare(target: &Path) -> Result<InTargetDir> {
+        for d in ["proc", "sys", "dev", "tmp", "tmp/in_target.d"] {
+            let p = target.join(d);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::TargetSymlink { path: p });
+            }
+        }
         for d in ["proc", "sys", "dev", "tmp"] {
             let p = target.join(d);
             if !p.is_dir() {

@@ -465,3 +465,41 @@ fn environment_for_dry_run() {
     let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     insta::assert_snapshot!(redact(&text, &root));
 }
+
+#[test]
+fn a_name_provided_by_an_element_found_later_is_not_missing() {
+    // dib's breadth-first expansion fails here when it meets `virtual` before `impl` has
+    // been expanded; the fixed point does not.
+    let dir = tmp();
+    let root = real(dir.path());
+    os_element(&root);
+    write(
+        &root,
+        &[
+            ("a/element-deps", "virtual\n", false),
+            ("c/element-deps", "d\n", false),
+            ("d/element-deps", "impl\n", false),
+            ("impl/element-provides", "virtual\n", false),
+            // A real element of the provided name is not pulled in.
+            ("virtual/element-deps", "never\n", false),
+        ],
+    );
+    let r = ok(&["os", "a", "c"], &opts(&[&root], &[]));
+    let names: Vec<_> = r.elements().iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["os", "a", "c", "d", "impl"]);
+    assert_eq!(r.provided()["virtual"], "impl");
+    assert_eq!(r.element("impl").unwrap().chain, ["c", "d", "impl"]);
+}
+
+#[test]
+fn dry_run_json_of_the_default_build() {
+    let dir = tmp();
+    let root = real(dir.path());
+    let shipped = shipped_elements(&root).unwrap();
+    let r = ok(
+        &["busybox", "vm", "block-device-efi", "install-static"],
+        &opts(&[&shipped], &[("ARCH", "amd64")]),
+    );
+    let json = serde_json::to_string_pretty(&r).unwrap();
+    insta::assert_snapshot!(redact(&json, &root));
+}

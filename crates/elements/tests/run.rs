@@ -604,3 +604,26 @@ fn shipped_install_static_and_stable_interface_names_work_in_a_busybox_chroot() 
     );
     assert_eq!(host_mounts_under(&target), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn chroot_refuses_symlinked_mount_points() {
+    diskforge_testutil::require_root();
+    let b = build(&[("el/install.d/10-x", "#!/bin/sh\n", true)], &["el"]);
+    busybox_root(&b.ctx.target_root);
+    std::os::unix::fs::symlink("/tmp", b.ctx.target_root.join("tmp")).unwrap();
+    let err = run(&b, Phase::Install).0.unwrap_err();
+    assert!(
+        matches!(&err, Error::TargetSymlink { path } if path.ends_with("target/tmp")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn chroot_phase_without_scripts_does_nothing() {
+    let b = build(&[("el/root.d/10-x", "#!/bin/sh\necho hi\n", true)], &["el"]);
+    // No install.d scripts: nothing runs, nothing is created in the target.
+    let (r, events) = run(&b, Phase::Install);
+    assert!(r.unwrap().scripts.is_empty() && events.is_empty());
+    assert_eq!(std::fs::read_dir(&b.ctx.target_root).unwrap().count(), 0);
+}
