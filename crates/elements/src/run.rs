@@ -202,6 +202,10 @@ pub fn run_phase(
         }
     }
     let mut env = environment(resolved, ctx);
+    if !env.contains_key("PATH") {
+        let path = std::env::var("PATH").unwrap_or_default();
+        env.insert("PATH".to_owned(), path_with_sbin(&path));
+    }
     let env_names: Vec<String> = resolved
         .environment_files()
         .iter()
@@ -373,11 +377,23 @@ fn script_command(
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }
-    cmd.dir(if in_chroot {
-        Path::new("/")
-    } else {
-        ctx.hooks_dir.as_path()
-    })
+    // Host scripts keep the builder's working directory, as under dib.
+    if in_chroot { cmd.dir("/") } else { cmd }
+}
+
+/// `PATH` with the sbin directories appended that a non-root `PATH` often lacks (dib's
+/// `common-defaults` does the same).
+fn path_with_sbin(path: &str) -> String {
+    let mut out = path.to_owned();
+    for d in ["/sbin", "/usr/sbin", "/usr/local/sbin"] {
+        if !path.split(':').any(|p| p == d) {
+            if !out.is_empty() {
+                out.push(':');
+            }
+            out.push_str(d);
+        }
+    }
+    out
 }
 
 /// The last lines of output, for errors.
@@ -537,5 +553,23 @@ fn wait_group_gone(pgid: i32, limit: Duration) {
     let until = Instant::now() + limit;
     while group_alive(pgid) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sbin_is_appended_once() {
+        assert_eq!(
+            path_with_sbin("/usr/bin:/bin"),
+            "/usr/bin:/bin:/sbin:/usr/sbin:/usr/local/sbin"
+        );
+        assert_eq!(
+            path_with_sbin("/usr/sbin:/bin:/sbin:/usr/local/sbin"),
+            "/usr/sbin:/bin:/sbin:/usr/local/sbin"
+        );
+        assert_eq!(path_with_sbin(""), "/sbin:/usr/sbin:/usr/local/sbin");
     }
 }

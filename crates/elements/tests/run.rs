@@ -90,6 +90,7 @@ fn host_phase_sees_dib_environment_and_sourced_env_files() {
                  echo \"envd=$FROM_ENV_D unexported=${NOT_EXPORTED:-unset}\"\n\
                  echo \"lib=$_LIB/die $(test -f $_LIB/die && echo ok)\"\n\
                  echo \"cwd=$(pwd) self=$0\"\n\
+                 echo \":$PATH:\" | grep -q :/usr/sbin: && echo \":$PATH:\" | grep -q :/sbin: && echo sbin-on-path\n\
                  echo to-stderr >&2\n\
                  eval declare -A els=($(get_image_element_array)); echo \"array=${els[b]}\"\n\
                  touch \"$TARGET_ROOT/made-by-root.d\"\n",
@@ -112,7 +113,14 @@ fn host_phase_sees_dib_environment_and_sourced_env_files() {
     let lines: Vec<String> = events
         .iter()
         .filter_map(|e| match e {
-            ScriptEvent::Output { line } => Some(redact(line, &b.root)),
+            ScriptEvent::Output { line } => Some(
+                redact(line, &b.root)
+                    .replace(
+                        &std::env::current_dir().unwrap().display().to_string(),
+                        "[CWD]",
+                    )
+                    .replace(&std::env::var("PATH").unwrap(), "[PATH]"),
+            ),
             _ => None,
         })
         .collect();
@@ -123,7 +131,8 @@ fn host_phase_sees_dib_environment_and_sourced_env_files() {
     elements=a b os name=test-image
     envd=a+b unexported=unset
     lib=[ROOT]/build/hooks/_lib/die ok
-    cwd=[ROOT]/build/hooks self=[ROOT]/build/hooks/root.d/10-env
+    cwd=[CWD] self=[ROOT]/build/hooks/root.d/10-env
+    sbin-on-path
     to-stderr
     array=[ROOT]/elements/b
     ");
