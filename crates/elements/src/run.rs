@@ -114,6 +114,25 @@ pub struct PhaseReport {
     pub scripts: Vec<ScriptReport>,
     /// The phase's wall time, mounts included.
     pub elapsed: Duration,
+    /// `block-device.d` only: the last `IMAGE_BLOCK_DEVICE=VALUE` a script printed. dib
+    /// evaluates such lines of that phase's output (`eval_run_d`) so that a script can
+    /// replace the block device; the caller does the same with this value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_block_device: Option<String>,
+}
+
+/// The value of an `IMAGE_BLOCK_DEVICE=VALUE` line (`export` and quotes allowed).
+fn image_block_device_line(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("IMAGE_BLOCK_DEVICE=")?;
+    let rest = rest.trim();
+    let value = if let Some(q) = rest.strip_prefix('"') {
+        q.split('"').next()?
+    } else if let Some(q) = rest.strip_prefix('\'') {
+        q.split('\'').next()?
+    } else {
+        rest.split(|c: char| c.is_whitespace() || c == ';').next()?
+    };
+    Some(value.to_owned())
 }
 
 /// The wrapper every script runs in: `$1` is the script, the rest are environment files.
@@ -191,6 +210,7 @@ pub fn run_phase(
         phase,
         scripts: Vec::new(),
         elapsed: Duration::ZERO,
+        image_block_device: None,
     };
     if scripts.is_empty() {
         return Ok(report);
@@ -237,6 +257,17 @@ pub fn run_phase(
                 .to_string()
         })
         .collect();
+    let mut image_block_device = None;
+    let mut watch = |e: ScriptEvent| {
+        if phase == Phase::BlockDevice
+            && let ScriptEvent::Output { line } = &e
+            && let Some(v) = image_block_device_line(line)
+        {
+            image_block_device = Some(v);
+        }
+        progress(e);
+    };
+    let progress = &mut watch;
     let result = (|| {
         for s in &scripts {
             if cancelled(ctx) {
@@ -268,6 +299,7 @@ pub fn run_phase(
     let cleanup = in_target.map(InTargetDir::remove).unwrap_or(Ok(()));
     result?;
     cleanup?;
+    report.image_block_device = image_block_device;
     report.elapsed = start.elapsed();
     Ok(report)
 }
@@ -432,6 +464,7 @@ fn run_script(
     let deadline = Instant::now() + ctx.script_timeout;
     let mut tail = Tail(VecDeque::with_capacity(TAIL_LINES));
     let name = || format!("{}/{}/{}", s.element, s.phase, s.name);
+    let mut output_closed = false;
     loop {
         if cancelled(ctx) {
             kill_tree(&mut child, pgid);
@@ -450,12 +483,20 @@ fn run_script(
                 last_lines: tail.take(),
             });
         }
+        if output_closed {
+            // The script closed its output but may still be working.
+            if child.try_wait().map_err(spawn_err)?.is_some() {
+                break;
+            }
+            std::thread::sleep(TICK.min(deadline - now));
+            continue;
+        }
         match child.next_line((now + TICK).min(deadline)) {
             NextLine::Line(l) => {
                 tail.push(&l);
                 progress(ScriptEvent::Output { line: l });
             }
-            NextLine::Closed => break,
+            NextLine::Closed => output_closed = true,
             NextLine::TimedOut => {
                 // Exited while something it left behind still holds the pipe (only possible
                 // without a PID namespace): stop waiting for end of output.
@@ -559,6 +600,25 @@ fn wait_group_gone(pgid: i32, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_block_device_lines() {
+        let v = |l| image_block_device_line(l);
+        assert_eq!(
+            v("IMAGE_BLOCK_DEVICE=/dev/loop3"),
+            Some("/dev/loop3".into())
+        );
+        assert_eq!(
+            v("export IMAGE_BLOCK_DEVICE=\"/dev/x y\""),
+            Some("/dev/x y".into())
+        );
+        assert_eq!(
+            v("IMAGE_BLOCK_DEVICE='/dev/z'; echo"),
+            Some("/dev/z".into())
+        );
+        assert_eq!(v("IMAGE_BLOCK_DEVICE=/dev/a; echo"), Some("/dev/a".into()));
+        assert_eq!(v("nothing here"), None);
+    }
 
     #[test]
     fn sbin_is_appended_once() {

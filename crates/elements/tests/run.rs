@@ -636,3 +636,51 @@ fn chroot_phase_without_scripts_does_nothing() {
     assert!(r.unwrap().scripts.is_empty() && events.is_empty());
     assert_eq!(std::fs::read_dir(&b.ctx.target_root).unwrap().count(), 0);
 }
+
+#[test]
+fn a_script_that_closes_its_output_runs_to_the_end() {
+    let b = build(
+        &[(
+            "el/root.d/10-quiet",
+            "#!/bin/sh\necho before\nexec >/dev/null 2>&1\nsleep 0.5\ntouch \"$TARGET_ROOT/after\"\n",
+            true,
+        )],
+        &["el"],
+    );
+    let (r, events) = run(&b, Phase::Root);
+    r.unwrap();
+    assert!(events.contains(&ScriptEvent::Output {
+        line: "before".into()
+    }));
+    assert!(b.ctx.target_root.join("after").exists());
+}
+
+#[test]
+fn block_device_scripts_can_replace_the_device() {
+    let mut b = build(
+        &[
+            (
+                "el/block-device.d/10-show",
+                "#!/bin/sh\necho \"given=$IMAGE_BLOCK_DEVICE\"\necho IMAGE_BLOCK_DEVICE=/dev/replaced\n",
+                true,
+            ),
+            (
+                "el/root.d/10-x",
+                "#!/bin/sh\necho IMAGE_BLOCK_DEVICE=/dev/ignored\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    b.ctx
+        .env
+        .insert("IMAGE_BLOCK_DEVICE".into(), "/dev/loop7".into());
+    let (r, events) = run(&b, Phase::BlockDevice);
+    let report = r.unwrap();
+    assert_eq!(report.image_block_device.as_deref(), Some("/dev/replaced"));
+    assert!(events.contains(&ScriptEvent::Output {
+        line: "given=/dev/loop7".into()
+    }));
+    // Only block-device.d output counts.
+    assert_eq!(run(&b, Phase::Root).0.unwrap().image_block_device, None);
+}
