@@ -43,6 +43,10 @@ pub const SHIPPED: &[ShippedFile] = shipped! {
     "busybox/README.rst";
     "busybox/element-provides";
     "busybox/host-programs";
+    "devuser/README.rst";
+    "devuser/environment.d/50-devuser";
+    "devuser/extra-data.d/50-devuser", exec;
+    "devuser/install.d/50-devuser", exec;
     "install-static/README.rst";
     "install-static/install.d/10-install-static-files", exec;
     "stable-interface-names/README.rst";

@@ -684,3 +684,97 @@ fn block_device_scripts_can_replace_the_device() {
     // Only block-device.d output counts.
     assert_eq!(run(&b, Phase::Root).0.unwrap().image_block_device, None);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn shipped_devuser_creates_the_user_in_a_busybox_root() {
+    diskforge_testutil::require_root();
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp();
+    let root = real(dir.path());
+    let els = root.join("elements");
+    os_element(&els);
+    write(
+        &root,
+        &[("key.pub", "ssh-ed25519 AAAATEST me@host\n", false)],
+    );
+    let shipped = shipped_elements(&root.join("shipped")).unwrap();
+    let resolved = resolve(&names(&["os", "devuser"]), &opts(&[&els, &shipped], &[])).unwrap();
+    let target = root.join("target");
+    busybox_root(&target);
+    write(
+        &target,
+        &[
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\nweird:x:1000:1000::/:/bin/sh\n",
+                false,
+            ),
+            (
+                "etc/group",
+                "root:x:0:\nwheel:x:10:root\naudio:x:29:\n",
+                false,
+            ),
+        ],
+    );
+    let ctx = RunContext {
+        target_root: target.clone(),
+        hooks_dir: root.join("build/hooks"),
+        build_dir: root.join("build"),
+        env: BTreeMap::from([
+            ("DIB_DEV_USER_GROUPS".into(), "wheel,audio".into()),
+            ("DIB_DEV_USER_PWDLESS_SUDO".into(), "1".into()),
+            (
+                "DIB_DEV_USER_AUTHORIZED_KEYS".into(),
+                root.join("key.pub").display().to_string(),
+            ),
+            ("SOURCE_DATE_EPOCH".into(), "1700000000".into()),
+        ]),
+        script_timeout: Duration::from_secs(60),
+        trace: false,
+        cancel: None,
+    };
+    prepare_hooks(&resolved, &ctx.hooks_dir).unwrap();
+    let mut out = Vec::new();
+    for phase in [Phase::ExtraData, Phase::Install] {
+        run_phase(&resolved, phase, &ctx, &mut |e| {
+            if let ScriptEvent::Output { line } = e {
+                out.push(line)
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{out:?}"));
+    }
+    let read = |p: &str| std::fs::read_to_string(target.join(p)).unwrap();
+    assert_eq!(
+        read("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nweird:x:1000:1000::/:/bin/sh\n\
+         devuser:x:1001:1001::/home/devuser:/bin/sh\n"
+    );
+    assert_eq!(
+        read("etc/group"),
+        "root:x:0:\nwheel:x:10:root,devuser\naudio:x:29:devuser\ndevuser:x:1001:\n"
+    );
+    assert_eq!(read("etc/shadow"), "devuser:!:19675:0:99999:7:::\n");
+    assert_eq!(
+        read("etc/sudoers.d/devuser"),
+        "devuser ALL=(ALL) NOPASSWD:ALL\n"
+    );
+    let sudoers = std::fs::metadata(target.join("etc/sudoers.d/devuser")).unwrap();
+    assert_eq!(sudoers.mode() & 0o777, 0o440);
+    assert_eq!(
+        read("home/devuser/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAATEST me@host\n"
+    );
+    let keys = std::fs::metadata(target.join("home/devuser/.ssh/authorized_keys")).unwrap();
+    assert_eq!(
+        (keys.mode() & 0o777, keys.uid(), keys.gid()),
+        (0o600, 1001, 1001)
+    );
+    // Twice is an error naming the user, not a second account.
+    let err = run_phase(&resolved, Phase::Install, &ctx, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("devuser: user devuser already exists"),
+        "{err}"
+    );
+}
