@@ -50,7 +50,9 @@ pub use resolve::{
     Element, HOST_PROGRAMS_FILE, OPERATING_SYSTEM, PackageInstall, Problem, ProblemKind,
     ResolveOptions, Resolved, Script, SkipReason, Skipped, resolve,
 };
-pub use run::{PhaseReport, RunContext, ScriptEvent, ScriptReport, run_phase};
+pub use run::{
+    IN_TARGET_HOOKS, PhaseReport, RunContext, ScriptEvent, ScriptReport, TAIL_LINES, run_phase,
+};
 pub use shipped::{SHIPPED, ShippedFile, shipped_elements};
 
 /// A dib phase: one directory of scripts in every element, run in this order.
