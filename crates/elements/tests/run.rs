@@ -475,11 +475,13 @@ fn example_binary() -> PathBuf {
 
 /// `kill -9` of the runner while a script (and a background child) runs leaves no process
 /// and no mount.
-fn kill9_leaves_nothing(phase: Phase, marker: &str) {
+fn kill9_leaves_nothing(phase: Phase, marker: &str, as_nobody: bool) {
     let b = build(
         &[(
             &format!("el/{}/10-hang", phase.dir()),
-            &format!("#!/bin/sh\nsleep {marker}1 &\necho ready\nsleep {marker}2\n"),
+            &format!(
+                "#!/bin/sh\necho \"uid=$(id -u)\"\nsleep {marker}1 &\necho ready\nsleep {marker}2\n"
+            ),
             true,
         )],
         &["el"],
@@ -488,7 +490,21 @@ fn kill9_leaves_nothing(phase: Phase, marker: &str) {
         busybox_root(&b.ctx.target_root);
     }
     let els = b.root.join("elements");
-    let mut child = diskforge_cmd::Cmd::new(example_binary())
+    let mut cmd = diskforge_cmd::Cmd::new(example_binary());
+    if as_nobody {
+        // The runner as an unprivileged user: its scripts go into a user + PID namespace.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&b.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Hooks are prepared again by the runner, as nobody.
+        std::fs::remove_dir_all(&b.ctx.hooks_dir).unwrap();
+        for d in [&b.ctx.target_root, &b.ctx.build_dir] {
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        cmd = diskforge_cmd::Cmd::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(example_binary());
+    }
+    let mut child = cmd
         .arg(&els)
         .arg(&b.ctx.target_root)
         .arg(&b.ctx.build_dir)
@@ -500,8 +516,14 @@ fn kill9_leaves_nothing(phase: Phase, marker: &str) {
     loop {
         match child.next_line(until) {
             diskforge_cmd::NextLine::Line(l) if l.contains("ready") => break,
+            diskforge_cmd::NextLine::Line(l) if l.contains("uid=") => {
+                assert_eq!(l.trim(), if as_nobody { "uid=65534" } else { "uid=0" });
+            }
             diskforge_cmd::NextLine::Line(_) => {}
-            other => panic!("runner ended before the script was ready: {other:?}"),
+            other => {
+                let f = child.finish(Duration::from_secs(5)).unwrap();
+                panic!("runner ended before the script was ready: {other:?}: {f:?}")
+            }
         }
     }
     let until = Instant::now() + Duration::from_secs(10);
@@ -522,14 +544,23 @@ fn kill9_leaves_nothing(phase: Phase, marker: &str) {
 
 #[test]
 fn kill9_of_the_runner_in_a_host_phase_leaves_no_process() {
-    kill9_leaves_nothing(Phase::PostRoot, "98766");
+    // As whoever runs the tests (root in CI).
+    kill9_leaves_nothing(Phase::PostRoot, "98766", false);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn kill9_of_the_runner_in_a_chroot_phase_leaves_no_process_or_mount() {
     diskforge_testutil::require_root();
-    kill9_leaves_nothing(Phase::PreInstall, "98767");
+    kill9_leaves_nothing(Phase::PreInstall, "98767", false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn kill9_of_an_unprivileged_runner_leaves_no_process() {
+    // Root only to switch to `nobody`; needs unprivileged user namespaces.
+    diskforge_testutil::require_root();
+    kill9_leaves_nothing(Phase::Cleanup, "98768", true);
 }
 
 #[test]
