@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::resolve::SKIPPED_SUBDIRS;
+use crate::scan::SKIPPED_SUBDIRS;
 use crate::{Error, Phase, Resolved, Result};
 
 /// The directory under the hooks dir that `_LIB` points to.

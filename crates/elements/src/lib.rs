@@ -40,15 +40,18 @@ use std::time::Duration;
 mod env;
 mod hooks;
 mod order;
+mod packages;
 mod resolve;
 mod run;
+mod scan;
 mod shipped;
 
 pub use env::environment;
 pub use hooks::prepare_hooks;
+pub use packages::PackageInstall;
 pub use resolve::{
-    Element, HOST_PROGRAMS_FILE, OPERATING_SYSTEM, PackageInstall, Problem, ProblemKind,
-    ResolveOptions, Resolved, Script, SkipReason, Skipped, resolve,
+    Element, HOST_PROGRAMS_FILE, OPERATING_SYSTEM, Problem, ProblemKind, ResolveOptions, Resolved,
+    Script, SkipReason, Skipped, resolve,
 };
 pub use run::{
     IN_TARGET_HOOKS, PhaseReport, RunContext, ScriptEvent, ScriptReport, TAIL_LINES, run_phase,

@@ -2,16 +2,14 @@
 //! and every check that can be made before anything runs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::order::{is_env_name, is_script_name, sort_n};
+use crate::packages::{PackageInstall, read_packages, read_pkg_map};
+use crate::scan::scan_hooks;
 use crate::{Error, Phase, Result};
 
-/// Subdirectories of an element that dib does not copy into the hooks dir.
-pub(crate) const SKIPPED_SUBDIRS: [&str; 2] = ["tests", "__pycache__"];
 /// The name every root element provides (dib refuses a build without one).
 pub const OPERATING_SYSTEM: &str = "operating-system";
 /// The element file in which an element declares the host programs its phases run.
@@ -33,28 +31,6 @@ pub struct ResolveOptions {
     /// every `DIB_INSTALLTYPE_<prefix>`. The caller passes them from its environment; the
     /// process environment is not read here.
     pub env: BTreeMap<String, String>,
-}
-
-/// One package entry of an element's `package-installs.yaml`/`.json`, parsed and reported
-/// (installing packages is the distro elements' job, not this crate's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PackageInstall {
-    /// The package name (before `pkg-map` translation).
-    pub package: String,
-    /// The phase that installs it. Default: `install.d`.
-    pub phase: String,
-    /// Remove instead of install. Default: `false`.
-    pub uninstall: bool,
-    /// Install for the build, remove at the end. Default: `false`.
-    pub build_only: bool,
-    /// Only for this install type of the element. Default: any.
-    pub installtype: Option<String>,
-    /// Only for these architectures (comma-separated). Default: all.
-    pub arch: Option<String>,
-    /// Not for these architectures (comma-separated). Default: none.
-    pub not_arch: Option<String>,
-    /// `VAR = value` / `VAR != value` conditions, all of which must hold.
-    pub when: Vec<String>,
 }
 
 /// One resolved element.
@@ -251,6 +227,19 @@ impl std::fmt::Display for ProblemKind {
                 Ok(())
             }
             ProblemKind::BadFile { path, message } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl Problem {
+    /// [`ProblemKind::BadFile`] for `path` with `message`.
+    pub(crate) fn bad_file(path: &Path, chain: &[String], message: String) -> Problem {
+        Problem {
+            kind: ProblemKind::BadFile {
+                path: path.to_owned(),
+                message,
+            },
+            chain: chain.to_vec(),
         }
     }
 }
@@ -482,222 +471,244 @@ fn chain_of(name: &str, parent: &BTreeMap<String, String>) -> Vec<String> {
 /// environment files and the block-device default. Every problem found is returned at once
 /// in [`Error::Problems`].
 pub fn resolve(requested: &[String], opts: &ResolveOptions) -> Result<Resolved> {
-    let mut problems = Vec::new();
-    let mut requested: Vec<String> = {
-        let mut v: Vec<String> = Vec::new();
-        for r in requested {
-            if !v.contains(r) {
-                v.push(r.clone());
-            }
-        }
-        v
-    };
-    if requested.is_empty() {
-        problems.push(Problem {
-            kind: ProblemKind::NoElements,
-            chain: Vec::new(),
-        });
-    }
     let arch = opts
         .env
         .get("ARCH")
         .cloned()
         .unwrap_or_else(|| host_arch().to_owned());
-    // dib's _arg_defaults_hack: `vm` without any block-device-* gets the old default.
-    if requested.iter().any(|r| r == "vm")
-        && !requested.iter().any(|r| r.starts_with("block-device-"))
-    {
-        let default = if arch == "arm64" || arch == "aarch64" {
-            "block-device-efi"
-        } else {
-            "block-device-mbr"
-        };
-        requested.push(default.to_owned());
-    }
-
-    let all = discover(&opts.elements_path, &mut problems);
-
-    // deps/provides of every element we look at, read once.
-    let mut files: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    let mut file_problems = Vec::new();
-    let mut read = |name: &str| -> Option<(Vec<String>, Vec<String>)> {
-        let dir = all.get(name)?;
-        if let Some(v) = files.get(name) {
-            return Some(v.clone());
-        }
-        let d = read_name_set(
-            &dir.join("element-deps"),
-            &mut file_problems,
-            &[name.to_owned()],
-        );
-        let p = read_name_set(
-            &dir.join("element-provides"),
-            &mut file_problems,
-            &[name.to_owned()],
-        );
-        files.insert(name.to_owned(), (d.clone(), p.clone()));
-        Some((d, p))
-    };
-
-    // Expand until the set of provided names stops changing.
-    let mut provided_names = BTreeSet::new();
-    let mut ex = expand(
-        &requested,
-        &mut |n| read(n).map(|(d, _)| d),
-        &provided_names,
-    );
-    for _ in 0..EXPANSION_ROUNDS {
-        let now: BTreeSet<String> = ex
-            .order
-            .iter()
-            .filter_map(|n| read(n))
-            .flat_map(|(_, p)| p)
-            .collect();
-        if now == provided_names {
-            break;
-        }
-        provided_names = now;
-        ex = expand(
-            &requested,
-            &mut |n| read(n).map(|(d, _)| d),
-            &provided_names,
-        );
-    }
-
-    // Providers of each provided name.
-    let mut providers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in &ex.order {
-        if let Some((_, p)) = read(n) {
-            for name in p {
-                providers.entry(name).or_default().push(n.clone());
-            }
-        }
-    }
-    problems.append(&mut file_problems);
-
-    for m in &ex.missing {
-        if !providers.contains_key(m) {
-            problems.push(Problem {
-                kind: ProblemKind::MissingElement { name: m.clone() },
-                chain: chain_of(m, &ex.parent),
-            });
-        }
-    }
-    for (name, by) in &providers {
-        if by.len() > 1 {
-            problems.push(Problem {
-                kind: ProblemKind::ProvidedTwice {
-                    name: name.clone(),
-                    by: by.clone(),
-                },
-                chain: chain_of(&by[1], &ex.parent),
-            });
-        }
-        if requested.contains(name) {
-            problems.push(Problem {
-                kind: ProblemKind::RequestedButProvided {
-                    name: name.clone(),
-                    by: by[0].clone(),
-                },
-                chain: chain_of(&by[0], &ex.parent),
-            });
-        }
-    }
-    if !requested.is_empty() && !providers.contains_key(OPERATING_SYSTEM) {
-        problems.push(Problem {
-            kind: ProblemKind::NoOperatingSystem,
-            chain: Vec::new(),
-        });
-    }
-
-    // Cycles, following provided names to their provider.
-    let graph: BTreeMap<String, Vec<String>> = ex
-        .order
-        .iter()
-        .map(|n| {
-            let deps = files.get(n).map(|(d, _)| d.clone()).unwrap_or_default();
-            let targets = deps
-                .into_iter()
-                .filter_map(|d| {
-                    if let Some(p) = providers.get(&d) {
-                        p.first().cloned()
-                    } else if ex.order.contains(&d) {
-                        Some(d)
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            (n.clone(), targets)
-        })
-        .collect();
-    for cycle in find_cycles(&ex.order, &graph) {
-        problems.push(Problem {
-            chain: chain_of(&cycle[0], &ex.parent),
-            kind: ProblemKind::Cycle { cycle },
-        });
-    }
-
-    // Build the element records.
-    let mut elements = Vec::new();
-    for n in &ex.order {
-        let Some(path) = all.get(n).cloned() else {
-            continue;
-        };
-        let (deps, provides) = files.get(n).cloned().unwrap_or_default();
-        let chain = chain_of(n, &ex.parent);
-        let packages = read_packages(&path, &chain, &mut problems);
-        let pkg_map = read_pkg_map(&path, &chain, &mut problems);
-        let host_programs = read_host_programs(n, &path, &chain, &mut problems);
-        elements.push(Element {
-            name: n.clone(),
-            path,
-            deps,
-            provides,
-            chain,
-            packages,
-            pkg_map,
-            host_programs,
-        });
-    }
-    let provided: BTreeMap<String, String> = providers
-        .iter()
-        .map(|(k, v)| (k.clone(), v[0].clone()))
-        .collect();
-
+    let mut r = Resolver::new(requested, &arch, opts);
+    let ex = r.expand_to_fixed_point();
+    let providers = r.providers(&ex);
+    r.check_names(&ex, &providers);
+    r.check_cycles(&ex, &providers);
+    let elements = r.elements(&ex);
     let default_install_type = opts
         .env
         .get("DIB_DEFAULT_INSTALLTYPE")
         .filter(|s| !s.is_empty())
         .cloned()
         .unwrap_or_else(|| "source".to_owned());
-    let hooks = scan_hooks(&elements, opts, &default_install_type, &mut problems)?;
-
-    let block_device_default = elements.iter().find_map(|e| {
-        let arch_file = if ["ppc64le", "ppc64el"].contains(&arch.as_str()) {
-            "block-device-ppc64el.yaml".to_owned()
-        } else {
-            format!("block-device-{arch}.yaml")
-        };
-        [arch_file.as_str(), "block-device-default.yaml"]
-            .iter()
-            .map(|f| e.path.join(f))
-            .find(|p| p.exists())
-    });
-
-    if !problems.is_empty() {
-        return Err(Error::Problems(problems));
+    let hooks = scan_hooks(&elements, opts, &default_install_type, &mut r.problems)?;
+    if !r.problems.is_empty() {
+        return Err(Error::Problems(r.problems));
     }
     Ok(Resolved {
-        requested,
+        block_device_default: block_device_default(&elements, &arch),
+        requested: r.requested,
         elements_path: opts.elements_path.clone(),
         elements,
-        provided,
+        provided: providers
+            .iter()
+            .map(|(k, v)| (k.clone(), v[0].clone()))
+            .collect(),
         default_install_type,
         scripts: hooks.scripts,
         skipped: hooks.skipped,
         environment_files: hooks.environment_files,
-        block_device_default,
+    })
+}
+
+/// The state of one resolution: every element on the path, what was read of them, and the
+/// problems found so far.
+struct Resolver {
+    /// The requested names, deduplicated, with dib's `vm` default added.
+    requested: Vec<String>,
+    /// Every element on the path: name → directory.
+    all: BTreeMap<String, PathBuf>,
+    /// `element-deps` and `element-provides` of the elements looked at, read once.
+    files: BTreeMap<String, (Vec<String>, Vec<String>)>,
+    problems: Vec<Problem>,
+}
+
+impl Resolver {
+    fn new(requested: &[String], arch: &str, opts: &ResolveOptions) -> Resolver {
+        let mut problems = Vec::new();
+        let mut req: Vec<String> = Vec::new();
+        for r in requested {
+            if !req.contains(r) {
+                req.push(r.clone());
+            }
+        }
+        if req.is_empty() {
+            problems.push(Problem {
+                kind: ProblemKind::NoElements,
+                chain: Vec::new(),
+            });
+        }
+        // dib's _arg_defaults_hack: `vm` without any block-device-* gets the old default.
+        if req.iter().any(|r| r == "vm") && !req.iter().any(|r| r.starts_with("block-device-")) {
+            let default = if arch == "arm64" || arch == "aarch64" {
+                "block-device-efi"
+            } else {
+                "block-device-mbr"
+            };
+            req.push(default.to_owned());
+        }
+        let all = discover(&opts.elements_path, &mut problems);
+        Resolver {
+            requested: req,
+            all,
+            files: BTreeMap::new(),
+            problems,
+        }
+    }
+
+    /// `(deps, provides)` of element `name`, or `None` when no such element exists.
+    fn read(&mut self, name: &str) -> Option<(Vec<String>, Vec<String>)> {
+        let dir = self.all.get(name)?;
+        if let Some(v) = self.files.get(name) {
+            return Some(v.clone());
+        }
+        let chain = [name.to_owned()];
+        let d = read_name_set(&dir.join("element-deps"), &mut self.problems, &chain);
+        let p = read_name_set(&dir.join("element-provides"), &mut self.problems, &chain);
+        self.files.insert(name.to_owned(), (d.clone(), p.clone()));
+        Some((d, p))
+    }
+
+    /// Expand the requested elements until the set of provided names stops changing, so a
+    /// name provided by an element found later is not looked up as an element.
+    fn expand_to_fixed_point(&mut self) -> Expansion {
+        let requested = self.requested.clone();
+        let mut provided = BTreeSet::new();
+        let mut ex = expand(&requested, &mut |n| self.read(n).map(|(d, _)| d), &provided);
+        for _ in 0..EXPANSION_ROUNDS {
+            let now: BTreeSet<String> = ex
+                .order
+                .iter()
+                .filter_map(|n| self.read(n))
+                .flat_map(|(_, p)| p)
+                .collect();
+            if now == provided {
+                break;
+            }
+            provided = now;
+            ex = expand(&requested, &mut |n| self.read(n).map(|(d, _)| d), &provided);
+        }
+        ex
+    }
+
+    /// Provided name → the elements providing it, in resolution order.
+    fn providers(&mut self, ex: &Expansion) -> BTreeMap<String, Vec<String>> {
+        let mut providers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in &ex.order {
+            if let Some((_, p)) = self.read(n) {
+                for name in p {
+                    providers.entry(name).or_default().push(n.clone());
+                }
+            }
+        }
+        providers
+    }
+
+    /// Missing elements, names provided twice, requested names that are provided, and the
+    /// missing operating system.
+    fn check_names(&mut self, ex: &Expansion, providers: &BTreeMap<String, Vec<String>>) {
+        for m in &ex.missing {
+            if !providers.contains_key(m) {
+                self.problems.push(Problem {
+                    kind: ProblemKind::MissingElement { name: m.clone() },
+                    chain: chain_of(m, &ex.parent),
+                });
+            }
+        }
+        for (name, by) in providers {
+            if by.len() > 1 {
+                self.problems.push(Problem {
+                    kind: ProblemKind::ProvidedTwice {
+                        name: name.clone(),
+                        by: by.clone(),
+                    },
+                    chain: chain_of(&by[1], &ex.parent),
+                });
+            }
+            if self.requested.contains(name) {
+                self.problems.push(Problem {
+                    kind: ProblemKind::RequestedButProvided {
+                        name: name.clone(),
+                        by: by[0].clone(),
+                    },
+                    chain: chain_of(&by[0], &ex.parent),
+                });
+            }
+        }
+        if !self.requested.is_empty() && !providers.contains_key(OPERATING_SYSTEM) {
+            self.problems.push(Problem {
+                kind: ProblemKind::NoOperatingSystem,
+                chain: Vec::new(),
+            });
+        }
+    }
+
+    /// Dependency cycles, following provided names to their provider.
+    fn check_cycles(&mut self, ex: &Expansion, providers: &BTreeMap<String, Vec<String>>) {
+        let graph: BTreeMap<String, Vec<String>> = ex
+            .order
+            .iter()
+            .map(|n| {
+                let deps = self
+                    .files
+                    .get(n)
+                    .map(|(d, _)| d.clone())
+                    .unwrap_or_default();
+                let targets = deps
+                    .into_iter()
+                    .filter_map(|d| match providers.get(&d) {
+                        Some(p) => p.first().cloned(),
+                        None => ex.order.contains(&d).then_some(d),
+                    })
+                    .collect();
+                (n.clone(), targets)
+            })
+            .collect();
+        for cycle in find_cycles(&ex.order, &graph) {
+            self.problems.push(Problem {
+                chain: chain_of(&cycle[0], &ex.parent),
+                kind: ProblemKind::Cycle { cycle },
+            });
+        }
+    }
+
+    /// The element records, reading (and checking) their package lists, pkg-map and host
+    /// programs.
+    fn elements(&mut self, ex: &Expansion) -> Vec<Element> {
+        let mut elements = Vec::new();
+        for n in &ex.order {
+            let Some(path) = self.all.get(n).cloned() else {
+                continue;
+            };
+            let (deps, provides) = self.files.get(n).cloned().unwrap_or_default();
+            let chain = chain_of(n, &ex.parent);
+            let problems = &mut self.problems;
+            elements.push(Element {
+                packages: read_packages(&path, &chain, problems),
+                pkg_map: read_pkg_map(&path, &chain, problems),
+                host_programs: read_host_programs(n, &path, &chain, problems),
+                name: n.clone(),
+                path,
+                deps,
+                provides,
+                chain,
+            });
+        }
+        elements
+    }
+}
+
+/// The block-device configuration of the first element (in resolution order) that has one:
+/// `block-device-<ARCH>.yaml` (`ppc64el` for both ppc64le spellings), else
+/// `block-device-default.yaml`.
+fn block_device_default(elements: &[Element], arch: &str) -> Option<PathBuf> {
+    let arch_file = if ["ppc64le", "ppc64el"].contains(&arch) {
+        "block-device-ppc64el.yaml".to_owned()
+    } else {
+        format!("block-device-{arch}.yaml")
+    };
+    elements.iter().find_map(|e| {
+        [arch_file.as_str(), "block-device-default.yaml"]
+            .iter()
+            .map(|f| e.path.join(f))
+            .find(|p| p.exists())
     })
 }
 
@@ -745,218 +756,6 @@ fn find_cycles(order: &[String], graph: &BTreeMap<String, Vec<String>>) -> Vec<V
     out
 }
 
-fn bad_file(path: &Path, chain: &[String], message: String) -> Problem {
-    Problem {
-        kind: ProblemKind::BadFile {
-            path: path.to_owned(),
-            message,
-        },
-        chain: chain.to_vec(),
-    }
-}
-
-/// Parse `package-installs.yaml` (or `.json`) into entries.
-fn read_packages(dir: &Path, chain: &[String], problems: &mut Vec<Problem>) -> Vec<PackageInstall> {
-    let (path, value) = {
-        let yaml = dir.join("package-installs.yaml");
-        let json = dir.join("package-installs.json");
-        let path = if yaml.exists() {
-            yaml
-        } else if json.exists() {
-            json
-        } else {
-            return Vec::new();
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(bad_file(&path, chain, format!("cannot read: {e}")));
-                return Vec::new();
-            }
-        };
-        // JSON is YAML, so one parser reads both.
-        match serde_norway::from_str::<serde_json::Value>(&text) {
-            Ok(v) => (path, v),
-            Err(e) => {
-                problems.push(bad_file(&path, chain, format!("not valid YAML/JSON: {e}")));
-                return Vec::new();
-            }
-        }
-    };
-    let map = match value {
-        serde_json::Value::Null => return Vec::new(),
-        serde_json::Value::Object(m) => m,
-        other => {
-            problems.push(bad_file(
-                &path,
-                chain,
-                format!(
-                    "expected a mapping of package names, found {}",
-                    json_kind(&other)
-                ),
-            ));
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    for (package, params) in map {
-        let entries: Vec<serde_json::Value> = match params {
-            serde_json::Value::Null => vec![serde_json::Value::Null],
-            serde_json::Value::Array(a) => a,
-            o => vec![o],
-        };
-        for entry in entries {
-            match package_entry(&package, &entry) {
-                Ok(p) => out.push(p),
-                Err(msg) => problems.push(bad_file(
-                    &path,
-                    chain,
-                    format!("package {package:?}: {msg}"),
-                )),
-            }
-        }
-    }
-    out
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "nothing",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a list",
-        serde_json::Value::Object(_) => "a mapping",
-    }
-}
-
-fn package_entry(
-    package: &str,
-    v: &serde_json::Value,
-) -> std::result::Result<PackageInstall, String> {
-    let mut p = PackageInstall {
-        package: package.to_owned(),
-        phase: "install.d".to_owned(),
-        uninstall: false,
-        build_only: false,
-        installtype: None,
-        arch: None,
-        not_arch: None,
-        when: Vec::new(),
-    };
-    let map = match v {
-        serde_json::Value::Null => return Ok(p),
-        serde_json::Value::Object(m) => m,
-        other => {
-            return Err(format!(
-                "expected a mapping of options, found {}",
-                json_kind(other)
-            ));
-        }
-    };
-    let text = |key: &str, v: &serde_json::Value| -> std::result::Result<String, String> {
-        match v {
-            serde_json::Value::String(s) => Ok(s.clone()),
-            serde_json::Value::Number(n) => Ok(n.to_string()),
-            other => Err(format!("{key}: expected text, found {}", json_kind(other))),
-        }
-    };
-    let flag = |key: &str, v: &serde_json::Value| -> std::result::Result<bool, String> {
-        match v {
-            serde_json::Value::Bool(b) => Ok(*b),
-            serde_json::Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
-            serde_json::Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
-            other => Err(format!("{key}: expected true or false, found {other}")),
-        }
-    };
-    for (key, val) in map {
-        match key.as_str() {
-            "phase" => {
-                let ph = text(key, val)?;
-                if Phase::from_dir(&ph).is_none() {
-                    return Err(format!(
-                        "phase: {ph:?} is not a phase directory (e.g. install.d)"
-                    ));
-                }
-                p.phase = ph;
-            }
-            "uninstall" => p.uninstall = flag(key, val)?,
-            "build-only" => p.build_only = flag(key, val)?,
-            "installtype" => p.installtype = Some(text(key, val)?),
-            "arch" => p.arch = Some(text(key, val)?),
-            "not-arch" => p.not_arch = Some(text(key, val)?),
-            "when" => {
-                p.when = match val {
-                    serde_json::Value::Array(a) => a
-                        .iter()
-                        .map(|w| text(key, w))
-                        .collect::<std::result::Result<_, _>>()?,
-                    other => vec![text(key, other)?],
-                };
-                for w in &p.when {
-                    if !w.contains('=') {
-                        return Err(format!(
-                            "when: {w:?} is not `VAR = value` or `VAR != value`"
-                        ));
-                    }
-                }
-            }
-            // Only meaningful to dib's python selection; accepted and ignored.
-            "dib_python_version" => {}
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    if p.arch.is_some() && p.not_arch.is_some() {
-        return Err("arch and not-arch cannot both be given".to_owned());
-    }
-    Ok(p)
-}
-
-/// Parse `pkg-map` (JSON with `release`/`distro`/`family`/`default` sections).
-fn read_pkg_map(
-    dir: &Path,
-    chain: &[String],
-    problems: &mut Vec<Problem>,
-) -> Option<serde_json::Value> {
-    let path = dir.join("pkg-map");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            problems.push(bad_file(&path, chain, format!("cannot read: {e}")));
-            return None;
-        }
-    };
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(serde_json::Value::Object(m)) => {
-            for k in m.keys() {
-                if !["release", "distro", "family", "default"].contains(&k.as_str()) {
-                    problems.push(bad_file(
-                        &path,
-                        chain,
-                        format!(
-                            "unknown section {k:?} (expected release, distro, family or default)"
-                        ),
-                    ));
-                }
-            }
-            Some(serde_json::Value::Object(m))
-        }
-        Ok(other) => {
-            problems.push(bad_file(
-                &path,
-                chain,
-                format!("expected a JSON object, found {}", json_kind(&other)),
-            ));
-            None
-        }
-        Err(e) => {
-            problems.push(bad_file(&path, chain, format!("not valid JSON: {e}")));
-            None
-        }
-    }
-}
-
 /// Read `host-programs` (one program per line, `#` comments) and check each is installed.
 fn read_host_programs(
     element: &str,
@@ -969,7 +768,7 @@ fn read_host_programs(
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            problems.push(bad_file(&path, chain, format!("cannot read: {e}")));
+            problems.push(Problem::bad_file(&path, chain, format!("cannot read: {e}")));
             return Vec::new();
         }
     };
@@ -980,7 +779,7 @@ fn read_host_programs(
             continue;
         }
         if line.contains(char::is_whitespace) {
-            problems.push(bad_file(
+            problems.push(Problem::bad_file(
                 &path,
                 chain,
                 format!("{line:?}: one program name per line"),
@@ -1008,219 +807,4 @@ fn program_installed(program: &str) -> bool {
         || ["/usr/local/sbin", "/usr/sbin", "/sbin"]
             .iter()
             .any(|d| Path::new(d).join(program).is_file())
-}
-
-/// What the hooks scan found.
-struct Hooks {
-    scripts: BTreeMap<Phase, Vec<Script>>,
-    skipped: Vec<Skipped>,
-    environment_files: Vec<PathBuf>,
-}
-
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// Names of the entries of `dir`, sorted bytewise; empty when it does not exist.
-fn entries(dir: &Path) -> Result<Vec<String>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("listing", dir)(e)),
-    };
-    let mut v = Vec::new();
-    for e in rd {
-        let e = e.map_err(Error::io("listing", dir))?;
-        if let Some(n) = e.file_name().to_str() {
-            v.push(n.to_owned());
-        }
-    }
-    v.sort();
-    Ok(v)
-}
-
-/// Install-type directories `<prefix>-<type>-install` selected by the environment, as dib's
-/// `install-types` element does: `DIB_INSTALLTYPE_<prefix>` (`_` → `-`) picks
-/// `<prefix>-<type>-install`; every other prefix gets `DIB_DEFAULT_INSTALLTYPE`.
-fn selected_install_dirs(
-    available: &BTreeSet<String>,
-    env: &BTreeMap<String, String>,
-    default_type: &str,
-) -> BTreeSet<String> {
-    let mut selected = BTreeSet::new();
-    let mut specified = BTreeSet::new();
-    for (k, v) in env {
-        if let Some(prefix) = k.strip_prefix("DIB_INSTALLTYPE_") {
-            let prefix = prefix.replace('_', "-");
-            let dir = format!("{prefix}-{v}-install");
-            if available.contains(&dir) {
-                selected.insert(dir);
-            }
-            specified.insert(prefix);
-        }
-    }
-    let suffix = format!("-{default_type}-install");
-    for d in available {
-        if let Some(prefix) = d.strip_suffix(&suffix)
-            && !specified.contains(prefix)
-        {
-            selected.insert(d.clone());
-        }
-    }
-    selected
-}
-
-/// Scan every element's subdirectories the way dib's `generate_hooks` copies them: report
-/// duplicated top-level files, collect scripts per phase (checking exec bits and names) and
-/// environment files.
-fn scan_hooks(
-    elements: &[Element],
-    opts: &ResolveOptions,
-    default_type: &str,
-    problems: &mut Vec<Problem>,
-) -> Result<Hooks> {
-    // hook path ("install.d/10-foo") → elements shipping it
-    let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for e in elements {
-        chains.insert(e.name.clone(), e.chain.clone());
-        for sub in entries(&e.path)? {
-            let sp = e.path.join(&sub);
-            if !sp.is_dir() || SKIPPED_SUBDIRS.contains(&sub.as_str()) {
-                continue;
-            }
-            for f in entries(&sp)? {
-                if sp.join(&f).is_file() {
-                    owners
-                        .entry(format!("{sub}/{f}"))
-                        .or_default()
-                        .push(e.name.clone());
-                }
-            }
-        }
-    }
-    for (hook, els) in &owners {
-        if els.len() > 1 {
-            problems.push(Problem {
-                kind: ProblemKind::DuplicateHook {
-                    hook: hook.clone(),
-                    elements: els.clone(),
-                },
-                chain: chains.get(&els[1]).cloned().unwrap_or_default(),
-            });
-        }
-    }
-
-    // install.d type dirs across all elements
-    let mut type_dirs = BTreeSet::new();
-    for e in elements {
-        for d in entries(&e.path.join("install.d"))? {
-            if d.ends_with("-install") && e.path.join("install.d").join(&d).is_dir() {
-                type_dirs.insert(d);
-            }
-        }
-    }
-    let selected = selected_install_dirs(&type_dirs, &opts.env, default_type);
-
-    let mut scripts = BTreeMap::new();
-    let mut skipped = Vec::new();
-    for phase in Phase::ALL {
-        // name → script; first element wins (duplicates are reported above)
-        let mut merged: BTreeMap<String, Script> = BTreeMap::new();
-        for e in elements {
-            let pdir = e.path.join(phase.dir());
-            let mut candidates: Vec<(String, PathBuf, Option<String>)> = Vec::new();
-            for f in entries(&pdir)? {
-                candidates.push((f.clone(), pdir.join(&f), None));
-            }
-            if phase == Phase::Install {
-                for d in &selected {
-                    let tdir = pdir.join(d);
-                    if tdir.is_dir() {
-                        for f in entries(&tdir)? {
-                            candidates.push((f.clone(), tdir.join(&f), Some(d.clone())));
-                        }
-                    }
-                }
-            }
-            for (name, path, install_dir) in candidates {
-                if !path.is_file() {
-                    continue;
-                }
-                let exec = is_executable(&path);
-                let good_name = is_script_name(&name);
-                if !(exec && good_name) {
-                    // Files with other names are the element's data (`foo.sh`, `foo.init`
-                    // next to the script that uses them): dib skips them and so do we.
-                    let reason = if !good_name {
-                        SkipReason::Name
-                    } else {
-                        SkipReason::NotExecutable
-                    };
-                    if reason == SkipReason::NotExecutable && !opts.allow_nonexec {
-                        problems.push(Problem {
-                            kind: ProblemKind::NotExecutable {
-                                element: e.name.clone(),
-                                path: path.clone(),
-                            },
-                            chain: e.chain.clone(),
-                        });
-                    }
-                    skipped.push(Skipped {
-                        element: e.name.clone(),
-                        phase,
-                        path,
-                        reason,
-                    });
-                    continue;
-                }
-                if let Some(existing) = merged.get(&name) {
-                    // Same-path duplicates were reported above; an install-type link that
-                    // shadows another script is reported here.
-                    if existing.install_dir.is_some() || install_dir.is_some() {
-                        problems.push(Problem {
-                            kind: ProblemKind::DuplicateHook {
-                                hook: format!("{}/{name}", phase.dir()),
-                                elements: vec![existing.element.clone(), e.name.clone()],
-                            },
-                            chain: e.chain.clone(),
-                        });
-                    }
-                    continue;
-                }
-                merged.insert(
-                    name.clone(),
-                    Script {
-                        element: e.name.clone(),
-                        phase,
-                        name,
-                        path,
-                        install_dir,
-                    },
-                );
-            }
-        }
-        let mut list: Vec<Script> = merged.into_values().collect();
-        list.sort_by(|a, b| sort_n(&a.name, &b.name));
-        scripts.insert(phase, list);
-    }
-
-    let mut env_files: Vec<(String, PathBuf)> = Vec::new();
-    for e in elements {
-        let dir = e.path.join("environment.d");
-        for f in entries(&dir)? {
-            let p = dir.join(&f);
-            if p.is_file() && is_env_name(&f) && !env_files.iter().any(|(n, _)| *n == f) {
-                env_files.push((f, p));
-            }
-        }
-    }
-    env_files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(Hooks {
-        scripts,
-        skipped,
-        environment_files: env_files.into_iter().map(|(_, p)| p).collect(),
-    })
 }
