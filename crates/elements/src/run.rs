@@ -205,6 +205,14 @@ pub fn run_phase(
     progress: &mut dyn FnMut(ScriptEvent),
 ) -> Result<PhaseReport> {
     let start = Instant::now();
+    // Scripts see (and the chroot wrapper, which runs in `/`, mounts) absolute paths.
+    let absolute = |p: &Path| std::path::absolute(p).map_err(Error::io("resolving", p));
+    let ctx = &RunContext {
+        target_root: absolute(&ctx.target_root)?,
+        hooks_dir: absolute(&ctx.hooks_dir)?,
+        build_dir: absolute(&ctx.build_dir)?,
+        ..ctx.clone()
+    };
     let scripts = resolved.scripts(phase);
     let mut report = PhaseReport {
         phase,

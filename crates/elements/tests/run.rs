@@ -809,3 +809,43 @@ fn shipped_devuser_creates_the_user_in_a_busybox_root() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn relative_paths_work_for_chroot_and_host_phases() {
+    diskforge_testutil::require_root();
+    let mut b = build(
+        &[
+            (
+                "el/install.d/10-x",
+                "#!/bin/sh\necho inside > /inside\n",
+                true,
+            ),
+            (
+                "el/post-root.d/10-x",
+                "#!/bin/sh\necho \"$TARGET_ROOT\"\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    // The tests run in the crate directory: a scratch dir there, named relatively.
+    let here = tempfile::tempdir_in(".").unwrap();
+    let rel = PathBuf::from(here.path().file_name().unwrap());
+    busybox_root(&rel.join("target"));
+    b.ctx.target_root = rel.join("target");
+    let hooks = rel.join("hooks");
+    prepare_hooks(&b.resolved, &hooks).unwrap();
+    b.ctx.hooks_dir = hooks;
+    run(&b, Phase::Install).0.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rel.join("target/inside")).unwrap(),
+        "inside\n"
+    );
+    let (r, events) = run(&b, Phase::PostRoot);
+    r.unwrap();
+    let abs = std::path::absolute(rel.join("target")).unwrap();
+    assert!(events.contains(&ScriptEvent::Output {
+        line: abs.display().to_string()
+    }));
+}
