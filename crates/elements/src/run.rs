@@ -89,9 +89,15 @@ pub enum ScriptEvent {
         phase: Phase,
         /// Its name.
         script: String,
-        /// How long it ran.
+        /// How long it ran (seconds in JSON).
+        #[serde(serialize_with = "seconds")]
         elapsed: Duration,
     },
+}
+
+/// A duration as fractional seconds (for `--json` output).
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// One script's result in a [`PhaseReport`].
@@ -101,7 +107,8 @@ pub struct ScriptReport {
     pub element: String,
     /// Its name.
     pub script: String,
-    /// How long it ran.
+    /// How long it ran (seconds in JSON).
+    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
 }
 
@@ -112,7 +119,8 @@ pub struct PhaseReport {
     pub phase: Phase,
     /// The scripts run, in order.
     pub scripts: Vec<ScriptReport>,
-    /// The phase's wall time, mounts included.
+    /// The phase's wall time, mounts included (seconds in JSON).
+    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
     /// `block-device.d` only: the last `IMAGE_BLOCK_DEVICE=VALUE` a script printed. dib
     /// evaluates such lines of that phase's output (`eval_run_d`) so that a script can
@@ -607,6 +615,34 @@ fn wait_group_gone(pgid: i32, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_serialise_times_as_seconds() {
+        let r = PhaseReport {
+            phase: Phase::Install,
+            scripts: vec![ScriptReport {
+                element: "el".into(),
+                script: "10-x".into(),
+                elapsed: Duration::from_millis(1500),
+            }],
+            elapsed: Duration::from_millis(2250),
+            image_block_device: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"phase":"install.d","scripts":[{"element":"el","script":"10-x","elapsed":1.5}],"elapsed":2.25}"#
+        );
+        let e = ScriptEvent::Done {
+            element: "el".into(),
+            phase: Phase::Root,
+            script: "10-x".into(),
+            elapsed: Duration::from_millis(500),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"event":"done","element":"el","phase":"root.d","script":"10-x","elapsed":0.5}"#
+        );
+    }
 
     #[test]
     fn image_block_device_lines() {
