@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::hooks::LIB_DIR;
 use crate::resolve::host_arch;
-use crate::{Resolved, RunContext};
+use crate::{Phase, Resolved, RunContext, Script};
 
 /// The variables a script sees on top of the builder's own environment (which scripts
 /// inherit, as under dib): what the caller put in [`RunContext::env`] (`IMAGE_NAME`,
@@ -79,4 +79,44 @@ pub fn environment(resolved: &Resolved, ctx: &RunContext) -> BTreeMap<String, St
         env.insert(k.to_owned(), v);
     }
     env
+}
+
+/// One phase of a [`Plan`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhasePlan {
+    /// The phase.
+    pub phase: Phase,
+    /// Whether it runs chrooted into the target.
+    pub in_chroot: bool,
+    /// Its scripts in run order.
+    pub scripts: Vec<Script>,
+}
+
+/// Everything `--dry-run` shows: the resolution, the environment scripts will see, and every
+/// phase's scripts in order. Built by [`plan`]; writes nothing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan<'a> {
+    /// The resolution (elements, provided names, skipped files, environment files, the
+    /// block-device default).
+    pub resolved: &'a Resolved,
+    /// The variables scripts see on top of the builder's environment ([`environment`]).
+    pub environment: BTreeMap<String, String>,
+    /// Every phase in run order, with its scripts.
+    pub phases: Vec<PhasePlan>,
+}
+
+/// The [`Plan`] of running `resolved` with `ctx`.
+pub fn plan<'a>(resolved: &'a Resolved, ctx: &RunContext) -> Plan<'a> {
+    Plan {
+        resolved,
+        environment: environment(resolved, ctx),
+        phases: Phase::ALL
+            .iter()
+            .map(|&phase| PhasePlan {
+                phase,
+                in_chroot: phase.in_chroot(),
+                scripts: resolved.scripts(phase),
+            })
+            .collect(),
+    }
 }

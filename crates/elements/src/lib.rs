@@ -46,7 +46,7 @@ mod run;
 mod scan;
 mod shipped;
 
-pub use env::environment;
+pub use env::{PhasePlan, Plan, environment, plan};
 pub use hooks::prepare_hooks;
 pub use packages::PackageInstall;
 pub use resolve::{

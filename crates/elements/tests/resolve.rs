@@ -502,4 +502,48 @@ fn dry_run_json_of_the_default_build() {
     );
     let json = serde_json::to_string_pretty(&r).unwrap();
     insta::assert_snapshot!(redact(&json, &root));
+    // The whole dry-run plan: resolution, environment, phases.
+    let ctx = RunContext {
+        target_root: root.join("build/mnt"),
+        hooks_dir: root.join("build/hooks"),
+        build_dir: root.join("build"),
+        env: BTreeMap::from([("ARCH".into(), "amd64".into())]),
+        script_timeout: Duration::from_secs(1),
+        trace: false,
+        cancel: None,
+    };
+    let plan = serde_json::to_value(diskforge_elements::plan(&r, &ctx)).unwrap();
+    assert_eq!(plan["resolved"], serde_json::to_value(&r).unwrap());
+    assert_eq!(
+        plan["environment"]["IMAGE_ELEMENT"],
+        "busybox vm block-device-efi install-static"
+    );
+    let phases: Vec<String> = plan["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} {}",
+                p["phase"],
+                p["in_chroot"],
+                p["scripts"].as_array().unwrap().len()
+            )
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "\"root.d\" false 0",
+            "\"extra-data.d\" false 0",
+            "\"pre-install.d\" true 0",
+            "\"install.d\" true 1",
+            "\"post-install.d\" true 0",
+            "\"post-root.d\" false 0",
+            "\"block-device.d\" false 0",
+            "\"pre-finalise.d\" false 0",
+            "\"finalise.d\" true 0",
+            "\"cleanup.d\" false 0",
+        ]
+    );
 }
