@@ -223,6 +223,35 @@ fn fs_modules(fs: &FsPlan) -> Result<Vec<&'static str>> {
     Ok(m)
 }
 
+/// The BIOS boot type GUID as stored on disk (mixed-endian): "Hah!IdontNeedEFI".
+const BIOS_BOOT_GUID_BYTES: &[u8; 16] = b"Hah!IdontNeedEFI";
+
+/// From a GPT header (LBA 1) and its entry array, the (first, last) LBA of the BIOS boot
+/// partition entry starting at `start`, if there is one.
+fn gpt_bios_boot_at(f: &mut std::fs::File, start: u64) -> std::io::Result<Option<(u64, u64)>> {
+    let mut hdr = [0u8; 92];
+    f.seek(SeekFrom::Start(SECTOR))?;
+    f.read_exact(&mut hdr)?;
+    let u64_at = |b: &[u8], o: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(x)
+    };
+    let entries_lba = u64_at(&hdr, 72);
+    let count = u32::from_le_bytes([hdr[80], hdr[81], hdr[82], hdr[83]]).min(1024) as usize;
+    let size = u32::from_le_bytes([hdr[84], hdr[85], hdr[86], hdr[87]]) as usize;
+    if !(128..=4096).contains(&size) {
+        return Ok(None);
+    }
+    let mut table = vec![0u8; count * size];
+    f.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+    f.read_exact(&mut table)?;
+    Ok(table.chunks(size).find_map(|e| {
+        let (first, last) = (u64_at(e, 32), u64_at(e, 40));
+        (&e[..16] == BIOS_BOOT_GUID_BYTES && first == start).then_some((first, last))
+    }))
+}
+
 /// `EF02` or the BIOS boot GUID, any case.
 fn is_bios_boot(type_code: &str) -> bool {
     type_code.eq_ignore_ascii_case("ef02") || type_code.eq_ignore_ascii_case(BIOS_BOOT_GUID)
@@ -375,6 +404,21 @@ pub fn install_bios(
     let mut with_image = disk.clone();
     with_image.path = image.to_owned();
     let (area_start, area_sectors, area) = embed_area(&with_image, &sector0)?;
+    if plan_gpt {
+        // Never trust the plan alone with a write: the image's own GPT must agree.
+        let on_disk = gpt_bios_boot_at(&mut f, area_start)
+            .map_err(io_err("reading the GPT entries of", image))?;
+        if on_disk
+            .is_none_or(|(first, last)| last.saturating_add(1).saturating_sub(first) < area_sectors)
+        {
+            return Err(Error::Invalid {
+                what: image.display().to_string(),
+                reason: format!(
+                    "the plan's BIOS boot partition ({area_sectors} sectors at {area_start}) is not in the image's GPT: was the image made from this plan?"
+                ),
+            });
+        }
+    }
 
     let scratch = tempfile::Builder::new()
         .prefix(".grub-core-")
@@ -467,8 +511,15 @@ mod tests {
 
     #[derive(Serialize)]
     struct Patched {
-        blocklists: Vec<Blocklist>,
+        blocklists: Vec<String>,
         list_bytes: String,
+    }
+
+    fn show(lists: &[Blocklist]) -> Vec<String> {
+        lists
+            .iter()
+            .map(|b| format!("start={} len={} segment={:#06x}", b.start, b.len, b.segment))
+            .collect()
     }
 
     fn hex(b: &[u8]) -> String {
@@ -484,10 +535,10 @@ mod tests {
         let before = core.clone();
         let written = patch_core_blocklist(&mut core, 2048).unwrap();
         let p = Patched {
-            blocklists: read_blocklists(&core),
+            blocklists: show(&read_blocklists(&core)),
             list_bytes: hex(&core[512 - 3 * LIST_SIZE..512]),
         };
-        assert_eq!(written, p.blocklists);
+        assert_eq!(written, read_blocklists(&core));
         insta::assert_yaml_snapshot!("blocklist_gpt_bios_boot_at_2048", p);
         // Nothing but the two lists changed.
         let diff: Vec<usize> = (0..core.len()).filter(|i| core[*i] != before[*i]).collect();
@@ -498,7 +549,7 @@ mod tests {
         // MBR gap: core at sector 1.
         let mut core = fake_core(287);
         patch_core_blocklist(&mut core, 1).unwrap();
-        insta::assert_yaml_snapshot!("blocklist_mbr_gap_at_1", read_blocklists(&core));
+        insta::assert_yaml_snapshot!("blocklist_mbr_gap_at_1", show(&read_blocklists(&core)));
     }
 
     #[test]

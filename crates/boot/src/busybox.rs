@@ -8,7 +8,8 @@
 //!   `linuxrc`;
 //! - `sbin/init`: a shell script that mounts `/proc`, `/sys`, `/dev` (devtmpfs) and
 //!   `/dev/pts`, remounts `/` read-write, runs `mount -a` (the fstab the block-device step
-//!   writes), sets the hostname, prints [`BusyboxOptions::marker`] on `/dev/console` and
+//!   writes), sets the hostname, prints `diskforge init: mounted / /boot/efi …` and then
+//!   [`BusyboxOptions::marker`] on `/dev/console` and
 //!   `/dev/ttyS0`, then powers off (`poweroff -f`) or keeps a shell on the console;
 //! - `etc/passwd`, `etc/group`, `etc/hostname`, `etc/os-release` (`ID=diskforge`,
 //!   `VARIANT_ID=busybox`), `etc/shells`;
@@ -32,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
 use diskforge_vm::{Compression, Initramfs, Kernel};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, io_err};
 
@@ -83,7 +84,8 @@ const DIRS: &[(&str, u32)] = &[
 ];
 
 /// What to build. [`BusyboxOptions::default`] gives the defaults each field names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BusyboxOptions {
     /// Printed on the serial console (a line of its own) when the system is up. Default
     /// `diskforge-booted`.
@@ -371,6 +373,7 @@ if [ -f /etc/fstab ]; then
   mount -a 2>/dev/null || echo "diskforge init: mount -a failed" > /dev/console
 fi
 hostname -F /etc/hostname 2>/dev/null
+echo "diskforge init: mounted $(grep -v -E ' (proc|sysfs|devtmpfs|devpts) ' /proc/mounts | cut -d' ' -f2 | tr '\n' ' ')" > /dev/console
 echo '{marker}' > /dev/console
 [ -c /dev/ttyS0 ] && echo '{marker}' > /dev/ttyS0 2>/dev/null
 {end}"#,

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, io_err};
 
@@ -69,7 +69,7 @@ pub const EFI_MODULES: &[&str] = &[
 ];
 
 /// How GRUB boots the system. The paths are inside the root filesystem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrubConfig {
     /// The kernel (`/boot/vmlinuz-RELEASE`).
     pub kernel: String,
@@ -92,6 +92,21 @@ pub struct GrubConfig {
 }
 
 impl GrubConfig {
+    /// A config booting `kernel` (and `initrd`) from the planned filesystem `root_fs`: its
+    /// UUID and label, `cmdline` as given, no menu wait, serial console on.
+    pub fn for_root_fs(
+        kernel: impl Into<String>,
+        initrd: Option<String>,
+        root_fs: &diskforge_blockdev::FsPlan,
+        cmdline: impl Into<String>,
+    ) -> Self {
+        GrubConfig {
+            cmdline: cmdline.into(),
+            root_label: Some(root_fs.label.clone()).filter(|l| !l.is_empty()),
+            ..GrubConfig::new(kernel, initrd, root_fs.uuid.clone())
+        }
+    }
+
     /// A config booting `kernel` (and `initrd`) from the root filesystem with UUID `uuid`,
     /// no menu wait, serial console on.
     pub fn new(kernel: impl Into<String>, initrd: Option<String>, uuid: Option<String>) -> Self {

@@ -100,14 +100,12 @@ fn build(config: &str, size_mib: u64) -> Built {
         .find(|f| f.mount_point.as_deref() == Some("/"))
         .unwrap()
         .clone();
-    let grub = GrubConfig {
-        cmdline: "panic=-1".into(),
-        ..GrubConfig::new(
-            root.kernel.clone(),
-            Some(root.initrd.clone()),
-            root_fs.uuid.clone(),
-        )
-    };
+    let grub = GrubConfig::for_root_fs(
+        root.kernel.clone(),
+        Some(root.initrd.clone()),
+        &root_fs,
+        "panic=-1",
+    );
     let cfg_path = write_grub_cfg(&tree, &grub).unwrap();
     assert_eq!(cfg_path, tree.join("boot/grub/grub.cfg"));
     let has_esp = plan
@@ -267,6 +265,17 @@ fn boot(b: &Built, fw: Firmware) -> BootReport {
         r.accel
     );
     let log = r.log_text();
+    let mounted: Vec<&str> = log
+        .lines()
+        .find_map(|l| l.split("diskforge init: mounted ").nth(1))
+        .unwrap_or_else(|| panic!("no mount line:\n{log}"))
+        .split_whitespace()
+        .collect();
+    // Every fstab entry got mounted (the ESP needs vfat + code pages from the initramfs).
+    for f in &b.plan.filesystems {
+        let mp = f.mount_point.as_deref().unwrap();
+        assert!(mounted.contains(&mp), "{mp} not mounted: {mounted:?}");
+    }
     assert!(
         log.contains(&format!(
             "root=UUID={}",
@@ -437,6 +446,40 @@ fn gpt_without_bios_boot_partition_is_refused() {
     d.table = None;
     let err = install_bios(&image, &d, &root_fs(&image), &grub_for("/dev/sda")).unwrap_err();
     assert!(matches!(err, Error::NoPartitionTable { .. }), "{err}");
+}
+
+/// A plan whose BIOS boot partition is not where the image's GPT has it: refused before
+/// writing (the plan alone would have GRUB's core image written over a filesystem).
+#[test]
+fn plan_and_image_disagreeing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("gpt.raw");
+    fs::File::create(&image).unwrap().set_len(4 << 20).unwrap();
+    Cmd::new("sgdisk")
+        .args(["-n1:2048:4095", "-t1:EF02", "-n2:4096:0", "-t2:8300"])
+        .arg(&image)
+        .run()
+        .unwrap();
+    let before = fs::read(&image).unwrap();
+    // The plan has the partitions the other way round.
+    let d = disk(
+        &image,
+        diskforge_part::Label::Gpt,
+        vec![
+            part(1, 2048 * 512, 2048 * 512, "8300"),
+            part(2, 4096 * 512, 2048 * 512, "EF02"),
+        ],
+    );
+    let err = install_bios(&image, &d, &root_fs(&image), &grub_for("/dev/sda1")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the plan's BIOS boot partition (2048 sectors at 4096) is not in the image's \
+             GPT: was the image made from this plan?",
+            image.display()
+        )
+    );
+    assert_eq!(fs::read(&image).unwrap(), before, "the image was changed");
 }
 
 /// Everything in a tree, for comparing two builds: path, kind, mode, mtime, content.
