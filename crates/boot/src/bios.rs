@@ -414,7 +414,8 @@ pub fn install_bios(
             return Err(Error::Invalid {
                 what: image.display().to_string(),
                 reason: format!(
-                    "the plan's BIOS boot partition ({area_sectors} sectors at {area_start}) is not in the image's GPT: was the image made from this plan?"
+                    "the plan's BIOS boot partition ({area_sectors} sectors at {area_start}) is \
+                     not in the image's GPT: was the image made from this plan?"
                 ),
             });
         }

@@ -122,6 +122,66 @@ impl GrubConfig {
     }
 }
 
+/// A kernel found in a root tree by [`find_kernel`]; paths inside the root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelFiles {
+    /// `uname -r` of it (the part after `vmlinuz-`).
+    pub release: String,
+    /// `/boot/vmlinuz-RELEASE`.
+    pub kernel: String,
+    /// `/boot/initrd.img-RELEASE` (Debian) or `/boot/initramfs-RELEASE.img` (Fedora), when
+    /// present.
+    pub initrd: Option<String>,
+}
+
+/// `6.1.0-57-amd64` → `[6, 1, 0, 57]`, for a numeric sort.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The newest kernel (`/boot/vmlinuz-RELEASE`, numeric version order) in the root `tree`,
+/// with its initramfs; none when `/boot` has no kernel. For trees not made by
+/// [`crate::busybox_root`] (whose [`crate::RootReport`] names its kernel).
+pub fn find_kernel(tree: &Path) -> Result<Option<KernelFiles>> {
+    let boot = tree.join("boot");
+    let rd = match std::fs::read_dir(&boot) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("listing", &boot)(e)),
+    };
+    let mut releases = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("listing", &boot))?;
+        if let Some(r) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+        {
+            releases.push(r.to_owned());
+        }
+    }
+    let Some(release) = releases
+        .into_iter()
+        .max_by_key(|r| (version_key(r), r.clone()))
+    else {
+        return Ok(None);
+    };
+    let initrd = [
+        format!("initrd.img-{release}"),
+        format!("initramfs-{release}.img"),
+    ]
+    .into_iter()
+    .find(|n| boot.join(n).is_file())
+    .map(|n| format!("/boot/{n}"));
+    Ok(Some(KernelFiles {
+        kernel: format!("/boot/vmlinuz-{release}"),
+        initrd,
+        release,
+    }))
+}
+
 /// What [`install_efi`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EfiReport {
@@ -445,6 +505,33 @@ mod tests {
         let mut c = cfg();
         c.cmdline = "a\nb".into();
         assert!(grub_cfg(&c).is_err());
+    }
+
+    #[test]
+    fn newest_kernel_with_its_initrd() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(find_kernel(d.path()).unwrap(), None);
+        let boot = d.path().join("boot");
+        std::fs::create_dir(&boot).unwrap();
+        assert_eq!(find_kernel(d.path()).unwrap(), None);
+        for f in [
+            "vmlinuz-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-10-amd64",
+            "initrd.img-6.1.0-9-amd64",
+            "config-6.1.0-11-amd64",
+        ] {
+            std::fs::write(boot.join(f), b"x").unwrap();
+        }
+        let k = find_kernel(d.path()).unwrap().unwrap();
+        assert_eq!(k.kernel, "/boot/vmlinuz-6.1.0-10-amd64");
+        assert_eq!(k.initrd, None);
+        std::fs::write(boot.join("initramfs-6.1.0-10-amd64.img"), b"x").unwrap();
+        let k = find_kernel(d.path()).unwrap().unwrap();
+        assert_eq!(
+            k.initrd.as_deref(),
+            Some("/boot/initramfs-6.1.0-10-amd64.img")
+        );
+        assert_eq!(k.release, "6.1.0-10-amd64");
     }
 
     #[test]

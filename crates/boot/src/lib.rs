@@ -7,7 +7,8 @@
 //!   initramfs `/boot/initrd.img-RELEASE` (built with diskforge-vm's [`diskforge_vm::Initramfs`])
 //!   that loads the modules a QEMU guest needs for its root disk, finds `root=` and
 //!   `switch_root`s into it. Reproducible with [`BusyboxOptions::source_date_epoch`].
-//! - [`write_grub_cfg`]: `/boot/grub/grub.cfg` in the root tree (serial terminal, one entry).
+//! - [`write_grub_cfg`]: `/boot/grub/grub.cfg` in the root tree (serial terminal, one entry);
+//!   [`find_kernel`] names the newest kernel and its initramfs in any root tree.
 //! - [`install_efi`]: `EFI/BOOT/BOOTX64.EFI` for the directory that becomes the ESP:
 //!   `grub-mkimage -O x86_64-efi` with its modules built in and an embedded config that finds
 //!   the root filesystem by UUID or label and reads its `/boot/grub/grub.cfg`.
@@ -16,6 +17,8 @@
 //!   i386-pc` builds `core.img`, which goes into the GPT BIOS boot partition (type `EF02`) or
 //!   the MBR gap; `boot.img` goes into bytes 0..440 of sector 0 (disk signature and
 //!   partition table kept) with the fields `grub-bios-setup` patches. See [`bios`].
+//!
+//! `/boot/grub` must be on the filesystem given as the root (no separate `/boot`).
 //!
 //! It does not run `grub-install` or `grub-mkconfig` (both want mounted devices), add
 //! Reed-Solomon recovery codes to `core.img`, sign anything for Secure Boot, or install
@@ -32,8 +35,8 @@ use std::path::PathBuf;
 pub use bios::{BiosReport, Blocklist, EmbedArea, install_bios};
 pub use busybox::{BusyboxOptions, DEFAULT_MODULES, RootReport, busybox_root};
 pub use grub::{
-    BIOS_MODULES, EFI_MODULES, EfiReport, GRUB_CFG, GrubConfig, embedded_config, grub_cfg,
-    install_efi, kernel_cmdline, write_grub_cfg,
+    BIOS_MODULES, EFI_MODULES, EfiReport, GRUB_CFG, GrubConfig, KernelFiles, embedded_config,
+    find_kernel, grub_cfg, install_efi, kernel_cmdline, write_grub_cfg,
 };
 
 /// Errors from this crate.
