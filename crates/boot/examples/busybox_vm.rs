@@ -74,13 +74,8 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .find(|f| f.mount_point.as_deref() == Some("/boot/efi"));
     let grub = GrubConfig {
-        cmdline: "panic=-1".into(),
-        root_label: Some(root_fs.label.clone()),
-        ..GrubConfig::new(
-            &root.kernel,
-            Some(root.initrd.clone()),
-            root_fs.uuid.clone(),
-        )
+        source_date_epoch: Some(1_700_000_000),
+        ..GrubConfig::for_root_fs(&root.kernel, Some(root.initrd.clone()), root_fs, "panic=-1")
     };
     let t = Instant::now();
     write_grub_cfg(&tree, &grub)?;

@@ -253,41 +253,11 @@ impl<'a> Tree<'a> {
 
     /// Set every written path's mtime (and atime) to `epoch`, deepest first, then the root.
     fn stamp(&mut self, epoch: u64) -> Result<()> {
-        let secs = i64::try_from(epoch).map_err(|_| Error::Invalid {
-            what: format!("SOURCE_DATE_EPOCH {epoch}"),
-            reason: "out of range".into(),
-        })?;
-        let t = rustix::fs::Timespec {
-            tv_sec: secs,
-            tv_nsec: 0,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: t,
-            last_modification: t,
-        };
         self.written
             .sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
         self.written.dedup();
-        let paths: Vec<PathBuf> = self
-            .written
-            .iter()
-            .map(|r| self.path(r))
-            .chain([self.root.to_owned()])
-            .collect();
-        for p in paths {
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                &p,
-                &times,
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| Error::Io {
-                action: "setting the mtime of",
-                path: p.clone(),
-                source: e.into(),
-            })?;
-        }
-        Ok(())
+        let paths = self.written.iter().map(|r| self.path(r));
+        crate::stamp(paths.chain([self.root.to_owned()]), epoch)
     }
 }
 

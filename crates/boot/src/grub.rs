@@ -89,6 +89,11 @@ pub struct GrubConfig {
     /// GRUB's terminal on the first serial port (115200 8N1) as well as the console, and the
     /// kernel's console on `ttyS0`.
     pub serial: bool,
+    /// `SOURCE_DATE_EPOCH`: the mtime of the files [`write_grub_cfg`] and [`install_efi`]
+    /// write and of the directories they make or add to, so the filesystems made from the
+    /// tree are reproducible. Default none (the current time).
+    #[serde(default)]
+    pub source_date_epoch: Option<u64>,
 }
 
 impl GrubConfig {
@@ -118,6 +123,7 @@ impl GrubConfig {
             root_label: None,
             timeout: 0,
             serial: true,
+            source_date_epoch: None,
         }
     }
 }
@@ -352,9 +358,11 @@ pub fn embedded_config(cfg: &GrubConfig) -> Result<String> {
 pub fn write_grub_cfg(tree: &Path, cfg: &GrubConfig) -> Result<PathBuf> {
     let text = grub_cfg(cfg)?;
     let path = tree.join(GRUB_CFG.trim_start_matches('/'));
-    let dir = path.parent().unwrap_or(tree);
-    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let dirs = crate::make_dirs(path.parent().unwrap_or(tree))?;
     std::fs::write(&path, text).map_err(io_err("writing", &path))?;
+    if let Some(epoch) = cfg.source_date_epoch {
+        crate::stamp([path.clone()].into_iter().chain(dirs), epoch)?;
+    }
     Ok(path)
 }
 
@@ -406,7 +414,7 @@ pub(crate) fn mkimage(
 pub fn install_efi(esp_tree: &Path, cfg: &GrubConfig) -> Result<EfiReport> {
     let embedded = embedded_config(cfg)?;
     let dir = esp_tree.join("EFI/BOOT");
-    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let dirs = crate::make_dirs(&dir)?;
     let path = dir.join("BOOTX64.EFI");
     mkimage(
         "x86_64-efi",
@@ -419,6 +427,9 @@ pub fn install_efi(esp_tree: &Path, cfg: &GrubConfig) -> Result<EfiReport> {
     let bytes = std::fs::metadata(&path)
         .map_err(io_err("reading the size of", &path))?
         .len();
+    if let Some(epoch) = cfg.source_date_epoch {
+        crate::stamp([path.clone()].into_iter().chain(dirs), epoch)?;
+    }
     Ok(EfiReport {
         path,
         bytes,
@@ -440,6 +451,7 @@ mod tests {
             root_label: Some("cloudimg-rootfs".into()),
             timeout: 0,
             serial: true,
+            source_date_epoch: None,
         }
     }
 

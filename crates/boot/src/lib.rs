@@ -132,3 +132,52 @@ pub(crate) fn io_err(
         source,
     }
 }
+
+/// Set the mtime and atime of each of `paths` (symlinks themselves), in order, to `epoch`
+/// (`SOURCE_DATE_EPOCH`).
+pub(crate) fn stamp(paths: impl IntoIterator<Item = PathBuf>, epoch: u64) -> Result<()> {
+    let secs = i64::try_from(epoch).map_err(|_| Error::Invalid {
+        what: format!("SOURCE_DATE_EPOCH {epoch}"),
+        reason: "out of range".into(),
+    })?;
+    let t = rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    for p in paths {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &p,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::Io {
+            action: "setting the mtime of",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Make `dir` and its missing parents; the directories whose entries change — those made
+/// and the existing one the first was made in (or `dir` itself when it existed) — deepest
+/// first, for [`stamp`].
+pub(crate) fn make_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut changed = Vec::new();
+    let mut cur = dir;
+    while !cur.exists() {
+        changed.push(cur.to_owned());
+        match cur.parent() {
+            Some(p) if !p.as_os_str().is_empty() => cur = p,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    changed.push(cur.to_owned());
+    Ok(changed)
+}

@@ -100,12 +100,15 @@ fn build(config: &str, size_mib: u64) -> Built {
         .find(|f| f.mount_point.as_deref() == Some("/"))
         .unwrap()
         .clone();
-    let grub = GrubConfig::for_root_fs(
-        root.kernel.clone(),
-        Some(root.initrd.clone()),
-        &root_fs,
-        "panic=-1",
-    );
+    let grub = GrubConfig {
+        source_date_epoch: Some(EPOCH),
+        ..GrubConfig::for_root_fs(
+            root.kernel.clone(),
+            Some(root.initrd.clone()),
+            &root_fs,
+            "panic=-1",
+        )
+    };
     let cfg_path = write_grub_cfg(&tree, &grub).unwrap();
     assert_eq!(cfg_path, tree.join("boot/grub/grub.cfg"));
     let has_esp = plan
@@ -586,6 +589,41 @@ fn busybox_tree_is_reproducible_and_complete() {
     assert_eq!(
         ra.modules.len(),
         names.iter().filter(|n| n.contains(".ko")).count()
+    );
+}
+
+/// `grub.cfg` and `BOOTX64.EFI` (grub-mkimage) are the same bytes each time, and with
+/// `source_date_epoch` they and the directories above them carry that mtime.
+#[test]
+fn grub_files_are_reproducible() {
+    let d = tempfile::tempdir().unwrap();
+    let mut grub = grub_for("/dev/sda2");
+    grub.source_date_epoch = Some(EPOCH);
+    let trees: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let t = d.path().join(n);
+            write_grub_cfg(&t, &grub).unwrap();
+            let efi = install_efi(&t.join("boot/efi"), &grub).unwrap();
+            assert_eq!(efi.path, t.join("boot/efi/EFI/BOOT/BOOTX64.EFI"));
+            assert!(
+                efi.embedded_config
+                    .contains("--fs-uuid --set=root 0a1b2c3d-")
+            );
+            t
+        })
+        .collect();
+    let (ma, mb) = (manifest(&trees[0]), manifest(&trees[1]));
+    assert!(ma == mb, "the two trees differ");
+    assert_eq!(
+        ma.len(),
+        7,
+        "{:?}",
+        ma.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    assert!(
+        ma.iter().all(|e| e.3 == EPOCH as i64),
+        "an mtime is not the epoch"
     );
 }
 
