@@ -1,7 +1,7 @@
 //! Build a bootable busybox disk image offline and boot it, the `busybox vm` way:
 //!
 //! ```text
-//! cargo run -p diskforge-boot --example busybox_vm -- CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose]]
+//! cargo run -p diskforge-boot --example busybox_vm -- CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose]] [--shell]
 //! ```
 //!
 //! busybox root tree → block-device plan (diskforge-blockdev, root = the tree) → grub.cfg and
@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     let virtio = args.iter().any(|a| a == "--virtio");
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let (Some(config), Some(out)) = (pos.first(), pos.get(1)) else {
-        bail!("usage: busybox_vm CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose]]");
+        bail!("usage: busybox_vm CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose]] [--shell]");
     };
     let size_mib: u64 = pos
         .get(2)
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         &tree,
         &BusyboxOptions {
             marker: MARKER.into(),
-            poweroff: true,
+            poweroff: !args.iter().any(|a| a == "--shell"),
             source_date_epoch: Some(1_700_000_000),
             ..BusyboxOptions::default()
         },
