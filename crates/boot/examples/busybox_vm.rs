@@ -1,7 +1,7 @@
 //! Build a bootable busybox disk image offline and boot it, the `busybox vm` way:
 //!
 //! ```text
-//! cargo run -p diskforge-boot --example busybox_vm -- CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose]] [--shell]
+//! cargo run -p diskforge-boot --example busybox_vm -- CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose] [--virtio]] [--shell] [--cmdline=ARGS]
 //! ```
 //!
 //! busybox root tree → block-device plan (diskforge-blockdev, root = the tree) → grub.cfg and
@@ -26,9 +26,15 @@ fn main() -> anyhow::Result<()> {
     let boot = args.iter().any(|a| a == "--boot");
     let verbose = args.iter().any(|a| a == "--verbose");
     let virtio = args.iter().any(|a| a == "--virtio");
+    let cmdline = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--cmdline="))
+        .unwrap_or("panic=-1");
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let (Some(config), Some(out)) = (pos.first(), pos.get(1)) else {
-        bail!("usage: busybox_vm CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose]] [--shell]");
+        bail!(
+            "usage: busybox_vm CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose] [--virtio]] [--shell] [--cmdline=ARGS]"
+        );
     };
     let size_mib: u64 = pos
         .get(2)
@@ -75,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         .find(|f| f.mount_point.as_deref() == Some("/boot/efi"));
     let grub = GrubConfig {
         source_date_epoch: Some(1_700_000_000),
-        ..GrubConfig::for_root_fs(&root.kernel, Some(root.initrd.clone()), root_fs, "panic=-1")
+        ..GrubConfig::for_root_fs(&root.kernel, Some(root.initrd.clone()), root_fs, cmdline)
     };
     let t = Instant::now();
     write_grub_cfg(&tree, &grub)?;

@@ -330,12 +330,14 @@ pub fn grub_cfg(cfg: &GrubConfig) -> Result<String> {
     }
     s.push_str(&search_line(cfg));
     s.push_str("menuentry 'diskforge' --id diskforge {\n");
+    // As Debian's grub.cfg: a line before each load (on serial, they time GRUB's reads).
+    s.push_str(&format!("    echo 'Loading {} ...'\n", cfg.kernel));
     let mut linux = vec!["    linux".to_owned(), cfg.kernel.clone()];
     linux.extend(kernel_cmdline(cfg).split_whitespace().map(grub_word));
     s.push_str(&linux.join(" "));
     s.push('\n');
     if let Some(i) = &cfg.initrd {
-        s.push_str(&format!("    initrd {i}\n"));
+        s.push_str(&format!("    echo 'Loading {i} ...'\n    initrd {i}\n"));
     }
     s.push_str("}\n");
     Ok(s)
