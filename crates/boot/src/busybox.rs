@@ -586,5 +586,12 @@ mod tests {
         };
         insta::assert_snapshot!("sbin_init", sbin_init(&opts));
         insta::assert_snapshot!("initramfs_init", initramfs_init(&opts));
+        let shell = BusyboxOptions {
+            poweroff: false,
+            ..opts
+        };
+        let init = sbin_init(&shell);
+        assert!(init.ends_with("while :; do setsid cttyhack /bin/sh -l; sleep 1; done\n"));
+        assert!(!init.contains("poweroff"));
     }
 }

@@ -58,6 +58,7 @@ fn busybox_opts() -> BusyboxOptions {
 struct Built {
     _dir: tempfile::TempDir,
     plan: Plan,
+    grub: GrubConfig,
     root: RootReport,
     bios: BiosReport,
     image: PathBuf,
@@ -137,6 +138,7 @@ fn build(config: &str, size_mib: u64) -> Built {
     Built {
         _dir: dir,
         plan,
+        grub,
         root,
         bios,
         image,
@@ -314,6 +316,15 @@ fn mbr_single_root_boots_bios() {
     );
     assert_eq!(b.bios.core_sector, 1);
     check_image(&b);
+    // Installing again gives the same bytes (nothing accumulates in sector 0 or core.img).
+    let once = fs::read(&b.image).unwrap();
+    let disk = &b.plan.disks[0];
+    let again = install_bios(&b.image, disk, b.fs("/").unwrap(), &b.grub).unwrap();
+    assert_eq!(again, b.bios);
+    assert!(
+        fs::read(&b.image).unwrap() == once,
+        "a second install changed the image"
+    );
     boot(&b, Firmware::SeaBios);
 }
 
@@ -450,6 +461,40 @@ fn gpt_without_bios_boot_partition_is_refused() {
     d.table = None;
     let err = install_bios(&image, &d, &root_fs(&image), &grub_for("/dev/sda")).unwrap_err();
     assert!(matches!(err, Error::NoPartitionTable { .. }), "{err}");
+}
+
+/// A BIOS boot partition of 100 sectors: too small for core.img; refused, image untouched.
+#[test]
+fn small_bios_boot_partition_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("gpt.raw");
+    fs::File::create(&image).unwrap().set_len(4 << 20).unwrap();
+    Cmd::new("sgdisk")
+        .args(["-n1:2048:2147", "-t1:EF02", "-n2:4096:0", "-t2:8300"])
+        .arg(&image)
+        .run()
+        .unwrap();
+    let before = fs::read(&image).unwrap();
+    let d = disk(
+        &image,
+        diskforge_part::Label::Gpt,
+        vec![
+            part(1, 2048 * 512, 100 * 512, "EF02"),
+            part(2, 4096 * 512, 2048 * 512, "8300"),
+        ],
+    );
+    let err = install_bios(&image, &d, &root_fs(&image), &grub_for("/dev/sda2")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::NoRoomForCore { available: 100, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("BIOS boot partition 1 has 100 sectors, GRUB's core image needs")
+            && msg.ends_with("make the BIOS boot partition at least 1 MiB"),
+        "{msg}"
+    );
+    assert_eq!(fs::read(&image).unwrap(), before, "the image was changed");
 }
 
 /// A plan whose BIOS boot partition is not where the image's GPT has it: refused before
