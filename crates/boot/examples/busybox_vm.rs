@@ -1,7 +1,7 @@
 //! Build a bootable busybox disk image offline and boot it, the `busybox vm` way:
 //!
 //! ```text
-//! cargo run -p diskforge-boot --example busybox_vm -- CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose] [--virtio]] [--shell] [--cmdline=ARGS]
+//! cargo run -p diskforge-boot --example busybox_vm -- CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose] [--virtio]] [--shell] [--cmdline=ARGS] [--fs-type=T]
 //! ```
 //!
 //! busybox root tree → block-device plan (diskforge-blockdev, root = the tree) → grub.cfg and
@@ -26,6 +26,10 @@ fn main() -> anyhow::Result<()> {
     let boot = args.iter().any(|a| a == "--boot");
     let verbose = args.iter().any(|a| a == "--verbose");
     let virtio = args.iter().any(|a| a == "--virtio");
+    let fs_type = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--fs-type="))
+        .map(str::to_owned);
     let cmdline = args
         .iter()
         .find_map(|a| a.strip_prefix("--cmdline="))
@@ -33,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let (Some(config), Some(out)) = (pos.first(), pos.get(1)) else {
         bail!(
-            "usage: busybox_vm CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose] [--virtio]] [--shell] [--cmdline=ARGS]"
+            "usage: busybox_vm CONFIG.yaml OUT_DIR [SIZE_MIB] [--boot [--verbose] [--virtio]] [--shell] [--cmdline=ARGS] [--fs-type=T]"
         );
     };
     let size_mib: u64 = pos
@@ -48,6 +52,11 @@ fn main() -> anyhow::Result<()> {
         &BusyboxOptions {
             marker: MARKER.into(),
             poweroff: !args.iter().any(|a| a == "--shell"),
+            extra_modules: fs_type
+                .iter()
+                .filter(|t| !t.starts_with("ext"))
+                .cloned()
+                .collect(),
             source_date_epoch: Some(1_700_000_000),
             ..BusyboxOptions::default()
         },
@@ -65,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         root: Some(tree.clone()),
         uuid_seed: Some("busybox-vm-example".into()),
         source_date_epoch: Some(1_700_000_000),
+        root_fs_type: fs_type.clone(),
         ..PlanOptions::default()
     };
     let cfg = diskforge_blockdev::load(&text, &popts)?;

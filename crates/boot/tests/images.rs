@@ -77,12 +77,21 @@ impl Built {
 /// Tree → plan → grub.cfg (+ EFI) → create → install_bios, keeping a copy of the image as
 /// it was before install_bios.
 fn build(config: &str, size_mib: u64) -> Built {
+    build_with(config, size_mib, None)
+}
+
+/// [`build`] with dib's `FS_TYPE` for `mkfs_root` (its module joins the initramfs).
+fn build_with(config: &str, size_mib: u64, fs_type: Option<&str>) -> Built {
     let dir = tempfile::Builder::new()
         .prefix("diskforge-boot-")
         .tempdir()
         .unwrap();
     let tree = dir.path().join("root");
-    let root = busybox_root(&tree, &busybox_opts()).unwrap();
+    let opts = BusyboxOptions {
+        extra_modules: fs_type.iter().map(|t| (*t).to_owned()).collect(),
+        ..busybox_opts()
+    };
+    let root = busybox_root(&tree, &opts).unwrap();
     let text = example(config);
     let mut popts = PlanOptions {
         image_size: Some(size_mib << 20),
@@ -90,6 +99,7 @@ fn build(config: &str, size_mib: u64) -> Built {
         root: Some(tree.clone()),
         uuid_seed: Some(format!("diskforge-boot-{config}")),
         source_date_epoch: Some(EPOCH),
+        root_fs_type: fs_type.map(str::to_owned),
         ..PlanOptions::default()
     };
     let cfg = diskforge_blockdev::load(&text, &popts).unwrap();
@@ -326,6 +336,28 @@ fn mbr_single_root_boots_bios() {
         "a second install changed the image"
     );
     boot(&b, Firmware::SeaBios);
+}
+
+/// dib's `FS_TYPE=xfs`: GRUB needs its xfs driver in core.img, the initramfs the xfs module.
+#[test]
+fn mbr_xfs_root_boots_bios() {
+    let b = build_with("mbr-single-root", 400, Some("xfs"));
+    assert!(
+        b.bios.modules.contains(&"xfs".to_owned()),
+        "{:?}",
+        b.bios.modules
+    );
+    assert!(
+        b.root.modules.iter().any(|m| m.ends_with("/xfs.ko")),
+        "{:?}",
+        b.root.modules
+    );
+    let r = boot(&b, Firmware::SeaBios);
+    assert!(
+        r.log_text().contains("XFS (sda1): Mounting"),
+        "{}",
+        r.log_text()
+    );
 }
 
 #[test]
