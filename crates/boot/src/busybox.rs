@@ -32,6 +32,7 @@
 use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
+use diskforge_vm::modules::ModuleDeps;
 use diskforge_vm::{Compression, Initramfs, Kernel};
 use serde::{Deserialize, Serialize};
 
@@ -425,52 +426,86 @@ fn os_release(busybox_version: &str) -> String {
     )
 }
 
-/// Build the busybox root tree in `tree` (made if missing). See the module docs.
-pub fn busybox_root(tree: &Path, opts: &BusyboxOptions) -> Result<RootReport> {
-    check_marker(&opts.marker)?;
-    check_hostname(&opts.hostname)?;
-    let kernel = match &opts.kernel {
-        Some(k) => Kernel::from_image(k),
-        None => Kernel::host(),
-    }
-    .map_err(|source| Error::Vm {
-        step: "finding the kernel",
-        source: Box::new(source),
-    })?;
-    let busybox_cmd = |args: &[&str], step| {
-        Cmd::new(&opts.busybox)
-            .args(args)
-            .read()
-            .map_err(|source| Error::Tool {
+/// Everything [`busybox_root`] needs from the host, checked before anything is written.
+struct Inputs {
+    kernel: Kernel,
+    busybox_version: String,
+    /// Applet paths, sorted.
+    applets: Vec<String>,
+    /// Module names for the initramfs (they all resolve in `modules.dep`).
+    modules: Vec<String>,
+}
+
+impl Inputs {
+    fn gather(opts: &BusyboxOptions) -> Result<Inputs> {
+        check_marker(&opts.marker)?;
+        check_hostname(&opts.hostname)?;
+        let vm_err = |step| {
+            move |source| Error::Vm {
                 step,
                 source: Box::new(source),
-            })
-    };
-    let banner = busybox_cmd(&["--help"], "asking busybox for its version")?;
-    let busybox_version = parse_version(&banner).ok_or_else(|| Error::Invalid {
-        what: opts.busybox.display().to_string(),
-        reason: format!(
-            "not busybox: `--help` printed {:?}",
-            banner.lines().next().unwrap_or("")
-        ),
-    })?;
-    let list = busybox_cmd(&["--list-full"], "listing busybox applets")?;
-    let mut applets: Vec<&str> = list
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && !SKIP_APPLETS.contains(a) && *a != "bin/busybox")
-        .collect();
-    applets.sort_unstable();
-    applets.dedup();
-    for a in &applets {
-        if a.starts_with('/') || a.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            }
+        };
+        let kernel = match &opts.kernel {
+            Some(k) => Kernel::from_image(k),
+            None => Kernel::host(),
+        }
+        .map_err(vm_err("finding the kernel"))?;
+        std::fs::File::open(&kernel.image).map_err(io_err("opening the kernel", &kernel.image))?;
+        let mut modules: Vec<String> = DEFAULT_MODULES.iter().map(|m| (*m).to_owned()).collect();
+        modules.extend(opts.extra_modules.iter().cloned());
+        let names: Vec<&str> = modules.iter().map(String::as_str).collect();
+        ModuleDeps::read(&kernel.modules_dir)
+            .and_then(|d| d.load_order(&names))
+            .map_err(vm_err("resolving the initramfs modules"))?;
+
+        let busybox_cmd = |args: &[&str], step| {
+            Cmd::new(&opts.busybox)
+                .args(args)
+                .read()
+                .map_err(|source| Error::Tool {
+                    step,
+                    source: Box::new(source),
+                })
+        };
+        let banner = busybox_cmd(&["--help"], "asking busybox for its version")?;
+        let busybox_version = parse_version(&banner).ok_or_else(|| Error::Invalid {
+            what: opts.busybox.display().to_string(),
+            reason: format!(
+                "not busybox: `--help` printed {:?}",
+                banner.lines().next().unwrap_or("")
+            ),
+        })?;
+        let list = busybox_cmd(&["--list-full"], "listing busybox applets")?;
+        let mut applets: Vec<String> = list
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && !SKIP_APPLETS.contains(a) && *a != "bin/busybox")
+            .map(str::to_owned)
+            .collect();
+        applets.sort_unstable();
+        applets.dedup();
+        if let Some(a) = applets.iter().find(|a| {
+            a.starts_with('/') || a.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        }) {
             return Err(Error::Invalid {
                 what: format!("busybox applet path {a:?}"),
                 reason: "not a plain relative path".into(),
             });
         }
+        Ok(Inputs {
+            kernel,
+            busybox_version,
+            applets,
+            modules,
+        })
     }
+}
 
+/// Build the busybox root tree in `tree` (made if missing). See the module docs. The inputs
+/// (options, kernel, modules, busybox) are all checked before anything is written.
+pub fn busybox_root(tree: &Path, opts: &BusyboxOptions) -> Result<RootReport> {
+    let inputs = Inputs::gather(opts)?;
     std::fs::create_dir_all(tree).map_err(io_err("creating", tree))?;
     let mut t = Tree {
         root: tree,
@@ -481,24 +516,19 @@ pub fn busybox_root(tree: &Path, opts: &BusyboxOptions) -> Result<RootReport> {
         t.dir(d, *mode)?;
     }
     t.copy("bin/busybox", 0o755, &opts.busybox)?;
-    for a in &applets {
+    for a in &inputs.applets {
         t.symlink(a, &applet_target(a))?;
     }
     t.file("sbin/init", 0o755, sbin_init(opts).as_bytes())?;
     t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     t.file("etc/group", 0o644, b"root:x:0:\n")?;
     t.file("etc/shells", 0o644, b"/bin/sh\n/bin/ash\n")?;
-    t.file(
-        "etc/hostname",
-        0o644,
-        format!("{}\n", opts.hostname).as_bytes(),
-    )?;
-    t.file(
-        "etc/os-release",
-        0o644,
-        os_release(&busybox_version).as_bytes(),
-    )?;
+    let hostname = format!("{}\n", opts.hostname);
+    t.file("etc/hostname", 0o644, hostname.as_bytes())?;
+    let os = os_release(&inputs.busybox_version);
+    t.file("etc/os-release", 0o644, os.as_bytes())?;
 
+    let kernel = &inputs.kernel;
     let release = &kernel.release;
     let kernel_rel = format!("boot/vmlinuz-{release}");
     let initrd_rel = format!("boot/initrd.img-{release}");
@@ -506,8 +536,7 @@ pub fn busybox_root(tree: &Path, opts: &BusyboxOptions) -> Result<RootReport> {
     t.symlink("vmlinuz", &kernel_rel)?;
     t.symlink("initrd.img", &initrd_rel)?;
 
-    let mut names: Vec<&str> = DEFAULT_MODULES.to_vec();
-    names.extend(opts.extra_modules.iter().map(String::as_str));
+    let names: Vec<&str> = inputs.modules.iter().map(String::as_str).collect();
     let mut initramfs = Initramfs::new(initramfs_init(opts))
         .modules(&kernel.modules_dir, &names)
         .compression(Compression::Gzip);
@@ -536,8 +565,8 @@ pub fn busybox_root(tree: &Path, opts: &BusyboxOptions) -> Result<RootReport> {
         initrd: format!("/{initrd_rel}"),
         kernel_bytes,
         initrd_bytes,
-        busybox_version,
-        applets: applets.len(),
+        busybox_version: inputs.busybox_version,
+        applets: inputs.applets.len(),
         modules: written.modules,
         paths: paths.len(),
         bytes: t.bytes,

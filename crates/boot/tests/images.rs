@@ -723,4 +723,16 @@ fn bad_options_are_refused_before_writing() {
     let err = busybox_root(&tree, &opts).unwrap_err();
     assert!(matches!(err, Error::Vm { .. }), "{err}");
     assert!(!tree.exists());
+    let opts = BusyboxOptions {
+        extra_modules: vec!["no_such_module".into()],
+        ..busybox_opts()
+    };
+    let err = busybox_root(&tree, &opts).unwrap_err();
+    assert_eq!(err.to_string(), "resolving the initramfs modules");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(
+        source.starts_with("kernel module no_such_module not in /lib/modules/"),
+        "{source}"
+    );
+    assert!(!tree.exists());
 }
