@@ -335,110 +335,94 @@ fn embed_area(disk: &DiskPlan, sector0: &[u8; 512]) -> Result<(u64, u64, EmbedAr
     }
 }
 
-/// Install GRUB for BIOS into the disk image `image` planned as `disk`, reading
-/// `/boot/grub/grub.cfg` from `root_fs` (the filesystem holding `/boot/grub`). See the
-/// module docs.
-pub fn install_bios(
-    image: &Path,
-    disk: &DiskPlan,
-    root_fs: &FsPlan,
-    cfg: &GrubConfig,
-) -> Result<BiosReport> {
-    let embedded = embedded_config(cfg)?;
-    let mut modules: Vec<&str> = BIOS_MODULES.to_vec();
-    modules.extend(fs_modules(root_fs)?);
-    if disk.table.is_none() {
-        return Err(Error::NoPartitionTable {
-            disk: image.to_owned(),
-        });
-    }
-    let plan_gpt = disk.table.as_ref().map(|t| t.label) == Some(Label::Gpt);
-    if plan_gpt
-        && !disk
-            .table
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .any(|p| is_bios_boot(&p.type_code))
-    {
-        return Err(Error::NoBiosBootPartition {
-            disk: image.to_owned(),
-        });
-    }
+/// Where `core.img` goes in `image`: the plan checked against the image itself.
+struct Target {
+    file: std::fs::File,
+    sector0: [u8; 512],
+    start: u64,
+    sectors: u64,
+    area: EmbedArea,
+}
 
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .map_err(io_err("opening", image))?;
-    let len = f
-        .metadata()
-        .map_err(io_err("reading the size of", image))?
-        .len();
-    if len < disk.size {
-        return Err(Error::Invalid {
+impl Target {
+    /// Open `image` (planned as `disk`) and find the embedding area; refuse a plan the
+    /// image does not match.
+    fn locate(image: &Path, disk: &DiskPlan) -> Result<Target> {
+        let invalid = |reason: String| Error::Invalid {
             what: image.display().to_string(),
-            reason: format!("{len} bytes, the plan says {}", disk.size),
-        });
-    }
-    let mut sector0 = [0u8; 512];
-    f.read_exact(&mut sector0)
-        .map_err(io_err("reading sector 0 of", image))?;
-    if sector0[510..] != [0x55, 0xaa] {
-        return Err(Error::Invalid {
-            what: image.display().to_string(),
-            reason: "sector 0 has no 55 aa boot signature: no partition table written yet".into(),
-        });
-    }
-    if plan_gpt {
-        let mut hdr = [0u8; 8];
-        f.seek(SeekFrom::Start(SECTOR))
-            .and_then(|_| f.read_exact(&mut hdr))
-            .map_err(io_err("reading the GPT header of", image))?;
-        if &hdr != b"EFI PART" {
-            return Err(Error::Invalid {
-                what: image.display().to_string(),
-                reason: "the plan says GPT but sector 1 has no GPT header".into(),
+            reason,
+        };
+        let Some(table) = &disk.table else {
+            return Err(Error::NoPartitionTable {
+                disk: image.to_owned(),
+            });
+        };
+        let gpt = table.label == Label::Gpt;
+        if gpt && !table.partitions.iter().any(|p| is_bios_boot(&p.type_code)) {
+            return Err(Error::NoBiosBootPartition {
+                disk: image.to_owned(),
             });
         }
-    }
-    let mut with_image = disk.clone();
-    with_image.path = image.to_owned();
-    let (area_start, area_sectors, area) = embed_area(&with_image, &sector0)?;
-    if plan_gpt {
-        // Never trust the plan alone with a write: the image's own GPT must agree.
-        let on_disk = gpt_bios_boot_at(&mut f, area_start)
-            .map_err(io_err("reading the GPT entries of", image))?;
-        if on_disk
-            .is_none_or(|(first, last)| last.saturating_add(1).saturating_sub(first) < area_sectors)
-        {
-            return Err(Error::Invalid {
-                what: image.display().to_string(),
-                reason: format!(
-                    "the plan's BIOS boot partition ({area_sectors} sectors at {area_start}) is \
-                     not in the image's GPT: was the image made from this plan?"
-                ),
-            });
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .map_err(io_err("opening", image))?;
+        let len = file
+            .metadata()
+            .map_err(io_err("reading the size of", image))?
+            .len();
+        if len < disk.size {
+            return Err(invalid(format!("{len} bytes, the plan says {}", disk.size)));
         }
+        let mut sector0 = [0u8; 512];
+        file.read_exact(&mut sector0)
+            .map_err(io_err("reading sector 0 of", image))?;
+        if sector0[510..] != [0x55, 0xaa] {
+            return Err(invalid(
+                "sector 0 has no 55 aa boot signature: no partition table written yet".into(),
+            ));
+        }
+        let mut with_image = disk.clone();
+        with_image.path = image.to_owned();
+        let (start, sectors, area) = embed_area(&with_image, &sector0)?;
+        if gpt {
+            // Never trust the plan alone with a write: the image's own GPT must agree.
+            let mut hdr = [0u8; 8];
+            file.seek(SeekFrom::Start(SECTOR))
+                .and_then(|_| file.read_exact(&mut hdr))
+                .map_err(io_err("reading the GPT header of", image))?;
+            if &hdr != b"EFI PART" {
+                return Err(invalid(
+                    "the plan says GPT but sector 1 has no GPT header".into(),
+                ));
+            }
+            let on_disk = gpt_bios_boot_at(&mut file, start)
+                .map_err(io_err("reading the GPT entries of", image))?;
+            let fits =
+                |(first, last): (u64, u64)| last.saturating_add(1).saturating_sub(first) >= sectors;
+            if !on_disk.is_some_and(fits) {
+                return Err(invalid(format!(
+                    "the plan's BIOS boot partition ({sectors} sectors at {start}) is not in \
+                     the image's GPT: was the image made from this plan?"
+                )));
+            }
+        }
+        Ok(Target {
+            file,
+            sector0,
+            start,
+            sectors,
+            area,
+        })
     }
 
-    let scratch = tempfile::Builder::new()
-        .prefix(".grub-core-")
-        .tempdir_in(image.parent().unwrap_or(Path::new(".")))
-        .map_err(io_err("creating a temp dir next to", image))?;
-    let core_path = scratch.path().join("core.img");
-    mkimage(
-        "i386-pc",
-        I386_PC_DIR,
-        &modules,
-        &embedded,
-        &core_path,
-        "building core.img with grub-mkimage",
-    )?;
-    let mut core = std::fs::read(&core_path).map_err(io_err("reading", &core_path))?;
-    let core_bytes = core.len() as u64;
-    let core_sectors = core_bytes.div_ceil(SECTOR);
-    if core_sectors > area_sectors {
-        let (area_name, advice) = match &area {
+    /// Refuse a core image of `needed` sectors that does not fit.
+    fn check_room(&self, image: &Path, needed: u64) -> Result<()> {
+        if needed <= self.sectors {
+            return Ok(());
+        }
+        let (area, advice) = match &self.area {
             EmbedArea::MbrGap {
                 first_partition_sector,
             } => (
@@ -452,36 +436,78 @@ pub fn install_bios(
                 "make the BIOS boot partition at least 1 MiB",
             ),
         };
-        return Err(Error::NoRoomForCore {
+        Err(Error::NoRoomForCore {
             disk: image.to_owned(),
-            area: area_name,
-            available: area_sectors,
-            needed: core_sectors,
+            area,
+            available: self.sectors,
+            needed,
             advice,
-        });
+        })
     }
-    let blocklists = patch_core_blocklist(&mut core, area_start)?;
-    core.resize((core_sectors * SECTOR) as usize, 0);
+}
 
-    let boot_path = Path::new(I386_PC_DIR).join("boot.img");
-    let boot = std::fs::read(&boot_path).map_err(io_err("reading", &boot_path))?;
-    let boot: [u8; 512] = boot.try_into().map_err(|b: Vec<u8>| Error::Invalid {
-        what: boot_path.display().to_string(),
+/// `core.img` from `grub-mkimage -O i386-pc`, built in a temp dir next to `image`.
+fn build_core(image: &Path, modules: &[&str], embedded: &str) -> Result<Vec<u8>> {
+    let scratch = tempfile::Builder::new()
+        .prefix(".grub-core-")
+        .tempdir_in(image.parent().unwrap_or(Path::new(".")))
+        .map_err(io_err("creating a temp dir next to", image))?;
+    let core_path = scratch.path().join("core.img");
+    mkimage(
+        "i386-pc",
+        I386_PC_DIR,
+        modules,
+        embedded,
+        &core_path,
+        "building core.img with grub-mkimage",
+    )?;
+    std::fs::read(&core_path).map_err(io_err("reading", &core_path))
+}
+
+/// GRUB's `boot.img` (package `grub-pc-bin`).
+fn boot_img() -> Result<[u8; 512]> {
+    let path = Path::new(I386_PC_DIR).join("boot.img");
+    let boot = std::fs::read(&path).map_err(io_err("reading", &path))?;
+    boot.try_into().map_err(|b: Vec<u8>| Error::Invalid {
+        what: path.display().to_string(),
         reason: format!("{} bytes, GRUB's boot.img is 512", b.len()),
-    })?;
-    let new0 = patch_boot_sector(&boot, &sector0, area_start);
+    })
+}
 
-    f.seek(SeekFrom::Start(area_start * SECTOR))
+/// Install GRUB for BIOS into the disk image `image` planned as `disk`, reading
+/// `/boot/grub/grub.cfg` from `root_fs` (the filesystem holding `/boot/grub`). Everything
+/// is checked before the first byte is written: `core.img` first, then sector 0. See the
+/// module docs.
+pub fn install_bios(
+    image: &Path,
+    disk: &DiskPlan,
+    root_fs: &FsPlan,
+    cfg: &GrubConfig,
+) -> Result<BiosReport> {
+    let embedded = embedded_config(cfg)?;
+    let mut modules: Vec<&str> = BIOS_MODULES.to_vec();
+    modules.extend(fs_modules(root_fs)?);
+    let mut target = Target::locate(image, disk)?;
+    let mut core = build_core(image, &modules, &embedded)?;
+    let core_bytes = core.len() as u64;
+    let core_sectors = core_bytes.div_ceil(SECTOR);
+    target.check_room(image, core_sectors)?;
+    let blocklists = patch_core_blocklist(&mut core, target.start)?;
+    core.resize((core_sectors * SECTOR) as usize, 0);
+    let sector0 = patch_boot_sector(&boot_img()?, &target.sector0, target.start);
+
+    let f = &mut target.file;
+    f.seek(SeekFrom::Start(target.start * SECTOR))
         .and_then(|_| f.write_all(&core))
         .map_err(io_err("writing core.img into", image))?;
     f.seek(SeekFrom::Start(0))
-        .and_then(|_| f.write_all(&new0))
+        .and_then(|_| f.write_all(&sector0))
         .map_err(io_err("writing boot.img into sector 0 of", image))?;
     f.sync_all().map_err(io_err("syncing", image))?;
     Ok(BiosReport {
-        area,
-        area_sectors,
-        core_sector: area_start,
+        area: target.area,
+        area_sectors: target.sectors,
+        core_sector: target.start,
         core_bytes,
         core_sectors,
         blocklists,
