@@ -895,6 +895,10 @@ fn grub_config(p: &blockdev::Plan, ctx: &elements::RunContext, tree: &Path) -> R
             .and_then(|t| t.parse().ok())
             .unwrap_or(1),
         serial: true,
+        source_date_epoch: ctx
+            .env
+            .get("SOURCE_DATE_EPOCH")
+            .and_then(|e| e.parse().ok()),
     })
 }
 
