@@ -150,10 +150,17 @@ fn demo(
     let boot_iso = release.join("examples/boot_iso");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = timed(steps, "build tools (cargo --release)", || {
-        cmd!(sh, "{cargo} build --release --quiet -p iso-remaster -p disk-image-create").run()?;
+        cmd!(
+            sh,
+            "{cargo} build --release --quiet -p iso-remaster -p disk-image-create"
+        )
+        .run()?;
         cmd!(sh, "{cargo} build --release --quiet -p diskforge-iso-fixture --example build_fixture --example boot_iso")
             .run()?;
-        Ok(((), "disk-image-create, iso-remaster, build_fixture, boot_iso".into()))
+        Ok((
+            (),
+            "disk-image-create, iso-remaster, build_fixture, boot_iso".into(),
+        ))
     });
     if built.is_none() {
         return false;
@@ -321,7 +328,13 @@ fn demo(
 
 /// Build the embedded default VM image with `disk-image-create` and boot it (its own
 /// `--boot-check`); one step for the build, one line per build step and per boot.
-fn vm_image(sh: &Shell, dic: &Path, dir: &Path, steps: &mut Vec<Step>, boots: &mut Vec<Value>) -> bool {
+fn vm_image(
+    sh: &Shell,
+    dic: &Path,
+    dir: &Path,
+    steps: &mut Vec<Step>,
+    boots: &mut Vec<Value>,
+) -> bool {
     let name = dir.join("demo");
     let report = timed(
         steps,

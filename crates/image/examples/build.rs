@@ -2,7 +2,7 @@
 //!
 //! `cargo run -p diskforge-image --example build -- OUT_NAME`
 
-use diskforge_image::{BootCheck, OutputFormat, build, BuildRequest};
+use diskforge_image::{BootCheck, BuildRequest, OutputFormat, build};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "image".into());

@@ -281,7 +281,10 @@ fn resolve_options(req: &BuildRequest, shipped: &Path) -> elements::ResolveOptio
 }
 
 /// The block-device YAML text and a name for it (for errors).
-fn block_device_text(req: &BuildRequest, resolved: &elements::Resolved) -> Result<(String, String)> {
+fn block_device_text(
+    req: &BuildRequest,
+    resolved: &elements::Resolved,
+) -> Result<(String, String)> {
     if let Some(v) = &req.block_device_config {
         let path = v.strip_prefix("file://").unwrap_or(v);
         // dib: a value that names an existing file is read; anything else is inline YAML.
@@ -367,10 +370,7 @@ struct BuildDir {
 
 impl BuildDir {
     fn new(req: &BuildRequest) -> Result<BuildDir> {
-        let base = req
-            .work_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
+        let base = req.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         fs::create_dir_all(&base).map_err(io_err("creating", &base))?;
         let dir = tempfile::Builder::new()
             .prefix("dib_build.")
@@ -409,7 +409,10 @@ fn run_context(req: &BuildRequest, bd: &Path, arch: &str) -> elements::RunContex
         .or_insert_with(|| "systemd".into());
     if let Some(s) = req.image_size {
         // dib's DIB_IMAGE_SIZE is in GiB.
-        env.insert("DIB_IMAGE_SIZE".into(), format!("{}", s as f64 / (1u64 << 30) as f64));
+        env.insert(
+            "DIB_IMAGE_SIZE".into(),
+            format!("{}", s as f64 / (1u64 << 30) as f64),
+        );
     }
     let cache = req.image_cache.clone().unwrap_or_else(|| {
         std::env::var_os("HOME")
@@ -443,8 +446,12 @@ fn run_context(req: &BuildRequest, bd: &Path, arch: &str) -> elements::RunContex
 /// elements into a temporary directory that is removed again.
 pub fn dry_run(req: &BuildRequest) -> Result<DryRun> {
     let arch = dib_arch(&req.arch)?;
-    let tmp = tempfile::tempdir().map_err(io_err("creating a temporary directory in", &std::env::temp_dir()))?;
-    let shipped = elements::shipped_elements(tmp.path()).map_err(io_err("writing the shipped elements to", tmp.path()))?;
+    let tmp = tempfile::tempdir().map_err(io_err(
+        "creating a temporary directory in",
+        &std::env::temp_dir(),
+    ))?;
+    let shipped = elements::shipped_elements(tmp.path())
+        .map_err(io_err("writing the shipped elements to", tmp.path()))?;
     let names = with_default_block_device(req, &shipped)?;
     let resolved = elements::resolve(&names, &resolve_options(req, &shipped))
         .map_err(|e| Error::Elements(Box::new(e)))?;
@@ -484,7 +491,12 @@ pub fn dry_run(req: &BuildRequest) -> Result<DryRun> {
 /// (or plus `DIB_IMAGE_EXTRA_SIZE` MiB when set) for the root filesystem — at least the tree
 /// plus 32 MiB — plus every partition that does not hold the root (dib adds a fixed 525 MiB
 /// for block-device-efi's ESP; we add what the layout asks for), rounded up to a MiB.
-fn auto_size(text: &str, opts: &blockdev::PlanOptions, tree_bytes: u64, extra_mib: Option<u64>) -> u64 {
+fn auto_size(
+    text: &str,
+    opts: &blockdev::PlanOptions,
+    tree_bytes: u64,
+    extra_mib: Option<u64>,
+) -> u64 {
     const MIB: u64 = 1 << 20;
     // Plan once with a large disk to learn the partitions that do not hold the root.
     let mut probe = opts.clone();
@@ -494,7 +506,7 @@ fn auto_size(text: &str, opts: &blockdev::PlanOptions, tree_bytes: u64, extra_mi
     let fixed: u64 = match blockdev::plan_text(text, &probe) {
         Ok(p) => {
             let root_region = p.filesystems.iter().find_map(|f| {
-                (f.mount_point.as_deref() == Some("/")).then(|| match &f.device {
+                (f.mount_point.as_deref() == Some("/")).then_some(match &f.device {
                     blockdev::Device::Region { offset, .. } => Some(*offset),
                     blockdev::Device::Lv { .. } => None,
                 })
@@ -853,17 +865,23 @@ fn firmwares(p: &blockdev::Plan) -> Vec<diskforge_vm::Firmware> {
 }
 
 fn bios_capable(p: &blockdev::Plan) -> bool {
-    p.disks.first().and_then(|d| d.table.as_ref()).is_some_and(|t| {
-        t.label == diskforge_part::Label::Mbr
-            || t
-                .partitions
-                .iter()
-                .any(|pp| pp.type_code.eq_ignore_ascii_case("ef02"))
-    })
+    p.disks
+        .first()
+        .and_then(|d| d.table.as_ref())
+        .is_some_and(|t| {
+            t.label == diskforge_part::Label::Mbr
+                || t.partitions
+                    .iter()
+                    .any(|pp| pp.type_code.eq_ignore_ascii_case("ef02"))
+        })
 }
 
 /// dib's bootloader element: the kernel command line.
-fn grub_config(p: &blockdev::Plan, ctx: &elements::RunContext, tree: &Path) -> Result<diskforge_boot::GrubConfig> {
+fn grub_config(
+    p: &blockdev::Plan,
+    ctx: &elements::RunContext,
+    tree: &Path,
+) -> Result<diskforge_boot::GrubConfig> {
     let (root, _) = root_and_esp(p);
     let root = root.ok_or_else(|| Error::Usage {
         field: "DIB_BLOCK_DEVICE_CONFIG".into(),

@@ -511,7 +511,10 @@ mod tests {
         let e = parse_formats("qcow2,,raw").unwrap_err().to_string();
         assert!(e.contains("empty image type"), "{e}");
         let e = parse_formats("qcow3").unwrap_err().to_string();
-        assert!(e.contains("\"qcow3\"") && e.contains("known: raw, qcow2"), "{e}");
+        assert!(
+            e.contains("\"qcow3\"") && e.contains("known: raw, qcow2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -530,23 +533,34 @@ mod tests {
             compress: true,
             ..Default::default()
         };
-        let a = convert_options(OutputFormat::Qcow2, &o).args(Path::new("a"), Path::new("b"), false);
+        let a =
+            convert_options(OutputFormat::Qcow2, &o).args(Path::new("a"), Path::new("b"), false);
         assert_eq!(
             a.join(" "),
             "convert -f raw -O qcow2 -c -W -o compression_type=zstd a b"
         );
         o.compress = false;
         o.qemu_img_options = vec!["cluster_size=2M".into()];
-        let a = convert_options(OutputFormat::Qcow2, &o).args(Path::new("a"), Path::new("b"), false);
-        assert_eq!(a.join(" "), "convert -f raw -O qcow2 -W -o cluster_size=2M a b");
+        let a =
+            convert_options(OutputFormat::Qcow2, &o).args(Path::new("a"), Path::new("b"), false);
+        assert_eq!(
+            a.join(" "),
+            "convert -f raw -O qcow2 -W -o cluster_size=2M a b"
+        );
         let a = convert_options(OutputFormat::Vmdk, &o).args(Path::new("a"), Path::new("b"), false);
-        assert!(a.join(" ").contains("subformat=streamOptimized,cluster_size=2M"));
+        assert!(
+            a.join(" ")
+                .contains("subformat=streamOptimized,cluster_size=2M")
+        );
     }
 
     #[test]
     fn tar_args_are_reproducible() {
         let a = tar_args(Path::new("/t"), Path::new("/o.tar"), true, Some(5)).join(" ");
-        assert!(a.contains("--sort=name") && a.contains("--mtime=@5 --clamp-mtime"), "{a}");
+        assert!(
+            a.contains("--sort=name") && a.contains("--mtime=@5 --clamp-mtime"),
+            "{a}"
+        );
         assert!(a.contains("gzip -n"), "{a}");
     }
 }

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use diskforge_image::{BootCheck, BuildEvent, BuildReport, BuildRequest, Error};
 #[cfg(test)]
 use diskforge_image::OutputFormat;
+use diskforge_image::{BootCheck, BuildEvent, BuildReport, BuildRequest, Error};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -52,7 +52,12 @@ struct Cli {
     #[arg(short = 't', value_name = "TYPES", default_value = "qcow2")]
     types: Vec<String>,
     /// Architecture (amd64/x86_64, i386, arm64/aarch64, …).
-    #[arg(short = 'a', value_name = "ARCH", env = "ARCH", default_value = "amd64")]
+    #[arg(
+        short = 'a',
+        value_name = "ARCH",
+        env = "ARCH",
+        default_value = "amd64"
+    )]
     arch: String,
     /// Image size: a bare number is GiB as in dib (`2` = 2×2³⁰ bytes), or a size with a unit
     /// (`800MiB`, `3GB`). Default: as dib, the tree / 0.6 (or plus DIB_IMAGE_EXTRA_SIZE MiB)
@@ -165,7 +170,13 @@ fn request(cli: &Cli) -> Result<BuildRequest, Error> {
         req.output.epoch = Some(epoch);
     }
     let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("DIB_") || k == "FS_TYPE" || k == "http_proxy" || k == "https_proxy" || k == "no_proxy")
+        .filter(|(k, _)| {
+            k.starts_with("DIB_")
+                || k == "FS_TYPE"
+                || k == "http_proxy"
+                || k == "https_proxy"
+                || k == "no_proxy"
+        })
         .collect();
     req.fs_type = env.get("FS_TYPE").cloned();
     req.env = env;
@@ -217,7 +228,11 @@ fn summary(r: &BuildReport) -> String {
     s.push_str(&format!("elements: {}\n", r.elements.join(" ")));
     s.push_str("steps:\n");
     for t in &r.steps {
-        s.push_str(&format!("  {:<28} {:>8.2} s\n", t.step, t.millis as f64 / 1000.0));
+        s.push_str(&format!(
+            "  {:<28} {:>8.2} s\n",
+            t.step,
+            t.millis as f64 / 1000.0
+        ));
     }
     s.push_str("outputs:\n");
     for o in &r.outputs {

@@ -1,6 +1,10 @@
 //! `disk-image-create` end to end: the embedded default boots under SeaBIOS and OVMF, every
 //! output type is accepted by an independent tool, builds are reproducible, failing and hanging
 //! scripts are reported and killed, signals unwind, and bad input fails early and cleanly.
+//!
+//! The binary under test runs through `std::process` (its exit codes, stderr and signals are
+//! what is tested), as do the independent checkers whose output is asserted on.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -122,7 +126,10 @@ fn default_image_boots_under_bios_and_uefi() {
         .collect();
     assert_eq!(fws, ["seabios", "ovmf"], "{v}");
     let qcow2 = r.path("demo.qcow2");
-    let info = tool("qemu-img", &["info", "--output=json", qcow2.to_str().unwrap()]);
+    let info = tool(
+        "qemu-img",
+        &["info", "--output=json", qcow2.to_str().unwrap()],
+    );
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(
@@ -168,11 +175,19 @@ fn every_output_type_is_accepted_by_its_tool() {
             tool("qemu-img", &["check", &p(file)]);
         }
         // The converted disk holds the same bytes as the raw image.
-        tool("qemu-img", &["compare", "-f", "raw", &p("all.raw"), &p(file)]);
+        tool(
+            "qemu-img",
+            &["compare", "-f", "raw", &p("all.raw"), &p(file)],
+        );
     }
     for tarball in ["all.tar", "all.tgz", "all.docker.tar"] {
         let list = tool("tar", &["-tf", &p(tarball)]);
-        for want in ["./bin/busybox", "./sbin/init", "./etc/fstab", "./boot/grub/grub.cfg"] {
+        for want in [
+            "./bin/busybox",
+            "./sbin/init",
+            "./etc/fstab",
+            "./boot/grub/grub.cfg",
+        ] {
             assert!(list.lines().any(|l| l == want), "{tarball} lacks {want}");
         }
     }
@@ -214,7 +229,15 @@ fn builds_are_reproducible() {
         fs::create_dir_all(r.path(dir)).unwrap();
         let out = r.path(&format!("{dir}/img"));
         let o = r.run(
-            &["-o", out.to_str().unwrap(), "-t", "raw,tar", "busybox", "vm", "block-device-efi"],
+            &[
+                "-o",
+                out.to_str().unwrap(),
+                "-t",
+                "raw,tar",
+                "busybox",
+                "vm",
+                "block-device-efi",
+            ],
             &[("SOURCE_DATE_EPOCH", "1700000000")],
         );
         ok(&o);
@@ -280,7 +303,16 @@ fn hanging_script_is_killed_with_its_children() {
     );
     let t = Instant::now();
     let o = r.run(
-        &["-t", "tar", "-o", r.path("h").to_str().unwrap(), "--script-timeout", "2", "busybox", "hangs"],
+        &[
+            "-t",
+            "tar",
+            "-o",
+            r.path("h").to_str().unwrap(),
+            "--script-timeout",
+            "2",
+            "busybox",
+            "hangs",
+        ],
         &[("ELEMENTS_PATH", elements.to_str().unwrap())],
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -306,7 +338,8 @@ fn bad_input_fails_early() {
         fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["-t", "qcow3", "busybox"], vec![], 2, "qcow3"),
         (vec!["--image-size", "lots", "busybox"], vec![], 2, "lots"),
         (vec!["-a", "sparc", "busybox"], vec![], 2, "sparc"),
@@ -319,7 +352,10 @@ fn bad_input_fails_early() {
         ),
         (
             vec!["busybox", "vm"],
-            vec![("DIB_BLOCK_DEVICE_CONFIG", "- local_loop:\n    name: image0\n- mkfs:\n    base: nothere\n")],
+            vec![(
+                "DIB_BLOCK_DEVICE_CONFIG",
+                "- local_loop:\n    name: image0\n- mkfs:\n    base: nothere\n",
+            )],
             3,
             "nothere",
         ),
@@ -342,13 +378,23 @@ fn dry_run_writes_nothing() {
     let r = Run::new();
     let out = r.path("dry");
     let o = r.run(
-        &["--dry-run", "--json", "-o", out.to_str().unwrap(), "busybox", "vm"],
+        &[
+            "--dry-run",
+            "--json",
+            "-o",
+            out.to_str().unwrap(),
+            "busybox",
+            "vm",
+        ],
         &[],
     );
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let src = v["block_device_source"].as_str().unwrap();
-    assert!(src.ends_with("block-device-mbr/block-device-default.yaml"), "{src}");
+    assert!(
+        src.ends_with("block-device-mbr/block-device-default.yaml"),
+        "{src}"
+    );
     assert!(v["environment"]["TARGET_ROOT"].is_string(), "{v}");
     assert!(!r.path("dry.qcow2").exists());
     r.assert_no_build_dir();
@@ -359,7 +405,15 @@ fn dry_run_writes_nothing() {
 fn sigterm_unwinds() {
     let r = Run::new();
     let elements = r.element("slow", &[("extra-data.d/10-slow", "#!/bin/sh\nsleep 30\n")]);
-    let mut c = r.cmd(&["-o", r.path("s").to_str().unwrap(), "-t", "raw", "busybox", "vm", "slow"]);
+    let mut c = r.cmd(&[
+        "-o",
+        r.path("s").to_str().unwrap(),
+        "-t",
+        "raw",
+        "busybox",
+        "vm",
+        "slow",
+    ]);
     c.env("ELEMENTS_PATH", &elements)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -415,7 +469,15 @@ fn a_failing_script_in_every_phase_leaves_nothing() {
             )],
         );
         let o = r.run(
-            &["-o", r.path("f").to_str().unwrap(), "-t", "raw", "busybox", "vm", "fails"],
+            &[
+                "-o",
+                r.path("f").to_str().unwrap(),
+                "-t",
+                "raw",
+                "busybox",
+                "vm",
+                "fails",
+            ],
             &[("ELEMENTS_PATH", elements.to_str().unwrap())],
         );
         let e = stderr(&o);

@@ -73,7 +73,11 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
         println!("  {k:<52} {:>7.2} s", median(v));
     }
     for (k, v) in &totals {
-        println!("  {:<52} {:>7.2} s  (wall, whole process)", format!("TOTAL {k}"), median(v));
+        println!(
+            "  {:<52} {:>7.2} s  (wall, whole process)",
+            format!("TOTAL {k}"),
+            median(v)
+        );
     }
     Ok(())
 }
