@@ -37,8 +37,8 @@ mod output;
 use std::path::{Path, PathBuf};
 
 pub use build::{
-    BootCheck, BootResult, BuildEvent, BuildReport, BuildRequest, DryRun, StepTiming, build,
-    dry_run,
+    BootCheck, BootResult, BuildEvent, BuildReport, BuildRequest, DEFAULT_MARKER, DryRun,
+    StepTiming, build, dry_run,
 };
 pub use output::{
     ALL_FORMATS, OutputFormat, OutputOptions, OutputReport, convert_options, parse_formats,
