@@ -18,7 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requested: Vec<String> = std::env::args().skip(1).collect();
     let shipped = tempfile::tempdir()?;
     let mut elements_path: Vec<PathBuf> = std::env::var_os("ELEMENTS_PATH")
-        .map(|p| std::env::split_paths(&p).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     elements_path.push(shipped_elements(shipped.path())?);
     let env: BTreeMap<String, String> = std::env::vars()

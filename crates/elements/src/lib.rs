@@ -22,9 +22,10 @@
 //!   host phases on the host, in-chroot phases chrooted into the target with `/proc`, `/sys`,
 //!   `/dev`, `/dev/pts` and the hooks (at `/tmp/in_target.d`) mounted inside a private mount
 //!   and PID namespace that dies with us, so not even `kill -9` leaves a mount or a process.
-//!   Every script runs under a shell that first sources the `environment.d` files, has a
-//!   timeout that kills its whole process tree, and a failure names element, phase, script,
-//!   exit status and the last lines of output.
+//!   As under dib-run-parts, a phase's scripts run under one shell that first sources the
+//!   `environment.d` files; each script has a timeout that kills the phase's whole process
+//!   tree, and a failure names element, phase, script, exit status and the last lines of
+//!   output.
 //!
 //! It deliberately does not install packages (`package-installs` are parsed and reported),
 //! lay out disks or install bootloaders: the orchestrator does those natively. Nothing here
@@ -226,15 +227,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Starting a script's process failed.
-    #[error("starting {element}/{phase}/{script}")]
-    Spawn {
-        /// The element.
-        element: String,
+    /// Before any script ran, the phase's setup failed: sourcing an `environment.d` file
+    /// (a `set -u` miss, an arch gate's `exit 1`) or, for in-chroot phases, mounting inside
+    /// the target.
+    #[error(
+        "{phase}: setting up the scripts (environment.d, chroot mounts) failed ({status}){}",
+        render_tail(last_lines)
+    )]
+    PhaseSetupFailed {
         /// The phase.
         phase: Phase,
-        /// The script.
-        script: String,
+        /// How it ended.
+        status: String,
+        /// The last lines printed, oldest first.
+        last_lines: Vec<String>,
+    },
+    /// Starting a phase's process failed.
+    #[error("starting {phase}")]
+    Spawn {
+        /// The phase.
+        phase: Phase,
         /// The runner's error.
         #[source]
         source: Box<diskforge_cmd::Error>,

@@ -1,20 +1,23 @@
 //! Running a phase's scripts: on the host, or chrooted into the target inside a private mount
 //! and PID namespace.
 //!
-//! Every script is started as `setsid unshare [--mount --propagation private] --pid --fork
-//! --kill-child bash -c WRAPPER` (as non-root, host phases add `--user --map-current-user`
-//! when the kernel allows unprivileged user namespaces, else run in a plain process group):
+//! A phase runs as `setsid unshare [--mount --propagation private] --pid --fork --kill-child
+//! bash -c WRAPPER` (as non-root, host phases add `--user --map-current-user` when the kernel
+//! allows unprivileged user namespaces, else run in a plain process group):
 //!
-//! - `setsid` makes the script's tree one process group, which a timeout or cancel kills
+//! - `setsid` makes the phase's processes one process group, which a timeout or cancel kills
 //!   with one `kill(-pgid, SIGKILL)`; we then wait until no member is left;
 //! - the PID namespace dies with its first process, which `--kill-child` kills when `unshare`
 //!   dies, which `PR_SET_PDEATHSIG` (from `diskforge-cmd`) kills when we die: so even after
-//!   `kill -9` of the builder nothing the script started survives;
+//!   `kill -9` of the builder nothing a script started survives;
 //! - for in-chroot phases the wrapper mounts `proc`, a read-only `sysfs`, binds `/dev`,
 //!   `/dev/pts` and the hooks dir (read-only, at `/tmp/in_target.d`) inside the new mount
 //!   namespace, which no other process can see and which vanishes with the PID namespace;
-//! - the wrapper merges stderr into stdout, sources the `environment.d` files (`set -eu -o
-//!   pipefail`, as dib-run-parts) and runs the script, whose output is streamed line by line.
+//! - the wrapper then does what dib-run-parts does: merges stderr into stdout, sources the
+//!   `environment.d` files once (`set -eu -o pipefail`) and runs the scripts in order,
+//!   stopping at the first failure. Between scripts it prints marker lines (a per-run tag
+//!   that scripts cannot see) from which we time each script and apply its timeout; all
+//!   other output is streamed line by line.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -36,8 +39,9 @@ pub const TAIL_LINES: usize = 20;
 const TICK: Duration = Duration::from_millis(50);
 /// How long we wait for a killed process tree to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How long we read leftover output after the script's process has exited.
-const DRAIN: Duration = Duration::from_millis(500);
+/// How long at most we read the output still in flight after the wrapper has exited (until
+/// the pipe closes, which it does at once when nothing else holds it).
+const DRAIN: Duration = Duration::from_secs(5);
 /// Attempts (100 ms apart) to remove `/tmp/in_target.d` while the namespace is torn down.
 const RMDIR_ATTEMPTS: u32 = 50;
 
@@ -143,22 +147,31 @@ fn image_block_device_line(line: &str) -> Option<String> {
     Some(value.to_owned())
 }
 
-/// The wrapper every script runs in: `$1` is the script, the rest are environment files.
+/// The phase wrapper, dib-run-parts' job: `$1 $2` the marker tag in two halves (so that a
+/// traced `printf` never shows it whole), `$3` the number of environment files, then those
+/// files, then the scripts.
 const INNER: &str = r#"exec 2>&1
 set -eu
 set -o pipefail 2>/dev/null || true
-_dib_script=$1
-shift
-for _dib_env in "$@"; do
+_dib_t1=$1 _dib_t2=$2 _dib_nenv=$3
+shift 3
+while [ "$_dib_nenv" -gt 0 ]; do
     if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
-    . "$_dib_env"
+    . "$1"
     set +x
+    shift
+    _dib_nenv=$((_dib_nenv - 1))
 done
-unset _dib_env
-# Not the last command, so that the shell forks instead of exec'ing: the shell stays the
-# namespace's init (reaping orphans) and the script gets ordinary signal handling.
-"$_dib_script" || exit $?
-exit 0
+for _dib_script in "$@"; do
+    printf '%s%s start %s %s\n' "$_dib_t1" "$_dib_t2" "${_dib_script##*/}" "${EPOCHREALTIME:-}"
+    _dib_status=0
+    "$_dib_script" || _dib_status=$?
+    if [ "$_dib_status" -ne 0 ]; then
+        printf '%s%s fail %s %s\n' "$_dib_t1" "$_dib_t2" "$_dib_status" "${EPOCHREALTIME:-}"
+        exit "$_dib_status"
+    fi
+    printf '%s%s done %s\n' "$_dib_t1" "$_dib_t2" "${EPOCHREALTIME:-}"
+done
 "#;
 
 /// Sets up the chroot inside the new mount namespace, then runs [`INNER`] in the target's
@@ -282,35 +295,24 @@ pub fn run_phase(
         }
         progress(e);
     };
-    let progress = &mut watch;
-    let result = (|| {
-        for s in &scripts {
-            if cancelled(ctx) {
-                return Err(Error::Cancelled { script: None });
-            }
-            progress(ScriptEvent::Start {
-                element: s.element.clone(),
-                phase,
-                script: s.name.clone(),
-            });
-            let t0 = Instant::now();
-            let script_path = hooks_root.join(phase.dir()).join(&s.name);
-            run_script(s, &script_path, &env_files, &env, ctx, progress)?;
-            let elapsed = t0.elapsed();
-            progress(ScriptEvent::Done {
-                element: s.element.clone(),
-                phase,
-                script: s.name.clone(),
-                elapsed,
-            });
-            report.scripts.push(ScriptReport {
-                element: s.element.clone(),
-                script: s.name.clone(),
-                elapsed,
-            });
-        }
-        Ok(())
-    })();
+    let script_paths: Vec<PathBuf> = scripts
+        .iter()
+        .map(|s| hooks_root.join(phase.dir()).join(&s.name))
+        .collect();
+    let tag = Tag::new();
+    let cmd = phase_command(
+        &script_paths,
+        &env_files,
+        &env,
+        ctx,
+        phase.in_chroot(),
+        &tag,
+    );
+    let result = if cancelled(ctx) {
+        Err(Error::Cancelled { script: None })
+    } else {
+        run_scripts(&scripts, phase, &cmd, &tag, ctx, &mut watch, &mut report)
+    };
     let cleanup = in_target.map(InTargetDir::remove).unwrap_or(Ok(()));
     result?;
     cleanup?;
@@ -389,13 +391,14 @@ impl Drop for InTargetDir {
     }
 }
 
-/// The command that runs one script.
-fn script_command(
-    script_path: &Path,
+/// The command that runs a phase's scripts.
+fn phase_command(
+    scripts: &[PathBuf],
     env_files: &[String],
     env: &BTreeMap<String, String>,
     ctx: &RunContext,
     in_chroot: bool,
+    tag: &Tag,
 ) -> Cmd {
     let mut cmd = Cmd::new("setsid");
     let isolate = is_root() || user_namespaces_work();
@@ -420,12 +423,65 @@ fn script_command(
     } else {
         cmd = cmd.arg(INNER).arg("dib-run-parts");
     }
-    cmd = cmd.arg(script_path).args(env_files);
+    cmd = cmd
+        .args([&tag.0, &tag.1])
+        .arg(env_files.len().to_string())
+        .args(env_files)
+        .args(scripts);
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }
     // Host scripts keep the builder's working directory, as under dib.
     if in_chroot { cmd.dir("/") } else { cmd }
+}
+
+/// The marker tag of one phase run, in two halves.
+struct Tag(String, String);
+
+impl Tag {
+    fn new() -> Tag {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        Tag(
+            "::diskforge-run-parts-".to_owned(),
+            format!("{:x}-{nanos:x}::", std::process::id()),
+        )
+    }
+
+    /// The text before the marker, the marker, and the shell's clock (bash's
+    /// `$EPOCHREALTIME`, absent in other shells) when `line` holds one.
+    fn split<'a>(&self, line: &'a str) -> Option<(&'a str, Marker, Option<Duration>)> {
+        let whole = format!("{}{}", self.0, self.1);
+        let pos = line.find(&whole)?;
+        let mut words = line[pos + whole.len()..].split_whitespace();
+        let marker = match words.next()? {
+            "start" => Marker::Start(words.next()?.to_owned()),
+            "done" => Marker::Done,
+            "fail" => Marker::Fail(words.next()?.parse().ok()?),
+            _ => return None,
+        };
+        let clock = words
+            .next()
+            .and_then(|t| t.replace(',', ".").parse::<f64>().ok())
+            .and_then(|t| Duration::try_from_secs_f64(t).ok());
+        if words.next().is_some() {
+            return None;
+        }
+        Some((&line[..pos], marker, clock))
+    }
+}
+
+/// What the wrapper reports between scripts.
+#[derive(Debug, PartialEq, Eq)]
+enum Marker {
+    /// The script of this name starts.
+    Start(String),
+    /// The running script succeeded.
+    Done,
+    /// The running script failed with this exit status.
+    Fail(i32),
 }
 
 /// `PATH` with the sbin directories appended that a non-root `PATH` often lacks (dib's
@@ -458,63 +514,206 @@ impl Tail {
     }
 }
 
-fn run_script(
-    s: &Script,
-    script_path: &Path,
-    env_files: &[String],
-    env: &BTreeMap<String, String>,
+/// The script running now.
+struct Running {
+    index: usize,
+    /// When its start marker arrived.
+    started: Instant,
+    /// The shell's clock at its start, when the shell has one.
+    clock: Option<Duration>,
+}
+
+/// What the wrapper's output has told us so far.
+struct Follow<'a> {
+    scripts: &'a [Script],
+    phase: Phase,
+    tag: &'a Tag,
+    timeout: Duration,
+    /// When the running script (or the setup, before the first) times out.
+    deadline: Instant,
+    tail: Tail,
+    running: Option<Running>,
+    /// Index of the next script to start.
+    next: usize,
+    /// The exit status the wrapper reported for the running script.
+    failure: Option<i32>,
+}
+
+impl Follow<'_> {
+    fn output(&mut self, line: String, progress: &mut dyn FnMut(ScriptEvent)) {
+        self.tail.push(&line);
+        progress(ScriptEvent::Output { line });
+    }
+
+    /// Handle one line of output: a marker, or output to pass on.
+    fn line(
+        &mut self,
+        line: String,
+        progress: &mut dyn FnMut(ScriptEvent),
+        report: &mut PhaseReport,
+    ) {
+        let Some((before, marker, clock)) = self.tag.split(&line) else {
+            return self.output(line, progress);
+        };
+        if !before.is_empty() {
+            self.output(before.to_owned(), progress);
+        }
+        let now = Instant::now();
+        let phase = self.phase;
+        match marker {
+            Marker::Start(started) => {
+                let Some(s) = self.scripts.get(self.next).filter(|s| s.name == started) else {
+                    // Not our protocol: show it rather than guess.
+                    return self.output(line, progress);
+                };
+                progress(ScriptEvent::Start {
+                    element: s.element.clone(),
+                    phase,
+                    script: s.name.clone(),
+                });
+                self.running = Some(Running {
+                    index: self.next,
+                    started: now,
+                    clock,
+                });
+                self.next += 1;
+                self.tail = Tail(VecDeque::with_capacity(TAIL_LINES));
+                self.deadline = now + self.timeout;
+            }
+            Marker::Done => {
+                if let Some(r) = self.running.take() {
+                    let s = &self.scripts[r.index];
+                    // The shell's clock when it has one: our arrival times lag behind
+                    // when the machine is busy.
+                    let elapsed = match (r.clock, clock) {
+                        (Some(a), Some(b)) if b >= a => b - a,
+                        _ => now - r.started,
+                    };
+                    progress(ScriptEvent::Done {
+                        element: s.element.clone(),
+                        phase,
+                        script: s.name.clone(),
+                        elapsed,
+                    });
+                    report.scripts.push(ScriptReport {
+                        element: s.element.clone(),
+                        script: s.name.clone(),
+                        elapsed,
+                    });
+                }
+                self.deadline = now + self.timeout;
+            }
+            Marker::Fail(code) => self.failure = Some(code),
+        }
+    }
+
+    /// `element/phase/script` of the running script.
+    fn running_name(&self) -> Option<String> {
+        self.running.as_ref().map(|r| {
+            let s = &self.scripts[r.index];
+            format!("{}/{}/{}", s.element, self.phase, s.name)
+        })
+    }
+
+    /// The error for a timeout now.
+    fn timed_out(&mut self) -> Error {
+        let last_lines = self.tail.take();
+        match &self.running {
+            Some(r) => Error::ScriptTimedOut {
+                element: self.scripts[r.index].element.clone(),
+                phase: self.phase,
+                script: self.scripts[r.index].name.clone(),
+                timeout: self.timeout,
+                last_lines,
+            },
+            None => Error::PhaseSetupFailed {
+                phase: self.phase,
+                status: format!("timed out after {:?}", self.timeout),
+                last_lines,
+            },
+        }
+    }
+
+    /// The outcome once the wrapper has exited with `status`.
+    fn finish(mut self, status: std::process::ExitStatus) -> Result<()> {
+        if let Some(r) = &self.running {
+            let s = &self.scripts[r.index];
+            return Err(Error::ScriptFailed {
+                element: s.element.clone(),
+                phase: self.phase,
+                script: s.name.clone(),
+                status: self
+                    .failure
+                    .map_or_else(|| describe_status(status), |c| format!("exit status {c}")),
+                last_lines: self.tail.take(),
+            });
+        }
+        if !status.success() || self.next < self.scripts.len() {
+            return Err(Error::PhaseSetupFailed {
+                phase: self.phase,
+                status: describe_status(status),
+                last_lines: self.tail.take(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Run `cmd` (the phase wrapper) and follow its markers; see the module docs.
+fn run_scripts(
+    scripts: &[Script],
+    phase: Phase,
+    cmd: &Cmd,
+    tag: &Tag,
     ctx: &RunContext,
     progress: &mut dyn FnMut(ScriptEvent),
+    report: &mut PhaseReport,
 ) -> Result<()> {
-    let cmd = script_command(script_path, env_files, env, ctx, s.phase.in_chroot());
     let spawn_err = |source| Error::Spawn {
-        element: s.element.clone(),
-        phase: s.phase,
-        script: s.name.clone(),
+        phase,
         source: Box::new(source),
     };
     let mut child = cmd.spawn_streaming().map_err(spawn_err)?;
     // setsid execs without forking (we are not a group leader), so the pid is the group.
     let pgid = child.pid().and_then(|p| i32::try_from(p).ok());
-    let deadline = Instant::now() + ctx.script_timeout;
-    let mut tail = Tail(VecDeque::with_capacity(TAIL_LINES));
-    let name = || format!("{}/{}/{}", s.element, s.phase, s.name);
+    let mut f = Follow {
+        scripts,
+        phase,
+        tag,
+        timeout: ctx.script_timeout,
+        deadline: Instant::now() + ctx.script_timeout,
+        tail: Tail(VecDeque::with_capacity(TAIL_LINES)),
+        running: None,
+        next: 0,
+        failure: None,
+    };
     let mut output_closed = false;
     loop {
         if cancelled(ctx) {
             kill_tree(&mut child, pgid);
             return Err(Error::Cancelled {
-                script: Some(name()),
+                script: f.running_name(),
             });
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= f.deadline {
             kill_tree(&mut child, pgid);
-            return Err(Error::ScriptTimedOut {
-                element: s.element.clone(),
-                phase: s.phase,
-                script: s.name.clone(),
-                timeout: ctx.script_timeout,
-                last_lines: tail.take(),
-            });
+            return Err(f.timed_out());
         }
         if output_closed {
-            // The script closed its output but may still be working.
+            // Everything closed its output; the wrapper may still be finishing.
             if child.try_wait().map_err(spawn_err)?.is_some() {
                 break;
             }
-            std::thread::sleep(TICK.min(deadline - now));
+            std::thread::sleep(TICK.min(f.deadline - now));
             continue;
         }
-        match child.next_line((now + TICK).min(deadline)) {
-            NextLine::Line(l) => {
-                tail.push(&l);
-                progress(ScriptEvent::Output { line: l });
-            }
+        match child.next_line((now + TICK).min(f.deadline)) {
+            NextLine::Line(l) => f.line(l, progress, report),
             NextLine::Closed => output_closed = true,
             NextLine::TimedOut => {
                 // Exited while something it left behind still holds the pipe (only possible
-                // without a PID namespace): stop waiting for end of output.
+                // without a PID namespace): read what is left, then stop.
                 if child.try_wait().map_err(spawn_err)?.is_some() {
                     break;
                 }
@@ -525,25 +724,16 @@ fn run_script(
     if let Some(g) = pgid {
         kill_group(g);
     }
+    // Lines still on their way (the reader thread may lag behind a quick exit).
     let drain_until = Instant::now() + DRAIN;
     while let NextLine::Line(l) = child.next_line(drain_until) {
-        tail.push(&l);
-        progress(ScriptEvent::Output { line: l });
+        f.line(l, progress, report);
     }
     let finished = child.finish(KILL_WAIT).map_err(spawn_err)?;
     if let Some(g) = pgid {
         wait_group_gone(g, KILL_WAIT);
     }
-    if finished.status.success() {
-        return Ok(());
-    }
-    Err(Error::ScriptFailed {
-        element: s.element.clone(),
-        phase: s.phase,
-        script: s.name.clone(),
-        status: describe_status(finished.status),
-        last_lines: tail.take(),
-    })
+    f.finish(finished.status)
 }
 
 fn describe_status(status: std::process::ExitStatus) -> String {
@@ -615,6 +805,33 @@ fn wait_group_gone(pgid: i32, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_are_found_only_whole() {
+        let t = Tag("::a-".into(), "b::".into());
+        assert_eq!(
+            t.split("::a-b:: start 10-x 1700000000.250000"),
+            Some((
+                "",
+                Marker::Start("10-x".into()),
+                Some(Duration::from_millis(1_700_000_000_250))
+            ))
+        );
+        assert_eq!(
+            t.split("partial::a-b:: done "),
+            Some(("partial", Marker::Done, None))
+        );
+        assert_eq!(
+            t.split("::a-b:: fail 3 12,5"),
+            Some(("", Marker::Fail(3), Some(Duration::from_millis(12_500))))
+        );
+        assert_eq!(t.split("::a-b:: done 1 2"), None);
+        // A traced printf shows the halves apart; other text is not a marker.
+        assert_eq!(t.split("+ printf '%s%s done\\n' ::a- b::"), None);
+        assert_eq!(t.split("::a-b:: something else"), None);
+        assert_eq!(t.split("::a-b:: fail x"), None);
+        assert_ne!(Tag::new().1, "");
+    }
 
     #[test]
     fn reports_serialise_times_as_seconds() {

@@ -202,7 +202,7 @@ fn failing_script_names_element_phase_script_status_and_last_lines() {
 }
 
 #[test]
-fn failing_environment_file_fails_the_script() {
+fn failing_environment_file_fails_the_phase_before_any_script() {
     let b = build(
         &[
             (
@@ -218,12 +218,79 @@ fn failing_environment_file_fails_the_script() {
         ],
         &["el"],
     );
-    let err = run(&b, Phase::Cleanup).0.unwrap_err();
+    let (r, events) = run(&b, Phase::Cleanup);
+    let err = r.unwrap_err();
     assert!(
-        matches!(&err, Error::ScriptFailed { script, last_lines, .. } if script == "10-x" && last_lines == &["not on this arch"]),
+        matches!(&err, Error::PhaseSetupFailed { phase: Phase::Cleanup, last_lines, .. } if last_lines == &["not on this arch"]),
         "{err:?}"
     );
+    assert_eq!(
+        err.to_string(),
+        "cleanup.d: setting up the scripts (environment.d, chroot mounts) failed (exit status 1); \
+         last 1 line:\n    not on this arch"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ScriptEvent::Start { .. }))
+    );
     assert!(!b.ctx.target_root.join("ran").exists());
+}
+
+#[test]
+fn environment_is_sourced_once_per_phase_and_background_work_lives_until_its_end() {
+    let b = build(
+        &[
+            (
+                "el/environment.d/10-count",
+                "echo sourced >> \"$TARGET_ROOT/count\"\n",
+                false,
+            ),
+            (
+                "el/root.d/10-start-bg",
+                "#!/bin/sh\nsleep 987691 &\necho $! > \"$TARGET_ROOT/bg\"\nprintf 'no newline'\n",
+                true,
+            ),
+            (
+                "el/root.d/20-check-bg",
+                "#!/bin/sh\nkill -0 \"$(cat \"$TARGET_ROOT/bg\")\" && echo bg alive\nsleep 0.3\n",
+                true,
+            ),
+            ("el/root.d/30-last", "#!/bin/sh\necho last\n", true),
+        ],
+        &["el"],
+    );
+    let (r, events) = run(&b, Phase::Root);
+    let report = r.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(b.ctx.target_root.join("count")).unwrap(),
+        "sourced\n"
+    );
+    let seq: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            ScriptEvent::Start { script, .. } => format!("start {script}"),
+            ScriptEvent::Output { line } => line.clone(),
+            ScriptEvent::Done { script, .. } => format!("done {script}"),
+        })
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "start 10-start-bg",
+            "no newline",
+            "done 10-start-bg",
+            "start 20-check-bg",
+            "bg alive",
+            "done 20-check-bg",
+            "start 30-last",
+            "last",
+            "done 30-last",
+        ]
+    );
+    assert!(report.scripts[1].elapsed >= Duration::from_millis(300));
+    assert!(report.scripts[2].elapsed < Duration::from_millis(300));
+    assert_eq!(wait_no_process("sleep 987691"), Vec::<u32>::new());
 }
 
 #[test]
