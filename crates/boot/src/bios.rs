@@ -504,6 +504,13 @@ pub fn install_bios(
         .and_then(|_| f.write_all(&sector0))
         .map_err(io_err("writing boot.img into sector 0 of", image))?;
     f.sync_all().map_err(io_err("syncing", image))?;
+    tracing::debug!(
+        image = %image.display(),
+        area = ?target.area,
+        core_sector = target.start,
+        core_sectors,
+        "GRUB for BIOS written"
+    );
     Ok(BiosReport {
         area: target.area,
         area_sectors: target.sectors,

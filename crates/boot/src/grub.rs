@@ -396,6 +396,7 @@ pub(crate) fn mkimage(
     let cfg_path = scratch.path().join("embedded.cfg");
     std::fs::write(&cfg_path, embedded).map_err(io_err("writing", &cfg_path))?;
     let tmp_out = scratch.path().join("image");
+    tracing::debug!(format, out = %out.display(), ?modules, "grub-mkimage");
     Cmd::new("grub-mkimage")
         .args(["-O", format, "-d", dir, "-p", "/boot/grub", "-c"])
         .arg(&cfg_path)

@@ -18,6 +18,38 @@
 //!   the MBR gap; `boot.img` goes into bytes 0..440 of sector 0 (disk signature and
 //!   partition table kept) with the fields `grub-bios-setup` patches. See [`bios`].
 //!
+//! # Example
+//!
+//! The `vm` element's order of steps (see `examples/busybox_vm.rs` for a runnable one):
+//!
+//! ```rust,no_run
+//! use diskforge_blockdev::{CreateOptions, PlanOptions, create, plan_text};
+//! use diskforge_boot::{BusyboxOptions, GrubConfig, busybox_root, install_bios, install_efi, write_grub_cfg};
+//! use std::path::Path;
+//!
+//! let tree = Path::new("build/root");
+//! // 1. the root tree: busybox, /sbin/init printing a marker, the host kernel + an initramfs
+//! let root = busybox_root(tree, &BusyboxOptions { poweroff: true, ..Default::default() })?;
+//! // 2. the disk plan, populated from the tree
+//! let yaml = std::fs::read_to_string("gpt-bios-esp-root.yaml")?;
+//! let plan = plan_text(&yaml, &PlanOptions {
+//!     image_size: Some(128 << 20),
+//!     root: Some(tree.into()),
+//!     uuid_seed: Some("my-build".into()),
+//!     ..Default::default()
+//! })?;
+//! let root_fs = plan.filesystems.iter().find(|f| f.mount_point.as_deref() == Some("/")).unwrap();
+//! // 3. GRUB: grub.cfg in the tree, BOOTX64.EFI into what becomes the ESP
+//! let grub = GrubConfig::new(&root.kernel, Some(root.initrd.clone()), root_fs.uuid.clone());
+//! write_grub_cfg(tree, &grub)?;
+//! install_efi(&tree.join("boot/efi"), &grub)?;
+//! // 4. the disk, offline; then GRUB for BIOS written into the image file
+//! create(&plan, Path::new("build/state"), &CreateOptions::default(), &mut |_| {})?;
+//! let disk = &plan.disks[0];
+//! install_bios(&disk.path, disk, root_fs, &grub)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! `/boot/grub` must be on the filesystem given as the root (no separate `/boot`).
 //!
 //! It does not run `grub-install` or `grub-mkconfig` (both want mounted devices), add

@@ -5,7 +5,8 @@
 //! -fn` and `fsck.vfat -n` on each partition's bytes), compared sector by sector with the
 //! image before `install_bios` (only boot code and the embedding area may change), and
 //! booted under QEMU (TCG unless a KVM probe passes): SeaBIOS for every layout, OVMF for
-//! the ones with an ESP, each to the marker `/sbin/init` prints. Boots run one at a time.
+//! the ones with an ESP, each to the marker `/sbin/init` prints. These tests run one at a
+//! time (a boot competes for the same cores as a build).
 //!
 //! Also: the refusals (MBR gap too small, GPT without a BIOS boot partition, no partition
 //! table) with their messages, and the busybox tree and initramfs reproducible with
@@ -36,8 +37,13 @@ const MARKER: &str = "diskforge-boot-test-up";
 const EPOCH: u64 = 1_700_000_000;
 /// Generous: a TCG boot takes 15-30 s here on a loaded 2-core host; CI machines are shared.
 const TIMEOUT: Duration = Duration::from_secs(240);
-/// One QEMU at a time: they compete for the same cores.
-static BOOTS: Mutex<()> = Mutex::new(());
+/// One image test (build, checks, boots) at a time: they compete for the same cores, and a
+/// boot's time is only worth printing when nothing else of ours runs beside it.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn example(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -270,7 +276,6 @@ fn check_image(b: &Built) {
 }
 
 fn boot(b: &Built, fw: Firmware) -> BootReport {
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let vm = Vm::disk(Drive::ide_disk(&b.image, Format::Raw), fw);
     let r = boot_to_marker(&vm, &Expect::marker(MARKER, TIMEOUT))
         .unwrap_or_else(|e| panic!("{fw:?} boot of {}: {e}", b.image.display()));
@@ -308,6 +313,7 @@ fn boot(b: &Built, fw: Firmware) -> BootReport {
 
 #[test]
 fn gpt_bios_esp_root_boots_bios_and_uefi() {
+    let _one = one_at_a_time();
     let b = build("gpt-bios-esp-root", 128);
     assert_eq!(b.bios.area, EmbedArea::BiosBootPartition { number: 1 });
     check_image(&b);
@@ -317,6 +323,7 @@ fn gpt_bios_esp_root_boots_bios_and_uefi() {
 
 #[test]
 fn mbr_single_root_boots_bios() {
+    let _one = one_at_a_time();
     let b = build("mbr-single-root", 64);
     assert_eq!(
         b.bios.area,
@@ -341,6 +348,7 @@ fn mbr_single_root_boots_bios() {
 /// dib's `FS_TYPE=xfs`: GRUB needs its xfs driver in core.img, the initramfs the xfs module.
 #[test]
 fn mbr_xfs_root_boots_bios() {
+    let _one = one_at_a_time();
     let b = build_with("mbr-single-root", 400, Some("xfs"));
     assert!(
         b.bios.modules.contains(&"xfs".to_owned()),
@@ -362,6 +370,7 @@ fn mbr_xfs_root_boots_bios() {
 
 #[test]
 fn efi_layout_boots_uefi_and_bios() {
+    let _one = one_at_a_time();
     // dib's block-device-efi: ESP first (550 MiB), then an 8 MiB BIOS boot partition.
     let b = build("efi", 640);
     assert_eq!(b.bios.area, EmbedArea::BiosBootPartition { number: 2 });
