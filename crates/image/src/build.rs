@@ -888,7 +888,15 @@ fn grub_config(
         value: String::new(),
         reason: "the vm element needs a filesystem mounted at /".into(),
     })?;
-    let (kernel, initrd) = find_kernel(tree)?;
+    let k = diskforge_boot::find_kernel(tree)
+        .map_err(|e| Error::Boot(Box::new(e)))?
+        .ok_or_else(|| Error::Usage {
+            field: "vm".into(),
+            value: tree.join("boot").display().to_string(),
+            reason: "no kernel (boot/vmlinuz-RELEASE) in the tree: add an operating-system \
+                     element that installs one"
+                .into(),
+        })?;
     let base = ctx
         .env
         .get("DIB_BOOTLOADER_DEFAULT_CMDLINE")
@@ -902,65 +910,18 @@ fn grub_config(
     // diskforge-boot adds root=UUID=… (or LABEL=) from the fields below.
     let cmdline = format!("console=tty0 console={serial} no_timer_check {base}");
     Ok(diskforge_boot::GrubConfig {
-        kernel,
-        initrd,
-        cmdline: cmdline.trim().to_owned(),
-        root_uuid: root.uuid.clone(),
-        root_label: Some(root.label.clone()),
         timeout: ctx
             .env
             .get("DIB_GRUB_TIMEOUT")
             .and_then(|t| t.parse().ok())
-            .unwrap_or(1),
-        serial: true,
+            .unwrap_or(0),
         source_date_epoch: ctx
             .env
             .get("SOURCE_DATE_EPOCH")
             .and_then(|e| e.parse().ok()),
+        ..diskforge_boot::GrubConfig::for_root_fs(k.kernel, k.initrd, root, cmdline.trim())
     })
-}
-
-/// The newest `boot/vmlinuz-RELEASE` in the tree and its `boot/initrd.img-RELEASE` (Debian's
-/// names, which the busybox element uses too), as paths inside the root filesystem.
-fn find_kernel(tree: &Path) -> Result<(String, Option<String>)> {
-    let boot = tree.join("boot");
-    let mut releases: Vec<String> = fs::read_dir(&boot)
-        .map_err(io_err("reading", &boot))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("vmlinuz-"))
-                .map(str::to_owned)
-        })
-        .collect();
-    releases.sort_by(|a, b| version_cmp(a, b));
-    let Some(rel) = releases.pop() else {
-        return Err(Error::Usage {
-            field: "vm".into(),
-            value: boot.display().to_string(),
-            reason: "no kernel (boot/vmlinuz-RELEASE) in the tree: add an operating-system \
-                     element that installs one"
-                .into(),
-        });
-    };
-    let initrd = format!("boot/initrd.img-{rel}");
-    Ok((
-        format!("/boot/vmlinuz-{rel}"),
-        tree.join(&initrd).is_file().then(|| format!("/{initrd}")),
-    ))
-}
-
-/// Compare kernel releases by their numeric parts (`6.1.0-10` < `6.1.0-9` is wrong as text).
-fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let key = |s: &str| -> Vec<u64> {
-        s.split(|c: char| !c.is_ascii_digit())
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
-    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
-}
+}}
 
 fn install_tree_boot(
     tree: &Path,
@@ -1026,13 +987,6 @@ fn boot_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_releases_sort_numerically() {
-        let mut v = vec!["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"];
-        v.sort_by(|a, b| version_cmp(a, b));
-        assert_eq!(v, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-10-amd64"]);
-    }
 
     #[test]
     fn arch_names_follow_dib() {
