@@ -921,7 +921,7 @@ fn grub_config(
             .and_then(|e| e.parse().ok()),
         ..diskforge_boot::GrubConfig::for_root_fs(k.kernel, k.initrd, root, cmdline.trim())
     })
-}}
+}
 
 fn install_tree_boot(
     tree: &Path,
