@@ -50,6 +50,17 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
             if boot {
                 let n = v["boots"].as_array().map(Vec::len).unwrap_or(0);
                 ensure!(n == 2, "expected SeaBIOS and OVMF boots, got {n}");
+                for b in v["boots"].as_array().into_iter().flatten() {
+                    let key = format!(
+                        "{label}: {} to the marker (QEMU start → marker)",
+                        b["firmware"].as_str().unwrap_or("?")
+                    );
+                    let secs = b["seconds"].as_f64().unwrap_or(0.0);
+                    match table.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.push(secs),
+                        None => table.push((key, vec![secs])),
+                    }
+                }
             }
             totals.entry(label).or_default().push(wall);
             for s in v["steps"].as_array().into_iter().flatten() {
