@@ -150,6 +150,9 @@ pub struct LvPlan {
     /// `thin-pool` or `thin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lv_type: Option<String>,
+    /// For a `thin` LV: its pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<String>,
     /// Extents for thin-pool metadata and its spare (an estimate of lvm2's default).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub overhead_extents: u64,
@@ -573,6 +576,7 @@ pub(crate) fn plan(
                     size: extents * EXTENT,
                     size_human: human(extents * EXTENT),
                     lv_type: lv.lv_type.clone(),
+                    thin_pool: lv.thin_pool.clone(),
                     overhead_extents: overhead,
                 });
             }

@@ -398,7 +398,7 @@ fn lvm_is_refused_before_anything_is_written() {
     let state = dir.path().join("state");
     let e = create(&plan, &state, &CreateOptions::default(), &mut |_| {}).expect_err("lvm");
     assert!(
-        matches!(&e, Error::KernelRoute { kind: "pv", node } if node == "pv"),
+        matches!(&e, Error::NeedsDeviceMapper { kind: "pv", node } if node == "pv"),
         "{e}"
     );
     assert!(e.to_string().contains("device-mapper"), "{e}");
