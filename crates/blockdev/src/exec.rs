@@ -814,7 +814,108 @@ pub fn delete(state_dir: &Path) -> Result<()> {
     fs::remove_dir_all(state_dir).map_err(io("removing", state_dir))
 }
 
-/// dib's `getval SYMBOL`, answered from the plan: `image-path`, `image-block-partition`
+/// dib's `init`: record `plan` in `STATE_DIR/state.json` with nothing done, so later
+/// commands (`create`, `getval`, `writefstab`) can run from the state alone. Refuses a state
+/// directory whose build has started (run `cleanup` or `delete` first).
+pub fn init(plan: &Plan, state_dir: &Path) -> Result<State> {
+    if state_dir.join(STATE_FILE).exists() {
+        let old = read_state(state_dir)?;
+        if old.done > 0 || !old.images.is_empty() || old.kernel.is_some() {
+            return Err(Error::State {
+                path: state_dir.join(STATE_FILE),
+                reason: "a build was started in this state directory; `cleanup` or `delete` \
+                         it first"
+                    .into(),
+            });
+        }
+    }
+    fs::create_dir_all(state_dir).map_err(io("creating", state_dir))?;
+    let st = State {
+        plan: plan.clone(),
+        done: 0,
+        images: Vec::new(),
+        fstab: None,
+        scratch: Vec::new(),
+        failed: None,
+        kernel: None,
+        mount_root: None,
+    };
+    write_state(state_dir, &st)?;
+    Ok(st)
+}
+
+/// dib's `writefstab`: write the plan's fstab lines (as dib writes them) to `ROOT/etc/fstab`,
+/// where `ROOT` is `root`, else the tree the plan populates from. A file it replaces is kept
+/// in the state directory and put back by `delete`. Returns the path written.
+pub fn writefstab(state_dir: &Path, root: Option<&Path>) -> Result<PathBuf> {
+    let mut st = read_state(state_dir)?;
+    let path = match root {
+        Some(r) => r.join("etc/fstab"),
+        None => st
+            .plan
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::WriteFstab { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| Error::State {
+                path: state_dir.join(STATE_FILE),
+                reason: "no root tree in the plan: give the tree to write etc/fstab into".into(),
+            })?,
+    };
+    let contents: String = st.plan.fstab.iter().map(|l| format!("{l}\n")).collect();
+    if st.fstab.as_ref().is_some_and(|(p, _)| p == &path) {
+        // Written before by this build: the saved original stays the one to restore.
+        fs::write(&path, &contents).map_err(io("writing", &path))?;
+    } else {
+        run_step(
+            &Step::WriteFstab {
+                path: path.clone(),
+                contents,
+            },
+            state_dir,
+            &mut st,
+        )?;
+    }
+    write_state(state_dir, &st)?;
+    Ok(path)
+}
+
+/// [`getval`] for a build's state: like the plan's answers, plus the block devices while the
+/// kernel route holds them — `image-block-device` (dib: the loop device of `image0`; the
+/// image file itself on the offline route or once released) and `image-block-devices`.
+pub fn getval_state(st: &State, symbol: &str) -> Result<String> {
+    let live = st.kernel.as_ref().filter(|k| !k.released);
+    match (symbol, live) {
+        ("image-block-device", Some(k)) => {
+            let name = st
+                .plan
+                .disks
+                .iter()
+                .find(|d| d.name == "image0")
+                .or(st.plan.disks.first())
+                .map(|d| d.name.clone())
+                .unwrap_or_default();
+            k.devices
+                .get(&name)
+                .map(|d| d.display().to_string())
+                .ok_or_else(|| Error::GetVal {
+                    symbol: symbol.to_owned(),
+                    reason: format!("no loop device for {name:?} yet"),
+                })
+        }
+        ("image-block-devices", Some(k)) => Ok(k
+            .devices
+            .iter()
+            .map(|(n, d)| format!(" [{n}]={} ", d.display()))
+            .collect()),
+        _ => getval(&st.plan, symbol),
+    }
+}
+
+/// dib's `getval SYMBOL`, answered from the plan: `image-path`, `image-block-device` (the
+/// image file: offline, the file is the device), `image-block-partition`
 /// (offline: `IMAGE@OFFSET+SIZE`), `root-label`, `root-fstype`, `boot-label`, `mount-points`
 /// (`|`-joined), `image-block-devices`.
 pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
@@ -836,6 +937,13 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
         Device::Lv { vg, lv, .. } => format!("/dev/mapper/{vg}-{lv}"),
     };
     Ok(match symbol {
+        "image-block-device" => plan
+            .disks
+            .iter()
+            .find(|d| d.name == "image0")
+            .or(plan.disks.first())
+            .map(|d| d.path.display().to_string())
+            .ok_or_else(|| err("no local_loop image in the config"))?,
         "image-path" => plan
             .disks
             .iter()
@@ -870,7 +978,7 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
             .collect(),
         _ => {
             return Err(err(
-                "unknown symbol (image-path, image-block-partition, image-block-devices, root-label, root-fstype, boot-label, mount-points)",
+                "unknown symbol (image-path, image-block-device, image-block-partition, image-block-devices, root-label, root-fstype, boot-label, mount-points)",
             ));
         }
     })

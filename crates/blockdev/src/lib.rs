@@ -40,7 +40,7 @@ pub use config::{
 };
 pub use exec::{
     CreateOptions, Event, MountedFn, MountedHook, STATE_FILE, State, cleanup, create, delete,
-    getval, read_state, umount,
+    getval, getval_state, init, read_state, umount, writefstab,
 };
 pub use kernel::{KernelState, LoopRecord, VgRecord, has_device_mapper};
 pub use plan::{
@@ -69,8 +69,8 @@ pub enum Error {
     /// An LVM layout on a kernel without device-mapper: refused before anything is written.
     #[error(
         "{kind} {node:?} needs device-mapper, which this kernel does not have (no \
-         device-mapper in /proc/misc, no /dev/mapper/control): build LVM layouts where dm_mod \
-         is loaded (e.g. in a VM); nothing was written"
+         device-mapper in /proc/misc): build LVM layouts where dm_mod is loaded (e.g. in a \
+         VM); nothing was written"
     )]
     NeedsDeviceMapper {
         /// Node type (`pv`).
