@@ -1,6 +1,7 @@
 //! `cargo xtask bench [AREA]`: side-by-side benchmarks against the conventional tool, each
 //! reported as a ratio in one run. One module per area.
 
+mod blockdev;
 mod iso;
 mod layers;
 mod loop_dev;
@@ -10,7 +11,7 @@ use crate::flags::BenchArgs;
 
 /// Run the benchmarks for `args.area`, or all of them.
 pub fn run(sh: &xshell::Shell, args: &BenchArgs) -> anyhow::Result<()> {
-    let all = ["loop", "mkfs", "iso", "layers"];
+    let all = ["loop", "mkfs", "iso", "layers", "blockdev"];
     let areas: Vec<&str> = match &args.area {
         Some(a) => vec![a.as_str()],
         None => all.to_vec(),
@@ -21,6 +22,7 @@ pub fn run(sh: &xshell::Shell, args: &BenchArgs) -> anyhow::Result<()> {
             "mkfs" => mkfs::run(sh, args)?,
             "iso" => iso::run(sh, args)?,
             "layers" => layers::run(sh, args)?,
+            "blockdev" => blockdev::run(sh, args)?,
             other => anyhow::bail!("unknown bench area {other:?} (one of {})", all.join(", ")),
         }
     }

@@ -45,7 +45,7 @@ pub use exec::{
 pub use kernel::{KernelState, LoopRecord, VgRecord, has_device_mapper};
 pub use plan::{
     Device, DiskPlan, EXTENT, FsPlan, LvPlan, PV_OVERHEAD, PartPlan, Plan, PlanOptions, Route,
-    Step, TablePlan, VgPlan, tree_bytes,
+    Step, TablePlan, VgPlan, fs_size_for, tree_bytes,
 };
 pub use problem::{Problem, Problems};
 

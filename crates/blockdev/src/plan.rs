@@ -646,7 +646,18 @@ pub(crate) fn plan(
             && let Some(need) = opts.content.get(mp)
             && *need > device.size()
         {
-            probs.push(Problem::at(m.line, format!("the root tree under {mp} needs about {} ({need} bytes) but {:?} is {} ({} bytes)", human(*need), m.base, human(device.size()), device.size())).node("mkfs", &m.name).key("base"));
+            let fs_need = fs_size_for(m.fs_type, *need);
+            let mut msg = format!(
+                "the root tree under {mp} needs about {} ({need} bytes) but {:?} is {} ({} bytes); a {} filesystem holding it needs about {} ({fs_need} bytes: the files, plus metadata and journal)",
+                human(*need),
+                m.base,
+                human(device.size()),
+                device.size(),
+                m.fs_type,
+                human(fs_need)
+            );
+            msg.push_str(&grow_advice(cfg, &m.base, fs_need, &devs));
+            probs.push(Problem::at(m.line, msg).node("mkfs", &m.name).key("base"));
         }
         let (source, exclude) = match (&opts.root, &mount_point) {
             (Some(root), Some(mp)) if m.fs_type != FsType::Swap => {
@@ -761,6 +772,100 @@ pub(crate) fn plan(
         steps,
         warnings,
     }
+}
+
+/// The size a filesystem of type `t` needs to hold `content` bytes of files: an estimate
+/// for the advice (ext*/xfs/btrfs: +10 % for inodes and metadata and 64 MiB for the journal
+/// or log; vfat: +5 % and 1 MiB for the FATs), never below the type's minimum.
+pub fn fs_size_for(t: FsType, content: u64) -> u64 {
+    let est = match t {
+        FsType::Vfat => content + content / 20 + (1 << 20),
+        FsType::Swap | FsType::Squashfs | FsType::Erofs => content,
+        _ => content + content / 10 + (64 << 20),
+    };
+    est.max(min_fs_size(t))
+}
+
+/// What to grow so that block device `base` holds `need` bytes: the smallest image when it
+/// is the whole image or a share of a table's free space, the size to write for a fixed
+/// partition, the extents for an LV.
+fn grow_advice(cfg: &Config, base: &str, need: u64, devs: &Devices) -> String {
+    if devs.lvs.contains_key(base) {
+        let ext = need.div_ceil(EXTENT);
+        return format!(
+            "; give LV {base:?} at least {ext} extents of {} ({} bytes)",
+            human(EXTENT),
+            ext * EXTENT
+        );
+    }
+    if let Some(img) = cfg.images.iter().find(|i| i.name == base) {
+        let ss = u64::from(img.block_size.unwrap_or(512)).max(1 << 20);
+        let min = need.div_ceil(ss) * ss;
+        return format!(
+            "; the smallest image that fits is {} ({min} bytes)",
+            human(min)
+        );
+    }
+    let Some(t) = cfg
+        .tables
+        .iter()
+        .find(|t| t.partitions.iter().any(|p| p.name == base))
+    else {
+        return String::new();
+    };
+    let Some(p) = t.partitions.iter().find(|p| p.name == base) else {
+        return String::new();
+    };
+    let block_size = cfg
+        .images
+        .iter()
+        .find(|i| i.name == t.base)
+        .and_then(|i| i.block_size);
+    if p.size.absolute().is_some() {
+        return format!(
+            "; partition {base:?} is a fixed {}: make it at least {} ({need} bytes)",
+            p.size_text,
+            human(need)
+        );
+    }
+    let align = t.align.unwrap_or(1 << 20);
+    let fits = |d: u64| {
+        let mut w = Vec::new();
+        place(t, block_size, d, &mut w)
+            .ok()
+            .and_then(|l| diskforge_part::plan(&l, d).ok())
+            .is_some_and(|pl| {
+                pl.table
+                    .partitions
+                    .iter()
+                    .any(|q| q.name.as_deref() == Some(base) && q.size_bytes >= need)
+            })
+    };
+    let mut hi = need.max(align * 4);
+    let mut tries = 0;
+    while !fits(hi) {
+        let Some(next) = hi.checked_mul(2) else {
+            return String::new();
+        };
+        hi = next;
+        tries += 1;
+        if tries > 40 {
+            return String::new();
+        }
+    }
+    let mut lo = 0u64;
+    while hi - lo > align {
+        let mid = (lo + (hi - lo) / 2) / align * align;
+        if mid <= lo {
+            break;
+        }
+        if fits(mid) { hi = mid } else { lo = mid }
+    }
+    format!(
+        "; partition {base:?} asks for {} of the free space: the smallest image where that is enough is {} ({hi} bytes)",
+        p.size_text,
+        human(hi)
+    )
 }
 
 /// Sort key for mount points: depth, then the path; `none` last.
