@@ -681,7 +681,11 @@ fn mkfs_on(
     opts.source_date_epoch = fs.epoch;
     let mut scratch = None;
     if let Some(src) = &fs.source {
-        if fs.exclude.is_empty() {
+        let nested = fs.mount_point.as_deref().is_some_and(|m| m != "/");
+        if nested && !src.exists() {
+            // The tree has nothing under this mount point: an empty filesystem, as dib
+            // would mount there.
+        } else if fs.exclude.is_empty() {
             opts.populate_from = Some(src.clone());
         } else {
             let stage = state_dir.join(format!("stage-{}", fs.name));
@@ -706,6 +710,18 @@ fn mkfs_on(
 /// with their metadata): directories are recreated, everything else is hard-linked (copied
 /// when `src` is on another filesystem), so ownership, modes and times carry over.
 fn stage_tree(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
+    copy_view(src, stage, exclude)?;
+    // Mount points the tree lacks still exist in the filesystem (dib makes them too).
+    for e in exclude {
+        let d = stage.join(e);
+        if !d.exists() {
+            fs::create_dir_all(&d).map_err(io("creating the mount point", &d))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_view(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let skip: Vec<PathBuf> = exclude.iter().map(|e| src.join(e)).collect();
     let mut stack = vec![(src.to_path_buf(), stage.to_path_buf())];

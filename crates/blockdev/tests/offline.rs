@@ -288,6 +288,40 @@ fn gpt_bios_esp_root_offline() {
     assert!(image.exists());
 }
 
+/// A tree without the ESP's mount point: the ESP is made empty, and root gets an empty
+/// `boot/efi` directory to mount it on.
+#[test]
+fn missing_mount_point_in_the_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("bare");
+    fs::create_dir_all(root.join("etc")).expect("mkdir");
+    fs::write(root.join("etc/hostname"), "bare\n").expect("write");
+    let plan = plan_text(
+        &example("gpt-bios-esp-root"),
+        &opts(dir.path(), &root, 256 << 20),
+    )
+    .expect("plan");
+    let state = dir.path().join("state");
+    create(&plan, &state, &CreateOptions::default(), &mut |_| {}).expect("create");
+    let (img, off, size) = region(&plan, "mkfs_root");
+    let fsimg = e2fsck(&img, off, size, dir.path());
+    let ls = Cmd::new("debugfs")
+        .args(["-R", "stat /boot/efi"])
+        .arg(&fsimg)
+        .read()
+        .expect("debugfs");
+    assert!(ls.contains("Type: directory"), "{ls}");
+    let (img, off, size) = region(&plan, "mkfs_ESP");
+    let esp = dir.path().join("esp.img");
+    extract(&img, off, size, &esp);
+    Cmd::new("fsck.vfat")
+        .arg("-n")
+        .arg(&esp)
+        .run()
+        .expect("fsck.vfat");
+    cleanup(&state).expect("cleanup");
+}
+
 #[test]
 fn mbr_logical_offline() {
     let dir = tempfile::tempdir().expect("tempdir");

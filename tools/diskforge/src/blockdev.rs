@@ -277,13 +277,6 @@ fn run(cli: Cli) -> Result<(), Error> {
                         reason: "this build has run already; `cleanup` or `delete` it first".into(),
                     });
                 }
-                std::fs::remove_file(state.join(diskforge_blockdev::STATE_FILE)).map_err(
-                    |source| Error::Io {
-                        action: "replacing".into(),
-                        path: state.join(diskforge_blockdev::STATE_FILE),
-                        source,
-                    },
-                )?;
                 st.plan
             } else {
                 make_plan(&config)?
