@@ -165,8 +165,12 @@ impl Kernel {
                     what: format!("image {name:?} is not created by this plan"),
                 });
             }
+            // Direct I/O: no second copy in the page cache (mkfs through a buffered loop
+            // device is ~25 % slower here); the kernel falls back where the file system
+            // of the image cannot do it.
             let opts = AttachOptions::new()
                 .autoclear(true)
+                .direct_io(true)
                 .partscan(disk.table.is_some());
             let dev = self.attach(name, &disk.path, opts, 0, 0, ks, save)?;
             return Ok(dev);
@@ -199,6 +203,7 @@ impl Kernel {
                     // from the plan (the same numbers diskforge-part wrote).
                     let opts = AttachOptions::new()
                         .autoclear(true)
+                        .direct_io(true)
                         .offset(part.start)
                         .sizelimit(part.size);
                     self.attach(name, &disk.path, opts, part.start, part.size, ks, save)?
