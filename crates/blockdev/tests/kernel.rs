@@ -214,6 +214,60 @@ fn kernel_route_matches_offline() {
     cleanup(&dir.path().join("s-off")).expect("cleanup");
 }
 
+/// Every other non-LVM example (MBR with logical partitions and swap, the EFI layout, two
+/// disks, dib's MBR default): the same table and the same filesystem identities on both
+/// routes, and nothing left attached.
+#[test]
+#[ignore = "needs root"]
+fn every_example_same_on_both_routes() {
+    require_root();
+    let dir = diskforge_testutil::scratch_dir();
+    let root = tree(dir.path());
+    for (config, size) in [
+        ("mbr-logical", 160u64 << 20),
+        ("efi", 1 << 30),
+        ("two-disks", 128 << 20),
+        ("mbr-single-root", 64 << 20),
+    ] {
+        let off = plan_in(
+            config,
+            &dir.path().join(format!("{config}-off")),
+            &root,
+            size,
+        );
+        let ker = plan_in(
+            config,
+            &dir.path().join(format!("{config}-ker")),
+            &root,
+            size,
+        );
+        let (so, sk) = (
+            dir.path().join(format!("{config}-s-off")),
+            dir.path().join(format!("{config}-s-ker")),
+        );
+        create(&off, &so, &CreateOptions::default(), &mut |_| {}).expect("offline");
+        create(&ker, &sk, &kernel(), &mut |_| {}).unwrap_or_else(|e| panic!("{config}: {e}"));
+        nothing_left(dir.path(), config);
+        for (a, b) in off.disks.iter().zip(&ker.disks) {
+            if a.table.is_some() {
+                assert_eq!(sfdisk(&a.path), sfdisk(&b.path), "{config} {}", a.name);
+            }
+        }
+        let ids = identities(&off);
+        assert_eq!(ids, identities(&ker), "{config}");
+        assert!(
+            ids.iter()
+                .all(|(_, t, _, u)| !t.is_empty() && !u.is_empty()),
+            "{config}: {ids:?}"
+        );
+        for s in [&so, &sk] {
+            cleanup(s).expect("cleanup");
+        }
+        // Each build wrote the tree's etc/fstab; the next starts without it.
+        let _ = fs::remove_file(root.join("etc/fstab"));
+    }
+}
+
 /// With a hook, the filesystems are mounted in mount order in a private namespace: the hook
 /// sees the tree and writes into it; the host never sees the mount; after `create`, the file
 /// is in the image and nothing is mounted or attached.
