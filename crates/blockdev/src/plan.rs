@@ -551,9 +551,22 @@ pub(crate) fn plan(
                 let cost = if thin { 0 } else { extents + overhead };
                 if cost > free && !over && pvs.len() == vg.base.len() {
                     over = true;
+                    let mut advice = String::new();
+                    if let Some(min) = smallest_vg(l, &vg.name, total) {
+                        advice = format!("; the LVs fit in {min} extents ({} bytes)", min * EXTENT);
+                        if let [(_, base, _)] = pvs.as_slice() {
+                            let pv_need = min * EXTENT + PV_OVERHEAD;
+                            advice.push_str(&format!(
+                                ", a PV of {} ({pv_need} bytes, with {} of LVM metadata) on {base:?}",
+                                human(pv_need),
+                                human(PV_OVERHEAD)
+                            ));
+                            advice.push_str(&grow_advice(cfg, base, pv_need, &devs));
+                        }
+                    }
                     probs.push(
                         Problem::at(lv.line, format!(
-                            "does not fit: volume group {:?} has {} extents of {} ({}) on {} PV(s), {} left when this LV asks for {} ({}{}); the LVs add up to more than 100% of the VG",
+                            "does not fit: volume group {:?} has {} extents of {} ({}) on {} PV(s), {} left when this LV asks for {} ({}{}); the LVs add up to more than 100% of the VG{advice}",
                             vg.name, total, human(EXTENT), human(total * EXTENT), pvs.len(), free, cost, human(cost * EXTENT),
                             if overhead > 0 { format!(", of which {overhead} for thin-pool metadata") } else { String::new() }))
                         .node("lv", &lv.name)
@@ -772,6 +785,50 @@ pub(crate) fn plan(
         steps,
         warnings,
     }
+}
+
+/// Extents the LVs of `vg` cost when the VG has `total` extents, or `None` when they do
+/// not fit (the same arithmetic as the planner: sizes round down to extents, percentages
+/// of the VG or of what is free, thin-pool metadata and spare, thin LVs free).
+fn vg_fits(l: &crate::config::Lvm, vg: &str, total: u64) -> bool {
+    let mut free = total;
+    for lv in l.lvs.iter().filter(|lv| lv.base == vg) {
+        let extents = match &lv.size {
+            LvSize::Size(s) => s.bytes() / EXTENT,
+            LvSize::Extents(n) => *n,
+            LvSize::Percent { share, of } => share.of(if of == "FREE" { free } else { total }),
+        };
+        let cost = match lv.lv_type.as_deref() {
+            Some("thin") => 0,
+            Some("thin-pool") => {
+                extents + 2 * (extents * EXTENT / 1024).max(2 << 20).div_ceil(EXTENT)
+            }
+            _ => extents,
+        };
+        if cost > free {
+            return false;
+        }
+        free -= cost;
+    }
+    true
+}
+
+/// The fewest extents in which the LVs of `vg` fit (searched from `from`), if any up to 2^40.
+fn smallest_vg(l: &crate::config::Lvm, vg: &str, from: u64) -> Option<u64> {
+    let mut hi = from.max(1);
+    while !vg_fits(l, vg, hi) {
+        hi = hi.checked_mul(2).filter(|h| *h < 1 << 40)?;
+    }
+    let mut lo = 0;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if vg_fits(l, vg, mid) {
+            hi = mid
+        } else {
+            lo = mid
+        }
+    }
+    Some(hi)
 }
 
 /// The size a filesystem of type `t` needs to hold `content` bytes of files: an estimate

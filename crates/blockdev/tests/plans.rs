@@ -127,3 +127,23 @@ fn root_tree_must_fit_its_filesystems() {
         .expect("srv");
     assert!(srv.device.size() < need, "1 MiB less is not enough");
 }
+
+/// LVs over 100% of their VG: the advice names the smallest VG and the smallest image, and
+/// that image is exactly enough (1 MiB less is not).
+#[test]
+fn lvm_over_100_percent_advises_the_smallest_image() {
+    let bad = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/bad/lvm-over-100-percent.yaml"),
+    )
+    .expect("read");
+    let e = plan_text(&bad, &opts()).expect_err("over 100%").to_string();
+    let min: u64 = e
+        .split("the smallest image where that is enough is ")
+        .nth(1)
+        .and_then(|r| r.split_once('(')?.1.split_once(' ')?.0.parse().ok())
+        .unwrap_or_else(|| panic!("no smallest image in {e}"));
+    let fits = bad.replace("size: 2GiB", &format!("size: {min}"));
+    plan_text(&fits, &opts()).unwrap_or_else(|e| panic!("{min} bytes: {e}"));
+    let short = bad.replace("size: 2GiB", &format!("size: {}", min - (1 << 20)));
+    plan_text(&short, &opts()).expect_err("1 MiB less");
+}
