@@ -194,6 +194,21 @@ pub fn create(
     {
         failure = Some((total, e));
     }
+    // A signal that came while the caller's hook ran: unwind now rather than keep the build.
+    if failure.is_none()
+        && opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        failure = Some((
+            total,
+            Error::Interrupted {
+                step: total,
+                node: "mount".into(),
+            },
+        ));
+    }
     if kernel_route {
         let errs = release_kernel(&mut st, &mut k);
         if let Err(se) = write_state(state_dir, &st) {

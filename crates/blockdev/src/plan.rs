@@ -787,9 +787,9 @@ pub(crate) fn plan(
     }
 }
 
-/// Extents the LVs of `vg` cost when the VG has `total` extents, or `None` when they do
-/// not fit (the same arithmetic as the planner: sizes round down to extents, percentages
-/// of the VG or of what is free, thin-pool metadata and spare, thin LVs free).
+/// Whether the LVs of `vg` fit in a VG of `total` extents (the same arithmetic as the
+/// planner: sizes round down to extents, percentages of the VG or of what is free,
+/// thin-pool metadata and spare, thin LVs cost nothing).
 fn vg_fits(l: &crate::config::Lvm, vg: &str, total: u64) -> bool {
     let mut free = total;
     for lv in l.lvs.iter().filter(|lv| lv.base == vg) {

@@ -303,6 +303,35 @@ fn kernel_route_run_command() {
     }
 }
 
+/// SIGTERM while `--run` works on the mounted tree: the build stops after the command,
+/// unwinds (image removed) and exits 1; nothing stays mounted or attached.
+#[test]
+#[ignore = "needs root"]
+fn sigterm_during_the_kernel_route_unwinds() {
+    diskforge_testutil::require_root();
+    let dir = diskforge_testutil::scratch_dir();
+    let state = dir.path().join("state");
+    let images = dir.path().join("images");
+    let script = format!(
+        "{BIN} blockdev create --kernel --image-size 64MiB --config {} --state {} \
+         --image-dir {} --run 'sleep 1' & pid=$!; sleep 0.5; kill -TERM $pid; wait $pid",
+        config("mbr-single-root").display(),
+        state.display(),
+        images.display()
+    );
+    let (code, stderr) = fails(Cmd::new("sh").args(["-c", &script]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!images.join("image0.raw").exists());
+    let k = diskforge_testutil::KernelState::capture();
+    assert!(k.loops_under(dir.path()).is_empty(), "{k:?}");
+    assert!(k.mounts_under(dir.path()).is_empty(), "{k:?}");
+    bd(&["cleanup", "--state"])
+        .arg(&state)
+        .run()
+        .expect("cleanup");
+}
+
 #[test]
 fn lvm_needs_the_kernel_route() {
     let dir = tempfile::tempdir().expect("tempdir");
