@@ -9,6 +9,7 @@
 use libtest_mimic::{Arguments, Trial};
 
 mod basics;
+mod blockdev;
 mod iso;
 mod loop_mount;
 mod part;
@@ -20,6 +21,7 @@ pub(crate) fn trial(name: &str, f: fn() -> anyhow::Result<()>) -> Trial {
 }
 
 fn main() {
+    blockdev::child_hook();
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let mut tests = Vec::new();
@@ -28,6 +30,7 @@ fn main() {
     tests.extend(storage::tests());
     tests.extend(part::tests());
     tests.extend(iso::tests());
+    tests.extend(blockdev::tests());
     if std::env::var_os("DISKFORGE_VM").is_none() && !args.list {
         eprintln!("vm-tests: run me through `cargo xtask vm-test` (I expect to be inside its VM)");
         std::process::exit(2);

@@ -1,6 +1,7 @@
 //! `cargo xtask bench [AREA]`: side-by-side benchmarks against the conventional tool, each
 //! reported as a ratio in one run. One module per area.
 
+mod blockdev;
 mod build;
 mod iso;
 mod layers;
@@ -11,7 +12,7 @@ use crate::flags::BenchArgs;
 
 /// Run the benchmarks for `args.area`, or all of them.
 pub fn run(sh: &xshell::Shell, args: &BenchArgs) -> anyhow::Result<()> {
-    let all = ["loop", "mkfs", "iso", "layers", "build"];
+    let all = ["loop", "mkfs", "iso", "layers", "blockdev", "build"];
     let areas: Vec<&str> = match &args.area {
         Some(a) => vec![a.as_str()],
         None => all.to_vec(),
@@ -22,6 +23,7 @@ pub fn run(sh: &xshell::Shell, args: &BenchArgs) -> anyhow::Result<()> {
             "mkfs" => mkfs::run(sh, args)?,
             "iso" => iso::run(sh, args)?,
             "layers" => layers::run(sh, args)?,
+            "blockdev" => blockdev::run(sh, args)?,
             "build" => build::run(sh, args)?,
             other => anyhow::bail!("unknown bench area {other:?} (one of {})", all.join(", ")),
         }

@@ -72,7 +72,7 @@ pub struct CiArgs {
 /// `cargo xtask bench`
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to benchmark: loop, mkfs, iso, layers, build (all when omitted).
+    /// What to benchmark: loop, mkfs, iso, layers, blockdev, build (all when omitted).
     pub area: Option<String>,
     /// Smaller inputs and fewer rounds (for a quick check that the bench still works).
     #[arg(long)]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::{self, Kernel, KernelState};
 use crate::plan::{Device, FsPlan, Plan, Route, Step};
 use crate::{Error, Result};
 
@@ -33,6 +34,13 @@ pub struct State {
     pub scratch: Vec<PathBuf>,
     /// Set when a step failed: its index and the error.
     pub failed: Option<(usize, String)>,
+    /// The kernel route's loop devices and volume groups (absent on the offline route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelState>,
+    /// The directory the kernel route mounted the filesystems on (inside its private mount
+    /// namespace only; an empty directory outside it), removed by `cleanup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_root: Option<PathBuf>,
 }
 
 /// Progress events for a caller to render.
@@ -60,10 +68,35 @@ pub enum Event {
 pub struct CreateOptions {
     /// Keep the half-made image files when a step fails (default: remove them).
     pub keep_on_error: bool,
-    /// Test hook: fail step N (0-based) before it runs.
+    /// Test hook: fail step N (0-based) before it runs; N = the number of steps fails the
+    /// mount phase of the kernel route once everything is mounted.
     pub fail_at: Option<usize>,
     /// Set (by a SIGINT/SIGTERM handler) to stop before the next step and unwind.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Take the kernel route even where the offline route would do (loop devices, mkfs on
+    /// block devices); default false. LVM plans always take it.
+    pub kernel: bool,
+    /// Kernel route: after the last step, mount every filesystem (in mount order) under a
+    /// directory in a private mount namespace and call this with that directory; everything
+    /// is unmounted when it returns. Default none (nothing is mounted).
+    pub mounted: Option<MountedHook>,
+    /// Test hook: the process sends itself SIGKILL before step N (as [`Self::fail_at`]), to
+    /// show what a crash leaves behind.
+    pub kill_at: Option<usize>,
+}
+
+/// The function inside a [`MountedHook`]: gets the mount root, returns an error message.
+pub type MountedFn = dyn Fn(&Path) -> std::result::Result<(), String> + Send + Sync;
+
+/// A caller's work on the mounted filesystems: called with the mount root (the `/` of the
+/// image) from inside the private mount namespace.
+#[derive(Clone)]
+pub struct MountedHook(pub std::sync::Arc<MountedFn>);
+
+impl std::fmt::Debug for MountedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MountedHook(..)")
+    }
 }
 
 fn io(action: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -73,25 +106,6 @@ fn io(action: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> 
         path: path.to_owned(),
         source,
     }
-}
-
-/// The first step that needs the kernel, as ([node type], node).
-fn kernel_step(plan: &Plan) -> Option<(&'static str, String)> {
-    if let Route::Offline = plan.route {
-        return None;
-    }
-    plan.steps
-        .iter()
-        .find_map(|s| match s {
-            Step::PhysicalVolume { pv, .. } => Some(("pv", pv.clone())),
-            Step::VolumeGroup { vg, .. } => Some(("vg", vg.clone())),
-            Step::LogicalVolume { lv, .. } => Some(("lv", lv.clone())),
-            Step::Mkfs { filesystem } if matches!(filesystem.device, Device::Lv { .. }) => {
-                Some(("mkfs", filesystem.name.clone()))
-            }
-            _ => None,
-        })
-        .or_else(|| Some(("lvm", String::new())))
 }
 
 fn write_state(dir: &Path, st: &State) -> Result<()> {
@@ -118,17 +132,22 @@ pub fn read_state(dir: &Path) -> Result<State> {
     })
 }
 
-/// Build `plan` offline, recording each step in `state_dir`. On failure everything this run
-/// made is removed in reverse order (unless [`CreateOptions::keep_on_error`]), the state
-/// records the failure, and the error is returned.
+/// Build `plan`, recording each step in `state_dir`: offline when the plan allows it and
+/// the caller does not ask for the kernel route ([`CreateOptions::kernel`],
+/// [`CreateOptions::mounted`]), else through loop devices, LVM and (for the hook) mounts in a
+/// private mount namespace, all released before this returns. On failure everything this run
+/// made is removed in reverse order (images only unless [`CreateOptions::keep_on_error`]),
+/// the state records the failure, and the error is returned.
 pub fn create(
     plan: &Plan,
     state_dir: &Path,
     opts: &CreateOptions,
     progress: &mut dyn FnMut(Event),
 ) -> Result<State> {
-    if let Some((kind, node)) = kernel_step(plan) {
-        return Err(Error::KernelRoute { kind, node });
+    let kernel_route =
+        opts.kernel || opts.mounted.is_some() || !matches!(plan.route, Route::Offline);
+    if kernel_route {
+        kernel::preflight(plan)?;
     }
     fs::create_dir_all(state_dir).map_err(io("creating", state_dir))?;
     let mut st = State {
@@ -138,48 +157,406 @@ pub fn create(
         fstab: None,
         scratch: Vec::new(),
         failed: None,
+        kernel: kernel_route.then(KernelState::default),
+        mount_root: None,
     };
     write_state(state_dir, &st)?;
+    let mut k = Kernel::default();
     let total = plan.steps.len();
+    let mut failure = None;
     for (i, step) in plan.steps.iter().enumerate() {
         progress(Event::Start {
             index: i,
             total,
             node: step.node().to_owned(),
         });
-        let cancelled = opts
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
-        let res = if cancelled {
-            Err(Error::Interrupted {
-                step: i,
-                node: step.node().to_owned(),
-            })
-        } else if opts.fail_at == Some(i) {
-            Err(Error::Injected {
-                step: i,
-                node: step.node().to_owned(),
-            })
+        if let Err(e) = before_step(opts, i, step.node()) {
+            failure = Some((i, e));
+            break;
+        }
+        let res = if kernel_route {
+            run_kernel_step(plan, step, state_dir, &mut st, &mut k)
         } else {
             run_step(step, state_dir, &mut st)
         };
         if let Err(e) = res {
-            tracing::error!(step = i, error = %e, "block-device step failed; unwinding");
-            st.failed = Some((i, format!("{e}")));
-            if !opts.keep_on_error {
-                unwind(&mut st);
-            }
-            if let Err(se) = write_state(state_dir, &st) {
-                tracing::warn!(error = %se, "writing the state after a failure");
-            }
-            return Err(e);
+            failure = Some((i, e));
+            break;
         }
         st.done = i + 1;
         write_state(state_dir, &st)?;
         progress(Event::Done { index: i });
     }
+    if failure.is_none()
+        && kernel_route
+        && (opts.mounted.is_some() || opts.fail_at == Some(total) || opts.kill_at == Some(total))
+        && let Err(e) = mount_phase(plan, state_dir, &mut st, &mut k, opts)
+    {
+        failure = Some((total, e));
+    }
+    // A signal that came while the caller's hook ran: unwind now rather than keep the build.
+    if failure.is_none()
+        && opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        failure = Some((
+            total,
+            Error::Interrupted {
+                step: total,
+                node: "mount".into(),
+            },
+        ));
+    }
+    if kernel_route {
+        let errs = release_kernel(&mut st, &mut k);
+        if let Err(se) = write_state(state_dir, &st) {
+            tracing::warn!(error = %se, "writing the state after releasing the kernel objects");
+        }
+        if failure.is_none() && !errs.is_empty() {
+            failure = Some((total, Error::Release { errors: errs }));
+        }
+    }
+    if let Some((i, e)) = failure {
+        tracing::error!(step = i, error = %e, "block-device step failed; unwinding");
+        st.failed = Some((i, format!("{e}")));
+        if !opts.keep_on_error {
+            unwind(&mut st);
+        }
+        if let Err(se) = write_state(state_dir, &st) {
+            tracing::warn!(error = %se, "writing the state after a failure");
+        }
+        return Err(e);
+    }
     Ok(st)
+}
+
+/// The hooks checked before step `i`: cancellation, fault injection, self-kill.
+fn before_step(opts: &CreateOptions, i: usize, node: &str) -> Result<()> {
+    if opts.kill_at == Some(i) {
+        tracing::warn!(
+            step = i,
+            "kill_at: sending SIGKILL to this process (test hook)"
+        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    if opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        return Err(Error::Interrupted {
+            step: i,
+            node: node.to_owned(),
+        });
+    }
+    if opts.fail_at == Some(i) {
+        return Err(Error::Injected {
+            step: i,
+            node: node.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Deactivate the VGs (by the record), detach our loop guards, then anything recorded that
+/// is still ours; returns every failure.
+fn release_kernel(st: &mut State, k: &mut Kernel) -> Vec<String> {
+    let Some(ks) = st.kernel.as_mut() else {
+        return Vec::new();
+    };
+    let mut errs = kernel::deactivate(ks);
+    errs.extend(k.detach());
+    errs.extend(kernel::release(ks));
+    errs
+}
+
+/// One step on the kernel route: image files and tables as offline (the same bytes), LVM
+/// through lvm2, mkfs onto the loop device (or LV) of its node.
+fn run_kernel_step(
+    plan: &Plan,
+    step: &Step,
+    state_dir: &Path,
+    st: &mut State,
+    k: &mut Kernel,
+) -> Result<()> {
+    let mut ks = st.kernel.take().unwrap_or_default();
+    let res = kernel_step(plan, step, state_dir, st, k, &mut ks);
+    st.kernel = Some(ks);
+    res
+}
+
+fn kernel_step(
+    plan: &Plan,
+    step: &Step,
+    state_dir: &Path,
+    st: &mut State,
+    k: &mut Kernel,
+    ks: &mut KernelState,
+) -> Result<()> {
+    let snapshot = st.clone();
+    let mut save = |ks: &KernelState| {
+        let mut s = snapshot.clone();
+        s.kernel = Some(ks.clone());
+        write_state(state_dir, &s)
+    };
+    let lvm_err = |node: &str, source: lvm2_cmd::Error| Error::Lvm {
+        node: node.to_owned(),
+        source: Box::new(source),
+    };
+    match step {
+        Step::PhysicalVolume {
+            pv,
+            device,
+            options,
+        } => {
+            let dev = k.device(plan, device, ks, &mut save)?;
+            let lvm = kernel::lvm_for(&[dev.as_path()]);
+            let mut a = vec!["-y".to_owned(), dev.display().to_string()];
+            a.extend(options.iter().cloned());
+            lvm_run(&lvm, "pvcreate", pv, &a).map_err(|e| lvm_err(pv, e))
+        }
+        Step::VolumeGroup { vg, pvs, options } => {
+            let mut devs = Vec::new();
+            for pv in pvs {
+                let base = plan
+                    .steps
+                    .iter()
+                    .find_map(|s| match s {
+                        Step::PhysicalVolume { pv: p, device, .. } if p == pv => Some(device),
+                        _ => None,
+                    })
+                    .ok_or_else(|| Error::Unsupported {
+                        what: format!("vg {vg:?}: no PV step for {pv:?}"),
+                    })?;
+                devs.push(k.device(plan, base, ks, &mut save)?);
+            }
+            ks.vgs.push(kernel::VgRecord {
+                name: vg.clone(),
+                pvs: devs.clone(),
+                active: false,
+            });
+            save(ks)?;
+            let paths: Vec<&Path> = devs.iter().map(PathBuf::as_path).collect();
+            let lvm = kernel::lvm_for(&paths);
+            let mut a = vec![vg.clone()];
+            a.extend(devs.iter().map(|d| d.display().to_string()));
+            a.extend(options.iter().cloned());
+            lvm_run(&lvm, "vgcreate", vg, &a).map_err(|e| lvm_err(vg, e))
+        }
+        Step::LogicalVolume {
+            lv,
+            vg,
+            extents,
+            options,
+        } => {
+            let rec =
+                ks.vgs
+                    .iter_mut()
+                    .find(|r| &r.name == vg)
+                    .ok_or_else(|| Error::Unsupported {
+                        what: format!("lv {lv:?}: volume group {vg:?} was not created"),
+                    })?;
+            // Recorded before lvcreate activates anything.
+            rec.active = true;
+            let devs = rec.pvs.clone();
+            save(ks)?;
+            let lvp = plan
+                .volume_groups
+                .iter()
+                .find(|v| &v.name == vg)
+                .and_then(|v| v.lvs.iter().find(|l| &l.name == lv));
+            let mut a = vec!["-y".to_owned(), "-n".to_owned(), lv.clone()];
+            match lvp.and_then(|l| l.lv_type.as_deref()) {
+                Some("thin") => {
+                    let pool = lvp.and_then(|l| l.thin_pool.clone()).unwrap_or_default();
+                    a.extend([
+                        "--type".to_owned(),
+                        "thin".to_owned(),
+                        "-V".to_owned(),
+                        format!("{}b", extents * crate::plan::EXTENT),
+                        "--thinpool".to_owned(),
+                        pool,
+                    ]);
+                }
+                Some("thin-pool") => {
+                    a.extend([
+                        "--type".to_owned(),
+                        "thin-pool".to_owned(),
+                        "-l".to_owned(),
+                        extents.to_string(),
+                    ]);
+                }
+                _ => a.extend(["-l".to_owned(), extents.to_string()]),
+            }
+            a.extend(options.iter().cloned());
+            a.push(vg.clone());
+            let paths: Vec<&Path> = devs.iter().map(PathBuf::as_path).collect();
+            let lvm = kernel::lvm_for(&paths);
+            lvm_run(&lvm, "lvcreate", lv, &a).map_err(|e| lvm_err(lv, e))?;
+            let is_pool = lvp.and_then(|l| l.lv_type.as_deref()) == Some("thin-pool");
+            if !is_pool && !kernel::lv_path(vg, lv).exists() {
+                lvm.vgmknodes(vg).map_err(|e| lvm_err(lv, e))?;
+            }
+            Ok(())
+        }
+        Step::Mkfs { filesystem } => {
+            let dev = match &filesystem.device {
+                Device::Lv { vg, lv, .. } => kernel::lv_path(vg, lv),
+                Device::Region { .. } => k.device(plan, &filesystem.base, ks, &mut save)?,
+            };
+            mkfs_on(
+                filesystem,
+                state_dir,
+                st,
+                diskforge_mkfs::Target::Device { path: dev },
+            )
+        }
+        other => run_step(other, state_dir, st),
+    }
+}
+
+fn lvm_run(
+    lvm: &lvm2_cmd::Lvm,
+    op: &'static str,
+    object: &str,
+    args: &[String],
+) -> std::result::Result<(), lvm2_cmd::Error> {
+    lvm.cmd(op)
+        .args(args)
+        .run()
+        .map(|_| ())
+        .map_err(|e| lvm2_cmd::Error::Run {
+            op,
+            object: object.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// Mount every filesystem in mount order under `STATE_DIR/mnt`, in a private mount
+/// namespace, run the caller's hook, unmount in reverse. Nothing is visible outside the
+/// namespace, and it all goes when the thread does, even on `kill -9`.
+fn mount_phase(
+    plan: &Plan,
+    state_dir: &Path,
+    st: &mut State,
+    k: &mut Kernel,
+    opts: &CreateOptions,
+) -> Result<()> {
+    let root = state_dir.join("mnt");
+    match fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("creating", &root)(e)),
+    }
+    st.mount_root = Some(root.clone());
+    write_state(state_dir, st)?;
+    let mut ks = st.kernel.take().unwrap_or_default();
+    let mut devs = Vec::new();
+    let snapshot = st.clone();
+    let mut save = |ks: &KernelState| {
+        let mut s = snapshot.clone();
+        s.kernel = Some(ks.clone());
+        write_state(state_dir, &s)
+    };
+    let mut res = Ok(());
+    for f in &plan.filesystems {
+        let Some(mp) = &f.mount_point else { continue };
+        if f.fs_type == diskforge_mkfs::FsType::Swap {
+            continue;
+        }
+        let dev = match &f.device {
+            Device::Lv { vg, lv, .. } => Ok(kernel::lv_path(vg, lv)),
+            Device::Region { .. } => k.device(plan, &f.base, &mut ks, &mut save),
+        };
+        match dev {
+            Ok(d) => devs.push((mp.clone(), d, f.fs_type.as_str().to_owned())),
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    st.kernel = Some(ks);
+    res?;
+    let total = plan.steps.len();
+    let fail = opts.fail_at == Some(total);
+    let kill = opts.kill_at == Some(total);
+    let hook = opts.mounted.clone();
+    let inner = root.clone();
+    let out = diskforge_mount::in_private_namespace(move || -> Result<()> {
+        let mut mounts: Vec<diskforge_mount::Mount> = Vec::new();
+        let mut res = Ok(());
+        for (mp, dev, fstype) in &devs {
+            let target = if mp == "/" {
+                inner.clone()
+            } else {
+                inner.join(mp.trim_start_matches('/'))
+            };
+            if let Err(e) = fs::create_dir_all(&target) {
+                res = Err(io("creating the mount point", &target)(e));
+                break;
+            }
+            match diskforge_mount::Mount::new(
+                dev,
+                &target,
+                fstype,
+                diskforge_mount::MountFlags::empty(),
+                None,
+            ) {
+                Ok(m) => mounts.push(m),
+                Err(source) => {
+                    res = Err(Error::Mount {
+                        what: format!("{} on {mp}", dev.display()),
+                        source: Box::new(source),
+                    });
+                    break;
+                }
+            }
+        }
+        if res.is_ok() {
+            if kill {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            res = if fail {
+                Err(Error::Injected {
+                    step: total,
+                    node: "mount".into(),
+                })
+            } else if let Some(h) = &hook {
+                (h.0)(&inner).map_err(|reason| Error::Hook { reason })
+            } else {
+                Ok(())
+            };
+        }
+        let mut errs = Vec::new();
+        while let Some(m) = mounts.pop() {
+            let t = m.target().to_owned();
+            if let Err(e) = m.teardown() {
+                errs.push(format!("unmounting {}: {e}", t.display()));
+            }
+        }
+        match res {
+            Ok(()) if !errs.is_empty() => Err(Error::Release { errors: errs }),
+            r => r,
+        }
+    })
+    .map_err(|source| Error::Mount {
+        what: "entering a private mount namespace".into(),
+        source: Box::new(source),
+    })
+    .and_then(|r| r);
+    if let Err(e) = fs::remove_dir(&root) {
+        tracing::warn!(path = %root.display(), error = %e, "removing the mount root");
+    } else {
+        st.mount_root = None;
+    }
+    out
 }
 
 /// Undo what `st` records, in reverse: scratch dirs, the fstab, image files.
@@ -282,7 +659,7 @@ fn run_step(step: &Step, state_dir: &Path, st: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// The one call into diskforge-mkfs (kept in one place: the regions API is being reworked).
+/// mkfs offline: into the byte range of the image file.
 fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
     let Device::Region {
         image,
@@ -295,6 +672,21 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
             node: fs.name.clone(),
         });
     };
+    let target = diskforge_mkfs::Target::Region {
+        image: image.clone(),
+        offset: *offset,
+        size: *size,
+    };
+    mkfs_on(fs, state_dir, st, target)
+}
+
+/// The one call into diskforge-mkfs, for both routes.
+fn mkfs_on(
+    fs: &FsPlan,
+    state_dir: &Path,
+    st: &mut State,
+    target: diskforge_mkfs::Target,
+) -> Result<()> {
     let mut opts = diskforge_mkfs::MkfsOptions::new(fs.fs_type);
     if fs.fs_type.max_label().is_some() {
         opts.label = Some(fs.label.clone());
@@ -304,7 +696,11 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
     opts.source_date_epoch = fs.epoch;
     let mut scratch = None;
     if let Some(src) = &fs.source {
-        if fs.exclude.is_empty() {
+        let nested = fs.mount_point.as_deref().is_some_and(|m| m != "/");
+        if nested && !src.exists() {
+            // The tree has nothing under this mount point: an empty filesystem, as dib
+            // would mount there.
+        } else if fs.exclude.is_empty() {
             opts.populate_from = Some(src.clone());
         } else {
             let stage = state_dir.join(format!("stage-{}", fs.name));
@@ -314,11 +710,6 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
             scratch = Some(stage);
         }
     }
-    let target = diskforge_mkfs::Target::Region {
-        image: image.clone(),
-        offset: *offset,
-        size: *size,
-    };
     let res = diskforge_mkfs::mkfs(&opts, &target).map_err(|source| Error::Mkfs {
         node: fs.name.clone(),
         source: Box::new(source),
@@ -334,6 +725,18 @@ fn mkfs(fs: &FsPlan, state_dir: &Path, st: &mut State) -> Result<()> {
 /// with their metadata): directories are recreated, everything else is hard-linked (copied
 /// when `src` is on another filesystem), so ownership, modes and times carry over.
 fn stage_tree(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
+    copy_view(src, stage, exclude)?;
+    // Mount points the tree lacks still exist in the filesystem (dib makes them too).
+    for e in exclude {
+        let d = stage.join(e);
+        if !d.exists() {
+            fs::create_dir_all(&d).map_err(io("creating the mount point", &d))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_view(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let skip: Vec<PathBuf> = exclude.iter().map(|e| src.join(e)).collect();
     let mut stack = vec![(src.to_path_buf(), stage.to_path_buf())];
@@ -376,12 +779,35 @@ fn stage_tree(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Remove what a finished (or failed) build leaves besides its images: scratch directories
-/// and the state directory. Idempotent: a missing state directory is not an error.
+/// dib's `umount`, from the state alone: deactivate the volume groups the build recorded
+/// as possibly active and detach its loop devices that still map its files (after a crash;
+/// a finished `create` has released them already). Mounts never outlive `create` (they live
+/// in its private mount namespace). Idempotent; touches nothing the state does not record.
+pub fn umount(state_dir: &Path) -> Result<()> {
+    if !state_dir.join(STATE_FILE).exists() {
+        return Ok(());
+    }
+    let mut st = read_state(state_dir)?;
+    let Some(ks) = st.kernel.as_mut() else {
+        return Ok(());
+    };
+    let errs = kernel::release(ks);
+    write_state(state_dir, &st)?;
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Release { errors: errs })
+    }
+}
+
+/// Remove what a finished (or failed) build leaves besides its images: kernel objects it
+/// recorded ([`umount`]), scratch directories and the state directory. Idempotent: a missing
+/// state directory is not an error.
 pub fn cleanup(state_dir: &Path) -> Result<()> {
     if !state_dir.join(STATE_FILE).exists() {
         return Ok(());
     }
+    umount(state_dir)?;
     let mut st = read_state(state_dir)?;
     for d in st.scratch.drain(..) {
         if let Err(e) = fs::remove_dir_all(&d)
@@ -390,7 +816,20 @@ pub fn cleanup(state_dir: &Path) -> Result<()> {
             return Err(io("removing", &d)(e));
         }
     }
+    remove_mount_root(&st)?;
     fs::remove_dir_all(state_dir).map_err(io("removing", state_dir))
+}
+
+/// The mount root is only ever a mount point inside a private namespace; outside it is an
+/// empty directory, removed with rmdir (never recursively).
+fn remove_mount_root(st: &State) -> Result<()> {
+    if let Some(r) = &st.mount_root
+        && let Err(e) = fs::remove_dir(r)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(io("removing the mount root", r)(e));
+    }
+    Ok(())
 }
 
 /// Like [`cleanup`], and remove the image files the build created (dib's `delete`, for
@@ -399,12 +838,115 @@ pub fn delete(state_dir: &Path) -> Result<()> {
     if !state_dir.join(STATE_FILE).exists() {
         return Ok(());
     }
+    umount(state_dir)?;
     let mut st = read_state(state_dir)?;
     unwind(&mut st);
+    remove_mount_root(&st)?;
     fs::remove_dir_all(state_dir).map_err(io("removing", state_dir))
 }
 
-/// dib's `getval SYMBOL`, answered from the plan: `image-path`, `image-block-partition`
+/// dib's `init`: record `plan` in `STATE_DIR/state.json` with nothing done, so later
+/// commands (`create`, `getval`, `writefstab`) can run from the state alone. Refuses a state
+/// directory whose build has started (run `cleanup` or `delete` first).
+pub fn init(plan: &Plan, state_dir: &Path) -> Result<State> {
+    if state_dir.join(STATE_FILE).exists() {
+        let old = read_state(state_dir)?;
+        if old.done > 0 || !old.images.is_empty() || old.kernel.is_some() {
+            return Err(Error::State {
+                path: state_dir.join(STATE_FILE),
+                reason: "a build was started in this state directory; `cleanup` or `delete` \
+                         it first"
+                    .into(),
+            });
+        }
+    }
+    fs::create_dir_all(state_dir).map_err(io("creating", state_dir))?;
+    let st = State {
+        plan: plan.clone(),
+        done: 0,
+        images: Vec::new(),
+        fstab: None,
+        scratch: Vec::new(),
+        failed: None,
+        kernel: None,
+        mount_root: None,
+    };
+    write_state(state_dir, &st)?;
+    Ok(st)
+}
+
+/// dib's `writefstab`: write the plan's fstab lines (as dib writes them) to `ROOT/etc/fstab`,
+/// where `ROOT` is `root`, else the tree the plan populates from. A file it replaces is kept
+/// in the state directory and put back by `delete`. Returns the path written.
+pub fn writefstab(state_dir: &Path, root: Option<&Path>) -> Result<PathBuf> {
+    let mut st = read_state(state_dir)?;
+    let path = match root {
+        Some(r) => r.join("etc/fstab"),
+        None => st
+            .plan
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::WriteFstab { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| Error::State {
+                path: state_dir.join(STATE_FILE),
+                reason: "no root tree in the plan: give the tree to write etc/fstab into".into(),
+            })?,
+    };
+    let contents: String = st.plan.fstab.iter().map(|l| format!("{l}\n")).collect();
+    if st.fstab.as_ref().is_some_and(|(p, _)| p == &path) {
+        // Written before by this build: the saved original stays the one to restore.
+        fs::write(&path, &contents).map_err(io("writing", &path))?;
+    } else {
+        run_step(
+            &Step::WriteFstab {
+                path: path.clone(),
+                contents,
+            },
+            state_dir,
+            &mut st,
+        )?;
+    }
+    write_state(state_dir, &st)?;
+    Ok(path)
+}
+
+/// [`getval`] for a build's state: like the plan's answers, plus the block devices while the
+/// kernel route holds them — `image-block-device` (dib: the loop device of `image0`; the
+/// image file itself on the offline route or once released) and `image-block-devices`.
+pub fn getval_state(st: &State, symbol: &str) -> Result<String> {
+    let live = st.kernel.as_ref().filter(|k| !k.released);
+    match (symbol, live) {
+        ("image-block-device", Some(k)) => {
+            let name = st
+                .plan
+                .disks
+                .iter()
+                .find(|d| d.name == "image0")
+                .or(st.plan.disks.first())
+                .map(|d| d.name.clone())
+                .unwrap_or_default();
+            k.devices
+                .get(&name)
+                .map(|d| d.display().to_string())
+                .ok_or_else(|| Error::GetVal {
+                    symbol: symbol.to_owned(),
+                    reason: format!("no loop device for {name:?} yet"),
+                })
+        }
+        ("image-block-devices", Some(k)) => Ok(k
+            .devices
+            .iter()
+            .map(|(n, d)| format!(" [{n}]={} ", d.display()))
+            .collect()),
+        _ => getval(&st.plan, symbol),
+    }
+}
+
+/// dib's `getval SYMBOL`, answered from the plan: `image-path`, `image-block-device` (the
+/// image file: offline, the file is the device), `image-block-partition`
 /// (offline: `IMAGE@OFFSET+SIZE`), `root-label`, `root-fstype`, `boot-label`, `mount-points`
 /// (`|`-joined), `image-block-devices`.
 pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
@@ -426,6 +968,13 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
         Device::Lv { vg, lv, .. } => format!("/dev/mapper/{vg}-{lv}"),
     };
     Ok(match symbol {
+        "image-block-device" => plan
+            .disks
+            .iter()
+            .find(|d| d.name == "image0")
+            .or(plan.disks.first())
+            .map(|d| d.path.display().to_string())
+            .ok_or_else(|| err("no local_loop image in the config"))?,
         "image-path" => plan
             .disks
             .iter()
@@ -460,7 +1009,7 @@ pub fn getval(plan: &Plan, symbol: &str) -> Result<String> {
             .collect(),
         _ => {
             return Err(err(
-                "unknown symbol (image-path, image-block-partition, image-block-devices, root-label, root-fstype, boot-label, mount-points)",
+                "unknown symbol (image-path, image-block-device, image-block-partition, image-block-devices, root-label, root-fstype, boot-label, mount-points)",
             ));
         }
     })

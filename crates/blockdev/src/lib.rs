@@ -13,12 +13,19 @@
 //! lines are `LABEL=… mount type options dump pass` in mount order, with dib's defaults
 //! (`defaults 0 2`, swap `sw 0 0`).
 //!
-//! What it does not do (yet): LVM and partition tables on logical volumes are planned and
-//! validated, but executing them needs the kernel route (device-mapper), which
-//! [`create`] refuses with [`Error::KernelRoute`] naming the node, before touching anything.
+//! The **kernel route** ([`create`] with [`CreateOptions::kernel`] or a [`MountedHook`], and
+//! always for LVM) writes the same table into the file, then attaches loop devices with
+//! autoclear (partitions through the kernel's `pN` nodes, or offset loops where it makes
+//! none), runs lvm2 (PVs, VGs, LVs, thin pools), makes the filesystems on those devices and,
+//! for a hook, mounts them in mount order inside a private mount namespace. Loop devices and
+//! mounts therefore vanish with the process even on `kill -9`; LVM activation, which does
+//! not, is recorded in the state before it is made and released by [`umount`]/[`cleanup`]
+//! from the state alone. On a kernel without device-mapper an LVM layout is refused with
+//! [`Error::NeedsDeviceMapper`] naming the node, before anything is written.
 
 mod config;
 mod exec;
+mod kernel;
 mod plan;
 mod problem;
 pub mod size;
@@ -32,11 +39,13 @@ pub use config::{
     Config, Fstab, Image, Lv, LvSize, Lvm, Mkfs, Mount, NODE_TYPES, Partition, Pv, Table, Vg,
 };
 pub use exec::{
-    CreateOptions, Event, STATE_FILE, State, cleanup, create, delete, getval, read_state,
+    CreateOptions, Event, MountedFn, MountedHook, STATE_FILE, State, cleanup, create, delete,
+    getval, getval_state, init, read_state, umount, writefstab,
 };
+pub use kernel::{KernelState, LoopRecord, VgRecord, has_device_mapper};
 pub use plan::{
     Device, DiskPlan, EXTENT, FsPlan, LvPlan, PV_OVERHEAD, PartPlan, Plan, PlanOptions, Route,
-    Step, TablePlan, VgPlan, tree_bytes,
+    Step, TablePlan, VgPlan, fs_size_for, tree_bytes,
 };
 pub use problem::{Problem, Problems};
 
@@ -56,6 +65,64 @@ pub enum Error {
         kind: &'static str,
         /// Node name.
         node: String,
+    },
+    /// An LVM layout on a kernel without device-mapper: refused before anything is written.
+    #[error(
+        "{kind} {node:?} needs device-mapper, which this kernel does not have (no \
+         device-mapper in /proc/misc): build LVM layouts where dm_mod is loaded (e.g. in a \
+         VM); nothing was written"
+    )]
+    NeedsDeviceMapper {
+        /// Node type (`pv`).
+        kind: &'static str,
+        /// Node name.
+        node: String,
+    },
+    /// Something the kernel route cannot do here (named in `what`).
+    #[error("{what}")]
+    Unsupported {
+        /// What and why.
+        what: String,
+    },
+    /// A loop device operation failed.
+    #[error("loop device: {what}")]
+    Loop {
+        /// What we were doing.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<diskforge_loop::Error>,
+    },
+    /// An lvm command failed.
+    #[error("lvm node {node:?}")]
+    Lvm {
+        /// The PV, VG or LV node.
+        node: String,
+        /// The cause (carries lvm's stderr).
+        #[source]
+        source: Box<lvm2_cmd::Error>,
+    },
+    /// Mounting (in the private namespace) failed.
+    #[error("mounting {what}")]
+    Mount {
+        /// What was being mounted.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<diskforge_mount::Error>,
+    },
+    /// The caller's [`MountedHook`] failed.
+    #[error("the work on the mounted filesystems failed: {reason}")]
+    Hook {
+        /// Its message.
+        reason: String,
+    },
+    /// Releasing kernel objects (unmount, vgchange -an, loop detach) failed; every failure
+    /// is listed.
+    #[error("releasing: {}", errors.join("; "))]
+    Release {
+        /// Each failure.
+        errors: Vec<String>,
     },
     /// Writing a partition table failed.
     #[error("partitioning {node:?}")]

@@ -150,6 +150,9 @@ pub struct LvPlan {
     /// `thin-pool` or `thin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lv_type: Option<String>,
+    /// For a `thin` LV: its pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<String>,
     /// Extents for thin-pool metadata and its spare (an estimate of lvm2's default).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub overhead_extents: u64,
@@ -548,9 +551,22 @@ pub(crate) fn plan(
                 let cost = if thin { 0 } else { extents + overhead };
                 if cost > free && !over && pvs.len() == vg.base.len() {
                     over = true;
+                    let mut advice = String::new();
+                    if let Some(min) = smallest_vg(l, &vg.name, total) {
+                        advice = format!("; the LVs fit in {min} extents ({} bytes)", min * EXTENT);
+                        if let [(_, base, _)] = pvs.as_slice() {
+                            let pv_need = min * EXTENT + PV_OVERHEAD;
+                            advice.push_str(&format!(
+                                ", a PV of {} ({pv_need} bytes, with {} of LVM metadata) on {base:?}",
+                                human(pv_need),
+                                human(PV_OVERHEAD)
+                            ));
+                            advice.push_str(&grow_advice(cfg, base, pv_need, &devs));
+                        }
+                    }
                     probs.push(
                         Problem::at(lv.line, format!(
-                            "does not fit: volume group {:?} has {} extents of {} ({}) on {} PV(s), {} left when this LV asks for {} ({}{}); the LVs add up to more than 100% of the VG",
+                            "does not fit: volume group {:?} has {} extents of {} ({}) on {} PV(s), {} left when this LV asks for {} ({}{}); the LVs add up to more than 100% of the VG{advice}",
                             vg.name, total, human(EXTENT), human(total * EXTENT), pvs.len(), free, cost, human(cost * EXTENT),
                             if overhead > 0 { format!(", of which {overhead} for thin-pool metadata") } else { String::new() }))
                         .node("lv", &lv.name)
@@ -573,6 +589,7 @@ pub(crate) fn plan(
                     size: extents * EXTENT,
                     size_human: human(extents * EXTENT),
                     lv_type: lv.lv_type.clone(),
+                    thin_pool: lv.thin_pool.clone(),
                     overhead_extents: overhead,
                 });
             }
@@ -642,7 +659,18 @@ pub(crate) fn plan(
             && let Some(need) = opts.content.get(mp)
             && *need > device.size()
         {
-            probs.push(Problem::at(m.line, format!("the root tree under {mp} needs about {} ({need} bytes) but {:?} is {} ({} bytes)", human(*need), m.base, human(device.size()), device.size())).node("mkfs", &m.name).key("base"));
+            let fs_need = fs_size_for(m.fs_type, *need);
+            let mut msg = format!(
+                "the root tree under {mp} needs about {} ({need} bytes) but {:?} is {} ({} bytes); a {} filesystem holding it needs about {} ({fs_need} bytes: the files, plus metadata and journal)",
+                human(*need),
+                m.base,
+                human(device.size()),
+                device.size(),
+                m.fs_type,
+                human(fs_need)
+            );
+            msg.push_str(&grow_advice(cfg, &m.base, fs_need, &devs));
+            probs.push(Problem::at(m.line, msg).node("mkfs", &m.name).key("base"));
         }
         let (source, exclude) = match (&opts.root, &mount_point) {
             (Some(root), Some(mp)) if m.fs_type != FsType::Swap => {
@@ -757,6 +785,144 @@ pub(crate) fn plan(
         steps,
         warnings,
     }
+}
+
+/// Whether the LVs of `vg` fit in a VG of `total` extents (the same arithmetic as the
+/// planner: sizes round down to extents, percentages of the VG or of what is free,
+/// thin-pool metadata and spare, thin LVs cost nothing).
+fn vg_fits(l: &crate::config::Lvm, vg: &str, total: u64) -> bool {
+    let mut free = total;
+    for lv in l.lvs.iter().filter(|lv| lv.base == vg) {
+        let extents = match &lv.size {
+            LvSize::Size(s) => s.bytes() / EXTENT,
+            LvSize::Extents(n) => *n,
+            LvSize::Percent { share, of } => share.of(if of == "FREE" { free } else { total }),
+        };
+        let cost = match lv.lv_type.as_deref() {
+            Some("thin") => 0,
+            Some("thin-pool") => {
+                extents + 2 * (extents * EXTENT / 1024).max(2 << 20).div_ceil(EXTENT)
+            }
+            _ => extents,
+        };
+        if cost > free {
+            return false;
+        }
+        free -= cost;
+    }
+    true
+}
+
+/// The fewest extents in which the LVs of `vg` fit (searched from `from`), if any up to 2^40.
+fn smallest_vg(l: &crate::config::Lvm, vg: &str, from: u64) -> Option<u64> {
+    let mut hi = from.max(1);
+    while !vg_fits(l, vg, hi) {
+        hi = hi.checked_mul(2).filter(|h| *h < 1 << 40)?;
+    }
+    let mut lo = 0;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if vg_fits(l, vg, mid) {
+            hi = mid
+        } else {
+            lo = mid
+        }
+    }
+    Some(hi)
+}
+
+/// The size a filesystem of type `t` needs to hold `content` bytes of files: an estimate
+/// for the advice (ext*/xfs/btrfs: +10 % for inodes and metadata and 64 MiB for the journal
+/// or log; vfat: +5 % and 1 MiB for the FATs), never below the type's minimum.
+pub fn fs_size_for(t: FsType, content: u64) -> u64 {
+    let est = match t {
+        FsType::Vfat => content + content / 20 + (1 << 20),
+        FsType::Swap | FsType::Squashfs | FsType::Erofs => content,
+        _ => content + content / 10 + (64 << 20),
+    };
+    est.max(min_fs_size(t))
+}
+
+/// What to grow so that block device `base` holds `need` bytes: the smallest image when it
+/// is the whole image or a share of a table's free space, the size to write for a fixed
+/// partition, the extents for an LV.
+fn grow_advice(cfg: &Config, base: &str, need: u64, devs: &Devices) -> String {
+    if devs.lvs.contains_key(base) {
+        let ext = need.div_ceil(EXTENT);
+        return format!(
+            "; give LV {base:?} at least {ext} extents of {} ({} bytes)",
+            human(EXTENT),
+            ext * EXTENT
+        );
+    }
+    if let Some(img) = cfg.images.iter().find(|i| i.name == base) {
+        let ss = u64::from(img.block_size.unwrap_or(512)).max(1 << 20);
+        let min = need.div_ceil(ss) * ss;
+        return format!(
+            "; the smallest image that fits is {} ({min} bytes)",
+            human(min)
+        );
+    }
+    let Some(t) = cfg
+        .tables
+        .iter()
+        .find(|t| t.partitions.iter().any(|p| p.name == base))
+    else {
+        return String::new();
+    };
+    let Some(p) = t.partitions.iter().find(|p| p.name == base) else {
+        return String::new();
+    };
+    let block_size = cfg
+        .images
+        .iter()
+        .find(|i| i.name == t.base)
+        .and_then(|i| i.block_size);
+    if p.size.absolute().is_some() {
+        return format!(
+            "; partition {base:?} is a fixed {}: make it at least {} ({need} bytes)",
+            p.size_text,
+            human(need)
+        );
+    }
+    let align = t.align.unwrap_or(1 << 20);
+    let fits = |d: u64| {
+        let mut w = Vec::new();
+        place(t, block_size, d, &mut w)
+            .ok()
+            .and_then(|l| diskforge_part::plan(&l, d).ok())
+            .is_some_and(|pl| {
+                pl.table
+                    .partitions
+                    .iter()
+                    .any(|q| q.name.as_deref() == Some(base) && q.size_bytes >= need)
+            })
+    };
+    let mut hi = need.max(align * 4);
+    let mut tries = 0;
+    while !fits(hi) {
+        let Some(next) = hi.checked_mul(2) else {
+            return String::new();
+        };
+        hi = next;
+        tries += 1;
+        if tries > 40 {
+            return String::new();
+        }
+    }
+    let mut lo = 0u64;
+    while hi - lo > align {
+        let mid = (lo + (hi - lo) / 2) / align * align;
+        if mid <= lo {
+            break;
+        }
+        if fits(mid) { hi = mid } else { lo = mid }
+    }
+    format!(
+        "; partition {base:?} asks for {} of the free space: the smallest image where that is enough is {} ({hi} bytes)",
+        p.size_text,
+        human(hi)
+    )
 }
 
 /// Sort key for mount points: depth, then the path; `none` last.

@@ -91,4 +91,59 @@ fn root_tree_must_fit_its_filesystems() {
         "{e}"
     );
     assert!(!e.contains("mkfs_root"), "{e}");
+    // The advice: what an ext4 holding it needs, and the smallest image where 100% of the
+    // free space after root's 50% is that much.
+    let need = diskforge_blockdev::fs_size_for(diskforge_mkfs::FsType::Ext4, o.content["/srv"]);
+    assert!(
+        e.contains(&format!(
+            "needs about {} ({need} bytes",
+            diskforge_blockdev::size::human(need)
+        )),
+        "{e}"
+    );
+    let min: u64 = e
+        .split("the smallest image where that is enough is ")
+        .nth(1)
+        .and_then(|r| r.split_once('(')?.1.split_once(' ')?.0.parse().ok())
+        .unwrap_or_else(|| panic!("no smallest image in {e}"));
+    let mut fit = opts();
+    fit.image_size = Some(min);
+    fit.root = o.root.clone();
+    fit.content = o.content.clone();
+    let big = text.replace("size: 32MiB", &format!("size: {min}"));
+    let p = plan_text(&big, &fit).expect("the advised size fits");
+    let srv = p
+        .filesystems
+        .iter()
+        .find(|f| f.name == "mkfs_srv")
+        .expect("srv");
+    assert!(srv.device.size() >= need, "{}", srv.device.size());
+    let smaller = text.replace("size: 32MiB", &format!("size: {}", min - (1 << 20)));
+    let p = plan_text(&smaller, &fit).expect("plans (20 MiB fit)");
+    let srv = p
+        .filesystems
+        .iter()
+        .find(|f| f.name == "mkfs_srv")
+        .expect("srv");
+    assert!(srv.device.size() < need, "1 MiB less is not enough");
+}
+
+/// LVs over 100% of their VG: the advice names the smallest VG and the smallest image, and
+/// that image is exactly enough (1 MiB less is not).
+#[test]
+fn lvm_over_100_percent_advises_the_smallest_image() {
+    let bad = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/bad/lvm-over-100-percent.yaml"),
+    )
+    .expect("read");
+    let e = plan_text(&bad, &opts()).expect_err("over 100%").to_string();
+    let min: u64 = e
+        .split("the smallest image where that is enough is ")
+        .nth(1)
+        .and_then(|r| r.split_once('(')?.1.split_once(' ')?.0.parse().ok())
+        .unwrap_or_else(|| panic!("no smallest image in {e}"));
+    let fits = bad.replace("size: 2GiB", &format!("size: {min}"));
+    plan_text(&fits, &opts()).unwrap_or_else(|e| panic!("{min} bytes: {e}"));
+    let short = bad.replace("size: 2GiB", &format!("size: {}", min - (1 << 20)));
+    plan_text(&short, &opts()).expect_err("1 MiB less");
 }

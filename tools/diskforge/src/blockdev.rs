@@ -1,5 +1,7 @@
-//! `diskforge blockdev`: diskimage-builder's `dib-block-device`, offline. Parses arguments,
-//! calls diskforge-blockdev, prints; all logic lives in the crate.
+//! `diskforge blockdev`: diskimage-builder's `dib-block-device` (`init`, `create`, `getval`,
+//! `writefstab`, `umount`, `cleanup`, `delete`), offline by default, the kernel route for
+//! LVM or on request. Parses arguments, calls diskforge-blockdev, prints; all logic lives in
+//! the crate.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -7,7 +9,11 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use diskforge_blockdev::{CreateOptions, Error, Event, Plan, PlanOptions, Route, Step};
 
-/// Build disks from diskimage-builder block-device YAML, without loop devices or mounts.
+/// Build disks from diskimage-builder block-device YAML: offline (no loop devices, no
+/// mounts) when the layout allows, else through loop devices and LVM.
+///
+/// Exit codes: 0 success, 1 error (bad config, failed build: nothing is left attached or
+/// mounted), 2 usage error.
 #[derive(Debug, Parser)]
 #[command(name = "diskforge blockdev", version, term_width = 80)]
 struct Cli {
@@ -19,7 +25,17 @@ struct Cli {
 enum Cmd {
     /// Validate the config and print the plan (offsets and sizes in bytes and units).
     Plan(ConfigArgs),
-    /// Build the disks the config describes (offline route), recording state.
+    /// Plan the config and record it in the state directory (dib's init).
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// State directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Build the disks the config describes, recording state after every step. Offline
+    /// unless the layout has LVM or --kernel/--run ask for the kernel route. Without
+    /// --config or DIB_BLOCK_DEVICE_CONFIG, the plan recorded by `init` is built.
     Create {
         #[command(flatten)]
         config: ConfigArgs,
@@ -32,19 +48,45 @@ enum Cmd {
         /// Keep half-made images when a step fails.
         #[arg(long)]
         keep_on_error: bool,
+        /// Take the kernel route (loop devices, mkfs on them) even where offline would do.
+        #[arg(long)]
+        kernel: bool,
+        /// Kernel route: mount the filesystems (in a private mount namespace) and run this
+        /// shell command with TARGET_ROOT set to the mounted tree; unmounted afterwards.
+        #[arg(long, value_name = "CMD")]
+        run: Option<String>,
     },
     /// Print a value dib's scripts ask for (root-label, root-fstype, boot-label,
-    /// mount-points, image-path, image-block-partition, image-block-devices).
+    /// mount-points, image-path, image-block-device, image-block-partition,
+    /// image-block-devices).
     Getval {
         /// The symbol.
         symbol: String,
-        /// State directory of a `create`; without it the config is planned.
+        /// State directory of an `init` or `create`; without it the config is planned.
         #[arg(long)]
         state: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Remove the state directory (and scratch files); idempotent.
+    /// Write the fstab lines (as dib writes them) to ROOT/etc/fstab; the file replaced is
+    /// restored by `delete`.
+    Writefstab {
+        /// State directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The tree; default the --root the plan was made with.
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Release what a crashed build left (deactivate its volume groups, detach its loop
+    /// devices), from the state alone; idempotent. Mounts never outlive `create`.
+    Umount {
+        /// State directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Release what the build recorded (as umount), remove the state directory and scratch
+    /// files; the images stay. Idempotent.
     Cleanup {
         /// State directory.
         #[arg(long)]
@@ -206,13 +248,39 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
         }
+        Cmd::Init { config, state } => {
+            let plan = make_plan(&config)?;
+            let st = diskforge_blockdev::init(&plan, &state)?;
+            if config.json {
+                json(&serde_json::json!({ "state": state, "steps": st.plan.steps.len() }))
+            } else {
+                println!("{}", state.join(diskforge_blockdev::STATE_FILE).display());
+                Ok(())
+            }
+        }
         Cmd::Create {
             config,
             state,
             dry_run,
             keep_on_error,
+            kernel,
+            run,
         } => {
-            let plan = make_plan(&config)?;
+            let from_init = config.config.is_none()
+                && std::env::var_os("DIB_BLOCK_DEVICE_CONFIG").is_none()
+                && state.join(diskforge_blockdev::STATE_FILE).exists();
+            let plan = if from_init {
+                let st = diskforge_blockdev::read_state(&state)?;
+                if st.done > 0 || !st.images.is_empty() {
+                    return Err(Error::State {
+                        path: state.join(diskforge_blockdev::STATE_FILE),
+                        reason: "this build has run already; `cleanup` or `delete` it first".into(),
+                    });
+                }
+                st.plan
+            } else {
+                make_plan(&config)?
+            };
             if dry_run {
                 return if config.json {
                     json(&plan)
@@ -237,15 +305,32 @@ fn run(cli: Cli) -> Result<(), Error> {
                     source,
                 })?;
             }
+            let mounted = run.map(|cmd| {
+                diskforge_blockdev::MountedHook(std::sync::Arc::new(move |root: &Path| {
+                    let status = diskforge_cmd::Cmd::new("sh")
+                        .args(["-c", &cmd])
+                        .env("TARGET_ROOT", root)
+                        .status()
+                        .map_err(|e| format!("{e:#}"))?;
+                    if status.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("--run {cmd:?}: {status}"))
+                    }
+                }))
+            });
             let opts = CreateOptions {
                 keep_on_error,
-                fail_at: None,
                 cancel: Some(cancel),
+                kernel,
+                mounted,
+                ..Default::default()
             };
             let st = diskforge_blockdev::create(&plan, &state, &opts, &mut progress)?;
             if config.json {
                 json(&serde_json::json!({
                     "state": state,
+                    "route": if st.kernel.is_some() { "kernel" } else { "offline" },
                     "images": st.images,
                     "steps": st.done,
                     "fstab": plan.fstab,
@@ -262,11 +347,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             state,
             config,
         } => {
-            let plan = match state {
-                Some(s) => diskforge_blockdev::read_state(&s)?.plan,
-                None => make_plan(&config)?,
+            let v = match state {
+                Some(s) => {
+                    diskforge_blockdev::getval_state(&diskforge_blockdev::read_state(&s)?, &symbol)?
+                }
+                None => diskforge_blockdev::getval(&make_plan(&config)?, &symbol)?,
             };
-            let v = diskforge_blockdev::getval(&plan, &symbol)?;
             if config.json {
                 json(&serde_json::json!({ "symbol": symbol, "value": v }))
             } else {
@@ -274,6 +360,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
         }
+        Cmd::Writefstab { state, root } => {
+            let p = diskforge_blockdev::writefstab(&state, root.as_deref())?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        Cmd::Umount { state } => diskforge_blockdev::umount(&state),
         Cmd::Cleanup { state } => diskforge_blockdev::cleanup(&state),
         Cmd::Delete { state } => diskforge_blockdev::delete(&state),
     }
@@ -288,7 +380,7 @@ fn render(plan: &Plan) -> String {
     match &plan.route {
         Route::Offline => s.push_str("route: offline (no loop device, no mount)\n"),
         Route::Kernel { reasons } => {
-            s.push_str("route: kernel (not implemented yet):\n");
+            s.push_str("route: kernel (loop devices, device-mapper):\n");
             for r in reasons {
                 let _ = writeln!(s, "  {r}");
             }

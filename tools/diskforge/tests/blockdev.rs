@@ -1,7 +1,8 @@
 //! `diskforge blockdev` through the real binary: the plan as text (snapshot) and JSON, every
 //! problem of a bad config on stderr with exit 1, `DIB_BLOCK_DEVICE_CONFIG` as a path, a
 //! `file://` URL or inline YAML, `create` → `getval --state` → `cleanup` (twice), `--dry-run`
-//! writing nothing, and LVM refused with the node named and nothing written.
+//! writing nothing, LVM refused on this host with the node named and nothing written, dib's
+//! `init` → `create` → `writefstab` → `umount` → `cleanup`, and (root) `create --kernel --run`.
 
 use std::path::{Path, PathBuf};
 
@@ -173,6 +174,164 @@ fn create_getval_cleanup() {
     assert!(!state.exists() && image.exists());
 }
 
+/// dib's sequence: `init` records the plan, `create` builds it from the state alone,
+/// `writefstab` writes the fstab into another tree, `getval` answers from the state,
+/// `umount` and `cleanup` are idempotent.
+#[test]
+fn init_create_writefstab_umount_cleanup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let images = dir.path().join("images");
+    bd(&["init", "--image-size", "64MiB", "--config"])
+        .arg(config("mbr-single-root"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--image-dir")
+        .arg(&images)
+        .run()
+        .expect("init");
+    assert!(!images.exists());
+    let v = bd(&["getval", "root-fstype", "--state"])
+        .arg(&state)
+        .read()
+        .expect("getval");
+    assert_eq!(v, "ext4");
+    let out = bd(&["create", "--state"])
+        .arg(&state)
+        .read()
+        .expect("create");
+    assert_eq!(out, images.join("image0.raw").display().to_string());
+    assert_eq!(sfdisk_parts(&images.join("image0.raw")), 1);
+    // A second create on the same state is refused; nothing is touched.
+    let (code, stderr) = fails(bd(&["create", "--state"]).arg(&state));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("exists already") || stderr.contains("has run"),
+        "{stderr}"
+    );
+    let tree = dir.path().join("built");
+    let p = bd(&["writefstab", "--state"])
+        .arg(&state)
+        .arg("--root")
+        .arg(&tree)
+        .read()
+        .expect("writefstab");
+    assert_eq!(p, tree.join("etc/fstab").display().to_string());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/fstab")).expect("fstab"),
+        "LABEL=cloudimg-rootfs / ext4 defaults 0 1\n"
+    );
+    let v = bd(&["getval", "image-block-device", "--state"])
+        .arg(&state)
+        .read()
+        .expect("getval");
+    assert_eq!(v, images.join("image0.raw").display().to_string());
+    for _ in 0..2 {
+        bd(&["umount", "--state"])
+            .arg(&state)
+            .run()
+            .expect("umount");
+    }
+    for _ in 0..2 {
+        bd(&["cleanup", "--state"])
+            .arg(&state)
+            .run()
+            .expect("cleanup");
+    }
+    assert!(!state.exists() && images.join("image0.raw").exists());
+}
+
+/// `create --kernel --run CMD`: the command sees the mounted tree at $TARGET_ROOT; what it
+/// writes lands in the image; nothing stays mounted or attached.
+#[test]
+#[ignore = "needs root"]
+fn kernel_route_run_command() {
+    diskforge_testutil::require_root();
+    let dir = diskforge_testutil::scratch_dir();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+    std::fs::write(root.join("etc/hostname"), "df\n").expect("write");
+    let state = dir.path().join("state");
+    let images = dir.path().join("images");
+    let nothing_left = || {
+        let k = diskforge_testutil::KernelState::capture();
+        assert!(k.loops_under(dir.path()).is_empty(), "{k:?}");
+        assert!(k.mounts_under(dir.path()).is_empty(), "{k:?}");
+    };
+    let out: serde_json::Value = bd(&["create", "--kernel", "--json", "--image-size", "64MiB"])
+        .arg("--config")
+        .arg(config("mbr-single-root"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--image-dir")
+        .arg(&images)
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "--run",
+            "test \"$(cat $TARGET_ROOT/etc/hostname)\" = df && echo ran > $TARGET_ROOT/etc/ran",
+        ])
+        .json()
+        .expect("create --kernel --run");
+    assert_eq!(out["route"], "kernel");
+    nothing_left();
+    let image = images.join("image0.raw");
+    let offset = 1 << 20;
+    let ran = Cmd::new("debugfs")
+        .args(["-R", "cat /etc/ran"])
+        .arg(format!("{}?offset={offset}", image.display()))
+        .read()
+        .expect("debugfs");
+    assert_eq!(ran, "ran");
+    // A failing command fails the build and removes the image.
+    let state2 = dir.path().join("state2");
+    let (code, stderr) = fails(
+        bd(&["create", "--kernel", "--image-size", "64MiB", "--config"])
+            .arg(config("mbr-single-root"))
+            .arg("--state")
+            .arg(&state2)
+            .arg("--image-dir")
+            .arg(dir.path().join("images2"))
+            .args(["--run", "exit 7"]),
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("exit 7"), "{stderr}");
+    assert!(!dir.path().join("images2/image0.raw").exists());
+    nothing_left();
+    for s in [&state, &state2] {
+        bd(&["cleanup", "--state"]).arg(s).run().expect("cleanup");
+    }
+}
+
+/// SIGTERM while `--run` works on the mounted tree: the build stops after the command,
+/// unwinds (image removed) and exits 1; nothing stays mounted or attached.
+#[test]
+#[ignore = "needs root"]
+fn sigterm_during_the_kernel_route_unwinds() {
+    diskforge_testutil::require_root();
+    let dir = diskforge_testutil::scratch_dir();
+    let state = dir.path().join("state");
+    let images = dir.path().join("images");
+    let script = format!(
+        "{BIN} blockdev create --kernel --image-size 64MiB --config {} --state {} \
+         --image-dir {} --run 'sleep 1' & pid=$!; sleep 0.5; kill -TERM $pid; wait $pid",
+        config("mbr-single-root").display(),
+        state.display(),
+        images.display()
+    );
+    let (code, stderr) = fails(Cmd::new("sh").args(["-c", &script]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!images.join("image0.raw").exists());
+    let k = diskforge_testutil::KernelState::capture();
+    assert!(k.loops_under(dir.path()).is_empty(), "{k:?}");
+    assert!(k.mounts_under(dir.path()).is_empty(), "{k:?}");
+    bd(&["cleanup", "--state"])
+        .arg(&state)
+        .run()
+        .expect("cleanup");
+}
+
 #[test]
 fn lvm_needs_the_kernel_route() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -187,7 +346,7 @@ fn lvm_needs_the_kernel_route() {
     );
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("pv \"pv\": needs the kernel route (device-mapper"),
+        stderr.contains("pv \"pv\" needs device-mapper, which this kernel does not have"),
         "{stderr}"
     );
     assert!(!state.exists() && !dir.path().join("image0.raw").exists());
@@ -195,7 +354,16 @@ fn lvm_needs_the_kernel_route() {
 
 #[test]
 fn help_fits_80_columns() {
-    for sub in ["plan", "create", "getval", "cleanup", "delete"] {
+    for sub in [
+        "plan",
+        "init",
+        "create",
+        "getval",
+        "writefstab",
+        "umount",
+        "cleanup",
+        "delete",
+    ] {
         let help = bd(&[sub, "--help"]).read().expect("help");
         for l in help.lines() {
             assert!(l.chars().count() <= 80, "{sub}: {l:?}");

@@ -28,7 +28,7 @@ impl Rng {
 
 /// Write a tree of about `total` bytes: ~70 % in 1–4 MiB files, the rest in 4–64 KiB files,
 /// 50 files per directory. Returns (files, bytes).
-fn make_tree(root: &Path, total: u64) -> Result<(u64, u64)> {
+pub(super) fn make_tree(root: &Path, total: u64) -> Result<(u64, u64)> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut buf = vec![0u8; 4 << 20];
     for chunk in buf.chunks_mut(8) {
