@@ -43,6 +43,9 @@ pub const SHIPPED: &[ShippedFile] = shipped! {
     "busybox/README.rst";
     "busybox/element-provides";
     "busybox/host-programs";
+    "debian-minimal/README.rst";
+    "debian-minimal/element-provides";
+    "debian-minimal/host-programs";
     "devuser/README.rst";
     "devuser/environment.d/50-devuser";
     "devuser/extra-data.d/50-devuser", exec;

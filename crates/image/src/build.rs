@@ -646,6 +646,16 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                 .map_err(|e| Error::Boot(Box::new(e)))
         })?;
     }
+    if resolved.has("debian-minimal") {
+        steps.run("debian-minimal base", |_| {
+            let o = debian_options(req, &ctx)?;
+            crate::debian::debian_root(&tree, &o).map(|_| ())
+        })?;
+        if resolved.has("vm") {
+            let poweroff = req.boot_check.is_some();
+            crate::debian::install_marker_unit(&tree, &marker, poweroff)?;
+        }
+    }
     for p in [
         Phase::Root,
         Phase::ExtraData,
@@ -724,8 +734,8 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         steps.run("block-device create", |s| {
             let opts = blockdev::CreateOptions {
                 keep_on_error: req.keep_on_error,
-                fail_at: None,
                 cancel: s.cancel.clone(),
+                ..Default::default()
             };
             blockdev::create(p, &st, &opts, &mut |_| {}).map_err(|e| Error::BlockDevice {
                 source_name: "create".into(),
@@ -828,6 +838,63 @@ fn clamp_mtimes(tree: &Path, epoch: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `debian-minimal` options from dib's variables and the host.
+fn debian_options(
+    req: &BuildRequest,
+    ctx: &elements::RunContext,
+) -> Result<crate::debian::DebianOptions> {
+    let env = |k: &str| ctx.env.get(k).filter(|v| !v.trim().is_empty()).cloned();
+    let missing = |field: &str, what: &str| Error::Usage {
+        field: field.into(),
+        value: String::new(),
+        reason: format!("not set, and {what}"),
+    };
+    let release = env("DIB_RELEASE")
+        .or_else(crate::debian::host_release)
+        .ok_or_else(|| {
+            missing(
+                "DIB_RELEASE",
+                "the host's /etc/os-release names no codename",
+            )
+        })?;
+    let mirror = env("DIB_DISTRIBUTION_MIRROR")
+        .or_else(crate::debian::host_mirror)
+        .ok_or_else(|| {
+            missing(
+                "DIB_DISTRIBUTION_MIRROR",
+                "the host's apt sources name no mirror",
+            )
+        })?;
+    let cache = PathBuf::from(
+        ctx.env
+            .get("DIB_IMAGE_CACHE")
+            .cloned()
+            .unwrap_or_else(|| "/var/cache/diskforge".into()),
+    );
+    Ok(crate::debian::DebianOptions {
+        release,
+        mirror,
+        components: env("DIB_DEBIAN_COMPONENTS")
+            .unwrap_or_else(|| "main".into())
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        arch: dib_arch(&req.arch)?.into(),
+        include: crate::debian::BASE_PACKAGES
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        store: cache.join("layers"),
+        no_cache: env("DIB_DEBOOTSTRAP_CACHE").as_deref() == Some("0"),
+        max_age: Duration::from_secs(
+            env("DIB_DEBOOTSTRAP_CACHE_MAX_AGE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(7 * 24 * 3600),
+        ),
+    })
 }
 
 fn uuid_seed_random() -> String {

@@ -32,6 +32,7 @@
 //! ```
 
 mod build;
+pub mod debian;
 mod output;
 
 use std::path::{Path, PathBuf};

@@ -490,3 +490,64 @@ fn a_failing_script_in_every_phase_leaves_nothing() {
         assert_eq!(mounts(), before, "{phase}: the mount table changed");
     }
 }
+
+/// `debian-minimal vm` from the host's own Debian mirror: built, booted to the marker under
+/// SeaBIOS and OVMF (a one-shot systemd unit prints it); the second build takes the
+/// debootstrapped base from the layer cache instead of running debootstrap again.
+#[test]
+#[ignore = "needs root"]
+fn debian_minimal_vm_boots_and_the_base_is_cached() {
+    diskforge_testutil::require_root();
+    let r = Run::new();
+    let cache = r.path("cache");
+    let build = |name: &str, boot: bool| {
+        let out = r.path(name);
+        let mut args = vec!["-o", out.to_str().unwrap(), "-t", "qcow2", "--json"];
+        if boot {
+            args.extend(["--boot-check", "--boot-timeout", "400"]);
+        }
+        args.extend(["--image-cache", cache.to_str().unwrap()]);
+        args.extend(["debian-minimal", "vm", "block-device-efi"]);
+        let o = r.run(&args, &[]);
+        ok(&o);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let step = |v: &serde_json::Value, name: &str| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .map(|s| s["millis"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no step {name}: {v}"))
+    };
+    let cold = build("cold", true);
+    let fws: Vec<&str> = cold["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["firmware"].as_str().unwrap())
+        .collect();
+    assert_eq!(fws, ["seabios", "ovmf"], "{cold}");
+    let warm = build("warm", false);
+    let (c, w) = (
+        step(&cold, "debian-minimal base"),
+        step(&warm, "debian-minimal base"),
+    );
+    assert!(w * 10 < c, "the warm base took {w} ms, the cold one {c} ms");
+    // The image holds Debian with its kernel, initramfs and the apt lists cleaned.
+    let raw = r.path("warm.raw");
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            r.path("warm.qcow2").to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    let v = tool("sgdisk", &["-v", raw.to_str().unwrap()]);
+    assert!(v.contains("No problems found"), "{v}");
+    r.assert_no_build_dir();
+}
