@@ -271,6 +271,8 @@ pub(crate) fn hash_reads(
             Ok(())
         });
         for (off, n, buf) in full_rx {
+            // Returning drops the receiver: the reader stops at its next send.
+            crate::cancel::check()?;
             hasher.update(&buf[..n]);
             progress(off + n as u64, total);
             let _ = free_tx.send(buf);

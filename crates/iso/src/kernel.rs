@@ -33,7 +33,10 @@ pub fn unavailable() -> Option<String> {
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !fs.lines().any(|l| l.trim_end().ends_with("iso9660")) {
         // The module may just not be loaded yet.
-        let _ = Cmd::new("modprobe").arg("iso9660").run();
+        let _ = Cmd::new("modprobe")
+            .arg("iso9660")
+            .timeout(std::time::Duration::from_secs(30))
+            .run();
         let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
         if !fs.lines().any(|l| l.trim_end().ends_with("iso9660")) {
             return Some("the kernel has no iso9660 filesystem".into());
@@ -140,11 +143,11 @@ fn run_mounted(
         }
         _ => {
             let copy = mkdir(&scratch.join("copy"))?;
-            Cmd::new("rsync")
+            let c = Cmd::new("rsync")
                 .args(["-a", "--"])
                 .arg(format!("{}/", iso_mnt.display()))
-                .arg(&copy)
-                .run()?;
+                .arg(&copy);
+            crate::exec::run("copying the mounted tree with rsync", c, crate::exec::LONG)?;
             make_tree_writable(&copy)?;
             apply_to_dir(&copy, changes)?;
             copy
@@ -162,11 +165,12 @@ fn run_mounted(
     } else {
         c = c.args(&extra).arg(&tree);
     }
-    c.run()?;
+    crate::exec::run("rebuilding the image with xorriso", c, crate::exec::LONG)?;
     Ok(())
 }
 
 fn make_tree_writable(dir: &Path) -> Result<()> {
-    Cmd::new("chmod").args(["-R", "u+w"]).arg(dir).run()?;
+    let c = Cmd::new("chmod").args(["-R", "u+w"]).arg(dir);
+    crate::exec::run("making the copy writable", c, crate::exec::LONG)?;
     Ok(())
 }

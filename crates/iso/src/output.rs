@@ -13,6 +13,8 @@ use crate::{Error, Result};
 
 /// Copy buffer for streamed copies.
 pub(crate) const IO_BUF: usize = 4 << 20;
+/// Bytes per `copy_file_range` call (a cancel is noticed between two).
+const COPY_CHUNK: u64 = 64 << 20;
 
 /// A scratch directory, created on first use: patch mode usually needs none, and on a
 /// busy ext4 creating and removing one costs more than the edit itself.
@@ -83,6 +85,8 @@ impl Staged {
     /// (`fsync`) before the rename and its directory after it, so a crash leaves either no
     /// output or the whole one.
     pub(crate) fn publish(self, sync: bool) -> Result<()> {
+        // Last moment to stop with nothing published (the temporary file goes with self).
+        crate::cancel::check()?;
         let dest = self.dest.clone();
         if sync {
             self.tmp
@@ -121,17 +125,21 @@ pub(crate) fn sync_file(path: &Path) -> Result<()> {
 /// Copy `src` to `dst` with a reflink when the filesystem can, else `copy_file_range`.
 fn fast_copy(src: &Path, dst: &Path) -> Result<()> {
     let input = File::open(src).map_err(|e| Error::io("opening", src, e))?;
-    let mut output = std::fs::OpenOptions::new()
+    let output = std::fs::OpenOptions::new()
         .write(true)
         .open(dst)
         .map_err(|e| Error::io("opening", dst, e))?;
     if rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
         return Ok(());
     }
-    let mut input = input;
-    // std's File-to-File copy uses copy_file_range (or sendfile) on Linux.
-    std::io::copy(&mut input, &mut output).map_err(|e| Error::io("copying to", dst, e))?;
-    Ok(())
+    let len = input
+        .metadata()
+        .map_err(|e| Error::io("reading the size of", src, e))?
+        .len();
+    output
+        .set_len(len)
+        .map_err(|e| Error::io("sizing", dst, e))?;
+    copy_range(&input, src, 0, &output, dst, 0, len)
 }
 
 /// Copy `src` to `dst` as `plan` lays it out: the whole file (see [`fast_copy`]), or, when the
@@ -172,7 +180,9 @@ fn copy_range(
 ) -> Result<()> {
     let (mut off_in, mut off_out, end) = (from, to, from + len);
     while off_in < end {
-        let want = (end - off_in).min(1 << 30) as usize;
+        // Chunks small enough to notice a cancel within a fraction of a second.
+        crate::cancel::check()?;
+        let want = (end - off_in).min(COPY_CHUNK) as usize;
         match rustix::fs::copy_file_range(
             input,
             Some(&mut off_in),
@@ -195,6 +205,7 @@ fn copy_range(
     // Fallback for what copy_file_range refused (e.g. EXDEV, ENOSYS).
     let mut buf = Vec::new();
     while off_in < end {
+        crate::cancel::check()?;
         buf.resize(IO_BUF, 0);
         let n = (end - off_in).min(IO_BUF as u64) as usize;
         input
@@ -219,8 +230,10 @@ pub(crate) fn copy_and_hash(
     mut hasher: IsoMd5,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<Md5Sums> {
+    let flag = crate::cancel::current();
     std::thread::scope(|s| {
         let copier = s.spawn(|| -> Result<()> {
+            let _cancel = crate::cancel::install(flag);
             copy_for_plan(src, dst, plan)?;
             apply_plan(dst, plan)
         });

@@ -63,6 +63,9 @@ pub struct Outcome {
     pub md5: Option<Md5Sums>,
     /// Whether this was a dry run (the plan only: nothing written).
     pub dry_run: bool,
+    /// What is odd about the input but did not stop the remaster (a volume space larger
+    /// than the file, …).
+    pub warnings: Vec<String>,
 }
 
 fn timed<T>(
@@ -146,6 +149,7 @@ pub fn check_boot_preserved(before: &Inspection, after: &Inspection) -> Result<(
 
 /// Remaster `req.input` as asked. `progress` hears about steps and bytes.
 pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
+    let _cancel = crate::cancel::install(req.cancel.clone());
     let mut run = Remaster::open(req)?;
     let changes = run.resolve(progress)?;
     if let Some(o) = &req.output
@@ -196,6 +200,12 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         steps: run.steps,
         md5,
         dry_run: req.dry_run,
+        warnings: run
+            .insp
+            .warnings()
+            .into_iter()
+            .chain(changes.warnings)
+            .collect(),
     })
 }
 
@@ -239,6 +249,9 @@ impl<'r> Remaster<'r> {
         let vol = Volume::open(&req.input)?;
         let primary = vol.tree(TreeKind::Primary)?;
         let insp = inspect_with_tree(&vol, &primary)?;
+        // Loops, extents past the end, hidden records, names no filesystem can hold: refused
+        // here, before any byte is written and before xorriso or the kernel reads the image.
+        insp.check()?;
         let scratch = Scratch::new(
             req.output
                 .as_ref()
@@ -384,19 +397,58 @@ impl<'r> Remaster<'r> {
     }
 
     /// Patch the input itself; flushed unless the request says not to.
+    ///
+    /// Editing in place is not atomic (a crash while the bytes go out leaves a mix of old
+    /// and new), so it needs [`Request::force`]. Everything that takes time happens before
+    /// the first byte is written: the plan, and the MD5 of the image as it will be (the
+    /// input with the plan's writes overlaid). Then the writes and the MD5 go out in one
+    /// short burst that a SIGINT/SIGTERM does not interrupt.
     fn patch_in_place(
         &mut self,
         plan: &PatchPlan,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<Md5Sums>> {
         let input = &self.req.input;
-        timed(&mut self.steps, "patch in place", progress, |_| {
-            apply_plan(input, plan)
-        })?;
+        if !self.req.force {
+            return Err(Error::bad(
+                "-o",
+                "(none)",
+                format!(
+                    "editing {} in place is not crash-safe ({} bytes in {} places would be \
+                     rewritten; a crash or kill -9 in between leaves a mixed image): give -o \
+                     OUT, or --force to edit in place",
+                    input.display(),
+                    plan.bytes(),
+                    plan.writes.len()
+                ),
+            ));
+        }
         let md5 = match self.req.implant_md5 {
-            true => Some(implant_file(input, &mut self.steps, progress)?),
+            true => {
+                let pvd = self.vol.primary.lba;
+                let mut hasher = IsoMd5::for_blocks(u64::from(plan.volume_blocks), pvd);
+                timed(&mut self.steps, "md5 of the patched image", progress, |p| {
+                    let f =
+                        std::fs::File::open(input).map_err(|e| Error::io("opening", input, e))?;
+                    crate::isomd5::hash_reads(
+                        input,
+                        &|off, buf| plan.read_output(&f, off, buf),
+                        &mut hasher,
+                        &mut |done, total| p(Event::Bytes(done, total)),
+                    )
+                })?;
+                Some(hasher.finish())
+            }
             false => None,
         };
+        crate::cancel::check()?;
+        timed(&mut self.steps, "patch in place", progress, |_| {
+            apply_plan(input, plan)?;
+            if let Some(sums) = &md5 {
+                write_appdata(input, self.vol.primary.lba, sums)?;
+            }
+            Ok(())
+        })?;
         if self.req.sync {
             timed(&mut self.steps, "fsync", progress, |_| sync_file(input))?;
         }
