@@ -57,6 +57,27 @@ fn is_signed(bin: &[u8]) -> bool {
     u32_at(bin, dirs + 4 * 8 + 4).is_some_and(|size| size != 0)
 }
 
+/// The offset of `struct grub_module_info64`: the magic followed by a zero padding word,
+/// the offset of the first module (past the 24-byte header) and a total size that fits
+/// the file. The magic also occurs in GRUB's code (a `cmp` immediate), so each candidate
+/// is checked.
+fn module_info(bin: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = find(&bin[from..], MODULE_MAGIC) {
+        let at = from + i;
+        let ok = u32_at(bin, at + 4) == Some(0)
+            && u64_at(bin, at + 8).is_some_and(|first| (24..4096).contains(&first))
+            && u64_at(bin, at + 16).is_some_and(|total| {
+                usize::try_from(total).is_ok_and(|t| t >= 24 && at.saturating_add(t) <= bin.len())
+            });
+        if ok {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// Rename `old` to `new` in the GRUB configs built into the EFI binary `bin`.
 /// `Ok(None)`: `old` does not occur; `Ok(Some(bytes))`: the edited binary (same length);
 /// `Err(reason)`: it occurs where we cannot rewrite it safely.
@@ -75,7 +96,7 @@ pub fn rewrite_volid(bin: &[u8], old: &str, new: &str) -> Result<Option<Vec<u8>>
     // Byte ranges of the configs we understood: an old id left there (a menu title) is
     // harmless text, anywhere else it is not.
     let mut understood: Vec<std::ops::Range<usize>> = Vec::new();
-    if let Some(info) = find(bin, MODULE_MAGIC) {
+    if let Some(info) = module_info(bin) {
         let first = u64_at(bin, info + 8).ok_or("truncated module info")? as usize;
         let total = u64_at(bin, info + 16).ok_or("truncated module info")? as usize;
         let end = info.saturating_add(total).min(bin.len());

@@ -42,6 +42,7 @@ mod resolve;
 
 pub use inspect::{Inspection, inspect};
 pub use isomd5::Md5Sums;
+pub use output::{RUN_DIR_PREFIX, cleanup};
 pub use remaster::{Outcome, Step, remaster};
 pub use request::{Edit, Event, Mode, Request};
 
@@ -154,6 +155,17 @@ pub enum Error {
         reason: String,
         /// The command line and everything it printed (stderr bounded to its tail).
         transcript: String,
+    },
+    /// The rebuilt output lacks files the input has (a read error the kernel's view or a
+    /// program passed over): nothing was published.
+    #[error("{}: {count} files of the input are missing from the rebuilt image (first: {}); the mounted view or the copy could not read them", output.display(), first.join(", "))]
+    Incomplete {
+        /// The output that was checked (not published).
+        output: PathBuf,
+        /// How many paths are missing.
+        count: usize,
+        /// The first few.
+        first: Vec<String>,
     },
     /// A termination signal (or the caller's [`Request::cancel`]) stopped the run; its
     /// temporary files were removed and nothing was published.

@@ -14,17 +14,27 @@ use crate::{Error, Result};
 /// Copy buffer for streamed copies.
 pub(crate) const IO_BUF: usize = 4 << 20;
 /// Bytes per `copy_file_range` call (a cancel is noticed between two).
-const COPY_CHUNK: u64 = 64 << 20;
+const COPY_CHUNK: u64 = 16 << 20;
 
-/// A scratch directory, created on first use: patch mode usually needs none, and on a
-/// busy ext4 creating and removing one costs more than the edit itself.
+/// Prefix of a run directory ([`Scratch`]); [`cleanup`] removes stale ones.
+pub const RUN_DIR_PREFIX: &str = ".iso-remaster-run-";
+/// The lock file inside a run directory, held (`flock`) while its run is alive.
+const LOCK_FILE: &str = "lock";
+
+/// The run directory: created on first use (patch mode usually needs none, and on a busy
+/// ext4 creating and removing one costs more than the edit itself) as
+/// `.iso-remaster-run-XXXXXX` next to the output, with a `lock` file we hold (`flock`) for
+/// the whole run. The temporary output, extracted trees, mount points and edited FAT images
+/// all live inside, so an error, a signal (the guards remove it) or a `kill -9` (the next
+/// run, or `iso-remaster cleanup`, sees the lock free and removes it) leaves nothing else
+/// behind.
 pub struct Scratch {
     parent: PathBuf,
-    dir: std::cell::OnceCell<tempfile::TempDir>,
+    dir: std::cell::OnceCell<(tempfile::TempDir, File)>,
 }
 
 impl Scratch {
-    /// A scratch directory under `parent` (else the system temporary directory).
+    /// A run directory under `parent` (else the system temporary directory).
     pub fn new(parent: PathBuf) -> Self {
         Scratch {
             parent,
@@ -32,28 +42,65 @@ impl Scratch {
         }
     }
 
-    /// The directory, created now if needed.
+    /// The directory, created (and locked) now if needed.
     pub fn path(&self) -> Result<&Path> {
-        if let Some(d) = self.dir.get() {
+        if let Some((d, _)) = self.dir.get() {
             return Ok(d.path());
         }
         let d = tempfile::Builder::new()
-            .prefix(".iso-remaster-work-")
+            .prefix(RUN_DIR_PREFIX)
             .tempdir_in(&self.parent)
-            .or_else(|_| tempfile::tempdir())
-            .map_err(|e| Error::io("creating a scratch directory in", &self.parent, e))?;
-        Ok(self.dir.get_or_init(|| d).path())
+            .or_else(|_| tempfile::Builder::new().prefix(RUN_DIR_PREFIX).tempdir())
+            .map_err(|e| Error::io("creating a run directory in", &self.parent, e))?;
+        let lock_path = d.path().join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
+        Ok(self.dir.get_or_init(|| (d, lock)).0.path())
     }
 }
 
-/// A temporary output next to the final path, renamed into place by [`Staged::publish`].
+/// Remove the run directories in `dir` whose run is gone (their lock is free: the process
+/// was killed) and that no mount uses; returns what was removed. Live runs are left alone.
+pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mounts = diskforge_mount::mounts().unwrap_or_default();
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io("listing", dir, e))?;
+        let name = e.file_name();
+        let is_run = name.to_str().is_some_and(|n| n.starts_with(RUN_DIR_PREFIX));
+        let path = e.path();
+        if !is_run || !path.is_dir() {
+            continue;
+        }
+        let lock_path = path.join(LOCK_FILE);
+        if let Ok(lock) = File::open(&lock_path) {
+            let free =
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            if free.is_err() {
+                continue; // a live run
+            }
+        }
+        let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if mounts.iter().any(|m| m.target.starts_with(&abs)) {
+            tracing::warn!(dir = %path.display(), "stale run directory still has mounts: left");
+            continue;
+        }
+        std::fs::remove_dir_all(&path).map_err(|e| Error::io("removing", &path, e))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// A temporary output in the run directory, renamed into place by [`Staged::publish`].
 pub(crate) struct Staged {
     tmp: tempfile::NamedTempFile,
     dest: PathBuf,
 }
 
 impl Staged {
-    pub(crate) fn new(dest: &Path) -> Result<Self> {
+    pub(crate) fn new(dest: &Path, scratch: &Scratch) -> Result<Self> {
         if dest.exists() {
             return Err(Error::bad(
                 "-o",
@@ -61,18 +108,15 @@ impl Staged {
                 "already exists (not overwriting)",
             ));
         }
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let dir = scratch.path()?;
         // 0666 minus the umask, as `cp` or `genisoimage -o` would create it (not tempfile's
         // 0600, which an HTTP or PXE server could not read).
         let tmp = tempfile::Builder::new()
-            .prefix(".iso-remaster-")
-            .suffix(".tmp")
+            .prefix("output-")
+            .suffix(".iso.tmp")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io("creating a temporary file in", &dir, e))?;
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
         Ok(Staged {
             tmp,
             dest: dest.to_owned(),

@@ -252,16 +252,29 @@ impl<'r> Remaster<'r> {
         // Loops, extents past the end, hidden records, names no filesystem can hold: refused
         // here, before any byte is written and before xorriso or the kernel reads the image.
         insp.check()?;
-        let scratch = Scratch::new(
-            req.output
-                .as_ref()
-                .and_then(|o| {
-                    o.parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .map(Path::to_path_buf)
-                })
-                .unwrap_or_else(std::env::temp_dir),
-        );
+        let parent = req
+            .output
+            .as_ref()
+            .and_then(|o| {
+                o.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        let parent = if req.output.is_some() {
+            parent
+        } else {
+            std::env::temp_dir()
+        };
+        // What a killed run left (its lock is free): removed before we add our own.
+        match crate::output::cleanup(&parent) {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(?gone, "removed run directories of killed runs");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cleaning up stale run directories"),
+        }
+        let scratch = Scratch::new(parent);
         Ok(Remaster {
             req,
             vol,
@@ -464,7 +477,7 @@ impl<'r> Remaster<'r> {
         plan: &PatchPlan,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<Md5Sums>> {
-        let staged = Staged::new(out)?;
+        let staged = Staged::new(out, &self.scratch)?;
         let input = &self.req.input;
         let mut md5 = None;
         if self.req.implant_md5 {
@@ -499,7 +512,7 @@ impl<'r> Remaster<'r> {
         changes: &Changes,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<Md5Sums>> {
-        let staged = Staged::new(out)?;
+        let staged = Staged::new(out, &self.scratch)?;
         let (input, insp, scratch) = (&self.req.input, &self.insp, &self.scratch);
         let staged_path = staged.path();
         let steps = &mut self.steps;
@@ -536,6 +549,24 @@ impl<'r> Remaster<'r> {
             }
             Mode::Auto | Mode::Patch => unreachable_mode(mode)?,
         }
+        if matches!(mode, Mode::Copy | Mode::Overlay | Mode::Bind) {
+            // A rebuild from a copy or a mounted view: every file of the input (as edited)
+            // must be there. Read errors in the view (EIO) must not pass as a smaller image.
+            let primary = &self.primary;
+            let fold = self.vol.rock_ridge.is_none();
+            timed(&mut self.steps, "compare file lists", progress, |_| {
+                let out = Volume::open(staged.path())?.tree(TreeKind::Primary)?;
+                let missing = missing_files(primary, changes, &out, fold);
+                match missing.is_empty() {
+                    true => Ok(()),
+                    false => Err(Error::Incomplete {
+                        output: staged.path().to_owned(),
+                        count: missing.len(),
+                        first: missing.into_iter().take(5).collect(),
+                    }),
+                }
+            })?;
+        }
         if self.req.implant_md5 && md5.is_none() {
             md5 = Some(implant_file(staged.path(), &mut self.steps, progress)?);
         }
@@ -552,10 +583,99 @@ impl<'r> Remaster<'r> {
     }
 }
 
+/// The paths the rebuilt `output` should have and lacks: every node of the input's
+/// primary tree not removed by `changes`, and every file `changes` puts. `fold`: compare
+/// without case (an input without Rock Ridge shows its ISO names; the rebuild writes
+/// the names the mounted view showed).
+pub(crate) fn missing_files(
+    input: &Tree,
+    changes: &Changes,
+    output: &Tree,
+    fold: bool,
+) -> Vec<String> {
+    let key = |p: &str| {
+        if fold {
+            p.to_ascii_lowercase()
+        } else {
+            p.to_owned()
+        }
+    };
+    let have: std::collections::HashSet<String> = output.nodes.keys().map(|p| key(p)).collect();
+    let removed = |p: &str| {
+        changes.removes.iter().any(|r| {
+            p == r
+                || p.strip_prefix(r.as_str())
+                    .is_some_and(|t| t.starts_with('/'))
+        })
+    };
+    let expected = input
+        .nodes
+        .keys()
+        .filter(|p| !removed(p))
+        .cloned()
+        .chain(changes.puts.iter().map(|p| p.dest.clone()));
+    expected.filter(|p| !have.contains(&key(p))).collect()
+}
+
 fn unreachable_mode(mode: Mode) -> Result<()> {
     Err(Error::bad(
         "--mode",
         mode.to_string(),
         "internal: mode has no output route",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::{Content, Put};
+    use crate::iso9660::{Node, NodeKind};
+
+    fn tree(paths: &[&str]) -> Tree {
+        let nodes = paths
+            .iter()
+            .map(|p| {
+                let n = Node {
+                    path: (*p).to_owned(),
+                    kind: NodeKind::File,
+                    extents: Vec::new(),
+                    size: 0,
+                    mode: None,
+                    records: Vec::new(),
+                };
+                ((*p).to_owned(), n)
+            })
+            .collect();
+        Tree {
+            kind: TreeKind::Primary,
+            nodes,
+            dirs: Default::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Issue 13 defect 2: an output with 5 of 47 files passed; the lists are compared.
+    #[test]
+    fn missing_files_accounts_for_edits() {
+        let input = tree(&["/a", "/d", "/d/x", "/d/y", "/keep"]);
+        let changes = Changes {
+            removes: vec!["/d".into()],
+            puts: vec![Put {
+                dest: "/new".into(),
+                content: Content::Bytes(Vec::new()),
+                existed: false,
+                why: String::new(),
+            }],
+            ..Changes::default()
+        };
+        let full = tree(&["/a", "/keep", "/new"]);
+        assert!(missing_files(&input, &changes, &full, false).is_empty());
+        let short = tree(&["/a"]);
+        assert_eq!(
+            missing_files(&input, &changes, &short, false),
+            ["/keep", "/new"]
+        );
+        let upper = tree(&["/A", "/KEEP", "/NEW"]);
+        assert!(missing_files(&input, &changes, &upper, true).is_empty());
+    }
 }

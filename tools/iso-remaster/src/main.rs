@@ -35,7 +35,8 @@ Examples:
   iso-remaster in.iso -o out.iso --kickstart ks.cfg --implant-md5
   iso-remaster in.iso --force --replace my.cfg:/isolinux/isolinux.cfg
   iso-remaster in.iso -o out.iso --mode direct --add extra.rpm:/extra/x.rpm
-  iso-remaster --check-md5 out.iso";
+  iso-remaster --check-md5 out.iso
+  iso-remaster cleanup /srv/isos";
 
 /// Inspect and remaster bootable ISO images, keeping BIOS and UEFI boot.
 #[derive(Debug, Parser)]
@@ -121,6 +122,13 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Remove what killed runs left in DIR (their .iso-remaster-run-* directories
+    /// whose lock is free); live runs are left alone. Every run does this too.
+    Cleanup {
+        /// The directory outputs were written to.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// A mistake on the command line (exit 2), as opposed to an error while working (exit 1).
@@ -199,6 +207,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::SUCCESS
         });
+    }
+    if let Some(Command::Cleanup { dir }) = &cli.command {
+        let gone = diskforge_iso::cleanup(dir)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&gone)?);
+        } else {
+            for g in &gone {
+                println!("removed {}", g.display());
+            }
+            if gone.is_empty() {
+                println!("nothing to clean up in {}", dir.display());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let Some(input) = cli.input.clone() else {
         return Err(usage("no input image given (see --help)"));

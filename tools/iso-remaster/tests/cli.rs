@@ -300,3 +300,153 @@ fn output_is_fsynced_around_the_rename_unless_no_sync() {
         }
     }
 }
+
+/// Run directories and temporary files left in `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".iso-remaster"))
+        .collect()
+}
+
+/// Send `sig` (`INT`, `TERM`, `KILL`) to `pid`.
+fn signal(pid: u32, sig: &str) {
+    Cmd::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .run()
+        .expect("kill");
+}
+
+/// Start `iso-remaster ARGS` in `dir`, send `sig` after `delay`; the exit status, the
+/// seconds from the signal to the exit, and stderr.
+fn interrupted(
+    dir: &Path,
+    args: &[&str],
+    delay: std::time::Duration,
+    sig: &str,
+) -> (Option<i32>, f64, String) {
+    use std::io::Read;
+    let mut child = bin()
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(delay);
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "{args:?} finished before the signal: the image is too small for this test"
+    );
+    signal(child.id(), sig);
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(t.elapsed().as_secs() < 20, "{args:?} ignored SIG{sig}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    (status.code(), secs, err)
+}
+
+/// Issue 13 defect 5: SIGINT/SIGTERM in the unprivileged modes (auto → patch with -o,
+/// direct growing the image, copy through osirrox and xorriso, patch in place): each stops
+/// within a second, removes its temporary files, exits 130/143 and says whether the output
+/// was written (it never is, half-way). Defect 6's unprivileged half: after SIGKILL the run
+/// directory is left, and `iso-remaster cleanup` (or the next run) removes it.
+#[test]
+fn signals_stop_every_mode_and_leave_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = SampleOptions {
+        filler_bytes: 600 << 20,
+        ..SampleOptions::default()
+    };
+    build_sample(dir.path(), &opts).expect("sample");
+    std::fs::write(dir.path().join("ks.cfg"), "text\n").expect("ks");
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 8 << 20]).expect("big");
+    let ms = std::time::Duration::from_millis;
+    let cases: &[(&[&str], u64, &str, i32)] = &[
+        (&["--implant-md5"], 300, "INT", 130),
+        (
+            &["--mode", "direct", "--add", "big.bin:/big.bin"],
+            150,
+            "TERM",
+            143,
+        ),
+        (&["--mode", "copy"], 400, "INT", 130),
+        (&["--mode", "copy"], 1500, "TERM", 143),
+    ];
+    let mut worst = 0f64;
+    for (extra, delay, sig, code) in cases {
+        let mut args = vec!["df_sample.iso", "-o", "out.iso", "--kickstart", "ks.cfg"];
+        args.extend_from_slice(extra);
+        let (got, secs, err) = interrupted(dir.path(), &args, ms(*delay), sig);
+        worst = worst.max(secs);
+        assert_eq!(got, Some(*code), "{args:?}: {err}");
+        assert!(secs < 1.0, "{args:?}: {secs:.2} s after SIG{sig}");
+        assert!(err.contains("no output written"), "{args:?}: {err}");
+        assert!(!dir.path().join("out.iso").exists(), "{args:?}");
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{args:?}: {:?}",
+            leftovers(dir.path())
+        );
+    }
+    eprintln!("slowest stop after a signal: {worst:.3} s");
+
+    // In place (--force): the MD5 of the result is computed before any byte is written,
+    // so a signal then leaves the input as it was.
+    let head = |p: &Path| {
+        use std::io::Read;
+        let mut b = vec![0u8; 8 << 20];
+        std::fs::File::open(p)
+            .expect("open")
+            .read_exact(&mut b)
+            .expect("read");
+        b
+    };
+    let before = head(&dir.path().join("df_sample.iso"));
+    let args = [
+        "df_sample.iso",
+        "--force",
+        "--kickstart",
+        "ks.cfg",
+        "--implant-md5",
+    ];
+    let (got, secs, err) = interrupted(dir.path(), &args, ms(200), "INT");
+    assert_eq!(got, Some(130), "{err}");
+    assert!(secs < 1.0, "in place: {secs:.2} s");
+    assert!(err.contains("input unchanged"), "{err}");
+    assert!(
+        head(&dir.path().join("df_sample.iso")) == before,
+        "input edited"
+    );
+
+    // SIGKILL cannot be caught: the run directory stays until cleanup.
+    let args = ["df_sample.iso", "-o", "out.iso", "--mode", "copy"];
+    let (got, _, _) = interrupted(dir.path(), &args, ms(800), "KILL");
+    assert_eq!(got, None, "killed by a signal");
+    let left = leftovers(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(".iso-remaster-run-"), "{left:?}");
+    let out = run(&["cleanup", "."], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&left[0]),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(leftovers(dir.path()).is_empty());
+    assert!(!dir.path().join("out.iso").exists());
+}
