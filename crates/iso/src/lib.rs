@@ -17,9 +17,9 @@
 use std::path::{Path, PathBuf};
 
 // Public: what users read or call. The rest is how remastering works inside; its layers
-// (leaf first): md5core, iso9660 → boot, isomd5, bootcfg → fat, inspect → request, changes →
-// patch → output → resolve, replay, rebuild → kernel → remaster (checked by xtask's tidy
-// test for import cycles).
+// (leaf first): cancel, md5core, iso9660 → exec, boot, isomd5, bootcfg → grubimg, fat,
+// inspect → request, changes → patch → output → resolve, replay, rebuild → kernel →
+// remaster (checked by xtask's tidy test for import cycles).
 pub mod boot;
 pub mod bootcfg;
 mod cancel;

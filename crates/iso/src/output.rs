@@ -16,7 +16,8 @@ pub(crate) const IO_BUF: usize = 4 << 20;
 /// Bytes per `copy_file_range` call (a cancel is noticed between two).
 const COPY_CHUNK: u64 = 16 << 20;
 
-/// Prefix of a run directory ([`Scratch`]); [`cleanup`] removes stale ones.
+/// Prefix of a run directory (`.iso-remaster-run-XXXXXX` next to the output, holding its
+/// temporary file and scratch files); [`cleanup`] removes the ones of killed runs.
 pub const RUN_DIR_PREFIX: &str = ".iso-remaster-run-";
 /// The lock file inside a run directory, held (`flock`) while its run is alive.
 const LOCK_FILE: &str = "lock";
