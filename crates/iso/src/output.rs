@@ -21,6 +21,8 @@ const COPY_CHUNK: u64 = 16 << 20;
 pub const RUN_DIR_PREFIX: &str = ".iso-remaster-run-";
 /// The lock file inside a run directory, held (`flock`) while its run is alive.
 const LOCK_FILE: &str = "lock";
+/// A run directory without a lock file is only removed once it is this old.
+const STALE_WITHOUT_LOCK: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The run directory: created on first use (patch mode usually needs none, and on a busy
 /// ext4 creating and removing one costs more than the edit itself) as
@@ -76,11 +78,24 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         let lock_path = path.join(LOCK_FILE);
-        if let Ok(lock) = File::open(&lock_path) {
-            let free =
-                rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive);
-            if free.is_err() {
-                continue; // a live run
+        match File::open(&lock_path) {
+            Ok(lock) => {
+                let op = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+                if rustix::fs::flock(&lock, op).is_err() {
+                    continue; // a live run
+                }
+            }
+            // A run between creating its directory and its lock file: leave it, unless it
+            // is old (killed in that instant).
+            Err(_) => {
+                let age = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if age < STALE_WITHOUT_LOCK {
+                    continue;
+                }
             }
         }
         let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
