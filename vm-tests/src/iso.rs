@@ -363,17 +363,23 @@ fn iso_remaster_bin() -> Result<std::path::PathBuf> {
     Ok(bin)
 }
 
-/// Loop devices backed by `file`.
+/// Loop devices backed by `file`, matched on its last two path components: inside the
+/// VM's chroot the kernel shows the path outside it (`/host/…`), and once the mount
+/// namespace it was opened in is gone, the path relative to its filesystem.
 fn loops_of(file: &std::path::Path) -> Vec<String> {
-    let name = std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_owned())
-        .display()
-        .to_string();
+    let tail = |p: &std::path::Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let dir = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        format!("/{}/{}", dir.unwrap_or_default(), name.unwrap_or_default())
+    };
+    let want = tail(file);
     KernelState::capture()
         .loops
         .into_iter()
-        // Inside the VM's chroot the kernel shows the path outside it (`/host/…`).
-        .filter(|l| l.ends_with(&name))
+        .filter(|l| l.ends_with(&want))
         .collect()
 }
 
@@ -502,13 +508,32 @@ fn kernel_sigkill() -> Result<()> {
         let settle = std::time::Duration::from_millis(300);
         let (got, _, _) = kernel_run_signalled(&iso, &out, mode, settle, "KILL")?;
         ensure!(got.is_none(), "{mode}: not killed by the signal");
-        // The namespace goes with the process; the kernel detaches on the last close.
+        // The namespace goes with the process (and with the programs it ran, killed by
+        // PDEATHSIG); the kernel detaches on the last close. Under TCG that can take a
+        // few seconds.
         let t = std::time::Instant::now();
-        while !loops_of(&iso).is_empty() && t.elapsed().as_secs() < 5 {
+        while !loops_of(&iso).is_empty() && t.elapsed().as_secs() < 30 {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        eprintln!(
+            "{mode}: loop device gone {:.2} s after SIGKILL",
+            t.elapsed().as_secs_f64()
+        );
         let now = KernelState::capture();
-        ensure!(now.loops == before.loops, "{mode}: loops {:?}", now.loops);
+        if now.loops != before.loops {
+            let flags: Vec<String> = loops_of(&iso)
+                .iter()
+                .filter_map(|l| l.split('=').next())
+                .map(|d| {
+                    let f = format!("/sys/block/{d}/loop/autoclear");
+                    format!(
+                        "{d} autoclear={}",
+                        std::fs::read_to_string(f).unwrap_or_default().trim()
+                    )
+                })
+                .collect();
+            anyhow::bail!("{mode}: loops {:?} ({flags:?})", now.loops);
+        }
         ensure!(
             now.mounts == before.mounts,
             "{mode}: mounts {:?}",
