@@ -174,7 +174,9 @@ pub fn rebuild(
 ) -> Result<()> {
     let args = mkisofs_boot_args(input, insp, changes, scratch)?;
     let c = Cmd::new("xorriso")
-        .args(["-as", "mkisofs"])
+        // A file it cannot read (EIO from the mounted view) is a SORRY: fail on it
+        // rather than write an image without it.
+        .args(["-return_with", "SORRY", "32", "-as", "mkisofs"])
         .args(args)
         .arg("-o")
         .arg(output)
