@@ -338,8 +338,16 @@ fn patch_mode_with_output_and_in_place() -> R {
     std::fs::write(&ks, "text\n")?;
     let mut req = Request::new(&inplace);
     req.kickstart = Some(ks);
+    req.implant_md5 = true;
+    // Issue 13 defect 7: not crash-safe, so refused without --force, input untouched.
+    let e = remaster(&req, &mut |_| {}).expect_err("in place without force");
+    assert!(e.to_string().contains("not crash-safe"), "{e}");
+    assert_eq!(std::fs::read(&inplace)?, orig);
+    req.force = true;
     let o = remaster(&req, &mut |_| {})?;
     assert!(o.in_place && o.mode == Mode::Patch);
+    // The MD5 was computed before any byte went out, and it matches.
+    Cmd::new("checkisomd5").arg(&inplace).run()?;
     let after = std::fs::read(&inplace)?;
     assert_eq!(after.len(), orig.len());
     let changed = orig
@@ -834,6 +842,197 @@ fn installer_fixture_kickstart_in_patch_and_direct() -> R {
                 assert!(text.contains(&arg), "{esp:?} {mode} efi {cfg}:\n{text}");
             }
         }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- hostile and damaged input
+//
+// Each crafted image starts as the valid xorriso sample and gets a few bytes patched at the
+// offsets our reader reports. Every remaster must refuse it before writing anything (no
+// output, no temporary file, in well under the time a copy would take) and `inspect` must
+// list what is wrong.
+
+/// Overwrite `bytes` at `off` of `iso`.
+fn poke(iso: &Path, off: u64, bytes: &[u8]) -> R {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(iso)?;
+    f.write_all_at(bytes, off)?;
+    Ok(())
+}
+
+/// An ISO 9660 both-endian 32-bit field.
+fn both32(v: u32) -> [u8; 8] {
+    let mut o = [0u8; 8];
+    o[..4].copy_from_slice(&v.to_le_bytes());
+    o[4..].copy_from_slice(&v.to_be_bytes());
+    o
+}
+
+/// The primary tree of `iso` as our reader sees it.
+fn primary(iso: &Path) -> anyhow::Result<diskforge_iso::iso9660::Tree> {
+    let vol = diskforge_iso::iso9660::Volume::open(iso)?;
+    Ok(vol.tree(diskforge_iso::iso9660::TreeKind::Primary)?)
+}
+
+/// The byte offset of the directory record of `path` in the primary tree.
+fn record_of(iso: &Path, path: &str) -> anyhow::Result<u64> {
+    let t = primary(iso)?;
+    let n = t
+        .get(path)
+        .ok_or_else(|| anyhow::anyhow!("{path} not in the sample"))?;
+    Ok(n.records[0])
+}
+
+/// Remaster `iso` in every mode that runs unprivileged; each must fail with an error
+/// containing `needle`, leave nothing in `dir` but the input, and be quick.
+fn refused_everywhere(iso: &Path, dir: &Path, needle: &str) -> R {
+    let ks = dir.join("ks.cfg");
+    std::fs::write(&ks, "text\n")?;
+    for mode in [Mode::Auto, Mode::Patch, Mode::Direct, Mode::Copy] {
+        let mut req = Request::new(iso);
+        let out = dir.join("out.iso");
+        req.output = Some(out.clone());
+        req.mode = mode;
+        req.kickstart = Some(ks.clone());
+        let t = std::time::Instant::now();
+        let e = remaster(&req, &mut |_| {}).expect_err("a damaged image was remastered");
+        let msg = format!("{e:#}");
+        assert!(msg.contains(needle), "{mode}: {needle:?} not in {msg:?}");
+        assert!(
+            matches!(e, diskforge_iso::Error::Hostile { .. }),
+            "{mode}: {e:?}"
+        );
+        assert!(t.elapsed().as_secs() < 10, "{mode}: took {:?}", t.elapsed());
+        let left: Vec<String> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".iso-remaster") || n == "out.iso")
+            .collect();
+        assert!(left.is_empty(), "{mode}: left {left:?}");
+    }
+    Ok(())
+}
+
+/// The problem kinds `inspect` reports for `iso`.
+fn problem_kinds(iso: &Path) -> anyhow::Result<Vec<String>> {
+    let r = diskforge_iso::inspect(iso)?;
+    Ok(r.problems.iter().map(|p| format!("{:?}", p.kind)).collect())
+}
+
+/// Issue 13 defect 3: a record length of 0 in the middle of the root's block hid the
+/// entries after it, silently.
+#[test]
+fn zero_length_record_is_reported_and_refused() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let before = primary(&iso)?;
+    let docs = record_of(&iso, "/docs")?;
+    poke(&iso, docs, &[0])?;
+    let after = primary(&iso)?;
+    // The reader still cannot see past it (ECMA-119: continue at the next block) …
+    assert!(after.nodes.len() < before.nodes.len());
+    // … but says so, naming the directory.
+    let kinds = problem_kinds(&iso)?;
+    assert!(kinds.contains(&"ZeroLengthRecord".to_owned()), "{kinds:?}");
+    refused_everywhere(&iso, dir.path(), "record length 0")
+}
+
+/// Issue 13 defect 8: a directory pointing back at the root made the xorriso fallback
+/// hang; detected by our reader before any program runs.
+#[test]
+fn directory_loop_is_refused_before_xorriso_runs() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let root_lba = primary(&iso)?.dirs["/"].lba;
+    let boot_grub = record_of(&iso, "/boot/grub")?;
+    poke(&iso, boot_grub + 2, &both32(root_lba))?;
+    let kinds = problem_kinds(&iso)?;
+    assert!(kinds.contains(&"DirectoryLoop".to_owned()), "{kinds:?}");
+    refused_everywhere(&iso, dir.path(), "directory loop")
+}
+
+/// Issue 13 defect 9: a file size past the end (4 GiB) was written out in full before
+/// failing; extents are validated before anything is written.
+#[test]
+fn extent_past_the_end_is_refused_before_writing() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let rec = record_of(&iso, "/docs/README.txt")?;
+    poke(&iso, rec + 10, &both32(0xffff_f000))?;
+    let kinds = problem_kinds(&iso)?;
+    assert!(kinds.contains(&"ExtentPastEnd".to_owned()), "{kinds:?}");
+    refused_everywhere(&iso, dir.path(), "/docs/README.txt")
+}
+
+/// Issue 13 defect 4: a truncated image (half of it gone) inspected without a word.
+#[test]
+fn truncated_image_is_reported_and_refused() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let len = std::fs::metadata(&iso)?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&iso)?
+        .set_len(len / 2 / 2048 * 2048)?;
+    let kinds = problem_kinds(&iso)?;
+    assert!(kinds.contains(&"VolumePastEnd".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&"ExtentPastEnd".to_owned()), "{kinds:?}");
+    refused_everywhere(&iso, dir.path(), "past the end")
+}
+
+/// Issue 13 defect 2 (the reader's half): Rock Ridge names with `/` made the kernel's view
+/// return EIO and the kernel modes drop files; refused up front in every mode.
+#[test]
+fn rock_ridge_name_with_a_slash_is_refused() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let rec = record_of(&iso, "/docs/README.txt")?;
+    let mut buf = vec![0u8; 255];
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::open(&iso)?.read_exact_at(&mut buf, rec)?;
+    }
+    let len = usize::from(buf[0]);
+    let nm = buf[..len]
+        .windows(2)
+        .position(|w| w == b"NM")
+        .ok_or_else(|| anyhow::anyhow!("no NM entry"))?;
+    // NM: signature, length, version, flags, then the name: "README.txt" -> "RE/DME.txt".
+    assert_eq!(&buf[nm + 5..nm + 7], b"RE");
+    poke(&iso, rec + nm as u64 + 7, b"/")?;
+    let kinds = problem_kinds(&iso)?;
+    assert!(kinds.contains(&"BadName".to_owned()), "{kinds:?}");
+    refused_everywhere(&iso, dir.path(), "RE/DME.txt")
+}
+
+/// Issue 13 defect 10: a volume space larger than the file: copy mode returned 0 without a
+/// warning. It still works (every extent is inside the file) and says so.
+#[test]
+fn volume_space_past_the_end_warns() -> R {
+    let dir = tempfile::tempdir()?;
+    let iso = sample(dir.path(), false)?;
+    let vol = diskforge_iso::iso9660::Volume::open(&iso)?;
+    let blocks = vol.primary.volume_blocks;
+    poke(
+        &iso,
+        u64::from(vol.primary.lba) * 2048 + 80,
+        &both32(blocks + 1000),
+    )?;
+    assert_eq!(problem_kinds(&iso)?, ["VolumePastEnd"]);
+    for mode in [Mode::Copy, Mode::Direct] {
+        let mut req = Request::new(&iso);
+        let out = dir.path().join(format!("{mode}.iso"));
+        req.output = Some(out.clone());
+        req.mode = mode;
+        req.volid = Some("NEWVOL".into());
+        let o = remaster(&req, &mut |_| {})?;
+        assert!(
+            o.warnings.iter().any(|w| w.contains("volume space")),
+            "{mode}: {:?}",
+            o.warnings
+        );
+        assert!(out.is_file());
     }
     Ok(())
 }

@@ -30,6 +30,15 @@ pub fn tests() -> Vec<Trial> {
             "iso::kernel_reads_rewritten_directories_in_every_view",
             rewritten_directories,
         ),
+        trial(
+            "iso::kernel_modes_refuse_rock_ridge_names_with_a_slash",
+            refuse_bad_names,
+        ),
+        trial(
+            "iso::kernel_modes_stop_on_sigint_and_sigterm",
+            kernel_signals,
+        ),
+        trial("iso::kernel_modes_leak_nothing_on_sigkill", kernel_sigkill),
         // --- fixture boot checks (iso-fixture) go below this line ---
     ]
 }
@@ -284,6 +293,267 @@ fn failure_releases() -> Result<()> {
             "{mode}: {:?}",
             now.loops_under(dir.path())
         );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- hostile input, signals
+
+/// Issue 13 defect 2: Rock Ridge names with `/` made the mounted view return EIO and the
+/// overlay and bind modes publish an image with a fraction of the files, rc 0. Our reader
+/// refuses the image before mounting (and a rebuild is compared with the input's file list
+/// before it is published); nothing is left mounted or attached.
+fn refuse_bad_names() -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let dir = diskforge_testutil::scratch_dir();
+    let iso = build_sample(dir.path(), &SampleOptions::default())?;
+    let vol = diskforge_iso::iso9660::Volume::open(&iso)?;
+    let tree = vol.tree(diskforge_iso::iso9660::TreeKind::Primary)?;
+    let rec = tree
+        .get("/docs/README.txt")
+        .context("README in the sample")?
+        .records[0];
+    let mut buf = vec![0u8; 255];
+    std::fs::File::open(&iso)?.read_exact_at(&mut buf, rec)?;
+    let nm = buf[..usize::from(buf[0])]
+        .windows(2)
+        .position(|w| w == b"NM")
+        .context("NM entry")?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&iso)?
+        .write_all_at(b"/", rec + nm as u64 + 7)?;
+    let before = KernelState::capture();
+    for mode in [Mode::Overlay, Mode::Bind, Mode::Copy] {
+        let out = dir.path().join("out.iso");
+        let mut req = Request::new(&iso);
+        req.output = Some(out.clone());
+        req.mode = mode;
+        req.volid = Some("RENAMED".into());
+        let err = match remaster(&req, &mut |_| {}) {
+            Ok(o) => anyhow::bail!("{mode}: remastered a damaged image: {:?}", o.steps),
+            Err(e) => e,
+        };
+        ensure!(
+            matches!(err, diskforge_iso::Error::Hostile { .. }),
+            "{mode}: {err:?}"
+        );
+        ensure!(err.to_string().contains("RE/DME.txt"), "{mode}: {err}");
+        ensure!(!out.exists(), "{mode}: left an output");
+    }
+    let now = KernelState::capture();
+    ensure!(now.loops == before.loops, "loops: {:?}", now.loops);
+    ensure!(now.mounts == before.mounts, "mounts: {:?}", now.mounts);
+    Ok(())
+}
+
+/// The `iso-remaster` binary next to this one (`cargo test --workspace`, which CI runs
+/// before the VM tests, builds it).
+fn iso_remaster_bin() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("vm-tests has a directory")?
+        .join("iso-remaster");
+    ensure!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p iso-remaster` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Loop devices backed by `file`, matched on its last two path components: inside the
+/// VM's chroot the kernel shows the path outside it (`/host/…`), and once the mount
+/// namespace it was opened in is gone, the path relative to its filesystem.
+fn loops_of(file: &std::path::Path) -> Vec<String> {
+    let tail = |p: &std::path::Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let dir = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        format!("/{}/{}", dir.unwrap_or_default(), name.unwrap_or_default())
+    };
+    let want = tail(file);
+    KernelState::capture()
+        .loops
+        .into_iter()
+        .filter(|l| l.ends_with(&want))
+        .collect()
+}
+
+/// Start `iso-remaster IN -o OUT --mode MODE --volid RENAMED`, wait until its loop device
+/// is attached plus `settle`, send `sig`; the exit code, seconds from the signal to the exit,
+/// and stderr.
+fn kernel_run_signalled(
+    iso: &std::path::Path,
+    out: &std::path::Path,
+    mode: &str,
+    settle: std::time::Duration,
+    sig: &str,
+) -> Result<(Option<i32>, f64, String)> {
+    use std::time::{Duration, Instant};
+    let child = Cmd::new(iso_remaster_bin()?)
+        .arg(iso)
+        .arg("-o")
+        .arg(out)
+        .args(["--mode", mode, "--volid", "RENAMED"])
+        .spawn_streaming()?;
+    let mut child = child;
+    let pid = child.pid().context("pid")?;
+    let t = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while loops_of(iso).is_empty() {
+        seen.extend(KernelState::capture().loops);
+        if child.try_wait()?.is_some() {
+            let fin = child.finish(Duration::ZERO)?;
+            anyhow::bail!(
+                "{mode}: finished ({}) after {:.1} s before a loop device of {} showed up \
+                 (loops seen: {seen:?}): {}",
+                fin.status,
+                t.elapsed().as_secs_f64(),
+                iso.display(),
+                fin.stderr
+            );
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "{mode}: no loop device"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(settle);
+    ensure!(
+        child.try_wait()?.is_none(),
+        "{mode}: finished before the signal (image too small)"
+    );
+    Cmd::new("kill").args(["-s", sig, &pid.to_string()]).run()?;
+    let t = Instant::now();
+    while child.try_wait()?.is_none() {
+        ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "{mode}: ignored SIG{sig}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let fin = child.finish(Duration::ZERO)?;
+    Ok((fin.status.code(), secs, fin.stderr))
+}
+
+/// Issue 13 defect 5 in the kernel modes: SIGINT/SIGTERM while mounted stop the run within
+/// a second, unmount, detach, remove the run directory, exit 130/143 and say that no output
+/// was written.
+fn kernel_signals() -> Result<()> {
+    let dir = diskforge_testutil::scratch_dir();
+    let opts = SampleOptions {
+        filler_bytes: 300 << 20,
+        ..SampleOptions::default()
+    };
+    let iso = build_sample(dir.path(), &opts)?;
+    let before = KernelState::capture();
+    let mut worst = 0f64;
+    for (mode, sig, code) in [
+        ("overlay", "INT", 130),
+        ("bind", "TERM", 143),
+        ("copy", "INT", 130),
+        ("overlay", "TERM", 143),
+    ] {
+        let out = dir.path().join("out.iso");
+        let settle = std::time::Duration::from_millis(300);
+        let (got, secs, err) = kernel_run_signalled(&iso, &out, mode, settle, sig)?;
+        worst = worst.max(secs);
+        ensure!(got == Some(code), "{mode}/{sig}: exit {got:?}: {err}");
+        ensure!(secs < 1.0, "{mode}/{sig}: {secs:.2} s to stop");
+        ensure!(err.contains("no output written"), "{mode}/{sig}: {err}");
+        ensure!(!out.exists(), "{mode}/{sig}: output left");
+        let left: Vec<String> = std::fs::read_dir(dir.path())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".iso-remaster"))
+            .collect();
+        ensure!(left.is_empty(), "{mode}/{sig}: left {left:?}");
+        let now = KernelState::capture();
+        ensure!(
+            now.loops == before.loops,
+            "{mode}/{sig}: loops {:?}",
+            now.loops
+        );
+        ensure!(
+            now.mounts == before.mounts,
+            "{mode}/{sig}: mounts {:?}",
+            now.mounts
+        );
+    }
+    eprintln!("slowest stop after a signal: {worst:.3} s");
+    Ok(())
+}
+
+/// Issue 13 defect 6: SIGKILL while mounted leaked the loop device, the iso9660 and
+/// overlay mounts, the temporary file and the work dir. Now the mounts are in the
+/// process's private mount namespace and the loop device autoclears: both are gone as soon
+/// as the process is; the run directory stays until the next run or `iso-remaster cleanup`
+/// removes it.
+fn kernel_sigkill() -> Result<()> {
+    let dir = diskforge_testutil::scratch_dir();
+    let opts = SampleOptions {
+        filler_bytes: 300 << 20,
+        ..SampleOptions::default()
+    };
+    let iso = build_sample(dir.path(), &opts)?;
+    let before = KernelState::capture();
+    for mode in ["overlay", "bind", "copy"] {
+        let out = dir.path().join("out.iso");
+        let settle = std::time::Duration::from_millis(300);
+        let (got, _, _) = kernel_run_signalled(&iso, &out, mode, settle, "KILL")?;
+        ensure!(got.is_none(), "{mode}: not killed by the signal");
+        // The namespace goes with the process (and with the programs it ran, killed by
+        // PDEATHSIG); the kernel detaches on the last close. Under TCG that can take a
+        // few seconds.
+        let t = std::time::Instant::now();
+        while !loops_of(&iso).is_empty() && t.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!(
+            "{mode}: loop device gone {:.2} s after SIGKILL",
+            t.elapsed().as_secs_f64()
+        );
+        let now = KernelState::capture();
+        if now.loops != before.loops {
+            let flags: Vec<String> = loops_of(&iso)
+                .iter()
+                .filter_map(|l| l.split('=').next())
+                .map(|d| {
+                    let f = format!("/sys/block/{d}/loop/autoclear");
+                    format!(
+                        "{d} autoclear={}",
+                        std::fs::read_to_string(f).unwrap_or_default().trim()
+                    )
+                })
+                .collect();
+            anyhow::bail!("{mode}: loops {:?} ({flags:?})", now.loops);
+        }
+        ensure!(
+            now.mounts == before.mounts,
+            "{mode}: mounts {:?}",
+            now.mounts
+        );
+        ensure!(!out.exists(), "{mode}: output left");
+        let out = Cmd::new(iso_remaster_bin()?)
+            .args(["cleanup"])
+            .arg(dir.path())
+            .read()?;
+        ensure!(
+            out.contains(".iso-remaster-run-"),
+            "{mode}: cleanup said {out:?}"
+        );
+        let left: Vec<String> = std::fs::read_dir(dir.path())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".iso-remaster"))
+            .collect();
+        ensure!(left.is_empty(), "{mode}: left {left:?}");
     }
     Ok(())
 }

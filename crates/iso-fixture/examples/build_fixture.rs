@@ -1,7 +1,7 @@
 //! Build the fixture ISO and print its facts as JSON.
 //!
 //! `cargo run -p diskforge-iso-fixture --example build_fixture -- DIR [--volid V]
-//! [--filler-bytes N] [--filler-files N] [--no-uefi] [--esp-appended]`
+//! [--filler-bytes N] [--filler-files N] [--no-uefi] [--esp-appended] [--grub-embedded-search]`
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let Some(dir) = args.next() else {
         eprintln!(
-            "usage: build_fixture DIR [--volid V] [--filler-bytes N] [--filler-files N] [--no-uefi] [--esp-appended] [--iso-name NAME]"
+            "usage: build_fixture DIR [--volid V] [--filler-bytes N] [--filler-files N] [--no-uefi] [--esp-appended] [--grub-embedded-search] [--iso-name NAME]"
         );
         return ExitCode::from(2);
     };
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         let res: Result<(), String> = (|| {
             match a.as_str() {
                 "--volid" => spec.volid = value("--volid")?,
+                "--grub-embedded-search" => spec.grub_embedded_search = true,
                 "--iso-name" => spec.iso_name = value("--iso-name")?,
                 "--filler-bytes" => {
                     spec.filler_bytes = value("--filler-bytes")?

@@ -81,6 +81,17 @@ pub fn grub_cfg(volid: &str, extra: &str) -> String {
     s
 }
 
+/// The config built into `BOOTX64.EFI` with [`crate::FixtureSpec::grub_embedded_search`]:
+/// find the medium by its label, then read `EFI/BOOT/grub.cfg` from it. `root` is cleared
+/// first: GRUB's default root is the device it was loaded from, which on an El Torito boot
+/// is the whole CD, and would find the config even when the label search fails.
+pub fn embedded_grub_cfg(volid: &str) -> String {
+    format!(
+        "set root=\nsearch --no-floppy --set=root --label '{volid}'\n\
+         set prefix=($root)/EFI/BOOT\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

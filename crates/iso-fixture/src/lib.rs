@@ -151,6 +151,11 @@ pub struct FixtureSpec {
     /// Extra kernel arguments appended to every boot entry (as a remaster tool would add
     /// `inst.ks=…`). Default empty.
     pub extra_args: String,
+    /// Build a config into `BOOTX64.EFI` (`grub-mkimage -c`) that finds the medium by its
+    /// label (`search --label VOLID`, then `prefix=($root)/EFI/BOOT`), and leave
+    /// `grub.cfg` out of the FAT image, as distributions whose GRUB has its search built
+    /// in do: UEFI boot then depends on the label inside the binary. Default false.
+    pub grub_embedded_search: bool,
     /// Every timestamp in the ISO and the FAT image (seconds since 1970), so the same spec
     /// gives the same bytes. Default `$SOURCE_DATE_EPOCH`, else [`DEFAULT_EPOCH`].
     pub source_date_epoch: u64,
@@ -174,6 +179,7 @@ impl FixtureSpec {
             keep_tree: false,
             extra_files: Vec::new(),
             extra_args: String::new(),
+            grub_embedded_search: false,
             source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -468,26 +474,52 @@ pub fn build_with_progress(
         progress(Progress::EfiImage);
         mkdirs(&tree.join("EFI/BOOT"))?;
         write(&tree.join("EFI/BOOT/grub.cfg"), &grub_cfg)?;
-        Cmd::new("grub-mkimage")
-            .args([
-                "-O",
-                "x86_64-efi",
-                "-p",
-                "/EFI/BOOT",
-                "-d",
-                host::GRUB_EFI_DIR,
-                "-o",
-            ])
+        let mut mkimage = Cmd::new("grub-mkimage").args([
+            "-O",
+            "x86_64-efi",
+            "-p",
+            "/EFI/BOOT",
+            "-d",
+            host::GRUB_EFI_DIR,
+        ]);
+        if spec.grub_embedded_search {
+            let early = spec.dir.join("early-grub.cfg");
+            write(&early, configs::embedded_grub_cfg(&spec.volid))?;
+            mkimage = mkimage.arg("-c").arg(&early);
+        }
+        mkimage
+            .arg("-o")
             .arg(tree.join("EFI/BOOT/BOOTX64.EFI"))
             .args(GRUB_MODULES)
             .run()
             .map_err(tool("building BOOTX64.EFI with grub-mkimage"))?;
         set_times(&tree.join("EFI"), spec.source_date_epoch)?;
-        make_efiboot(
-            &tree.join("EFI"),
-            &efiboot_path(spec, &tree),
-            spec.source_date_epoch,
-        )?;
+        if spec.grub_embedded_search {
+            // Only the binary in the FAT image: its built-in search must find the medium.
+            let stage = spec.dir.join("efi-stage");
+            mkdirs(&stage.join("EFI/BOOT"))?;
+            copy(
+                &tree.join("EFI/BOOT/BOOTX64.EFI"),
+                &stage.join("EFI/BOOT/BOOTX64.EFI"),
+            )?;
+            set_times(&stage.join("EFI"), spec.source_date_epoch)?;
+            make_efiboot(
+                &stage.join("EFI"),
+                &efiboot_path(spec, &tree),
+                spec.source_date_epoch,
+            )?;
+            std::fs::remove_dir_all(&stage).map_err(|source| Error::Io {
+                action: "removing",
+                path: stage.clone(),
+                source,
+            })?;
+        } else {
+            make_efiboot(
+                &tree.join("EFI"),
+                &efiboot_path(spec, &tree),
+                spec.source_date_epoch,
+            )?;
+        }
         tree_configs.insert(1, "EFI/BOOT/grub.cfg".into());
     }
     for (dest, data) in &spec.extra_files {
@@ -555,7 +587,7 @@ pub fn build_with_progress(
         tree_configs,
         efiboot: (spec.uefi && !appended).then(|| efiboot_tree.to_owned()),
         esp_partition: appended.then_some(2),
-        efiboot_configs: if spec.uefi {
+        efiboot_configs: if spec.uefi && !spec.grub_embedded_search {
             vec!["EFI/BOOT/grub.cfg".into()]
         } else {
             Vec::new()

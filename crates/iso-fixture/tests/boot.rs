@@ -204,3 +204,53 @@ fn ovmf_hard_disk_boots_the_remastered_and_grown_appended_esp() {
         "GRUB, not isolinux, should have booted"
     );
 }
+
+/// Issue 13 defect 1: `--volid` with a GRUB whose `search --label` is built into
+/// `BOOTX64.EFI` (and no `grub.cfg` in the FAT image): OVMF stopped at `grub>` because the
+/// binary still searched for the old label. The remaster rewrites the built-in config (in
+/// the FAT image and on the tree) and the result boots under OVMF; a new id that does not
+/// fit the built-in config is refused, naming the file, unless forced.
+#[test]
+fn ovmf_boots_after_volid_change_with_the_label_built_into_grub() {
+    let dir = diskforge_testutil::scratch_dir();
+    let f = fixture(dir.path(), EspLayout::InTree, |s| {
+        s.grub_embedded_search = true;
+    });
+    assert!(f.efiboot_configs.is_empty(), "no grub.cfg in the FAT image");
+    let new = "DF-RENAMED";
+    let out = dir.path().join("renamed.iso");
+    let mut req = Request::new(&f.iso);
+    req.output = Some(out.clone());
+    req.volid = Some(new.into());
+    let o = remaster(&req, &mut |_| {}).unwrap();
+    assert!(
+        o.configs
+            .iter()
+            .any(|c| c.ends_with("::/EFI/BOOT/BOOTX64.EFI")),
+        "{:?}",
+        o.configs
+    );
+    let r = boot_ok(&out, new, Firmware::Ovmf);
+    assert_eq!(r.medium.as_deref(), Some("/dev/sr0"));
+
+    // 32 characters: 8 more than the old id, more than the built-in config's padding.
+    let long = "DF-A-VOLUME-ID-OF-32-CHARACTERS!";
+    assert_eq!(long.len(), 32);
+    let refused = dir.path().join("refused.iso");
+    req.output = Some(refused.clone());
+    req.volid = Some(long.into());
+    let e = remaster(&req, &mut |_| {}).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("BOOTX64.EFI") && msg.contains("has room for"),
+        "{msg}"
+    );
+    assert!(!refused.exists());
+    req.force = true;
+    let o = remaster(&req, &mut |_| {}).unwrap();
+    assert!(
+        o.warnings.iter().any(|w| w.contains("BOOTX64.EFI")),
+        "{:?}",
+        o.warnings
+    );
+}

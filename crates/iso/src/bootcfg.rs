@@ -188,6 +188,14 @@ fn rename_label(line: &str, old: &str, new: &str) -> String {
     if line.trim_start().starts_with("search") {
         l = l.replace(&format!("'{old}'"), &format!("'{new}'"));
         l = l.replace(&format!("\"{old}\""), &format!("\"{new}\""));
+        // `search --label OLD` / `search -l OLD` without quotes (no spaces in the id).
+        if !old.contains(char::is_whitespace) && !new.contains(char::is_whitespace) {
+            l = l
+                .split(' ')
+                .map(|t| if t == old { new } else { t })
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
     }
     l
 }

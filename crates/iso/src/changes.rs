@@ -68,6 +68,9 @@ pub struct Changes {
     pub raw: Vec<RawWrite>,
     /// Boot configs edited (ISO paths, and `IMAGE::/path` inside FAT images).
     pub configs: Vec<String>,
+    /// What the caller should hear (a boot file left naming the old volume id under
+    /// `--force`).
+    pub warnings: Vec<String>,
 }
 
 impl Changes {

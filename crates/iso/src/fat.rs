@@ -28,7 +28,8 @@ fn mtools(program: &str, image: &Path) -> Cmd {
 
 /// Every file path (`/EFI/BOOT/grub.cfg` style) in the image.
 pub fn list_files(image: &Path) -> Result<Vec<String>> {
-    let out = mtools("mdir", image).args(["-/", "-b", "::/"]).read()?;
+    let c = mtools("mdir", image).args(["-/", "-b", "::/"]);
+    let out = crate::exec::run("listing the EFI image with mdir", c, crate::exec::QUICK)?;
     Ok(out
         .lines()
         .filter_map(|l| l.trim().strip_prefix("::"))
@@ -37,41 +38,88 @@ pub fn list_files(image: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Read one file out of the image.
-pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>> {
-    Ok(mtools("mtype", image)
-        .arg(format!("::{path}"))
-        .run()?
-        .stdout)
+/// Read one file out of the image (copied into `scratch`, so binaries stay intact).
+pub fn read_file(image: &Path, path: &str, scratch: &Path) -> Result<Vec<u8>> {
+    let out = scratch.join("fat-read-file");
+    if out.exists() {
+        std::fs::remove_file(&out).map_err(|e| Error::io("removing", &out, e))?;
+    }
+    let c = mtools("mcopy", image).arg(format!("::{path}")).arg(&out);
+    crate::exec::run(
+        "reading from the EFI image with mcopy",
+        c,
+        crate::exec::QUICK,
+    )?;
+    let data = std::fs::read(&out).map_err(|e| Error::io("reading", &out, e))?;
+    std::fs::remove_file(&out).map_err(|e| Error::io("removing", &out, e))?;
+    Ok(data)
 }
 
 /// Overwrite one file in the image with `data` (staged in `scratch`).
 pub fn write_file(image: &Path, path: &str, data: &[u8], scratch: &Path) -> Result<()> {
     let staged = scratch.join("fat-staged-file");
     std::fs::write(&staged, data).map_err(|e| Error::io("writing", &staged, e))?;
-    mtools("mcopy", image)
+    let c = mtools("mcopy", image)
         .arg("-o")
         .arg(&staged)
-        .arg(format!("::{path}"))
-        .run()?;
+        .arg(format!("::{path}"));
+    crate::exec::run(
+        "writing into the EFI image with mcopy",
+        c,
+        crate::exec::QUICK,
+    )?;
     std::fs::remove_file(&staged).map_err(|e| Error::io("removing", &staged, e))
 }
 
-/// Apply `edit` to every boot config (`grub.cfg`, `*linux.cfg`, …) in the image. Returns the
-/// paths changed (inside the image).
-pub fn edit_configs(image: &Path, edit: &ConfigEdit, scratch: &Path) -> Result<Vec<String>> {
-    let mut changed = Vec::new();
+/// What editing the files of a FAT image did.
+#[derive(Debug, Default)]
+pub struct FatEdits {
+    /// Paths changed (inside the image).
+    pub changed: Vec<String>,
+    /// `(path, reason)` of the files that name the old volume id and cannot be rewritten
+    /// (left as they are).
+    pub refused: Vec<(String, String)>,
+}
+
+/// The new content of one file of a FAT image under `edit`: boot configs by their dialect,
+/// GRUB EFI binaries (`*.efi`) for a volume id change. `Ok(None)` when it does not change.
+fn edit_file(
+    path: &str,
+    old: &[u8],
+    edit: &ConfigEdit,
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    if let Some(d) = dialect(path) {
+        let new = edit_config(d, &String::from_utf8_lossy(old), edit);
+        return Ok((new.as_bytes() != old).then(|| new.into_bytes()));
+    }
+    match &edit.volid {
+        Some((o, n)) if path.to_ascii_lowercase().ends_with(".efi") => {
+            crate::grubimg::rewrite_volid(old, o, n)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Apply `edit` to every boot config (`grub.cfg`, `*linux.cfg`, …) and, for a volume id
+/// change, every GRUB EFI binary in the image.
+pub fn edit_configs(image: &Path, edit: &ConfigEdit, scratch: &Path) -> Result<FatEdits> {
+    let mut r = FatEdits::default();
     for path in list_files(image)? {
-        let Some(d) = dialect(&path) else { continue };
-        let old = read_file(image, &path)?;
-        let text = String::from_utf8_lossy(&old);
-        let new = edit_config(d, &text, edit);
-        if new.as_bytes() != old.as_slice() {
-            write_file(image, &path, new.as_bytes(), scratch)?;
-            changed.push(path);
+        let is_efi = path.to_ascii_lowercase().ends_with(".efi");
+        if dialect(&path).is_none() && !(is_efi && edit.volid.is_some()) {
+            continue;
+        }
+        let old = read_file(image, &path, scratch)?;
+        match edit_file(&path, &old, edit) {
+            Ok(Some(new)) => {
+                write_file(image, &path, &new, scratch)?;
+                r.changed.push(path);
+            }
+            Ok(None) => {}
+            Err(why) => r.refused.push((path, why)),
         }
     }
-    Ok(changed)
+    Ok(r)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -305,16 +353,21 @@ fn checksum(name: &[u8]) -> u8 {
     })
 }
 
-/// Apply `edit` to every boot config in the FAT image `img` held in memory, without any
-/// external program. Each new content must fill exactly as many clusters as the file has
-/// now; then the data is overwritten and the directory entry's size updated (the FAT itself
-/// is untouched). Returns `None`, with `img` unchanged, when the image is not a FAT we
-/// understand or an edit does not fit: use [`edit_configs`] (mtools) then.
-pub fn edit_configs_in_memory(img: &mut [u8], edit: &ConfigEdit) -> Option<Vec<String>> {
+/// Apply `edit` to every boot config (and, for a volume id change, every GRUB EFI binary)
+/// in the FAT image `img` held in memory, without any external program. Each new content
+/// must fill exactly as many clusters as the file has now; then the data is overwritten and
+/// the directory entry's size updated (the FAT itself is untouched). Returns `None`, with
+/// `img` unchanged, when the image is not a FAT we understand or an edit does not fit: use
+/// [`edit_configs`] (mtools) then.
+pub fn edit_configs_in_memory(img: &mut [u8], edit: &ConfigEdit) -> Option<FatEdits> {
     let fat = Fat::parse(img)?;
     let mut writes = Vec::new();
+    let mut refused = Vec::new();
     for f in fat.walk(img)? {
-        let Some(d) = dialect(&f.path) else { continue };
+        let is_efi = f.path.to_ascii_lowercase().ends_with(".efi");
+        if dialect(&f.path).is_none() && !(is_efi && edit.volid.is_some()) {
+            continue;
+        }
         let ranges = if f.first_cluster == 0 {
             Vec::new()
         } else {
@@ -328,16 +381,20 @@ pub fn edit_configs_in_memory(img: &mut [u8], edit: &ConfigEdit) -> Option<Vec<S
             return None;
         }
         old.truncate(f.size as usize);
-        let new = edit_config(d, &String::from_utf8_lossy(&old), edit);
-        if new.as_bytes() == old.as_slice() {
-            continue;
-        }
+        let new = match edit_file(&f.path, &old, edit) {
+            Ok(Some(new)) => new,
+            Ok(None) => continue,
+            Err(why) => {
+                refused.push((f.path.clone(), why));
+                continue;
+            }
+        };
         if new.len().div_ceil(fat.cluster_bytes) != ranges.len() {
             tracing::debug!(path = %f.path, "edited config needs other clusters: mtools");
             return None;
         }
         let size = u32::try_from(new.len()).ok()?;
-        writes.push((f, ranges, new.into_bytes(), size));
+        writes.push((f, ranges, new, size));
     }
     let mut changed = Vec::new();
     for (f, ranges, new, size) in writes {
@@ -352,7 +409,7 @@ pub fn edit_configs_in_memory(img: &mut [u8], edit: &ConfigEdit) -> Option<Vec<S
         img[f.offset + 28..f.offset + 32].copy_from_slice(&size.to_le_bytes());
         changed.push(f.path);
     }
-    Some(changed)
+    Some(FatEdits { changed, refused })
 }
 
 #[cfg(test)]
@@ -405,7 +462,7 @@ mod tests {
         for (bits, mib) in [("12", 2), ("16", 20), ("32", 40)] {
             let img = image(dir.path(), bits, mib, syslinux);
             let mut data = std::fs::read(&img).unwrap();
-            let mut changed = edit_configs_in_memory(&mut data, &edit()).unwrap();
+            let mut changed = edit_configs_in_memory(&mut data, &edit()).unwrap().changed;
             changed.sort();
             assert_eq!(
                 changed,
@@ -429,15 +486,20 @@ mod tests {
                     &edit(),
                 );
                 assert!(want.contains("inst.ks="));
-                assert_eq!(read_file(&img, path).unwrap(), want.as_bytes(), "FAT{bits}");
+                assert_eq!(
+                    read_file(&img, path, dir.path()).unwrap(),
+                    want.as_bytes(),
+                    "FAT{bits}"
+                );
             }
             assert_eq!(
-                read_file(&img, "/EFI/BOOT/BOOTX64.EFI").unwrap(),
+                read_file(&img, "/EFI/BOOT/BOOTX64.EFI", dir.path()).unwrap(),
                 [0x90; 5000]
             );
             // Same edit again: nothing left to change.
             let mut again = data.clone();
-            assert_eq!(edit_configs_in_memory(&mut again, &edit()), Some(vec![]));
+            let again_edits = edit_configs_in_memory(&mut again, &edit()).unwrap();
+            assert!(again_edits.changed.is_empty() && again_edits.refused.is_empty());
             assert_eq!(again, data);
         }
     }
@@ -456,10 +518,10 @@ mod tests {
         let img = image(dir.path(), "12", 2, &cfg);
         let orig = std::fs::read(&img).unwrap();
         let mut data = orig.clone();
-        assert_eq!(edit_configs_in_memory(&mut data, &edit()), None);
+        assert!(edit_configs_in_memory(&mut data, &edit()).is_none());
         assert!(data == orig, "image changed although the edit did not fit");
         // mtools does it, and the in-memory reader sees the result.
-        let changed = edit_configs(&img, &edit(), dir.path()).unwrap();
+        let changed = edit_configs(&img, &edit(), dir.path()).unwrap().changed;
         assert!(changed.contains(&"/EFI/BOOT/syslinux.cfg".to_owned()));
         fsck(&img);
         let fat = Fat::parse(&std::fs::read(&img).unwrap()).unwrap();
@@ -470,10 +532,10 @@ mod tests {
 
     #[test]
     fn not_fat_is_none() {
-        assert_eq!(edit_configs_in_memory(&mut [0u8; 4096], &edit()), None);
+        assert!(edit_configs_in_memory(&mut [0u8; 4096], &edit()).is_none());
         let mut zeros_with_sig = vec![0u8; 4096];
         zeros_with_sig[510] = 0x55;
         zeros_with_sig[511] = 0xaa;
-        assert_eq!(edit_configs_in_memory(&mut zeros_with_sig, &edit()), None);
+        assert!(edit_configs_in_memory(&mut zeros_with_sig, &edit()).is_none());
     }
 }

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use crate::Result;
 use crate::boot::{BootCatalog, Hybrid, Platform, read_catalog, read_hybrid};
-use crate::iso9660::{SECTOR, TreeKind, Volume, VolumeDescriptor};
+use crate::iso9660::{Problem, ProblemKind, SECTOR, TreeKind, Volume, VolumeDescriptor};
 use crate::isomd5::{APPDATA_OFFSET, APPDATA_SIZE, ImplantedMd5, parse_appdata};
+use crate::{Error, Result};
 
 /// The result of [`inspect`].
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,6 +34,31 @@ pub struct Inspection {
     pub hybrid: Hybrid,
     /// The implanted isomd5sum fields, when present.
     pub implanted_md5: Option<ImplantedMd5>,
+    /// What is wrong with the image (both trees and the boot structures), by offset;
+    /// empty for a sound image.
+    pub problems: Vec<Problem>,
+}
+
+impl Inspection {
+    /// Fail with [`Error::Hostile`] when a problem makes the image untrustworthy (every
+    /// [`ProblemKind::is_fatal`] one), so nothing is read through another program or written.
+    pub fn check(&self) -> Result<()> {
+        let fatal: Vec<&Problem> = self.problems.iter().filter(|p| p.kind.is_fatal()).collect();
+        match fatal.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Hostile {
+                path: self.path.clone().into(),
+                first: first.to_string(),
+                more: fatal.len() - 1,
+            }),
+        }
+    }
+
+    /// The problems that do not stop a remaster, as warning lines.
+    pub fn warnings(&self) -> Vec<String> {
+        let ok = self.problems.iter().filter(|p| !p.kind.is_fatal());
+        ok.map(|p| format!("{}: {p}", self.path)).collect()
+    }
 }
 
 /// Read the volume descriptors, the primary tree, the boot catalog, the system area and the
@@ -50,15 +75,34 @@ pub fn inspect_volume(vol: &Volume) -> Result<Inspection> {
 
 /// [`inspect_volume`] with the primary tree already walked (`vol.tree(TreeKind::Primary)`).
 pub fn inspect_with_tree(vol: &Volume, tree: &crate::iso9660::Tree) -> Result<Inspection> {
+    let mut problems = tree.problems.clone();
+    if vol.joliet.is_some() {
+        let joliet = vol.tree(TreeKind::Joliet)?;
+        problems.extend(joliet.problems.into_iter().map(|mut p| {
+            p.detail = format!("Joliet tree: {}", p.detail);
+            p
+        }));
+    }
     let hybrid = read_hybrid(vol)?;
     let el_torito = match vol.boot_catalog_lba {
-        Some(lba) => Some(read_catalog(vol, lba, tree, &hybrid.partition_ranges())?),
+        Some(lba) => match read_catalog(vol, lba, tree, &hybrid.partition_ranges()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(Problem {
+                    kind: ProblemKind::Unreadable,
+                    offset: u64::from(lba) * SECTOR,
+                    detail: format!("El Torito boot catalog: {e}"),
+                });
+                None
+            }
+        },
         None => None,
     };
     let area = vol.src.read_vec(
         u64::from(vol.primary.lba) * SECTOR + APPDATA_OFFSET,
         APPDATA_SIZE,
     )?;
+    problems.sort_by_key(|p| p.offset);
     let (file_count, file_bytes) = tree.file_stats();
     let dir_count = tree
         .nodes
@@ -78,6 +122,7 @@ pub fn inspect_with_tree(vol: &Volume, tree: &crate::iso9660::Tree) -> Result<In
         el_torito,
         hybrid,
         implanted_md5: parse_appdata(&area),
+        problems,
     })
 }
 

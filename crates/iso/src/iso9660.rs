@@ -7,7 +7,7 @@
 //! directory is visited once, recursion stops at [`MAX_DEPTH`], and SUSP continuation chains
 //! stop after [`MAX_CE`] hops.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -495,6 +495,20 @@ impl Volume {
 
     /// Read every record of the directory at `dir` (including `.` and `..`).
     pub fn read_dir(&self, dir: Extent, rr: bool) -> Result<Vec<Record>> {
+        self.read_dir_checked(dir, rr, "", &mut Vec::new())
+    }
+
+    /// [`Volume::read_dir`] that also reports, in `problems`, a record length of 0 followed
+    /// by more data in the same block (ECMA-119 9.1.1 says "continue at the next block", so
+    /// whatever follows is invisible to every reader: records dropped without a word).
+    /// `path` names the directory in the report.
+    fn read_dir_checked(
+        &self,
+        dir: Extent,
+        rr: bool,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Vec<Record>> {
         if u64::from(dir.len) > 64 << 20 {
             return Err(self
                 .src
@@ -507,7 +521,21 @@ impl Volume {
         while at < end {
             if buf[at] == 0 {
                 // Records never cross a block: a zero length byte means "next block".
-                at = (at / SECTOR as usize + 1) * SECTOR as usize;
+                let next = (at / SECTOR as usize + 1) * SECTOR as usize;
+                if let Some(skipped) = buf[at..next.min(end)].iter().rposition(|&b| b != 0) {
+                    problems.push(Problem {
+                        kind: ProblemKind::ZeroLengthRecord,
+                        offset: dir.offset() + at as u64,
+                        detail: format!(
+                            "directory {}: record length 0 followed by {} more bytes of \
+                             records in the same block; readers skip to the next block and \
+                             lose the entries there",
+                            if path.is_empty() { "/" } else { path },
+                            skipped
+                        ),
+                    });
+                }
+                at = next;
                 continue;
             }
             let rec = self.parse_record(&buf, at, dir.offset() + at as u64, rr)?;
@@ -526,43 +554,130 @@ impl Volume {
     }
 
     /// Walk a whole tree. Multi-extent files become one node with several extents.
+    ///
+    /// What is wrong but walkable is collected in [`Tree::problems`] instead of failing:
+    /// a directory whose extent was already visited (a loop, or a directory hard link),
+    /// extents past the end of the file, a zero record length hiding records, a directory
+    /// that cannot be read, Rock Ridge names no filesystem can hold (`/`, `.`, `..`), and a
+    /// volume space larger than the file. [`crate::Inspection::check`] turns the serious
+    /// ones into an error before anything is written.
     pub fn tree(&self, kind: TreeKind) -> Result<Tree> {
         let mut nodes = BTreeMap::new();
+        let mut problems = Vec::new();
         let Some(root) = self.root(kind) else {
             return Ok(Tree {
                 kind,
                 nodes,
                 dirs: BTreeMap::new(),
+                problems,
             });
         };
+        let file_len = self.src.len();
+        let volume_end = u64::from(self.primary.volume_blocks) * SECTOR;
+        if kind == TreeKind::Primary && volume_end > file_len {
+            problems.push(Problem {
+                kind: ProblemKind::VolumePastEnd,
+                offset: u64::from(self.primary.lba) * SECTOR + 80,
+                detail: format!(
+                    "volume space is {} blocks ({volume_end} bytes) but the file has only \
+                     {file_len} bytes: truncated image, or a wrong volume space size",
+                    self.primary.volume_blocks
+                ),
+            });
+        }
+        let past_end = |e: &Extent| e.offset().saturating_add(u64::from(e.len)) > file_len;
+        if past_end(&root) {
+            problems.push(Problem {
+                kind: ProblemKind::ExtentPastEnd,
+                offset: root.offset(),
+                detail: format!(
+                    "root directory extent (block {}, {} bytes) ends past the end of the file \
+                     ({file_len} bytes)",
+                    root.lba, root.len
+                ),
+            });
+            return Ok(Tree {
+                kind,
+                nodes,
+                dirs: BTreeMap::new(),
+                problems,
+            });
+        }
         let rr = kind == TreeKind::Primary && self.rock_ridge.is_some();
         let mut dirs = BTreeMap::new();
-        let mut seen = HashSet::new();
-        let mut stack = vec![(String::new(), root, 0usize)];
+        // Directory extents visited, with the path that first reached each one.
+        let mut seen: BTreeMap<u32, String> = BTreeMap::new();
+        let mut stack = vec![(String::new(), root, 0usize, 0u64)];
         dirs.insert("/".to_owned(), root);
-        while let Some((prefix, dir, depth)) = stack.pop() {
-            if !seen.insert(dir.lba) {
+        while let Some((prefix, dir, depth, rec_off)) = stack.pop() {
+            let shown = if prefix.is_empty() { "/" } else { &prefix };
+            if let Some(first) = seen.get(&dir.lba) {
+                problems.push(Problem {
+                    kind: ProblemKind::DirectoryLoop,
+                    offset: rec_off,
+                    detail: format!(
+                        "directory {shown} points at block {} which {first} already uses \
+                         (a directory loop or hard link)",
+                        dir.lba
+                    ),
+                });
                 continue;
             }
+            seen.insert(dir.lba, shown.to_owned());
             if depth > MAX_DEPTH {
                 return Err(self
                     .src
                     .malformed(dir.offset(), "directory tree deeper than 64"));
             }
-            let records = self.read_dir(dir, rr)?;
+            let records = match self.read_dir_checked(dir, rr, &prefix, &mut problems) {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(Problem {
+                        kind: ProblemKind::Unreadable,
+                        offset: dir.offset(),
+                        detail: format!("directory {shown}: {e}"),
+                    });
+                    continue;
+                }
+            };
             let mut pending: Option<Node> = None;
             for mut rec in records {
                 if rec.is_dot() || rec.relocated {
                     continue;
                 }
                 let name = match rec.rr_name.take() {
-                    Some(n) => n,
+                    Some(n) => {
+                        if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\0']) {
+                            problems.push(Problem {
+                                kind: ProblemKind::BadName,
+                                offset: rec.offset,
+                                detail: format!(
+                                    "directory {shown}: Rock Ridge name {n:?} cannot be a file \
+                                     name (the kernel returns EIO for it)"
+                                ),
+                            });
+                        }
+                        n
+                    }
                     None => display_name(&rec, kind),
                 };
                 let mut path = String::with_capacity(prefix.len() + 1 + name.len());
                 path.push_str(&prefix);
                 path.push('/');
                 path.push_str(&name);
+                if past_end(&rec.extent) {
+                    problems.push(Problem {
+                        kind: ProblemKind::ExtentPastEnd,
+                        offset: rec.offset,
+                        detail: format!(
+                            "{path}: extent at block {} of {} bytes ends at byte {}, past the \
+                             end of the file ({file_len} bytes)",
+                            rec.extent.lba,
+                            rec.extent.len,
+                            rec.extent.offset() + u64::from(rec.extent.len)
+                        ),
+                    });
+                }
                 if let Some(p) = pending.as_mut().filter(|p| p.path == path) {
                     p.extents.push(rec.extent);
                     p.size += u64::from(rec.extent.len);
@@ -594,7 +709,9 @@ impl Volume {
                 };
                 if kind_ == NodeKind::Dir {
                     dirs.insert(path.clone(), rec.extent);
-                    stack.push((path.clone(), rec.extent, depth + 1));
+                    if !past_end(&rec.extent) {
+                        stack.push((path.clone(), rec.extent, depth + 1, rec.offset));
+                    }
                     nodes.insert(path, node);
                 } else if rec.flags & 0x80 != 0 {
                     pending = Some(node);
@@ -606,7 +723,57 @@ impl Volume {
                 nodes.insert(p.path.clone(), p);
             }
         }
-        Ok(Tree { kind, nodes, dirs })
+        problems.sort_by_key(|p| p.offset);
+        Ok(Tree {
+            kind,
+            nodes,
+            dirs,
+            problems,
+        })
+    }
+}
+
+/// What kind of [`Problem`] the reader found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// The volume space size is larger than the file (a truncated image, or a wrong size).
+    /// A warning: every extent may still be inside the file.
+    VolumePastEnd,
+    /// A file's or directory's extent ends past the end of the file.
+    ExtentPastEnd,
+    /// A directory record of length 0 with more records after it in the same block.
+    ZeroLengthRecord,
+    /// A directory whose extent another directory already uses (a loop or hard link).
+    DirectoryLoop,
+    /// A structure that cannot be read (a directory whose record overflows, a boot
+    /// catalog past the end, …).
+    Unreadable,
+    /// A Rock Ridge name that cannot be a file name (`/` inside, `.`, `..`, empty).
+    BadName,
+}
+
+impl ProblemKind {
+    /// Whether a remaster must refuse the image (everything but [`ProblemKind::VolumePastEnd`]).
+    pub fn is_fatal(self) -> bool {
+        self != ProblemKind::VolumePastEnd
+    }
+}
+
+/// Something wrong with an image that the reader walked past.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// Byte offset of the structure (the directory record, the descriptor field).
+    pub offset: u64,
+    /// What is wrong, naming the path and the values.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (byte {})", self.detail, self.offset)
     }
 }
 
@@ -665,6 +832,8 @@ pub struct Tree {
     pub nodes: BTreeMap<String, Node>,
     /// Every directory's extent by path (`/` for the root).
     pub dirs: BTreeMap<String, Extent>,
+    /// What the walk found wrong (see [`Volume::tree`]), by offset.
+    pub problems: Vec<Problem>,
 }
 
 impl Tree {

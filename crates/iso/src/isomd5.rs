@@ -270,7 +270,12 @@ pub(crate) fn hash_reads(
             }
             Ok(())
         });
+        // Owned here, so an early return (a cancel) drops it and the reader, waiting for a
+        // free buffer, sees the channel closed.
+        let free_tx = free_tx;
         for (off, n, buf) in full_rx {
+            // Returning drops the receiver: the reader stops at its next send.
+            crate::cancel::check()?;
             hasher.update(&buf[..n]);
             progress(off + n as u64, total);
             let _ = free_tx.send(buf);

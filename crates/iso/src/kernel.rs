@@ -11,13 +11,15 @@
 //!
 //! They need root and iso9660 in the kernel, so they are tested in the VM
 //! (`vm-tests/src/iso.rs`). Every guard is in a [`MountStack`] that unwinds on success and on
-//! error; a tool that wants SIGINT to unwind too routes it to a flag
-//! (`diskforge_mount::signal::TerminationFlag`) so the running xorriso dies and we return.
+//! error; a cancel ([`crate::Request::cancel`]) kills the running program and unwinds the
+//! same way. Against SIGKILL: the mounts are made in a private mount namespace (gone with
+//! the process) and the loop device autoclears (detached on its last close).
 
 use std::path::{Path, PathBuf};
 
 use diskforge_cmd::Cmd;
-use diskforge_mount::{ImageMount, Mount, MountStack, Overlay};
+use diskforge_loop::{AttachOptions, LoopDevice};
+use diskforge_mount::{Mount, MountFlags, MountStack, Overlay};
 
 use crate::changes::{Changes, Content};
 use crate::inspect::Inspection;
@@ -33,7 +35,10 @@ pub fn unavailable() -> Option<String> {
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !fs.lines().any(|l| l.trim_end().ends_with("iso9660")) {
         // The module may just not be loaded yet.
-        let _ = Cmd::new("modprobe").arg("iso9660").run();
+        let _ = Cmd::new("modprobe")
+            .arg("iso9660")
+            .timeout(std::time::Duration::from_secs(30))
+            .run();
         let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
         if !fs.lines().any(|l| l.trim_end().ends_with("iso9660")) {
             return Some("the kernel has no iso9660 filesystem".into());
@@ -70,10 +75,18 @@ pub fn run(
             reason: why,
         });
     }
-    let mut stack = MountStack::new();
-    let result = run_mounted(mode, input, insp, output, changes, scratch, &mut stack);
-    let teardown = stack.teardown().map_err(|e| mount_err(mode, e));
-    result.and(teardown)
+    // Every mount lives in a private mount namespace of a thread of ours, and the loop
+    // device autoclears: if we are killed (even with SIGKILL) the namespace dies with us,
+    // its mounts go, and the kernel detaches the loop device on its last close.
+    let flag = crate::cancel::current();
+    let ns = diskforge_mount::in_private_namespace(|| {
+        let _cancel = crate::cancel::install(flag);
+        let mut stack = MountStack::new();
+        let result = run_mounted(mode, input, insp, output, changes, scratch, &mut stack);
+        let teardown = stack.teardown().map_err(|e| mount_err(mode, e));
+        result.and(teardown)
+    });
+    ns.map_err(|e| mount_err(mode, e))?
 }
 
 fn run_mounted(
@@ -86,8 +99,12 @@ fn run_mounted(
     stack: &mut MountStack,
 ) -> Result<()> {
     let iso_mnt = mkdir(&scratch.join("iso"))?;
-    let image =
-        ImageMount::mount(input, &iso_mnt, "iso9660", true).map_err(|e| mount_err(mode, e))?;
+    let dev = LoopDevice::attach(input, &AttachOptions::new().read_only(true).autoclear(true))
+        .map_err(|e| mount_err(mode, e.into()))?;
+    let dev_path = dev.path().to_owned();
+    stack.push(dev);
+    let image = Mount::new(&dev_path, &iso_mnt, "iso9660", MountFlags::RDONLY, None)
+        .map_err(|e| mount_err(mode, e))?;
     stack.push(image);
     let mut extra: Vec<String> = Vec::new();
     let tree = match mode {
@@ -140,11 +157,11 @@ fn run_mounted(
         }
         _ => {
             let copy = mkdir(&scratch.join("copy"))?;
-            Cmd::new("rsync")
+            let c = Cmd::new("rsync")
                 .args(["-a", "--"])
                 .arg(format!("{}/", iso_mnt.display()))
-                .arg(&copy)
-                .run()?;
+                .arg(&copy);
+            crate::exec::run("copying the mounted tree with rsync", c, crate::exec::LONG)?;
             make_tree_writable(&copy)?;
             apply_to_dir(&copy, changes)?;
             copy
@@ -152,7 +169,9 @@ fn run_mounted(
     };
     let args = mkisofs_boot_args(input, insp, changes, scratch)?;
     let mut c = Cmd::new("xorriso")
-        .args(["-as", "mkisofs"])
+        // A file it cannot read (EIO from the mounted view) is a SORRY: fail on it
+        // rather than write an image without it.
+        .args(["-return_with", "SORRY", "32", "-as", "mkisofs"])
         .args(args)
         .arg("-o")
         .arg(output);
@@ -162,11 +181,12 @@ fn run_mounted(
     } else {
         c = c.args(&extra).arg(&tree);
     }
-    c.run()?;
+    crate::exec::run("rebuilding the image with xorriso", c, crate::exec::LONG)?;
     Ok(())
 }
 
 fn make_tree_writable(dir: &Path) -> Result<()> {
-    Cmd::new("chmod").args(["-R", "u+w"]).arg(dir).run()?;
+    let c = Cmd::new("chmod").args(["-R", "u+w"]).arg(dir);
+    crate::exec::run("making the copy writable", c, crate::exec::LONG)?;
     Ok(())
 }

@@ -17,13 +17,16 @@
 use std::path::{Path, PathBuf};
 
 // Public: what users read or call. The rest is how remastering works inside; its layers
-// (leaf first): md5core, iso9660 → boot, isomd5, bootcfg → fat, inspect → request, changes →
-// patch → output → resolve, replay, rebuild → kernel → remaster (checked by xtask's tidy
-// test for import cycles).
+// (leaf first): cancel, md5core, iso9660 → exec, boot, isomd5, bootcfg → grubimg, fat,
+// inspect → request, changes → patch → output → resolve, replay, rebuild → kernel →
+// remaster (checked by xtask's tidy test for import cycles).
 pub mod boot;
 pub mod bootcfg;
+mod cancel;
 mod changes;
+mod exec;
 mod fat;
+mod grubimg;
 pub mod inspect;
 pub mod iso9660;
 pub mod isomd5;
@@ -39,6 +42,7 @@ mod resolve;
 
 pub use inspect::{Inspection, inspect};
 pub use isomd5::Md5Sums;
+pub use output::{RUN_DIR_PREFIX, cleanup};
 pub use remaster::{Outcome, Step, remaster};
 pub use request::{Edit, Event, Mode, Request};
 
@@ -73,6 +77,17 @@ pub enum Error {
         offset: u64,
         /// What is wrong.
         what: String,
+    },
+    /// The image's directory tree cannot be trusted (see [`iso9660::Problem`]): refused
+    /// before anything is read through another program or written.
+    #[error("{}: refusing a damaged or hostile image: {first}{}", path.display(), if *more > 0 { format!(" (and {more} more problems; see `iso-remaster inspect`)") } else { String::new() })]
+    Hostile {
+        /// The file.
+        path: PathBuf,
+        /// The first problem found.
+        first: String,
+        /// How many more there are.
+        more: usize,
     },
     /// The image carries no implanted MD5.
     #[error("{}: no implanted MD5 (ISO MD5SUM in the application area)", path.display())]
@@ -123,9 +138,65 @@ pub enum Error {
         #[source]
         source: diskforge_mount::Error,
     },
-    /// An external program failed.
+    /// An external program could not be started.
     #[error(transparent)]
     Cmd(#[from] diskforge_cmd::Error),
+    /// An external program failed, timed out or printed without end: one line saying why;
+    /// the transcript is in [`Error::transcript`] (and logged at debug level).
+    #[error("{step}: {program} {status}: {reason}")]
+    Tool {
+        /// What we were doing ("rebuilding the image with xorriso", …).
+        step: &'static str,
+        /// The program.
+        program: String,
+        /// Its exit status, or "timed out"/"killed".
+        status: String,
+        /// The line of its output that says why.
+        reason: String,
+        /// The command line and everything it printed (stderr bounded to its tail).
+        transcript: String,
+    },
+    /// The rebuilt output lacks files the input has (a read error the kernel's view or a
+    /// program passed over): nothing was published.
+    #[error("{}: {count} files of the input are missing from the rebuilt image (first: {}); the mounted view or the copy could not read them", output.display(), first.join(", "))]
+    Incomplete {
+        /// The output that was checked (not published).
+        output: PathBuf,
+        /// How many paths are missing.
+        count: usize,
+        /// The first few.
+        first: Vec<String>,
+    },
+    /// A termination signal (or the caller's [`Request::cancel`]) stopped the run; its
+    /// temporary files were removed and nothing was published.
+    #[error("interrupted by signal {signal}; temporary files removed, no output written")]
+    Interrupted {
+        /// The signal number (the value the cancel flag was set to).
+        signal: i32,
+    },
+    /// `--volid` would leave a boot path naming the old volume id (a GRUB EFI binary whose
+    /// built-in config cannot be rewritten in place, a signed binary, …).
+    #[error(
+        "--volid: {file} names the old volume id {old:?} and cannot be rewritten: {reason} (use --force to write the image anyway)"
+    )]
+    VolidUnsafe {
+        /// The file (in the ISO tree, or `IMAGE::PATH` inside an EFI FAT image).
+        file: String,
+        /// The old volume id.
+        old: String,
+        /// Why it cannot be rewritten.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The external program's transcript (command line and output), for `--verbose`.
+    pub fn transcript(&self) -> Option<&str> {
+        match self {
+            Error::Tool { transcript, .. } => Some(transcript),
+            _ => None,
+        }
+    }
 }
 
 impl Error {

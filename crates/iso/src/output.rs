@@ -13,16 +13,31 @@ use crate::{Error, Result};
 
 /// Copy buffer for streamed copies.
 pub(crate) const IO_BUF: usize = 4 << 20;
+/// Bytes per `copy_file_range` call (a cancel is noticed between two).
+const COPY_CHUNK: u64 = 16 << 20;
 
-/// A scratch directory, created on first use: patch mode usually needs none, and on a
-/// busy ext4 creating and removing one costs more than the edit itself.
+/// Prefix of a run directory (`.iso-remaster-run-XXXXXX` next to the output, holding its
+/// temporary file and scratch files); [`cleanup`] removes the ones of killed runs.
+pub const RUN_DIR_PREFIX: &str = ".iso-remaster-run-";
+/// The lock file inside a run directory, held (`flock`) while its run is alive.
+const LOCK_FILE: &str = "lock";
+/// A run directory without a lock file is only removed once it is this old.
+const STALE_WITHOUT_LOCK: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The run directory: created on first use (patch mode usually needs none, and on a busy
+/// ext4 creating and removing one costs more than the edit itself) as
+/// `.iso-remaster-run-XXXXXX` next to the output, with a `lock` file we hold (`flock`) for
+/// the whole run. The temporary output, extracted trees, mount points and edited FAT images
+/// all live inside, so an error, a signal (the guards remove it) or a `kill -9` (the next
+/// run, or `iso-remaster cleanup`, sees the lock free and removes it) leaves nothing else
+/// behind.
 pub struct Scratch {
     parent: PathBuf,
-    dir: std::cell::OnceCell<tempfile::TempDir>,
+    dir: std::cell::OnceCell<(tempfile::TempDir, File)>,
 }
 
 impl Scratch {
-    /// A scratch directory under `parent` (else the system temporary directory).
+    /// A run directory under `parent` (else the system temporary directory).
     pub fn new(parent: PathBuf) -> Self {
         Scratch {
             parent,
@@ -30,28 +45,78 @@ impl Scratch {
         }
     }
 
-    /// The directory, created now if needed.
+    /// The directory, created (and locked) now if needed.
     pub fn path(&self) -> Result<&Path> {
-        if let Some(d) = self.dir.get() {
+        if let Some((d, _)) = self.dir.get() {
             return Ok(d.path());
         }
         let d = tempfile::Builder::new()
-            .prefix(".iso-remaster-work-")
+            .prefix(RUN_DIR_PREFIX)
             .tempdir_in(&self.parent)
-            .or_else(|_| tempfile::tempdir())
-            .map_err(|e| Error::io("creating a scratch directory in", &self.parent, e))?;
-        Ok(self.dir.get_or_init(|| d).path())
+            .or_else(|_| tempfile::Builder::new().prefix(RUN_DIR_PREFIX).tempdir())
+            .map_err(|e| Error::io("creating a run directory in", &self.parent, e))?;
+        let lock_path = d.path().join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
+        Ok(self.dir.get_or_init(|| (d, lock)).0.path())
     }
 }
 
-/// A temporary output next to the final path, renamed into place by [`Staged::publish`].
+/// Remove the run directories in `dir` whose run is gone (their lock is free: the process
+/// was killed) and that no mount uses; returns what was removed. Live runs are left alone.
+pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mounts = diskforge_mount::mounts().unwrap_or_default();
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io("listing", dir, e))?;
+        let name = e.file_name();
+        let is_run = name.to_str().is_some_and(|n| n.starts_with(RUN_DIR_PREFIX));
+        let path = e.path();
+        if !is_run || !path.is_dir() {
+            continue;
+        }
+        let lock_path = path.join(LOCK_FILE);
+        match File::open(&lock_path) {
+            Ok(lock) => {
+                let op = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+                if rustix::fs::flock(&lock, op).is_err() {
+                    continue; // a live run
+                }
+            }
+            // A run between creating its directory and its lock file: leave it, unless it
+            // is old (killed in that instant).
+            Err(_) => {
+                let age = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if age < STALE_WITHOUT_LOCK {
+                    continue;
+                }
+            }
+        }
+        let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if mounts.iter().any(|m| m.target.starts_with(&abs)) {
+            tracing::warn!(dir = %path.display(), "stale run directory still has mounts: left");
+            continue;
+        }
+        std::fs::remove_dir_all(&path).map_err(|e| Error::io("removing", &path, e))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// A temporary output in the run directory, renamed into place by [`Staged::publish`].
 pub(crate) struct Staged {
     tmp: tempfile::NamedTempFile,
     dest: PathBuf,
 }
 
 impl Staged {
-    pub(crate) fn new(dest: &Path) -> Result<Self> {
+    pub(crate) fn new(dest: &Path, scratch: &Scratch) -> Result<Self> {
         if dest.exists() {
             return Err(Error::bad(
                 "-o",
@@ -59,18 +124,15 @@ impl Staged {
                 "already exists (not overwriting)",
             ));
         }
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let dir = scratch.path()?;
         // 0666 minus the umask, as `cp` or `genisoimage -o` would create it (not tempfile's
         // 0600, which an HTTP or PXE server could not read).
         let tmp = tempfile::Builder::new()
-            .prefix(".iso-remaster-")
-            .suffix(".tmp")
+            .prefix("output-")
+            .suffix(".iso.tmp")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io("creating a temporary file in", &dir, e))?;
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
         Ok(Staged {
             tmp,
             dest: dest.to_owned(),
@@ -83,6 +145,8 @@ impl Staged {
     /// (`fsync`) before the rename and its directory after it, so a crash leaves either no
     /// output or the whole one.
     pub(crate) fn publish(self, sync: bool) -> Result<()> {
+        // Last moment to stop with nothing published (the temporary file goes with self).
+        crate::cancel::check()?;
         let dest = self.dest.clone();
         if sync {
             self.tmp
@@ -121,17 +185,21 @@ pub(crate) fn sync_file(path: &Path) -> Result<()> {
 /// Copy `src` to `dst` with a reflink when the filesystem can, else `copy_file_range`.
 fn fast_copy(src: &Path, dst: &Path) -> Result<()> {
     let input = File::open(src).map_err(|e| Error::io("opening", src, e))?;
-    let mut output = std::fs::OpenOptions::new()
+    let output = std::fs::OpenOptions::new()
         .write(true)
         .open(dst)
         .map_err(|e| Error::io("opening", dst, e))?;
     if rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
         return Ok(());
     }
-    let mut input = input;
-    // std's File-to-File copy uses copy_file_range (or sendfile) on Linux.
-    std::io::copy(&mut input, &mut output).map_err(|e| Error::io("copying to", dst, e))?;
-    Ok(())
+    let len = input
+        .metadata()
+        .map_err(|e| Error::io("reading the size of", src, e))?
+        .len();
+    output
+        .set_len(len)
+        .map_err(|e| Error::io("sizing", dst, e))?;
+    copy_range(&input, src, 0, &output, dst, 0, len)
 }
 
 /// Copy `src` to `dst` as `plan` lays it out: the whole file (see [`fast_copy`]), or, when the
@@ -172,7 +240,9 @@ fn copy_range(
 ) -> Result<()> {
     let (mut off_in, mut off_out, end) = (from, to, from + len);
     while off_in < end {
-        let want = (end - off_in).min(1 << 30) as usize;
+        // Chunks small enough to notice a cancel within a fraction of a second.
+        crate::cancel::check()?;
+        let want = (end - off_in).min(COPY_CHUNK) as usize;
         match rustix::fs::copy_file_range(
             input,
             Some(&mut off_in),
@@ -195,6 +265,7 @@ fn copy_range(
     // Fallback for what copy_file_range refused (e.g. EXDEV, ENOSYS).
     let mut buf = Vec::new();
     while off_in < end {
+        crate::cancel::check()?;
         buf.resize(IO_BUF, 0);
         let n = (end - off_in).min(IO_BUF as u64) as usize;
         input
@@ -219,8 +290,10 @@ pub(crate) fn copy_and_hash(
     mut hasher: IsoMd5,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<Md5Sums> {
+    let flag = crate::cancel::current();
     std::thread::scope(|s| {
         let copier = s.spawn(|| -> Result<()> {
+            let _cancel = crate::cancel::install(flag);
             copy_for_plan(src, dst, plan)?;
             apply_plan(dst, plan)
         });

@@ -12,12 +12,12 @@ use crate::{Error, Result};
 
 /// Extract the whole tree with osirrox (no mount) and make it writable.
 pub fn extract_tree(input: &Path, dir: &Path) -> Result<()> {
-    Cmd::new("osirrox")
+    let c = Cmd::new("osirrox")
         .arg("-indev")
         .arg(input)
         .args(["-osirrox", "on", "-extract", "/"])
-        .arg(dir)
-        .run()?;
+        .arg(dir);
+    crate::exec::run("extracting the tree with osirrox", c, crate::exec::LONG)?;
     make_writable(dir)
 }
 
@@ -111,13 +111,13 @@ pub fn mkisofs_boot_args(
     scratch: &Path,
 ) -> Result<Vec<String>> {
     let abs = std::fs::canonicalize(input).map_err(|e| Error::io("resolving", input, e))?;
-    let report = Cmd::new("xorriso")
+    let c = Cmd::new("xorriso")
         .arg("-indev")
         .arg(&abs)
         // Loading may report a SORRY (a boot image it cannot map); the report is still whole.
         .args(["-return_with", "FAILURE", "32"])
-        .args(["-report_system_area", "as_mkisofs"])
-        .read()?;
+        .args(["-report_system_area", "as_mkisofs"]);
+    let report = crate::exec::run("reading the boot setup with xorriso", c, crate::exec::QUICK)?;
     let mut args = split_report(&report);
     let replaced = raw_images(changes, scratch)?;
     let mut i = 0;
@@ -173,13 +173,15 @@ pub fn rebuild(
     scratch: &Path,
 ) -> Result<()> {
     let args = mkisofs_boot_args(input, insp, changes, scratch)?;
-    Cmd::new("xorriso")
-        .args(["-as", "mkisofs"])
+    let c = Cmd::new("xorriso")
+        // A file it cannot read (EIO from the mounted view) is a SORRY: fail on it
+        // rather than write an image without it.
+        .args(["-return_with", "SORRY", "32", "-as", "mkisofs"])
         .args(args)
         .arg("-o")
         .arg(output)
-        .arg(tree)
-        .run()?;
+        .arg(tree);
+    crate::exec::run("rebuilding the image with xorriso", c, crate::exec::LONG)?;
     Ok(())
 }
 

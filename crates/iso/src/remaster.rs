@@ -63,6 +63,9 @@ pub struct Outcome {
     pub md5: Option<Md5Sums>,
     /// Whether this was a dry run (the plan only: nothing written).
     pub dry_run: bool,
+    /// What is odd about the input but did not stop the remaster (a volume space larger
+    /// than the file, …).
+    pub warnings: Vec<String>,
 }
 
 fn timed<T>(
@@ -146,6 +149,7 @@ pub fn check_boot_preserved(before: &Inspection, after: &Inspection) -> Result<(
 
 /// Remaster `req.input` as asked. `progress` hears about steps and bytes.
 pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
+    let _cancel = crate::cancel::install(req.cancel.clone());
     let mut run = Remaster::open(req)?;
     let changes = run.resolve(progress)?;
     if let Some(o) = &req.output
@@ -196,6 +200,12 @@ pub fn remaster(req: &Request, progress: &mut dyn FnMut(Event<'_>)) -> Result<Ou
         steps: run.steps,
         md5,
         dry_run: req.dry_run,
+        warnings: run
+            .insp
+            .warnings()
+            .into_iter()
+            .chain(changes.warnings)
+            .collect(),
     })
 }
 
@@ -239,16 +249,32 @@ impl<'r> Remaster<'r> {
         let vol = Volume::open(&req.input)?;
         let primary = vol.tree(TreeKind::Primary)?;
         let insp = inspect_with_tree(&vol, &primary)?;
-        let scratch = Scratch::new(
-            req.output
-                .as_ref()
-                .and_then(|o| {
-                    o.parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .map(Path::to_path_buf)
-                })
-                .unwrap_or_else(std::env::temp_dir),
-        );
+        // Loops, extents past the end, hidden records, names no filesystem can hold: refused
+        // here, before any byte is written and before xorriso or the kernel reads the image.
+        insp.check()?;
+        let parent = req
+            .output
+            .as_ref()
+            .and_then(|o| {
+                o.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        let parent = if req.output.is_some() {
+            parent
+        } else {
+            std::env::temp_dir()
+        };
+        // What a killed run left (its lock is free): removed before we add our own.
+        match crate::output::cleanup(&parent) {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(?gone, "removed run directories of killed runs");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cleaning up stale run directories"),
+        }
+        let scratch = Scratch::new(parent);
         Ok(Remaster {
             req,
             vol,
@@ -384,19 +410,58 @@ impl<'r> Remaster<'r> {
     }
 
     /// Patch the input itself; flushed unless the request says not to.
+    ///
+    /// Editing in place is not atomic (a crash while the bytes go out leaves a mix of old
+    /// and new), so it needs [`Request::force`]. Everything that takes time happens before
+    /// the first byte is written: the plan, and the MD5 of the image as it will be (the
+    /// input with the plan's writes overlaid). Then the writes and the MD5 go out in one
+    /// short burst that a SIGINT/SIGTERM does not interrupt.
     fn patch_in_place(
         &mut self,
         plan: &PatchPlan,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<Md5Sums>> {
         let input = &self.req.input;
-        timed(&mut self.steps, "patch in place", progress, |_| {
-            apply_plan(input, plan)
-        })?;
+        if !self.req.force {
+            return Err(Error::bad(
+                "-o",
+                "(none)",
+                format!(
+                    "editing {} in place is not crash-safe ({} bytes in {} places would be \
+                     rewritten; a crash or kill -9 in between leaves a mixed image): give -o \
+                     OUT, or --force to edit in place",
+                    input.display(),
+                    plan.bytes(),
+                    plan.writes.len()
+                ),
+            ));
+        }
         let md5 = match self.req.implant_md5 {
-            true => Some(implant_file(input, &mut self.steps, progress)?),
+            true => {
+                let pvd = self.vol.primary.lba;
+                let mut hasher = IsoMd5::for_blocks(u64::from(plan.volume_blocks), pvd);
+                timed(&mut self.steps, "md5 of the patched image", progress, |p| {
+                    let f =
+                        std::fs::File::open(input).map_err(|e| Error::io("opening", input, e))?;
+                    crate::isomd5::hash_reads(
+                        input,
+                        &|off, buf| plan.read_output(&f, off, buf),
+                        &mut hasher,
+                        &mut |done, total| p(Event::Bytes(done, total)),
+                    )
+                })?;
+                Some(hasher.finish())
+            }
             false => None,
         };
+        crate::cancel::check()?;
+        timed(&mut self.steps, "patch in place", progress, |_| {
+            apply_plan(input, plan)?;
+            if let Some(sums) = &md5 {
+                write_appdata(input, self.vol.primary.lba, sums)?;
+            }
+            Ok(())
+        })?;
         if self.req.sync {
             timed(&mut self.steps, "fsync", progress, |_| sync_file(input))?;
         }
@@ -412,7 +477,7 @@ impl<'r> Remaster<'r> {
         plan: &PatchPlan,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<Md5Sums>> {
-        let staged = Staged::new(out)?;
+        let staged = Staged::new(out, &self.scratch)?;
         let input = &self.req.input;
         let mut md5 = None;
         if self.req.implant_md5 {
@@ -447,7 +512,7 @@ impl<'r> Remaster<'r> {
         changes: &Changes,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<Md5Sums>> {
-        let staged = Staged::new(out)?;
+        let staged = Staged::new(out, &self.scratch)?;
         let (input, insp, scratch) = (&self.req.input, &self.insp, &self.scratch);
         let staged_path = staged.path();
         let steps = &mut self.steps;
@@ -484,6 +549,24 @@ impl<'r> Remaster<'r> {
             }
             Mode::Auto | Mode::Patch => unreachable_mode(mode)?,
         }
+        if matches!(mode, Mode::Copy | Mode::Overlay | Mode::Bind) {
+            // A rebuild from a copy or a mounted view: every file of the input (as edited)
+            // must be there. Read errors in the view (EIO) must not pass as a smaller image.
+            let primary = &self.primary;
+            let fold = self.vol.rock_ridge.is_none();
+            timed(&mut self.steps, "compare file lists", progress, |_| {
+                let out = Volume::open(staged.path())?.tree(TreeKind::Primary)?;
+                let missing = missing_files(primary, changes, &out, fold);
+                match missing.is_empty() {
+                    true => Ok(()),
+                    false => Err(Error::Incomplete {
+                        output: staged.path().to_owned(),
+                        count: missing.len(),
+                        first: missing.into_iter().take(5).collect(),
+                    }),
+                }
+            })?;
+        }
         if self.req.implant_md5 && md5.is_none() {
             md5 = Some(implant_file(staged.path(), &mut self.steps, progress)?);
         }
@@ -500,10 +583,99 @@ impl<'r> Remaster<'r> {
     }
 }
 
+/// The paths the rebuilt `output` should have and lacks: every node of the input's
+/// primary tree not removed by `changes`, and every file `changes` puts. `fold`: compare
+/// without case (an input without Rock Ridge shows its ISO names; the rebuild writes
+/// the names the mounted view showed).
+pub(crate) fn missing_files(
+    input: &Tree,
+    changes: &Changes,
+    output: &Tree,
+    fold: bool,
+) -> Vec<String> {
+    let key = |p: &str| {
+        if fold {
+            p.to_ascii_lowercase()
+        } else {
+            p.to_owned()
+        }
+    };
+    let have: std::collections::HashSet<String> = output.nodes.keys().map(|p| key(p)).collect();
+    let removed = |p: &str| {
+        changes.removes.iter().any(|r| {
+            p == r
+                || p.strip_prefix(r.as_str())
+                    .is_some_and(|t| t.starts_with('/'))
+        })
+    };
+    let expected = input
+        .nodes
+        .keys()
+        .filter(|p| !removed(p))
+        .cloned()
+        .chain(changes.puts.iter().map(|p| p.dest.clone()));
+    expected.filter(|p| !have.contains(&key(p))).collect()
+}
+
 fn unreachable_mode(mode: Mode) -> Result<()> {
     Err(Error::bad(
         "--mode",
         mode.to_string(),
         "internal: mode has no output route",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::{Content, Put};
+    use crate::iso9660::{Node, NodeKind};
+
+    fn tree(paths: &[&str]) -> Tree {
+        let nodes = paths
+            .iter()
+            .map(|p| {
+                let n = Node {
+                    path: (*p).to_owned(),
+                    kind: NodeKind::File,
+                    extents: Vec::new(),
+                    size: 0,
+                    mode: None,
+                    records: Vec::new(),
+                };
+                ((*p).to_owned(), n)
+            })
+            .collect();
+        Tree {
+            kind: TreeKind::Primary,
+            nodes,
+            dirs: Default::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Issue 13 defect 2: an output with 5 of 47 files passed; the lists are compared.
+    #[test]
+    fn missing_files_accounts_for_edits() {
+        let input = tree(&["/a", "/d", "/d/x", "/d/y", "/keep"]);
+        let changes = Changes {
+            removes: vec!["/d".into()],
+            puts: vec![Put {
+                dest: "/new".into(),
+                content: Content::Bytes(Vec::new()),
+                existed: false,
+                why: String::new(),
+            }],
+            ..Changes::default()
+        };
+        let full = tree(&["/a", "/keep", "/new"]);
+        assert!(missing_files(&input, &changes, &full, false).is_empty());
+        let short = tree(&["/a"]);
+        assert_eq!(
+            missing_files(&input, &changes, &short, false),
+            ["/keep", "/new"]
+        );
+        let upper = tree(&["/A", "/KEEP", "/NEW"]);
+        assert!(missing_files(&input, &changes, &upper, true).is_empty());
+    }
 }

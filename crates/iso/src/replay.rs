@@ -57,7 +57,11 @@ pub fn direct(
         c = c.arg(format!("efi_path=--interval:appended_partition_{n}:all::"));
         c = c.args(["-return_with", "FAILURE", "32"]);
     }
-    c.args(["-commit"]).run()?;
+    crate::exec::run(
+        "replaying the image with xorriso",
+        c.args(["-commit"]),
+        crate::exec::LONG,
+    )?;
     Ok(())
 }
 

@@ -136,6 +136,14 @@ pub struct Request {
     /// that publishes it, then of its directory (in place: of the edited file). Default true;
     /// `false` (`--no-sync`) leaves the bytes to the page cache, as `cp` does.
     pub sync: bool,
+    /// Write the image even where a boot file keeps naming the old volume id after
+    /// `--volid` (a signed GRUB binary, a built-in config without room), with a warning.
+    /// Default false: refuse, naming the file.
+    pub force: bool,
+    /// Set to a non-zero value (a signal number) to stop the run: it stops within a second,
+    /// removes its temporary files and fails with [`crate::Error::Interrupted`]. Default
+    /// none.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Request {
@@ -153,6 +161,8 @@ impl Request {
             implant_md5: false,
             dry_run: false,
             sync: true,
+            force: false,
+            cancel: None,
         }
     }
 }

@@ -36,6 +36,7 @@ pub fn resolve(
     let edit = r.config_edit()?;
     if !edit.is_empty() {
         r.tree_configs(&edit)?;
+        r.tree_efi_binaries()?;
         r.efi_images(&edit)?;
     }
     Ok(r.ch)
@@ -219,6 +220,56 @@ impl Resolver<'_> {
         Ok(())
     }
 
+    /// A boot file names the old volume id where it cannot be rewritten: an error, or with
+    /// [`Request::force`] a warning (the file is left as it is).
+    fn refuse_volid(&mut self, file: String, reason: String) -> Result<()> {
+        let old = self.old_volid().to_owned();
+        let e = Error::VolidUnsafe { file, old, reason };
+        if !self.req.force {
+            return Err(e);
+        }
+        self.ch.warnings.push(format!("--force: {e}"));
+        Ok(())
+    }
+
+    /// GRUB EFI binaries on the tree (`*.efi`) with the old volume id built in.
+    fn tree_efi_binaries(&mut self) -> Result<()> {
+        let Some(new) = self.ch.volid.clone() else {
+            return Ok(());
+        };
+        let old = self.old_volid().to_owned();
+        let bins: Vec<(String, Vec<crate::iso9660::Extent>, u64)> = self
+            .tree
+            .nodes
+            .values()
+            .filter(|n| n.kind == NodeKind::File && n.path.to_ascii_lowercase().ends_with(".efi"))
+            .filter(|n| n.size <= 64 << 20)
+            .map(|n| (n.path.clone(), n.extents.clone(), n.size))
+            .collect();
+        for (path, extents, size) in bins {
+            if self.ch.removes.contains(&path) || self.ch.puts.iter().any(|p| p.dest == path) {
+                continue;
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            for e in &extents {
+                data.extend(self.vol.src.read_vec(e.offset(), e.len as usize)?);
+            }
+            match crate::grubimg::rewrite_volid(&data, &old, &new) {
+                Ok(Some(bytes)) => {
+                    self.put(
+                        path.clone(),
+                        Content::Bytes(bytes),
+                        "GRUB built-in config".into(),
+                    );
+                    self.ch.configs.push(path);
+                }
+                Ok(None) => {}
+                Err(why) => self.refuse_volid(path, why)?,
+            }
+        }
+        Ok(())
+    }
+
     /// The EFI FAT images to look into: El Torito UEFI entries and ESP partitions, as
     /// `(offset, length, path in the tree)`, one per offset.
     fn efi_image_ranges(&self) -> Vec<(u64, u64, Option<String>)> {
@@ -260,9 +311,13 @@ impl Resolver<'_> {
             let label = path
                 .clone()
                 .unwrap_or_else(|| format!("hidden EFI image at byte {off}"));
-            let Some((changed, new)) = self.edit_fat(i, off, len, &label, edit)? else {
+            let Some((fe, new)) = self.edit_fat(i, off, len, &label, edit)? else {
                 continue;
             };
+            for (file, why) in fe.refused {
+                self.refuse_volid(format!("{label}::{file}"), why)?;
+            }
+            let changed = fe.changed;
             if changed.is_empty() {
                 continue;
             }
@@ -294,7 +349,7 @@ impl Resolver<'_> {
         len: u64,
         label: &str,
         edit: &ConfigEdit,
-    ) -> Result<Option<(Vec<String>, Vec<u8>)>> {
+    ) -> Result<Option<(crate::fat::FatEdits, Vec<u8>)>> {
         let mut data = self.vol.src.read_vec(off, len as usize)?;
         if let Some(changed) = crate::fat::edit_configs_in_memory(&mut data, edit) {
             return Ok(Some((changed, data)));
@@ -305,7 +360,7 @@ impl Resolver<'_> {
         let changed = match crate::fat::edit_configs(&img, edit, scratch) {
             Ok(c) => c,
             // Not a FAT image mtools can read (e.g. an ISO 9660 partition).
-            Err(Error::Cmd(e)) if e.exit_status().is_some() => {
+            Err(e @ Error::Tool { .. }) => {
                 tracing::debug!(image = %label, error = %e, "not an editable FAT image");
                 return Ok(None);
             }

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use diskforge_iso::isomd5;
 use diskforge_iso::{Edit, Event, Inspection, Mode, Request};
-use diskforge_mount::signal::TerminationFlag;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const AFTER_HELP: &str = "\
 Modes:
@@ -22,17 +23,20 @@ Modes:
 
 Exit status:
   0  success (for --check-md5: the implanted MD5 matches)
-  1  error (bad value, unreadable image, tool failure, edit does not fit)
-  2  usage error
+  1  error (bad value, damaged image, tool failure, edit does not fit)
+  2  usage error (unknown flag, malformed value, no input)
   3  --check-md5: the implanted MD5 does not match, or there is none
-  130  interrupted (SIGINT/SIGTERM); everything mounted was released
+  4  inspect --strict: the image has problems
+  130  interrupted by SIGINT, 143 by SIGTERM (129 SIGHUP): temporary files
+       and mounts released; says whether the output was written
 
 Examples:
   iso-remaster inspect in.iso --json
   iso-remaster in.iso -o out.iso --kickstart ks.cfg --implant-md5
-  iso-remaster in.iso --replace my.cfg:/isolinux/isolinux.cfg
+  iso-remaster in.iso --force --replace my.cfg:/isolinux/isolinux.cfg
   iso-remaster in.iso -o out.iso --mode direct --add extra.rpm:/extra/x.rpm
-  iso-remaster --check-md5 out.iso";
+  iso-remaster --check-md5 out.iso
+  iso-remaster cleanup /srv/isos";
 
 /// Inspect and remaster bootable ISO images, keeping BIOS and UEFI boot.
 #[derive(Debug, Parser)]
@@ -52,7 +56,8 @@ struct Cli {
     command: Option<Command>,
     /// Input image.
     input: Option<PathBuf>,
-    /// Output image (must not exist); without it, patch mode edits INPUT in place.
+    /// Output image (must not exist); without it, patch mode edits INPUT in place
+    /// (not crash-safe: needs --force).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Add a local file SRC at DEST in the ISO (repeatable).
@@ -92,6 +97,13 @@ struct Cli {
     /// Verify the implanted MD5 of INPUT and exit (0 match, 3 mismatch or none).
     #[arg(long, conflicts_with_all = ["output", "add", "replace", "remove", "volid", "kickstart", "preseed", "kernel_args", "implant_md5", "no_sync"])]
     check_md5: bool,
+    /// Edit in place without -o, and write the image even where a boot file keeps
+    /// naming the old volume id after --volid (with a warning).
+    #[arg(long)]
+    force: bool,
+    /// On failure, print the external program's whole transcript.
+    #[arg(short, long)]
+    verbose: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -106,7 +118,47 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Exit 4 when the image has problems (they are always listed).
+        #[arg(long)]
+        strict: bool,
     },
+    /// Remove what killed runs left in DIR (their .iso-remaster-run-* directories
+    /// whose lock is free); live runs are left alone. Every run does this too.
+    Cleanup {
+        /// The directory outputs were written to.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// A mistake on the command line (exit 2), as opposed to an error while working (exit 1).
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    Usage(e.to_string()).into()
+}
+
+/// The exit status for a signal (128 + its number).
+fn signal_exit(sig: usize) -> ExitCode {
+    ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(127)))
+}
+
+fn signal_name(sig: usize) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 fn main() -> ExitCode {
@@ -117,27 +169,61 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let verbose = cli.verbose;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("iso-remaster: {e:#}");
-            ExitCode::from(1)
+            let lib = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<diskforge_iso::Error>());
+            match lib.and_then(diskforge_iso::Error::transcript) {
+                Some(t) if verbose => eprintln!("transcript:\n{}", t.trim_end()),
+                Some(_) => eprintln!("(run with --verbose or RUST_LOG=debug for its output)"),
+                None => {}
+            }
+            if e.chain().any(|c| c.is::<Usage>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    if let Some(Command::Inspect { iso, json }) = &cli.command {
+    if let Some(Command::Inspect { iso, json, strict }) = &cli.command {
         let r = diskforge_iso::inspect(iso)?;
         if *json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             print!("{}", render_inspection(&r));
         }
+        for p in &r.problems {
+            eprintln!("iso-remaster: warning: {}: {p}", r.path);
+        }
+        return Ok(if *strict && !r.problems.is_empty() {
+            ExitCode::from(4)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    if let Some(Command::Cleanup { dir }) = &cli.command {
+        let gone = diskforge_iso::cleanup(dir)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&gone)?);
+        } else {
+            for g in &gone {
+                println!("removed {}", g.display());
+            }
+            if gone.is_empty() {
+                println!("nothing to clean up in {}", dir.display());
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let Some(input) = cli.input.clone() else {
-        anyhow::bail!("no input image given (see --help)");
+        return Err(usage("no input image given (see --help)"));
     };
     let tty = std::io::stderr().is_terminal() && !cli.json;
     if cli.check_md5 {
@@ -176,11 +262,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let mut req = Request::new(&input);
     req.output = cli.output.clone();
     for v in &cli.add {
-        let (src, dest) = Edit::parse_pair("--add", v)?;
+        let (src, dest) = Edit::parse_pair("--add", v).map_err(usage)?;
         req.edits.push(Edit::Add { src, dest });
     }
     for v in &cli.replace {
-        let (src, dest) = Edit::parse_pair("--replace", v)?;
+        let (src, dest) = Edit::parse_pair("--replace", v).map_err(usage)?;
         req.edits.push(Edit::Replace { src, dest });
     }
     for v in &cli.remove {
@@ -192,7 +278,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     req.kickstart = cli.kickstart.clone();
     req.preseed = cli.preseed.clone();
     req.kernel_args = cli.kernel_args.clone();
-    req.mode = cli.mode.parse()?;
+    req.mode = cli.mode.parse().map_err(usage)?;
+    req.force = cli.force;
     req.implant_md5 = cli.implant_md5;
     req.dry_run = cli.dry_run;
     req.sync = !cli.no_sync;
@@ -208,19 +295,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bar.set_position(d);
         }
     };
-    // The kernel routes hold mounts and loop devices: SIGINT/SIGTERM must unwind them (the
-    // running xorriso gets the signal too and fails, and the guards are torn down).
-    let term = match req.mode {
-        Mode::Overlay | Mode::Bind | Mode::Copy => Some(TerminationFlag::register()?),
-        _ => None,
-    };
+    // Every mode: SIGINT/SIGTERM/SIGHUP set the flag (to the signal number) instead of
+    // killing us; the library stops within a second, kills the program it runs, removes its
+    // temporary files and unwinds its mounts, and we say whether the output was written.
+    let flag = Arc::new(AtomicUsize::new(0));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let value = usize::try_from(sig).unwrap_or(1);
+        signal_hook::flag::register_usize(sig, Arc::clone(&flag), value)?;
+    }
+    req.cancel = Some(Arc::clone(&flag));
     let res = diskforge_iso::remaster(&req, &mut progress);
     bar.finish_and_clear();
-    if term.as_ref().is_some_and(TerminationFlag::is_raised) {
-        eprintln!("iso-remaster: interrupted; mounts and loop devices released, no output written");
-        return Ok(ExitCode::from(130));
+    let sig = flag.load(Ordering::Relaxed);
+    if sig != 0 {
+        let name = signal_name(sig);
+        match &res {
+            Ok(out) if out.dry_run => {
+                eprintln!("iso-remaster: interrupted by {name}; nothing written")
+            }
+            Ok(out) => eprintln!(
+                "iso-remaster: interrupted by {name} after the output was complete: {} is \
+                 written{}",
+                out.output.display(),
+                if out.in_place {
+                    " (edited in place)"
+                } else {
+                    ""
+                }
+            ),
+            Err(_) => eprintln!(
+                "iso-remaster: interrupted by {name}; temporary files and mounts removed, no \
+                 output written{}",
+                if req.output.is_none() {
+                    " (input unchanged)"
+                } else {
+                    ""
+                }
+            ),
+        }
+        return Ok(signal_exit(sig));
     }
     let out = res.with_context(|| format!("remastering {}", input.display()))?;
+    for w in &out.warnings {
+        eprintln!("iso-remaster: warning: {w}");
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -351,6 +473,14 @@ fn render_inspection(r: &Inspection) -> String {
             );
         }
         None => s.push_str("implanted MD5: none\n"),
+    }
+    if r.problems.is_empty() {
+        s.push_str("problems: none\n");
+    } else {
+        let _ = writeln!(s, "problems: {}", r.problems.len());
+        for p in &r.problems {
+            let _ = writeln!(s, "  {:?} at byte {}: {}", p.kind, p.offset, p.detail);
+        }
     }
     s
 }

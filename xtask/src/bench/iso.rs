@@ -388,7 +388,7 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
             let (t, mode) = time(|| {
                 let json = cmd!(
                     sh,
-                    "{tool} {inplace} --json --mode patch --kickstart {ks} {flag...}"
+                    "{tool} {inplace} --json --force --mode patch --kickstart {ks} {flag...}"
                 )
                 .read()?;
                 mode_of(&json)
