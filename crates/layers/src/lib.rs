@@ -44,10 +44,12 @@ pub use error::{Error, Result};
 pub use fsutil::source_date_epoch;
 pub use layer_tar::{Compression, TarOptions, TarStats, squash, write_layer, write_layer_to};
 pub use merge::{Change, ChangeKind, MergedEntry, diff, merged_tree};
-pub use run::{RunOptions, RunOutcome, run_in_stack, run_in_stack_interactive};
+pub use run::{
+    RunOptions, RunOutcome, clean_stale_scratch, run_in_stack, run_in_stack_interactive,
+};
 pub use stack::{StackMount, default_work_dir, mount_stack};
-pub use store::{Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
-pub use unpack::{Limits, UnpackStats, unpack_tar};
+pub use store::{GcReport, Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
+pub use unpack::{IMPLICIT_DIR_MODE, Limits, UnpackStats, unpack_tar};
 
 /// The xattr overlayfs uses to mark a directory opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
