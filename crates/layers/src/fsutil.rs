@@ -126,6 +126,8 @@ pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Resul
         return rustix::fs::unlinkat(dir, name, AtFlags::empty());
     }
     let sub = open_dir_at(dir, name)?;
+    // A read-only directory (a layer may have them) must accept the removal of its entries.
+    let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
     let mut names = Vec::new();
     for e in rustix::fs::Dir::read_from(&sub)? {
         let e = e?;

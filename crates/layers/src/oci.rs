@@ -461,6 +461,23 @@ pub(crate) fn rfc3339(secs: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Defect 9 of issue 12: an unknown `imageLayoutVersion` is refused, naming it.
+    #[test]
+    fn unknown_layout_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        init_layout(d.path()).unwrap();
+        check_layout_version(d.path()).unwrap();
+        std::fs::write(
+            d.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"2.0.0"}"#,
+        )
+        .unwrap();
+        let e = read_image(d.path(), None).unwrap_err().to_string();
+        assert!(e.contains("imageLayoutVersion \"2.0.0\""), "{e}");
+        std::fs::write(d.path().join("oci-layout"), "{}").unwrap();
+        assert!(read_image(d.path(), None).is_err());
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");

@@ -603,4 +603,35 @@ mod tests {
             "a reused layer is not unpacked again"
         );
     }
+
+    /// Defect 10 of issue 12: leftovers of a killed unpack are removed when the store is
+    /// next opened (and by `gc`), but an unpack in progress (locked) is left alone.
+    #[test]
+    fn stale_temporary_entries_are_removed_but_not_locked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let tmp = dir.path().join("store/tmp");
+        // What SIGKILL leaves: a half-unpacked layer, read-only directories included.
+        let stale = tmp.join("unpack-killed");
+        std::fs::create_dir_all(stale.join("usr/lib")).unwrap();
+        std::fs::write(stale.join("usr/lib/half"), "x").unwrap();
+        std::fs::set_permissions(
+            stale.join("usr"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o555),
+        )
+        .unwrap();
+        std::fs::write(tmp.join("stray-file"), "x").unwrap();
+        // A running unpack holds its directory locked.
+        let (running, _lock) = store.locked_tempdir("unpack-").unwrap();
+        let again = Store::open(dir.path().join("store")).unwrap();
+        let mut removed = again.cleaned_at_open().removed.clone();
+        removed.sort();
+        assert_eq!(removed, vec![tmp.join("stray-file"), stale.clone()]);
+        assert_eq!(
+            again.cleaned_at_open().in_use,
+            vec![running.path().to_owned()]
+        );
+        assert!(!stale.exists() && running.path().is_dir());
+        assert_eq!(again.gc().unwrap().removed, Vec::<PathBuf>::new());
+    }
 }

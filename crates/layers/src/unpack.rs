@@ -895,6 +895,167 @@ mod tests {
         entry_components(s.as_bytes()).unwrap()
     }
 
+    fn header(ty: EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(size);
+        h
+    }
+
+    fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<UnpackStats>) {
+        let d = tempfile::tempdir().unwrap();
+        let r = unpack_tar(bytes, d.path(), "test.tar", &Limits::default());
+        (d, r)
+    }
+
+    /// Defect 1 of issue 12: Go's archive/tar (`umoci insert`) may end a stream right after
+    /// the last member's data: no padding, no end blocks.
+    #[test]
+    fn stream_without_end_blocks_or_last_padding_is_accepted() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(EntryType::Directory, 0o755, 0),
+            "d/",
+            std::io::empty(),
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 3),
+            "d/f",
+            &b"abc"[..],
+        )
+        .unwrap();
+        let full = b.into_inner().unwrap();
+        // Header of d/ (512) + header of d/f (512) + 3 bytes of data.
+        let data_end = 512 * 2 + 3;
+        for cut in [data_end, data_end + 100, 512 * 3, full.len()] {
+            let (d, r) = unpack(&full[..cut]);
+            let stats = r.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(stats.entries, 2);
+            assert_eq!(std::fs::read(d.path().join("d/f")).unwrap(), b"abc");
+        }
+        // A stream that stops inside a member's data or a header is still refused.
+        for cut in [data_end - 1, 512 + 100] {
+            let (_d, r) = unpack(&full[..cut]);
+            assert!(r.is_err(), "cut at {cut} was accepted");
+        }
+    }
+
+    /// Defect 4 of issue 12: a directory with children replaced by a non-directory.
+    #[test]
+    fn directory_with_children_replaced_by_a_file() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(EntryType::Directory, 0o755, 0),
+            "a/",
+            std::io::empty(),
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Directory, 0o700, 0),
+            "a/sub/",
+            std::io::empty(),
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o444, 1),
+            "a/sub/x",
+            &b"x"[..],
+        )
+        .unwrap();
+        b.append_data(&mut header(EntryType::Regular, 0o600, 4), "a", &b"file"[..])
+            .unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        r.unwrap();
+        assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"file");
+    }
+
+    /// Defect 8 of issue 12: a FIFO's device fields may be NUL-filled.
+    #[test]
+    fn fifo_with_nul_device_fields() {
+        let mut h = header(EntryType::Fifo, 0o640, 0);
+        h.set_path("p").unwrap();
+        let g = h.as_gnu_mut().unwrap();
+        g.dev_major = [0; 8];
+        g.dev_minor = [0; 8];
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, std::io::empty()).unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        r.unwrap();
+        let m = std::fs::symlink_metadata(d.path().join("p")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+        // A device node still needs its numbers.
+        let mut h = header(EntryType::Char, 0o640, 0);
+        h.set_path("c").unwrap();
+        h.as_gnu_mut().unwrap().dev_major = [0; 8];
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, std::io::empty()).unwrap();
+        let (_d, r) = unpack(&b.into_inner().unwrap());
+        assert!(r.is_err());
+    }
+
+    /// Defect 5 of issue 12: directories a layer only implies are recorded (so a stack can
+    /// give them the metadata from below) and get a fixed default, not "now".
+    #[test]
+    fn implied_directories_are_recorded_with_a_fixed_default() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 1),
+            "a/b/c",
+            &b"c"[..],
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Directory, 0o700, 0),
+            "a/",
+            std::io::empty(),
+        )
+        .unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        let stats = r.unwrap();
+        assert_eq!(
+            stats.implicit_dirs,
+            vec![PathBuf::from(""), PathBuf::from("a/b")]
+        );
+        use std::os::unix::fs::MetadataExt;
+        for (p, mode, mtime) in [
+            ("", 0o755, 0),
+            ("a/b", 0o755, 0),
+            ("a", 0o700, 1_600_000_000),
+        ] {
+            let m = std::fs::metadata(d.path().join(p)).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (mode, mtime), "{p:?}");
+        }
+    }
+
+    /// Defect 6 of issue 12: a PAX 1.0 sparse member whose map is malformed is refused (the
+    /// well-formed ones are checked against GNU tar in the root tests).
+    #[test]
+    fn pax_sparse_versions_other_than_1_0_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", &b"1"[..]),
+            ("GNU.sparse.name", &b"f"[..]),
+        ])
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 0),
+            "x",
+            std::io::empty(),
+        )
+        .unwrap();
+        let (_d, r) = unpack(&b.into_inner().unwrap());
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("PAX sparse format 0.1 is not supported"), "{e}");
+    }
+
     #[test]
     fn components() {
         assert_eq!(
