@@ -1353,7 +1353,7 @@ fn base_tree(r: &Path) {
     std::fs::hard_link(r.join("etc/linked"), r.join("bin/linked2")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &r.join("devices/fifo"),
+        r.join("devices/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
@@ -1361,7 +1361,7 @@ fn base_tree(r: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &r.join("devices/null"),
+        r.join("devices/null"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -1413,42 +1413,35 @@ fn change_tree(r: &Path) {
 /// Hand-made layers (added with `umoci raw add-layer`), each a case umoci's own repack
 /// does not write.
 fn crafted_layers(s: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
     // Whiteouts under a directory that a symlink of the same layer replaces (both orders),
     // and a directory with children replaced by a file later in the same layer.
-    out.push(
-        TarMaker::new()
-            .link(tar::EntryType::Symlink, "replace/dir2dir", "../etc")
-            .file("replace/dir2dir/.wh.x", "", 0o644)
-            .file("replace/link2dir/.wh.y", "", 0o644)
-            .link(tar::EntryType::Symlink, "replace/link2dir", "/srv")
-            .dir("replace/tree/", 0o755, 0, 0)
-            .file("replace/tree/child", "c\n", 0o644)
-            .file("replace/tree", "now a file\n", 0o600)
-            .write(&s.join("c1.tar")),
-    );
+    let c1 = TarMaker::new()
+        .link(tar::EntryType::Symlink, "replace/dir2dir", "../etc")
+        .file("replace/dir2dir/.wh.x", "", 0o644)
+        .file("replace/link2dir/.wh.y", "", 0o644)
+        .link(tar::EntryType::Symlink, "replace/link2dir", "/srv")
+        .dir("replace/tree/", 0o755, 0, 0)
+        .file("replace/tree/child", "c\n", 0o644)
+        .file("replace/tree", "now a file\n", 0o600)
+        .write(&s.join("c1.tar"));
     // Opaque directories at several depths, a child of a directory that only the layer's
     // entries imply (no entry for `impl/keep`: it keeps its metadata from below), a FIFO
     // with NUL device fields. (A directory implied with nothing below gets a fixed default
     // here, while umoci gives it the time of the unpack: checked on its own.)
-    out.push(
-        TarMaker::new()
-            .file("opq/.wh..wh..opq", "", 0o644)
-            .dir("opq/a/", 0o711, 5, 6)
-            .file("opq/a/.wh..wh..opq", "", 0o644)
-            .file("opq/a/fresh", "fresh\n", 0o644)
-            .file("etc/conf.d/.wh..wh..opq", "", 0o644)
-            .file("impl/keep/file2", "implied\n", 0o644)
-            .fifo_nul_dev("devices/fifo2")
-            .write(&s.join("c2.tar")),
-    );
+    let c2 = TarMaker::new()
+        .file("opq/.wh..wh..opq", "", 0o644)
+        .dir("opq/a/", 0o711, 5, 6)
+        .file("opq/a/.wh..wh..opq", "", 0o644)
+        .file("opq/a/fresh", "fresh\n", 0o644)
+        .file("etc/conf.d/.wh..wh..opq", "", 0o644)
+        .file("impl/keep/file2", "implied\n", 0o644)
+        .fifo_nul_dev("devices/fifo2")
+        .write(&s.join("c2.tar"));
     // A directory with children replaced by a file in a later layer (no whiteout).
-    out.push(
-        TarMaker::new()
-            .file("replace/file2dir", "a file again\n", 0o644)
-            .write(&s.join("c3.tar")),
-    );
-    out
+    let c3 = TarMaker::new()
+        .file("replace/file2dir", "a file again\n", 0o644)
+        .write(&s.join("c3.tar"));
+    vec![c1, c2, c3]
 }
 
 /// A tarball with a sparse member made by GNU tar (`--sparse`, PAX format 1.0 or old GNU).
@@ -1883,7 +1876,7 @@ fn one_layer_view_hides_whiteouts() {
     mkdirs(&[&merged]);
     for lowers in [
         vec![l.path.clone()],
-        layer_paths(&store.stack(&[l.clone()]).unwrap()),
+        layer_paths(&store.stack(std::slice::from_ref(&l)).unwrap()),
     ] {
         let m = dl::mount_stack(&lowers, None, &merged).unwrap();
         let names: Vec<_> = std::fs::read_dir(&merged)

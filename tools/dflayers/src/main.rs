@@ -238,7 +238,7 @@ fn resolve_all(store: &Store, specs: &[String]) -> anyhow::Result<Vec<Layer>> {
     for s in specs {
         out.extend(store.resolve(s).with_context(|| format!("layer {s}"))?);
     }
-    Ok(store.stack(&out).context("stacking the layers")?)
+    store.stack(&out).context("stacking the layers")
 }
 
 fn paths(layers: &[Layer]) -> Vec<PathBuf> {
