@@ -249,6 +249,9 @@ pub struct AppendedImage {
 
 /// Create an empty OCI layout at `dir` if it has none yet.
 pub fn init_layout(dir: &Path) -> Result<()> {
+    if is_layout(dir) {
+        check_layout_version(dir)?;
+    }
     std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| Error::io("creating", dir, e))?;
     if !is_layout(dir) {
         write_atomic(

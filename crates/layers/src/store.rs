@@ -158,7 +158,19 @@ impl Store {
             progress: None,
             opened: GcReport::default(),
         };
-        store.opened = store.gc()?;
+        store.opened = match store.gc() {
+            Ok(r) => r,
+            // A store we may only read (another user's, a read-only mount) is used as is.
+            Err(Error::Sys { source, .. })
+                if matches!(
+                    source,
+                    rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM
+                ) =>
+            {
+                GcReport::default()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(store)
     }
 

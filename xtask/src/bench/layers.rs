@@ -168,22 +168,29 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::remove_file(&t)?;
     }
     let (fresh_store, bundle) = (s.join("fresh-store"), s.join("bundle"));
-    let unpack = time(|| {
-        let _ = std::fs::remove_dir_all(&fresh_store);
-        cmd!(sh, "{bin} --store {fresh_store} unpack {img}")
-            .quiet()
-            .ignore_stdout()
-            .run()?;
-        Ok(())
-    })?;
-    let umoci = time(|| {
-        let _ = std::fs::remove_dir_all(&bundle);
-        cmd!(sh, "umoci unpack --image {img} {bundle}")
-            .quiet()
-            .ignore_stdout()
-            .run()?;
-        Ok(())
-    })?;
+    // Rounds alternate between the two; each starts from an empty target with the previous
+    // round's writes flushed (`sync`, not timed), so neither pays for the other's writeback.
+    let (mut unpacks, mut umocis) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (dest, times) in [(&fresh_store, &mut unpacks), (&bundle, &mut umocis)] {
+            let _ = std::fs::remove_dir_all(dest);
+            cmd!(sh, "sync").quiet().run()?;
+            let t = Instant::now();
+            if dest == &fresh_store {
+                cmd!(sh, "{bin} --store {fresh_store} unpack {img}")
+                    .quiet()
+                    .ignore_stdout()
+                    .run()?;
+            } else {
+                cmd!(sh, "umoci unpack --image {img} {bundle}")
+                    .quiet()
+                    .ignore_stdout()
+                    .run()?;
+            }
+            times.push(t.elapsed());
+        }
+    }
+    let (unpack, umoci) = (median(unpacks), median(umocis));
     // Both results hold the same tree.
     cmd!(sh, "{bin} --store {fresh_store} mount -l {img} {merged}")
         .quiet()
