@@ -1,6 +1,16 @@
 //! Host tests for `diskforge-layers` (root: mounts overlayfs, creates device nodes and
 //! `trusted.*` xattrs). Trees are compared in full: paths, types, modes, owners, xattrs,
-//! device numbers, symlink targets and contents (mtimes are not compared).
+//! device numbers, symlink targets and contents (mtimes are not compared there).
+//!
+//! The interop suite (`interop_*`) builds OCI images with umoci and skopeo (gzip, zstd,
+//! uncompressed; `umoci insert`; hand-made layers through `umoci raw add-layer`) and compares
+//! every route of ours (mount read-only and with an upper dir after copy-up, unpack + a
+//! kernel overlay, squash, run) with `umoci unpack` of the same image: names, types, modes,
+//! owners, mtimes (ns) of files and directories, xattrs, symlink targets, hardlink groups
+//! and content hashes. It cannot compare directories an image implies with nothing below
+//! (umoci gives them the time of the unpack; ours get a fixed default, tested apart), old
+//! GNU sparse members and zstd layers through umoci (umoci 0.4.7 reads neither: the zstd
+//! copy is compared with the unpack of the original).
 //!
 //! Not covered here: unprivileged use (`userxattr` overlays), and registry pulls (the OCI
 //! layouts come from `umoci`/`skopeo` locally).

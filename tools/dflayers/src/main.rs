@@ -283,7 +283,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&layers)?;
             } else {
                 for l in &layers {
-                    let id = l.diff_id.as_deref().unwrap_or("(directory)");
+                    let id = match (&l.diff_id, &l.origin) {
+                        (Some(id), _) => id.as_str(),
+                        (None, diskforge_layers::LayerOrigin::Fixup) => "(fix-up)",
+                        (None, _) => "(directory)",
+                    };
                     let how = if l.reused { "reused" } else { "unpacked" };
                     println!("{id}  {how:8}  {}", l.path.display());
                 }
