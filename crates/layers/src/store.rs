@@ -161,14 +161,11 @@ impl Store {
         store.opened = match store.gc() {
             Ok(r) => r,
             // A store we may only read (another user's, a read-only mount) is used as is.
-            Err(Error::Sys { source, .. })
-                if matches!(
-                    source,
-                    rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM
-                ) =>
-            {
-                GcReport::default()
-            }
+            Err(Error::Sys {
+                source:
+                    rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM,
+                ..
+            }) => GcReport::default(),
             Err(e) => return Err(e),
         };
         Ok(store)
