@@ -92,6 +92,9 @@ pub struct UnpackProgress {
 /// Callback for [`UnpackProgress`].
 pub type ProgressFn = std::sync::Arc<dyn Fn(&UnpackProgress) + Send + Sync>;
 
+/// How many layers of one image are unpacked at once, at most (fewer on fewer CPUs).
+const UNPACK_THREADS: usize = 4;
+
 /// How often (in archive bytes) progress is reported.
 const PROGRESS_STEP: u64 = 4 << 20;
 
@@ -310,20 +313,81 @@ impl Store {
     /// Unpack every layer of image `reference` (or the only image) of an OCI layout, verifying
     /// all digests and each layer's diff_id.
     pub fn import_oci(&self, layout: &Path, reference: Option<&str>) -> Result<Vec<Layer>> {
+        type Imported = (PathBuf, String, bool, Option<UnpackStats>);
         let image = crate::oci::read_image(layout, reference)?;
+        // Layers unpack into directories of their own: several at once (distinct blobs only;
+        // a repeated blob is the same layer).
+        let mut unique: Vec<usize> = Vec::new();
+        for (i, b) in image.layers.iter().enumerate() {
+            if !unique.iter().any(|&u| image.layers[u].digest == b.digest) {
+                unique.push(i);
+            }
+        }
+        let results: Vec<std::sync::Mutex<Option<Result<Imported>>>> =
+            unique.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(UNPACK_THREADS)
+            .min(unique.len());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k >= unique.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let blob = &image.layers[unique[k]];
+                        let r = self.import_blob(&blob.path, &blob.digest, Some(&blob.diff_id));
+                        if r.is_err() {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if let Ok(mut slot) = results[k].lock() {
+                            *slot = Some(r);
+                        }
+                    }
+                });
+            }
+        });
+        let mut done: Vec<Imported> = Vec::new();
+        for (k, m) in results.into_iter().enumerate() {
+            match m.into_inner().ok().flatten() {
+                Some(Ok(v)) => done.push(v),
+                Some(Err(e)) => return Err(e),
+                // Not attempted because another layer failed (its error comes first) —
+                // or, impossibly, a poisoned lock.
+                None => {
+                    return Err(Error::Oci {
+                        path: image.layers[unique[k]].path.clone(),
+                        reason: "not unpacked".into(),
+                    });
+                }
+            }
+        }
         let mut out = Vec::new();
-        for blob in image.layers {
-            let (dir, diff_id, reused, unpacked) =
-                self.import_blob(&blob.path, &blob.digest, Some(&blob.diff_id))?;
+        for blob in image.layers.iter() {
+            let k = unique
+                .iter()
+                .position(|&u| image.layers[u].digest == blob.digest)
+                .unwrap_or(0);
+            let repeat = out.iter().any(|l: &Layer| {
+                matches!(&l.origin, LayerOrigin::Oci { digest, .. } if *digest == blob.digest)
+            });
+            let Some((dir, diff_id, reused, unpacked)) = done.get(k) else {
+                continue;
+            };
             out.push(Layer {
-                path: dir,
-                diff_id: Some(diff_id),
+                path: dir.clone(),
+                diff_id: Some(diff_id.clone()),
                 origin: LayerOrigin::Oci {
                     layout: layout.to_owned(),
-                    digest: blob.digest,
+                    digest: blob.digest.clone(),
                 },
-                reused,
-                unpacked,
+                // A repeated blob is found in the store the second time.
+                reused: *reused || repeat,
+                unpacked: if repeat { None } else { unpacked.clone() },
             });
         }
         Ok(out)
