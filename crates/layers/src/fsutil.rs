@@ -147,7 +147,7 @@ pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Resul
 /// `trusted.overlay.*`) of its source, or the default (0755, 0:0, mtime `default_mtime`).
 pub(crate) fn write_dir_tree(
     root: &Path,
-    dirs: &std::collections::BTreeMap<OsString, crate::merge::DirSource>,
+    dirs: &std::collections::BTreeMap<OsString, DirSource>,
     default_mtime: u64,
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -161,7 +161,7 @@ pub(crate) fn write_dir_tree(
     for (rel, src) in dirs.iter().rev() {
         let p = root.join(rel);
         let (uid, gid, mode, sec, nsec, xattrs) = match src {
-            crate::merge::DirSource::Path(s) => {
+            DirSource::Path(s) => {
                 let m = std::fs::symlink_metadata(s).map_err(|e| Error::io("inspecting", s, e))?;
                 let mut x = read_xattrs(s)?;
                 x.retain(|(k, _)| !k.starts_with("trusted.overlay."));
@@ -174,7 +174,7 @@ pub(crate) fn write_dir_tree(
                     x,
                 )
             }
-            crate::merge::DirSource::Default => (
+            DirSource::Default => (
                 0,
                 0,
                 crate::IMPLICIT_DIR_MODE,
@@ -210,4 +210,37 @@ pub(crate) fn write_dir_tree(
         .map_err(|e| Error::sys("setting mtime of", &p, e))?;
     }
     Ok(())
+}
+
+/// Where a directory of a fix-up layer takes its metadata from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DirSource {
+    /// The same directory in this layer directory (owner, mode, mtime, xattrs).
+    Path(PathBuf),
+    /// No layer below has it: the documented default.
+    Default,
+}
+
+/// Whether the layer directory `p`'s root is marked opaque (unreadable counts as not).
+pub(crate) fn root_is_opaque(p: &Path) -> bool {
+    get_xattr(p, crate::OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
+}
+
+/// The layers overlayfs should see for `layers` (base first): a directory repeated in the
+/// stack is kept once, at its topmost place (the same lower twice fails with ELOOP, and the
+/// lower copy adds nothing the upper one does not show), and layers below one whose root is
+/// opaque are dropped (overlayfs ignores the opaque flag on a layer's root; OCI does not).
+pub(crate) fn effective_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut kept: Vec<PathBuf> = layers
+        .iter()
+        .rev()
+        .filter(|l| seen.insert(l.as_path()))
+        .cloned()
+        .collect();
+    kept.reverse();
+    if let Some(cut) = kept.iter().rposition(|l| root_is_opaque(l)) {
+        kept.drain(..cut);
+    }
+    kept
 }

@@ -11,7 +11,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{get_xattr, is_whiteout, read_xattrs, rel_join, sorted_entries};
+use crate::fsutil::{DirSource, get_xattr, is_whiteout, read_xattrs, rel_join, sorted_entries};
 use crate::{Error, OPAQUE_XATTR, Result};
 
 /// One path of a merged view.
@@ -38,11 +38,6 @@ fn lstat_opt(p: &Path) -> Result<Option<std::fs::Metadata>> {
         }
         Err(e) => Err(Error::io("inspecting", p, e)),
     }
-}
-
-/// Whether the layer directory `p`'s root is marked opaque (unreadable counts as not).
-pub(crate) fn root_is_opaque(p: &Path) -> bool {
-    is_opaque(p).unwrap_or(false)
 }
 
 fn is_opaque(p: &Path) -> Result<bool> {
@@ -133,7 +128,7 @@ fn all_top_first(layers: &[PathBuf]) -> Vec<usize> {
 /// root first. Nothing is mounted. A repeated layer counts once (its topmost place) and a
 /// layer whose root is opaque hides the layers below it, as in [`crate::mount_stack`].
 pub fn merged_tree(layers: &[PathBuf]) -> Result<Vec<MergedEntry>> {
-    let eff = crate::stack::effective_layers(layers);
+    let eff = crate::fsutil::effective_layers(layers);
     // Index in `layers` of each effective layer (its topmost place).
     let index: Vec<usize> = eff
         .iter()
@@ -365,15 +360,6 @@ pub fn diff(lowers: &[PathBuf], upper: &Path) -> Result<Vec<Change>> {
     let mut out = Vec::new();
     diff_walk(&view, upper, OsStr::new(""), &mut out)?;
     Ok(out)
-}
-
-/// Where a directory of a fix-up layer takes its metadata from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DirSource {
-    /// The same directory in this layer directory (owner, mode, mtime, xattrs).
-    Path(PathBuf),
-    /// No layer below has it: the documented default.
-    Default,
 }
 
 /// For a stack (base first) whose layer `i` created the directories `implicit[i]` without

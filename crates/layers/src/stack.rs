@@ -84,25 +84,6 @@ pub fn default_work_dir(upper: &Path) -> PathBuf {
     upper.with_file_name(format!(".{name}.work"))
 }
 
-/// The layers overlayfs should see for `layers` (base first): a directory repeated in the
-/// stack is kept once, at its topmost place (the same lower twice fails with ELOOP, and the
-/// lower copy adds nothing the upper one does not show), and layers below one whose root is
-/// opaque are dropped (overlayfs ignores the opaque flag on a layer's root; OCI does not).
-pub(crate) fn effective_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut kept: Vec<PathBuf> = layers
-        .iter()
-        .rev()
-        .filter(|l| seen.insert(l.as_path()))
-        .cloned()
-        .collect();
-    kept.reverse();
-    if let Some(cut) = kept.iter().rposition(|l| crate::merge::root_is_opaque(l)) {
-        kept.drain(..cut);
-    }
-    kept
-}
-
 /// Give a new, empty upper dir the owner, mode, mtime and xattrs of the merged lower root
 /// (the merged view's root is the upper dir's root), as applying the layers would leave it.
 fn seed_upper_root(upper: &Path, top_lower: &Path) -> Result<()> {
@@ -116,7 +97,7 @@ fn seed_upper_root(upper: &Path, top_lower: &Path) -> Result<()> {
     let mut dirs = std::collections::BTreeMap::new();
     dirs.insert(
         std::ffi::OsString::new(),
-        crate::merge::DirSource::Path(top_lower.to_owned()),
+        crate::fsutil::DirSource::Path(top_lower.to_owned()),
     );
     crate::fsutil::write_dir_tree(upper, &dirs, 0)
 }
@@ -142,7 +123,7 @@ pub fn mount_stack(
             reason: "a stack needs at least one layer".into(),
         });
     }
-    let mut layers = effective_layers(layers);
+    let mut layers = crate::fsutil::effective_layers(layers);
     let action = format!("mounting {} layer(s) on {}", layers.len(), target.display());
     if layers.len() == 1 && upper.is_none() {
         let empty = std::fs::read_dir(target)

@@ -455,7 +455,7 @@ impl Store {
         let fixups = crate::merge::implicit_fixups(&paths, &implicit)?;
         if let Some(cut) = kept
             .iter()
-            .rposition(|l| crate::merge::root_is_opaque(&l.path))
+            .rposition(|l| crate::fsutil::root_is_opaque(&l.path))
         {
             kept.drain(..cut);
         }
@@ -488,7 +488,7 @@ impl Store {
     fn fixup_layer(
         &self,
         paths: &[PathBuf],
-        fixups: &std::collections::BTreeMap<OsString, crate::merge::DirSource>,
+        fixups: &std::collections::BTreeMap<OsString, crate::fsutil::DirSource>,
     ) -> Result<PathBuf> {
         use sha2::Digest as _;
         let sde = crate::source_date_epoch().unwrap_or(0);
