@@ -116,3 +116,131 @@ pub(crate) fn is_whiteout(meta: &std::fs::Metadata) -> bool {
 pub fn source_date_epoch() -> Option<u64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
+
+/// Remove `name` under `dir` and, if it is a directory, everything below it, never following
+/// a symlink (every step is relative to an open directory, with `O_NOFOLLOW`).
+pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType};
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    }
+    let sub = open_dir_at(dir, name)?;
+    // A read-only directory (a layer may have them) must accept the removal of its entries.
+    let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&sub)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsString::from_vec(n.to_vec()));
+        }
+    }
+    for n in names {
+        remove_tree_at(&sub, &n)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Create the directories `dirs` (relative paths, `""` = `root` itself) under the new,
+/// private directory `root`, each with the owner, mode, mtime and xattrs (except
+/// `trusted.overlay.*`) of its source, or the default (0755, 0:0, mtime `default_mtime`).
+pub(crate) fn write_dir_tree(
+    root: &Path,
+    dirs: &std::collections::BTreeMap<OsString, DirSource>,
+    default_mtime: u64,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for rel in dirs.keys() {
+        let p = root.join(rel);
+        if !rel.is_empty() {
+            std::fs::create_dir_all(&p).map_err(|e| Error::io("creating directory", &p, e))?;
+        }
+    }
+    // Deepest first, so setting a child's metadata does not change its parent's mtime after.
+    for (rel, src) in dirs.iter().rev() {
+        let p = root.join(rel);
+        let (uid, gid, mode, sec, nsec, xattrs) = match src {
+            DirSource::Path(s) => {
+                let m = std::fs::symlink_metadata(s).map_err(|e| Error::io("inspecting", s, e))?;
+                let mut x = read_xattrs(s)?;
+                x.retain(|(k, _)| !k.starts_with("trusted.overlay."));
+                (
+                    m.uid(),
+                    m.gid(),
+                    m.mode() & 0o7777,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    x,
+                )
+            }
+            DirSource::Default => (
+                0,
+                0,
+                crate::IMPLICIT_DIR_MODE,
+                i64::try_from(default_mtime).unwrap_or(i64::MAX),
+                0,
+                Vec::new(),
+            ),
+        };
+        for (k, v) in &xattrs {
+            rustix::fs::lsetxattr(&p, k.as_str(), v, rustix::fs::XattrFlags::empty())
+                .map_err(|e| Error::sys("setting xattr on", &p, e))?;
+        }
+        rustix::fs::chown(
+            &p,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| Error::sys("chown", &p, e))?;
+        rustix::fs::chmod(&p, Mode::from_raw_mode(mode)).map_err(|e| Error::sys("chmod", &p, e))?;
+        let t = rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &p,
+            &rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| Error::sys("setting mtime of", &p, e))?;
+    }
+    Ok(())
+}
+
+/// Where a directory of a fix-up layer takes its metadata from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DirSource {
+    /// The same directory in this layer directory (owner, mode, mtime, xattrs).
+    Path(PathBuf),
+    /// No layer below has it: the documented default.
+    Default,
+}
+
+/// Whether the layer directory `p`'s root is marked opaque (unreadable counts as not).
+pub(crate) fn root_is_opaque(p: &Path) -> bool {
+    get_xattr(p, crate::OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
+}
+
+/// The layers overlayfs should see for `layers` (base first): a directory repeated in the
+/// stack is kept once, at its topmost place (the same lower twice fails with ELOOP, and the
+/// lower copy adds nothing the upper one does not show), and layers below one whose root is
+/// opaque are dropped (overlayfs ignores the opaque flag on a layer's root; OCI does not).
+pub(crate) fn effective_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut kept: Vec<PathBuf> = layers
+        .iter()
+        .rev()
+        .filter(|l| seen.insert(l.as_path()))
+        .cloned()
+        .collect();
+    kept.reverse();
+    if let Some(cut) = kept.iter().rposition(|l| root_is_opaque(l)) {
+        kept.drain(..cut);
+    }
+    kept
+}

@@ -12,6 +12,12 @@
 //!   that pass through a symlink are refused with an error naming the entry. Every write is
 //!   made relative to a directory file descriptor with `O_NOFOLLOW` (openat-style), so a
 //!   symlink created by the layer is never followed. Sizes are bounded by [`Limits`].
+//! - [`Store::stack`] turns an image's layers into the lower dirs that show it exactly as
+//!   applying the layers in order would (`umoci unpack`): repeated layers once, nothing
+//!   below an opaque root, and a fix-up layer giving directories that a layer only implies
+//!   the metadata from below. Streams without end blocks, sparse members, FIFOs with NUL
+//!   device fields and whiteouts under replaced parents are read as GNU tar and umoci do.
+//!   Leftovers of killed unpacks are removed at the next [`Store::open`] ([`Store::gc`]).
 //! - [`write_layer`] turns an overlay upper dir back into an OCI layer tarball (whiteouts and
 //!   opaque dirs become `.wh.` entries), reproducibly under `SOURCE_DATE_EPOCH`;
 //!   [`oci::append_image`] adds such a layer to an OCI layout as a new image.
@@ -44,10 +50,12 @@ pub use error::{Error, Result};
 pub use fsutil::source_date_epoch;
 pub use layer_tar::{Compression, TarOptions, TarStats, squash, write_layer, write_layer_to};
 pub use merge::{Change, ChangeKind, MergedEntry, diff, merged_tree};
-pub use run::{RunOptions, RunOutcome, run_in_stack, run_in_stack_interactive};
+pub use run::{
+    RunOptions, RunOutcome, clean_stale_scratch, run_in_stack, run_in_stack_interactive,
+};
 pub use stack::{StackMount, default_work_dir, mount_stack};
-pub use store::{Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
-pub use unpack::{Limits, UnpackStats, unpack_tar};
+pub use store::{GcReport, Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
+pub use unpack::{IMPLICIT_DIR_MODE, Limits, UnpackStats, unpack_tar};
 
 /// The xattr overlayfs uses to mark a directory opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";

@@ -11,7 +11,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{get_xattr, is_whiteout, read_xattrs, rel_join, sorted_entries};
+use crate::fsutil::{DirSource, get_xattr, is_whiteout, read_xattrs, rel_join, sorted_entries};
 use crate::{Error, OPAQUE_XATTR, Result};
 
 /// One path of a merged view.
@@ -25,7 +25,7 @@ pub struct MergedEntry {
     pub layer: usize,
 }
 
-enum Resolved {
+pub(crate) enum Resolved {
     File(PathBuf, usize),
     Dir(PathBuf, usize, Vec<usize>),
 }
@@ -125,8 +125,16 @@ fn all_top_first(layers: &[PathBuf]) -> Vec<usize> {
 }
 
 /// Every path of the merged view of `layers` (base first), depth-first in name order, the
-/// root first. Nothing is mounted.
+/// root first. Nothing is mounted. A repeated layer counts once (its topmost place) and a
+/// layer whose root is opaque hides the layers below it, as in [`crate::mount_stack`].
 pub fn merged_tree(layers: &[PathBuf]) -> Result<Vec<MergedEntry>> {
+    let eff = crate::fsutil::effective_layers(layers);
+    // Index in `layers` of each effective layer (its topmost place).
+    let index: Vec<usize> = eff
+        .iter()
+        .map(|p| layers.iter().rposition(|l| l == p).unwrap_or(0))
+        .collect();
+    let layers = eff.as_slice();
     let Some(top) = layers.last() else {
         return Ok(Vec::new());
     };
@@ -143,6 +151,9 @@ pub fn merged_tree(layers: &[PathBuf]) -> Result<Vec<MergedEntry>> {
         }
     }
     walk(layers, &cs, OsStr::new(""), &mut out)?;
+    for e in &mut out {
+        e.layer = index.get(e.layer).copied().unwrap_or(e.layer);
+    }
     Ok(out)
 }
 
@@ -179,13 +190,13 @@ pub struct Change {
 }
 
 /// Where a path stands in the merged lower stack.
-struct LowerView<'a> {
-    layers: &'a [PathBuf],
+pub(crate) struct LowerView<'a> {
+    pub(crate) layers: &'a [PathBuf],
 }
 
 impl LowerView<'_> {
     /// Resolve `rel` component by component from the root.
-    fn lookup(&self, rel: &OsStr) -> Result<Option<Resolved>> {
+    pub(crate) fn lookup(&self, rel: &OsStr) -> Result<Option<Resolved>> {
         let mut cs = Vec::new();
         for i in all_top_first(self.layers) {
             cs.push(i);
@@ -348,5 +359,63 @@ pub fn diff(lowers: &[PathBuf], upper: &Path) -> Result<Vec<Change>> {
     let view = LowerView { layers: lowers };
     let mut out = Vec::new();
     diff_walk(&view, upper, OsStr::new(""), &mut out)?;
+    Ok(out)
+}
+
+/// For a stack (base first) whose layer `i` created the directories `implicit[i]` without
+/// listing them: every directory of the merged view whose visible copy is such an implicit
+/// one, with its ancestors, mapped to where its real metadata is (the same directory in the
+/// merged view of the layers below, recursively, else [`DirSource::Default`]).
+pub(crate) fn implicit_fixups(
+    layers: &[PathBuf],
+    implicit: &[BTreeSet<OsString>],
+) -> Result<std::collections::BTreeMap<OsString, DirSource>> {
+    fn source(
+        layers: &[PathBuf],
+        implicit: &[BTreeSet<OsString>],
+        limit: usize,
+        rel: &OsStr,
+    ) -> Result<DirSource> {
+        let view = LowerView {
+            layers: &layers[..limit],
+        };
+        match view.lookup(rel)? {
+            Some(Resolved::Dir(p, i, _)) => {
+                if implicit.get(i).is_some_and(|s| s.contains(rel)) {
+                    source(layers, implicit, i, rel)
+                } else {
+                    Ok(DirSource::Path(p))
+                }
+            }
+            _ => Ok(DirSource::Default),
+        }
+    }
+    let full = LowerView { layers };
+    let mut out = std::collections::BTreeMap::new();
+    for (k, set) in implicit.iter().enumerate() {
+        for rel in set {
+            if out.contains_key(rel) {
+                continue;
+            }
+            match full.lookup(rel)? {
+                Some(Resolved::Dir(_, i, _)) if i == k => {}
+                _ => continue,
+            }
+            let mut cur = Some(rel.clone());
+            while let Some(r) = cur {
+                if out.contains_key(&r) {
+                    break;
+                }
+                let src = source(layers, implicit, layers.len(), &r)?;
+                let parent = (!r.is_empty()).then(|| {
+                    let b = r.as_bytes();
+                    let cut = b.iter().rposition(|c| *c == b'/').unwrap_or(0);
+                    OsStr::from_bytes(&b[..cut]).to_owned()
+                });
+                out.insert(r, src);
+                cur = parent;
+            }
+        }
+    }
     Ok(out)
 }

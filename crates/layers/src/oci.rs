@@ -55,6 +55,34 @@ pub fn is_layout(dir: &Path) -> bool {
     dir.join("oci-layout").is_file()
 }
 
+/// The `imageLayoutVersion`s this crate reads (`image-layout.md`: the only version so far).
+pub const LAYOUT_VERSIONS: &[&str] = &["1.0.0"];
+
+/// Check `layout`'s `oci-layout` file: JSON with an `imageLayoutVersion` we know
+/// ([`LAYOUT_VERSIONS`]); an unknown version is refused rather than misread.
+pub fn check_layout_version(layout: &Path) -> Result<()> {
+    let path = layout.join("oci-layout");
+    let raw = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| Error::Oci {
+        path: path.clone(),
+        reason: format!("oci-layout is not JSON: {e}"),
+    })?;
+    match v.get("imageLayoutVersion") {
+        Some(serde_json::Value::String(s)) if LAYOUT_VERSIONS.contains(&s.as_str()) => Ok(()),
+        Some(other) => Err(Error::Unsupported {
+            path,
+            reason: format!(
+                "imageLayoutVersion {other} is not one this version reads ({})",
+                LAYOUT_VERSIONS.join(", ")
+            ),
+        }),
+        None => Err(Error::Oci {
+            path,
+            reason: "oci-layout has no imageLayoutVersion".into(),
+        }),
+    }
+}
+
 fn read_verified(layout: &Path, desc: &Descriptor) -> Result<PathBuf> {
     let digest = desc.digest().to_string();
     let path = blob_path(layout, &digest)?;
@@ -108,6 +136,7 @@ pub fn read_image(layout: &Path, reference: Option<&str>) -> Result<Image> {
             reason: "no oci-layout file: not an OCI image layout".into(),
         });
     }
+    check_layout_version(layout)?;
     let index_path = layout.join("index.json");
     let index = ImageIndex::from_file(&index_path).map_err(spec_err(&index_path))?;
     let named = |d: &&Descriptor| {
@@ -220,6 +249,9 @@ pub struct AppendedImage {
 
 /// Create an empty OCI layout at `dir` if it has none yet.
 pub fn init_layout(dir: &Path) -> Result<()> {
+    if is_layout(dir) {
+        check_layout_version(dir)?;
+    }
     std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| Error::io("creating", dir, e))?;
     if !is_layout(dir) {
         write_atomic(
@@ -431,6 +463,23 @@ pub(crate) fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Defect 9 of issue 12: an unknown `imageLayoutVersion` is refused, naming it.
+    #[test]
+    fn unknown_layout_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        init_layout(d.path()).unwrap();
+        check_layout_version(d.path()).unwrap();
+        std::fs::write(
+            d.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"2.0.0"}"#,
+        )
+        .unwrap();
+        let e = read_image(d.path(), None).unwrap_err().to_string();
+        assert!(e.contains("imageLayoutVersion \"2.0.0\""), "{e}");
+        std::fs::write(d.path().join("oci-layout"), "{}").unwrap();
+        assert!(read_image(d.path(), None).is_err());
+    }
 
     #[test]
     fn timestamps() {

@@ -80,13 +80,10 @@ fn run_with(
         .scratch
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let scratch = tempfile::Builder::new()
-        .prefix("dflayers-run-")
-        .tempdir_in(&scratch_base)
-        .map_err(|e| Error::io("creating scratch directory in", &scratch_base, e))?;
-    // The scratch dir must never be removed recursively while something is mounted in it:
-    // keep it, and remove its parts one by one after the teardown succeeded.
-    let scratch = scratch.keep();
+    // Scratch dirs of runs that were killed (SIGKILL leaves no chance to clean up; their
+    // mounts died with their private mount namespace).
+    clean_stale_scratch(&scratch_base)?;
+    let (scratch, _scratch_lock) = locked_scratch(&scratch_base)?;
     let merged = scratch.join("merged");
     let (upper, work, temp_upper) = match &opts.upper {
         Some(u) => (
@@ -124,6 +121,73 @@ fn run_with(
     let outcome = result?;
     cleanup?;
     Ok(outcome)
+}
+
+/// Prefix of the scratch directories of running (or killed) runs.
+const SCRATCH_PREFIX: &str = "dflayers-run-";
+
+/// A new scratch directory `BASE/dflayers-run-*`, locked (`flock`) for as long as the returned
+/// fd is open. It is made under a hidden name, locked, then renamed, so
+/// [`clean_stale_scratch`] never sees it unlocked. Kept on drop: it must never be removed
+/// recursively while something may be mounted in it.
+fn locked_scratch(base: &Path) -> Result<(PathBuf, std::os::fd::OwnedFd)> {
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{SCRATCH_PREFIX}"))
+        .tempdir_in(base)
+        .map_err(|e| Error::io("creating scratch directory in", base, e))?
+        .keep();
+    let fd = crate::fsutil::open_dir(&tmp)?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::sys("locking", &tmp, e))?;
+    let name = tmp
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
+        .unwrap_or_default();
+    let dir = base.join(name);
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io("renaming scratch directory", &tmp, e))?;
+    Ok((dir, fd))
+}
+
+/// Remove the scratch directories (`BASE/dflayers-run-*`) of runs that are gone: those no
+/// process holds locked and with nothing mounted below them. Returns what was removed.
+/// [`run_in_stack`] calls this before each run; `dflayers gc` too.
+pub fn clean_stale_scratch(base: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(base) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io("reading", base, e)),
+    };
+    let base_fd = crate::fsutil::open_dir(base)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in entries {
+        let e = e.map_err(|e| Error::io("reading", base, e))?;
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let p = base.join(&name);
+        let Ok(fd) = crate::fsutil::open_dir_at(&base_fd, &name) else {
+            continue;
+        };
+        if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        let prefix = format!("{}/", p.display());
+        let mounted = mountinfo.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m == p.to_string_lossy() || m.starts_with(&prefix))
+        });
+        if mounted {
+            tracing::warn!(dir = %p.display(), "stale scratch dir has mounts below it; keeping it");
+            continue;
+        }
+        crate::fsutil::remove_tree_at(&base_fd, &name)
+            .map_err(|e| Error::sys("removing stale scratch directory", &p, e))?;
+        removed.push(p);
+    }
+    Ok(removed)
 }
 
 fn run_inside(

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use diskforge_mount::{Mount, Overlay, OverlayMount, RedirectDir};
+use diskforge_mount::{Overlay, OverlayMount, RedirectDir};
 
 use crate::{Error, Result};
 
@@ -15,11 +15,9 @@ fn mount_err(action: String) -> impl FnOnce(diskforge_mount::Error) -> Error {
 
 enum Inner {
     Overlay(OverlayMount),
-    Bind(Mount),
 }
 
-/// A mounted layer stack (an overlay, or a read-only bind for a single layer without an
-/// upper dir). [`StackMount::teardown`] unmounts; Drop unmounts once and logs;
+/// A mounted layer stack (always an overlay, so whiteouts never show). [`StackMount::teardown`] unmounts; Drop unmounts once and logs;
 /// [`StackMount::release`] leaves it mounted.
 #[must_use = "dropping the guard unmounts"]
 pub struct StackMount {
@@ -43,8 +41,8 @@ impl StackMount {
         &self.target
     }
 
-    /// How it was mounted: `mount-data` (one option string), `fsconfig` (`lowerdir+` per
-    /// layer, past the one-page limit) or `bind` (one read-only layer).
+    /// How it was mounted: `mount-data` (one option string) or `fsconfig` (`lowerdir+` per
+    /// layer, past the one-page limit).
     pub fn method(&self) -> &'static str {
         self.method
     }
@@ -54,7 +52,6 @@ impl StackMount {
         let action = format!("unmounting {}", self.target.display());
         match self.inner.take() {
             Some(Inner::Overlay(m)) => m.teardown().map_err(mount_err(action)),
-            Some(Inner::Bind(m)) => m.teardown().map_err(mount_err(action)),
             None => Ok(()),
         }
     }
@@ -63,7 +60,6 @@ impl StackMount {
     pub fn release(mut self) -> PathBuf {
         match self.inner.take() {
             Some(Inner::Overlay(m)) => m.release(),
-            Some(Inner::Bind(m)) => m.release(),
             None => self.target.clone(),
         }
     }
@@ -88,10 +84,34 @@ pub fn default_work_dir(upper: &Path) -> PathBuf {
     upper.with_file_name(format!(".{name}.work"))
 }
 
+/// Give a new, empty upper dir the owner, mode, mtime and xattrs of the merged lower root
+/// (the merged view's root is the upper dir's root), as applying the layers would leave it.
+fn seed_upper_root(upper: &Path, top_lower: &Path) -> Result<()> {
+    let empty = std::fs::read_dir(upper)
+        .map_err(|e| Error::io("reading upper dir", upper, e))?
+        .next()
+        .is_none();
+    if !empty {
+        return Ok(());
+    }
+    let mut dirs = std::collections::BTreeMap::new();
+    dirs.insert(
+        std::ffi::OsString::new(),
+        crate::fsutil::DirSource::Path(top_lower.to_owned()),
+    );
+    crate::fsutil::write_dir_tree(upper, &dirs, 0)
+}
+
 /// Mount `layers` (base first, top last) on `target`, with `upper`/`work` when given (the work
 /// dir is created if missing). Any number of layers up to overlayfs's 500: stacks whose
 /// option string exceeds a page go through `fsconfig(lowerdir+)`. `redirect_dir` is off,
 /// so the upper dir stays expressible as an OCI layer.
+///
+/// The view is the one applying the layers in order gives: a repeated layer is used once
+/// (its topmost place), a layer whose root is opaque hides everything below it, an empty
+/// upper dir first gets the metadata of the merged root. A single layer without an upper
+/// dir is an overlay too (whiteouts hidden): the empty `target` serves as the second,
+/// empty lower layer, so `target` must be empty then.
 pub fn mount_stack(
     layers: &[PathBuf],
     upper: Option<(&Path, &Path)>,
@@ -103,20 +123,32 @@ pub fn mount_stack(
             reason: "a stack needs at least one layer".into(),
         });
     }
+    let mut layers = crate::fsutil::effective_layers(layers);
     let action = format!("mounting {} layer(s) on {}", layers.len(), target.display());
     if layers.len() == 1 && upper.is_none() {
-        let m = Mount::bind_read_only(&layers[0], target).map_err(mount_err(action))?;
-        return Ok(StackMount {
-            inner: Some(Inner::Bind(m)),
-            target: target.to_owned(),
-            method: "bind",
-        });
+        let empty = std::fs::read_dir(target)
+            .map_err(|e| Error::io("reading mount point", target, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::BadSource {
+                spec: target.display().to_string(),
+                reason: "a one-layer read-only stack needs an empty mount point (it is the \
+                         empty lower layer below the layer)"
+                    .into(),
+            });
+        }
+        layers.insert(0, target.to_owned());
     }
     let mut o = Overlay::new()
         .lowers(layers.iter().rev())
         .redirect_dir(RedirectDir::Off)
         .index(false);
     if let Some((u, w)) = upper {
+        std::fs::create_dir_all(u).map_err(|e| Error::io("creating upper dir", u, e))?;
+        if let Some(top) = layers.last() {
+            seed_upper_root(u, top)?;
+        }
         std::fs::create_dir_all(w).map_err(|e| Error::io("creating work dir", w, e))?;
         o = o.upper(u, w).metacopy(false);
     }

@@ -5,10 +5,25 @@
 //!   the uncompressed tar);
 //! - `blobs/HEX`: for a (possibly compressed) blob with digest `sha256:HEX`, the diff_id it
 //!   unpacked to, so a blob is unpacked only once;
-//! - `tmp/`: layers being unpacked (renamed into `layers/` when complete).
+//! - `implicit/HEX`: the directories layer `HEX` needed but did not list (NUL-separated
+//!   relative paths, `""` = its root), which a stack gives the metadata from below;
+//! - `stacks/KEY/`: fix-up layers, one per stack that needs one (see [`Store::stack`]);
+//! - `empty/`: an empty directory, the bottom of one-layer stacks (overlayfs wants two
+//!   lower layers without an upper one);
+//! - `tmp/`: layers being unpacked (renamed into `layers/` when complete), each locked with
+//!   `flock` by the process writing it; unlocked leftovers of interrupted runs are removed
+//!   when the store is next opened (and by [`Store::gc`]);
+//! - `lock`: taken shared while a `tmp/` entry is created and locked, exclusive while
+//!   leftovers are removed, so a running unpack is never touched.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::io::BufReader;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use crate::digest::{HashReader, decompress, file_digest, sha256_hex};
 use crate::oci::write_atomic;
@@ -32,6 +47,18 @@ pub enum LayerOrigin {
         /// The blob's digest.
         digest: String,
     },
+    /// Made by [`Store::stack`]: directory metadata the stack's layers leave implicit, or
+    /// the empty bottom of a one-layer stack.
+    Fixup,
+}
+
+/// What [`Store::gc`] (and opening a store) removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Leftover temporary entries of interrupted unpacks that were removed.
+    pub removed: Vec<PathBuf>,
+    /// Temporary entries skipped because a running process holds them.
+    pub in_use: Vec<PathBuf>,
 }
 
 /// A layer ready to be stacked: an overlay-format directory.
@@ -65,6 +92,9 @@ pub struct UnpackProgress {
 /// Callback for [`UnpackProgress`].
 pub type ProgressFn = std::sync::Arc<dyn Fn(&UnpackProgress) + Send + Sync>;
 
+/// How many layers of one image are unpacked at once, at most (fewer on fewer CPUs).
+const UNPACK_THREADS: usize = 4;
+
 /// How often (in archive bytes) progress is reported.
 const PROGRESS_STEP: u64 = 4 << 20;
 
@@ -74,6 +104,7 @@ pub struct Store {
     root: PathBuf,
     limits: Limits,
     progress: Option<ProgressFn>,
+    opened: GcReport,
 }
 
 impl std::fmt::Debug for Store {
@@ -115,19 +146,95 @@ impl Store {
             .unwrap_or_else(|| PathBuf::from("/var/lib/diskforge/layers"))
     }
 
-    /// Open (creating if needed) the store at `root`, with default [`Limits`].
+    /// Open (creating if needed) the store at `root`, with default [`Limits`]. Leftovers of
+    /// interrupted unpacks in `tmp/` are removed (see [`Store::gc`]).
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for sub in ["layers", "blobs", "tmp"] {
+        for sub in ["layers", "blobs", "tmp", "implicit", "stacks", "empty"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p)
                 .map_err(|e| Error::io("creating store directory", &p, e))?;
         }
-        Ok(Store {
+        let mut store = Store {
             root,
             limits: Limits::default(),
             progress: None,
-        })
+            opened: GcReport::default(),
+        };
+        store.opened = match store.gc() {
+            Ok(r) => r,
+            // A store we may only read (another user's, a read-only mount) is used as is.
+            Err(Error::Sys {
+                source:
+                    rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM,
+                ..
+            }) => GcReport::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(store)
+    }
+
+    /// Take the store lock (`flock` on `STORE/lock`), shared or exclusive, blocking.
+    fn lock(&self, exclusive: bool) -> Result<OwnedFd> {
+        let p = self.root.join("lock");
+        let fd = rustix::fs::open(
+            &p,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| Error::sys("opening store lock", &p, e))?;
+        let op = if exclusive {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::LockShared
+        };
+        rustix::fs::flock(&fd, op).map_err(|e| Error::sys("locking", &p, e))?;
+        Ok(fd)
+    }
+
+    /// A new directory in `tmp/` (`PREFIX*`), locked by us until the returned fd is closed.
+    fn locked_tempdir(&self, prefix: &str) -> Result<(tempfile::TempDir, OwnedFd)> {
+        let _store = self.lock(false)?;
+        let tmp_base = self.root.join("tmp");
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&tmp_base)
+            .map_err(|e| Error::io("creating temporary directory in", &tmp_base, e))?;
+        let fd = crate::fsutil::open_dir(tmp.path())?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+            .map_err(|e| Error::sys("locking", tmp.path(), e))?;
+        Ok((tmp, fd))
+    }
+
+    /// Remove what interrupted unpacks (SIGINT, SIGTERM, SIGKILL, power loss) left in
+    /// `tmp/`: every entry no running process holds locked. Entries of running unpacks are
+    /// reported as in use and kept. Also done by [`Store::open`].
+    pub fn gc(&self) -> Result<GcReport> {
+        let _store = self.lock(true)?;
+        let tmp = self.root.join("tmp");
+        let tmp_fd = crate::fsutil::open_dir(&tmp)?;
+        let mut report = GcReport::default();
+        for name in crate::fsutil::sorted_entries(&tmp)? {
+            let p = tmp.join(&name);
+            match crate::fsutil::open_dir_at(&tmp_fd, &name) {
+                Ok(fd) => match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::WOULDBLOCK) => {
+                        report.in_use.push(p);
+                        continue;
+                    }
+                    Err(e) => return Err(Error::sys("locking", &p, e)),
+                },
+                // Not a directory: a leftover file (nothing of ours stays open as a file here).
+                Err(rustix::io::Errno::NOTDIR) | Err(rustix::io::Errno::LOOP) => {}
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(Error::sys("opening", &p, e)),
+            }
+            crate::fsutil::remove_tree_at(&tmp_fd, &name)
+                .map_err(|e| Error::sys("removing stale temporary entry", &p, e))?;
+            report.removed.push(p);
+        }
+        Ok(report)
     }
 
     /// Use these limits for every archive unpacked from now on.
@@ -140,6 +247,11 @@ impl Store {
     pub fn with_progress(mut self, f: ProgressFn) -> Store {
         self.progress = Some(f);
         self
+    }
+
+    /// What [`Store::open`] cleaned up (see [`Store::gc`]).
+    pub fn cleaned_at_open(&self) -> &GcReport {
+        &self.opened
     }
 
     /// The store directory.
@@ -201,23 +313,206 @@ impl Store {
     /// Unpack every layer of image `reference` (or the only image) of an OCI layout, verifying
     /// all digests and each layer's diff_id.
     pub fn import_oci(&self, layout: &Path, reference: Option<&str>) -> Result<Vec<Layer>> {
+        type Imported = (PathBuf, String, bool, Option<UnpackStats>);
         let image = crate::oci::read_image(layout, reference)?;
+        // Layers unpack into directories of their own: several at once (distinct blobs only;
+        // a repeated blob is the same layer).
+        let mut unique: Vec<usize> = Vec::new();
+        for (i, b) in image.layers.iter().enumerate() {
+            if !unique.iter().any(|&u| image.layers[u].digest == b.digest) {
+                unique.push(i);
+            }
+        }
+        let results: Vec<std::sync::Mutex<Option<Result<Imported>>>> =
+            unique.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(UNPACK_THREADS)
+            .min(unique.len());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k >= unique.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let blob = &image.layers[unique[k]];
+                        let r = self.import_blob(&blob.path, &blob.digest, Some(&blob.diff_id));
+                        if r.is_err() {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if let Ok(mut slot) = results[k].lock() {
+                            *slot = Some(r);
+                        }
+                    }
+                });
+            }
+        });
+        let mut done: Vec<Imported> = Vec::new();
+        for (k, m) in results.into_iter().enumerate() {
+            match m.into_inner().ok().flatten() {
+                Some(Ok(v)) => done.push(v),
+                Some(Err(e)) => return Err(e),
+                // Not attempted because another layer failed (its error comes first) —
+                // or, impossibly, a poisoned lock.
+                None => {
+                    return Err(Error::Oci {
+                        path: image.layers[unique[k]].path.clone(),
+                        reason: "not unpacked".into(),
+                    });
+                }
+            }
+        }
         let mut out = Vec::new();
-        for blob in image.layers {
-            let (dir, diff_id, reused, unpacked) =
-                self.import_blob(&blob.path, &blob.digest, Some(&blob.diff_id))?;
+        for blob in image.layers.iter() {
+            let k = unique
+                .iter()
+                .position(|&u| image.layers[u].digest == blob.digest)
+                .unwrap_or(0);
+            let repeat = out.iter().any(|l: &Layer| {
+                matches!(&l.origin, LayerOrigin::Oci { digest, .. } if *digest == blob.digest)
+            });
+            let Some((dir, diff_id, reused, unpacked)) = done.get(k) else {
+                continue;
+            };
             out.push(Layer {
-                path: dir,
-                diff_id: Some(diff_id),
+                path: dir.clone(),
+                diff_id: Some(diff_id.clone()),
                 origin: LayerOrigin::Oci {
                     layout: layout.to_owned(),
-                    digest: blob.digest,
+                    digest: blob.digest.clone(),
                 },
-                reused,
-                unpacked,
+                // A repeated blob is found in the store the second time.
+                reused: *reused || repeat,
+                unpacked: if repeat { None } else { unpacked.clone() },
             });
         }
         Ok(out)
+    }
+
+    fn implicit_file(&self, diff_id: &str) -> Result<PathBuf> {
+        let hex = sha256_hex(diff_id).ok_or_else(|| Error::Oci {
+            path: self.root.clone(),
+            reason: format!("bad diff_id {diff_id}"),
+        })?;
+        Ok(self.root.join("implicit").join(hex))
+    }
+
+    /// The directories `layer` needed but did not list (relative paths, `""` = root); empty
+    /// for plain directories and for layers unpacked before this was recorded.
+    fn implicit_dirs(&self, layer: &Layer) -> Result<BTreeSet<OsString>> {
+        let Some(id) = &layer.diff_id else {
+            return Ok(BTreeSet::new());
+        };
+        if self.layer_dir(id).as_deref() != Some(layer.path.as_path()) {
+            return Ok(BTreeSet::new());
+        }
+        let f = self.implicit_file(id)?;
+        match std::fs::read(&f) {
+            // Each path is terminated by a NUL (the root is an empty path).
+            Ok(raw) => Ok(raw
+                .split_inclusive(|b| *b == 0)
+                .map(|p| OsString::from_vec(p[..p.len() - 1].to_vec()))
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(e) => Err(Error::io("reading", &f, e)),
+        }
+    }
+
+    /// The lower dirs (base first) that show `layers` exactly as applying them in order
+    /// would (what `umoci unpack` makes), ready for [`crate::mount_stack`], [`crate::squash`]
+    /// or a kernel overlay mount:
+    /// - the same directory twice (a repeated layer) is kept once, at its topmost place
+    ///   (overlayfs refuses a repeated lower dir with ELOOP);
+    /// - layers below one whose root is opaque (`.wh..wh..opq` at the top) are dropped
+    ///   (overlayfs ignores an opaque flag on a layer's root);
+    /// - directories a layer needed but did not list (`a/b` for an entry `a/b/c`, or the
+    ///   root) would show that layer's placeholder metadata: a fix-up layer on top
+    ///   (`STORE/stacks/KEY/`) holds those directories and their parents with the owner,
+    ///   mode, mtime and xattrs of the same directory below, or when no layer below has it,
+    ///   mode [`crate::IMPLICIT_DIR_MODE`], owner 0:0 and mtime `SOURCE_DATE_EPOCH` (0 when
+    ///   unset);
+    /// - a stack of one layer gets the empty `STORE/empty/` below it, so it mounts as an
+    ///   overlay (whiteouts hidden) rather than showing them.
+    pub fn stack(&self, layers: &[Layer]) -> Result<Vec<Layer>> {
+        let mut seen = BTreeSet::new();
+        let mut kept: Vec<Layer> = Vec::new();
+        for l in layers.iter().rev() {
+            if seen.insert(l.path.clone()) {
+                kept.push(l.clone());
+            }
+        }
+        kept.reverse();
+        // Metadata may come from below an opaque root (the directory stays, its children go).
+        let paths: Vec<PathBuf> = kept.iter().map(|l| l.path.clone()).collect();
+        let implicit = kept
+            .iter()
+            .map(|l| self.implicit_dirs(l))
+            .collect::<Result<Vec<_>>>()?;
+        let fixups = crate::merge::implicit_fixups(&paths, &implicit)?;
+        if let Some(cut) = kept
+            .iter()
+            .rposition(|l| crate::fsutil::root_is_opaque(&l.path))
+        {
+            kept.drain(..cut);
+        }
+        if !fixups.is_empty() {
+            let dir = self.fixup_layer(&paths, &fixups)?;
+            kept.push(Layer {
+                path: dir,
+                diff_id: None,
+                origin: LayerOrigin::Fixup,
+                reused: true,
+                unpacked: None,
+            });
+        }
+        if kept.len() == 1 {
+            kept.insert(
+                0,
+                Layer {
+                    path: self.root.join("empty"),
+                    diff_id: None,
+                    origin: LayerOrigin::Fixup,
+                    reused: true,
+                    unpacked: None,
+                },
+            );
+        }
+        Ok(kept)
+    }
+
+    /// Write (once) the fix-up layer for the stack `paths`.
+    fn fixup_layer(
+        &self,
+        paths: &[PathBuf],
+        fixups: &std::collections::BTreeMap<OsString, crate::fsutil::DirSource>,
+    ) -> Result<PathBuf> {
+        use sha2::Digest as _;
+        let sde = crate::source_date_epoch().unwrap_or(0);
+        let mut h = sha2::Sha256::new();
+        h.update(format!("fixup v1 sde={sde}\n"));
+        for p in paths {
+            h.update(p.as_os_str().as_bytes());
+            h.update(b"\0");
+        }
+        let dir = self
+            .root
+            .join("stacks")
+            .join(crate::digest::hex(&h.finalize()));
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let (tmp, _lock) = self.locked_tempdir("stack-")?;
+        crate::fsutil::write_dir_tree(tmp.path(), fixups, sde)?;
+        match std::fs::rename(tmp.path(), &dir) {
+            Ok(()) => {}
+            Err(_) if dir.is_dir() => {}
+            Err(e) => return Err(Error::io("moving fix-up layer to", &dir, e)),
+        }
+        Ok(dir)
     }
 
     /// Unpack blob `path` (known to hash to `digest`) unless the store has it; returns the
@@ -250,11 +545,7 @@ impl Store {
                 return Ok((dir, known, true, None));
             }
         }
-        let tmp_base = self.root.join("tmp");
-        let tmp = tempfile::Builder::new()
-            .prefix("unpack-")
-            .tempdir_in(&tmp_base)
-            .map_err(|e| Error::io("creating temporary directory in", &tmp_base, e))?;
+        let (tmp, _lock) = self.locked_tempdir("unpack-")?;
         std::fs::set_permissions(
             tmp.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -307,6 +598,12 @@ impl Store {
             path: path.to_owned(),
             reason: "bad diff_id".into(),
         })?;
+        let mut list = Vec::new();
+        for d in &stats.implicit_dirs {
+            list.extend_from_slice(d.as_os_str().as_bytes());
+            list.push(0);
+        }
+        write_atomic(&self.implicit_file(&diff_id)?, &list)?;
         match std::fs::rename(tmp.path(), &dir) {
             Ok(()) => {}
             // Someone (another blob with the same content, or a parallel import) was first.
@@ -378,5 +675,36 @@ mod tests {
             ev.len(),
             "a reused layer is not unpacked again"
         );
+    }
+
+    /// Defect 10 of issue 12: leftovers of a killed unpack are removed when the store is
+    /// next opened (and by `gc`), but an unpack in progress (locked) is left alone.
+    #[test]
+    fn stale_temporary_entries_are_removed_but_not_locked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let tmp = dir.path().join("store/tmp");
+        // What SIGKILL leaves: a half-unpacked layer, read-only directories included.
+        let stale = tmp.join("unpack-killed");
+        std::fs::create_dir_all(stale.join("usr/lib")).unwrap();
+        std::fs::write(stale.join("usr/lib/half"), "x").unwrap();
+        std::fs::set_permissions(
+            stale.join("usr"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o555),
+        )
+        .unwrap();
+        std::fs::write(tmp.join("stray-file"), "x").unwrap();
+        // A running unpack holds its directory locked.
+        let (running, _lock) = store.locked_tempdir("unpack-").unwrap();
+        let again = Store::open(dir.path().join("store")).unwrap();
+        let mut removed = again.cleaned_at_open().removed.clone();
+        removed.sort();
+        assert_eq!(removed, vec![tmp.join("stray-file"), stale.clone()]);
+        assert_eq!(
+            again.cleaned_at_open().in_use,
+            vec![running.path().to_owned()]
+        );
+        assert!(!stale.exists() && running.path().is_dir());
+        assert_eq!(again.gc().unwrap().removed, Vec::<PathBuf>::new());
     }
 }

@@ -4,8 +4,10 @@
 //! path one component at a time with `O_NOFOLLOW`, so a symlink the archive created is never
 //! followed. OCI whiteouts are converted to overlayfs ones on the way.
 
+use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::fsutil::{fd_path, open_dir, open_dir_at};
+use crate::fsutil::{fd_path, open_dir, open_dir_at, remove_tree_at};
 use crate::{Error, OPAQUE_MARKER, OPAQUE_XATTR, Result, WHITEOUT_PREFIX};
 
 /// Bounds on what one archive may unpack. Defaults: 16 GiB per entry, 64 GiB in total,
@@ -50,6 +52,47 @@ pub struct UnpackStats {
     pub whiteouts: u64,
     /// `.wh..wh..opq` markers turned into opaque directories.
     pub opaque_dirs: u64,
+    /// Directories the archive needed but did not list (relative paths, `""` = the layer
+    /// root), sorted. They get [`IMPLICIT_DIR_MODE`], owner 0:0 and mtime 0 in the layer;
+    /// a stack gives them the metadata of the same directory below (see
+    /// [`crate::Store::stack`]).
+    #[serde(skip)]
+    pub implicit_dirs: Vec<PathBuf>,
+}
+
+/// Mode of a directory that a layer needs but does not list (`a/` for an entry `a/b`), when
+/// no layer below has it either (the same default as `mkdir -p` under umask 022).
+pub const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+/// Lets the tar reader see zero padding after the last member when the stream stops inside
+/// that member's padding (Go's archive/tar, as `umoci insert` uses it, may end a stream
+/// without the padding and the two zero end blocks). Only the padding is ever synthesised:
+/// a stream that stops inside a header or a member's data still fails.
+struct PadTail<R> {
+    inner: R,
+    pos: u64,
+    /// `(data_end, pad_end)` of the last member read completely.
+    window: std::rc::Rc<Cell<(u64, u64)>>,
+}
+
+impl<R: Read> Read for PadTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let (data_end, pad_end) = self.window.get();
+        if self.pos >= data_end && self.pos < pad_end {
+            let k = usize::try_from(pad_end - self.pos)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            buf[..k].fill(0);
+            self.pos += k as u64;
+            return Ok(k);
+        }
+        Ok(0)
+    }
 }
 
 /// Metadata applied to a directory after all entries are written (a read-only directory
@@ -73,6 +116,20 @@ struct Unpacker<'a> {
     dirs: Vec<DirMeta>,
     /// The last parent directory opened, by components (entries come grouped by directory).
     cached: Option<(Vec<OsString>, OwnedFd)>,
+    /// Directories created because an entry needed them, not listed themselves (yet).
+    implicit: BTreeSet<Vec<OsString>>,
+    /// Whether the archive has an entry for its root (`./`).
+    root_listed: bool,
+}
+
+/// How [`Unpacker::open_parent`] treats the path it walks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// For a new entry: create missing directories, refuse anything else on the way.
+    Create,
+    /// For a whiteout or opaque marker: a non-directory on the way (replaced earlier in the
+    /// same layer) means the target no longer exists, so there is nothing to hide.
+    Whiteout,
 }
 
 /// Unpack the (already decompressed) tar stream `reader` into the existing directory `dest`,
@@ -99,14 +156,23 @@ pub fn unpack_tar(
         total: 0,
         dirs: Vec::new(),
         cached: None,
+        implicit: BTreeSet::new(),
+        root_listed: false,
     };
-    let mut ar = tar::Archive::new(reader);
+    let window = std::rc::Rc::new(Cell::new((0, 0)));
+    let mut ar = tar::Archive::new(PadTail {
+        inner: reader,
+        pos: 0,
+        window: window.clone(),
+    });
     let entries = ar
         .entries()
         .map_err(|e| Error::io("reading tar", dest, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| u.bad_archive(e))?;
+        let data_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
         u.entry(entry)?;
+        window.set((data_end, data_end.div_ceil(512) * 512));
     }
     u.finish_dirs()?;
     Ok(u.stats)
@@ -154,6 +220,131 @@ fn display(comps: &[OsString]) -> PathBuf {
     comps.iter().collect()
 }
 
+/// The `GNU.sparse.*` PAX records of a member.
+#[derive(Default)]
+struct PaxSparse {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl PaxSparse {
+    fn get(&self, k: &str) -> Option<&[u8]> {
+        self.keys
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The real name and size of a PAX format 1.0 sparse member (what GNU tar writes with
+    /// `--sparse --format=pax`); other sparse formats (0.0, 0.1) are refused.
+    fn pax_1_0(&self) -> std::result::Result<(Vec<u8>, u64), String> {
+        let version = (self.get("major"), self.get("minor"));
+        if version != (Some(b"1".as_slice()), Some(b"0".as_slice())) {
+            return Err(format!(
+                "PAX sparse format {}.{} is not supported (only 1.0, GNU tar's default)",
+                String::from_utf8_lossy(version.0.unwrap_or(b"0")),
+                String::from_utf8_lossy(version.1.unwrap_or(b"?"))
+            ));
+        }
+        let name = self
+            .get("name")
+            .ok_or("PAX sparse member without GNU.sparse.name")?;
+        let size = self
+            .get("realsize")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .ok_or("PAX sparse member without a valid GNU.sparse.realsize")?;
+        Ok((name.to_vec(), size))
+    }
+}
+
+/// Read one decimal number terminated by a newline from a PAX 1.0 sparse map.
+fn map_number(r: &mut impl Read, consumed: &mut u64) -> std::io::Result<u64> {
+    let mut v: u64 = 0;
+    let mut digits = 0;
+    loop {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b)?;
+        *consumed += 1;
+        match b[0] {
+            b'\n' if digits > 0 => return Ok(v),
+            c @ b'0'..=b'9' if digits < 20 => {
+                v = v
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(c - b'0')))
+                    .ok_or_else(|| bad_map("number too large"))?;
+                digits += 1;
+            }
+            _ => return Err(bad_map("not a decimal number")),
+        }
+    }
+}
+
+fn bad_map(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("malformed PAX sparse map: {what}"),
+    )
+}
+
+/// Write a PAX 1.0 sparse member's data (map, padding, then the data chunks) into `file` as
+/// a sparse file of `size` bytes; returns the size written (for the caller's check).
+fn write_pax_sparse(
+    r: &mut impl Read,
+    file: &mut std::fs::File,
+    size: u64,
+) -> std::io::Result<u64> {
+    let mut consumed = 0;
+    let count = map_number(r, &mut consumed)?;
+    if count > 1 << 20 {
+        return Err(bad_map("too many chunks"));
+    }
+    let mut chunks = Vec::new();
+    let mut end = 0u64;
+    for _ in 0..count {
+        let off = map_number(r, &mut consumed)?;
+        let len = map_number(r, &mut consumed)?;
+        let stop = off
+            .checked_add(len)
+            .ok_or_else(|| bad_map("chunk overflows"))?;
+        if off < end || stop > size {
+            return Err(bad_map("chunks overlap or pass the real size"));
+        }
+        end = stop;
+        chunks.push((off, len));
+    }
+    let pad = consumed.div_ceil(512) * 512 - consumed;
+    std::io::copy(&mut r.take(pad), &mut std::io::sink())?;
+    for (off, len) in chunks {
+        file.seek(std::io::SeekFrom::Start(off))?;
+        let n = std::io::copy(&mut r.take(len), file)?;
+        if n != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    file.set_len(size)?;
+    Ok(size)
+}
+
+/// Copy `r` into `file`, seeking over all-zero blocks so they stay holes (the tar reader
+/// expands a GNU sparse member's holes into zeros); returns the bytes consumed.
+fn copy_with_holes(r: &mut impl Read, file: &mut std::fs::File, size: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        if buf[..k].iter().all(|b| *b == 0) {
+            file.seek(std::io::SeekFrom::Current(k as i64))?;
+        } else {
+            file.write_all(&buf[..k])?;
+        }
+        n += k as u64;
+    }
+    file.set_len(n.min(size))?;
+    Ok(n)
+}
+
 impl Unpacker<'_> {
     fn bad_archive(&self, e: std::io::Error) -> Error {
         Error::io("reading tar entry from", PathBuf::from(self.archive), e)
@@ -174,11 +365,21 @@ impl Unpacker<'_> {
     /// Open (creating missing directories) the directory `comps` under the root, refusing to
     /// pass through anything that is not a real directory.
     fn open_parent(&mut self, raw: &[u8], comps: &[OsString]) -> Result<OwnedFd> {
+        match self.walk(raw, comps, Walk::Create)? {
+            Some(fd) => Ok(fd),
+            // Walk::Create never returns None.
+            None => Err(self.refuse(raw, "parent is not a directory")),
+        }
+    }
+
+    /// Walk to the directory `comps` (see [`Walk`]); `None` when a whiteout's parent is gone.
+    fn walk(&mut self, raw: &[u8], comps: &[OsString], how: Walk) -> Result<Option<OwnedFd>> {
         if let Some((c, fd)) = &self.cached
             && c.as_slice() == comps
         {
             return fd
                 .try_clone()
+                .map(Some)
                 .map_err(|e| Error::io("duplicating fd of", display(comps), e));
         }
         let mut cur = self
@@ -191,8 +392,12 @@ impl Unpacker<'_> {
                 Err(Errno::NOENT) => {
                     rustix::fs::mkdirat(&cur, c.as_os_str(), Mode::from_raw_mode(0o755))
                         .map_err(|e| self.sys("creating directory", &comps[..=i], e))?;
+                    self.implicit.insert(comps[..=i].to_vec());
                     open_dir_at(&cur, c)
                         .map_err(|e| self.sys("opening directory", &comps[..=i], e))?
+                }
+                Err(Errno::LOOP) | Err(Errno::NOTDIR) if how == Walk::Whiteout => {
+                    return Ok(None);
                 }
                 Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                     let what =
@@ -218,12 +423,13 @@ impl Unpacker<'_> {
             .try_clone()
             .map_err(|e| Error::io("duplicating fd of", display(comps), e))?;
         self.cached = Some((comps.to_vec(), keep));
-        Ok(cur)
+        Ok(Some(cur))
     }
 
     /// Make room for a new entry at `name`: an existing non-directory is replaced, an existing
-    /// directory is kept when the new entry is a directory too. Returns whether a directory
-    /// already exists there.
+    /// directory is kept when the new entry is a directory too, and otherwise removed with
+    /// everything below it (OCI applies entries in order: the later one replaces the whole
+    /// subtree). Returns whether a directory already exists there.
     fn clear_slot(
         &mut self,
         parent: &OwnedFd,
@@ -237,15 +443,17 @@ impl Unpacker<'_> {
                 if is_dir && new_is_dir {
                     return Ok(true);
                 }
-                let flags = if is_dir {
+                if is_dir {
                     // The cached parent fd may be this directory (or below it).
                     self.cached = None;
-                    AtFlags::REMOVEDIR
+                    remove_tree_at(parent, name).map_err(|e| self.sys("replacing", comps, e))?;
+                    // What was below is gone: forget its pending metadata.
+                    self.dirs.retain(|d| !d.comps.starts_with(comps));
+                    self.implicit.retain(|d| !d.starts_with(comps));
                 } else {
-                    AtFlags::empty()
-                };
-                rustix::fs::unlinkat(parent, name, flags)
-                    .map_err(|e| self.sys("replacing", comps, e))?;
+                    rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                        .map_err(|e| self.sys("replacing", comps, e))?;
+                }
                 Ok(false)
             }
             Err(Errno::NOENT) => Ok(false),
@@ -254,7 +462,7 @@ impl Unpacker<'_> {
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
-        let raw = entry.path_bytes().into_owned();
+        let mut raw = entry.path_bytes().into_owned();
         let ty = entry.header().entry_type();
         if matches!(
             ty,
@@ -275,10 +483,32 @@ impl Unpacker<'_> {
                 limit: self.limits.max_entries,
             });
         }
-        let size = entry
-            .header()
-            .entry_size()
-            .map_err(|e| self.bad_archive(e))?;
+        let mut xattrs = Vec::new();
+        let mut sparse = PaxSparse::default();
+        if let Some(pax) = entry.pax_extensions().map_err(|e| self.bad_archive(e))? {
+            for ext in pax {
+                let ext = ext.map_err(|e| self.bad_archive(e))?;
+                let Ok(key) = ext.key() else { continue };
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if name.starts_with("trusted.overlay.") {
+                        return Err(
+                            self.refuse(&raw, format!("carries overlayfs-private xattr {name}"))
+                        );
+                    }
+                    xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+                } else if let Some(k) = key.strip_prefix("GNU.sparse.") {
+                    sparse.keys.push((k.to_owned(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        // The size of the file (for a sparse member: its apparent size, holes included).
+        let size = if sparse.keys.is_empty() {
+            entry.size()
+        } else {
+            let (name, real) = sparse.pax_1_0().map_err(|r| self.refuse(&raw, r))?;
+            raw = name;
+            real
+        };
         if size > self.limits.max_entry_size {
             return Err(self.too_large(&raw, "entry size", size, self.limits.max_entry_size));
         }
@@ -292,27 +522,12 @@ impl Unpacker<'_> {
         let uid = h.uid().map_err(|e| self.bad_archive(e))?;
         let gid = h.gid().map_err(|e| self.bad_archive(e))?;
         let mtime = h.mtime().map_err(|e| self.bad_archive(e))?;
-        let mut xattrs = Vec::new();
-        if let Some(pax) = entry.pax_extensions().map_err(|e| self.bad_archive(e))? {
-            for ext in pax {
-                let ext = ext.map_err(|e| self.bad_archive(e))?;
-                if let Ok(key) = ext.key()
-                    && let Some(name) = key.strip_prefix("SCHILY.xattr.")
-                {
-                    if name.starts_with("trusted.overlay.") {
-                        return Err(
-                            self.refuse(&raw, format!("carries overlayfs-private xattr {name}"))
-                        );
-                    }
-                    xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
-                }
-            }
-        }
 
         let Some((name, parent_comps)) = comps.split_last() else {
             // The layer root itself ("./"): its metadata applies to the root directory.
             if ty == EntryType::Directory {
                 self.set_xattrs_fd(&self.root.as_fd(), &comps, &xattrs)?;
+                self.root_listed = true;
                 self.dirs.push(DirMeta {
                     comps,
                     uid,
@@ -324,10 +539,13 @@ impl Unpacker<'_> {
             return Ok(());
         };
         let name = name.clone();
-        let parent = self.open_parent(&raw, parent_comps)?;
         let nb = name.as_bytes();
 
         if nb == OPAQUE_MARKER.as_bytes() {
+            let Some(parent) = self.walk(&raw, parent_comps, Walk::Whiteout)? else {
+                tracing::debug!(entry = %String::from_utf8_lossy(&raw), "opaque marker under a replaced directory: nothing to hide");
+                return Ok(());
+            };
             rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
                 .map_err(|e| self.sys("marking opaque", parent_comps, e))?;
             self.stats.opaque_dirs += 1;
@@ -342,6 +560,12 @@ impl Unpacker<'_> {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(self.refuse(&raw, "whiteout names no file"));
             }
+            let Some(parent) = self.walk(&raw, parent_comps, Walk::Whiteout)? else {
+                // An earlier entry of this layer replaced a parent by a non-directory: the
+                // target no longer exists, so the whiteout is a no-op (nothing is followed).
+                tracing::debug!(entry = %String::from_utf8_lossy(&raw), "whiteout under a replaced directory: nothing to hide");
+                return Ok(());
+            };
             let hidden = OsStr::from_bytes(hidden);
             let mut wcomps = parent_comps.to_vec();
             wcomps.push(hidden.to_owned());
@@ -357,6 +581,7 @@ impl Unpacker<'_> {
             self.stats.whiteouts += 1;
             return Ok(());
         }
+        let parent = self.open_parent(&raw, parent_comps)?;
 
         let ts = Timestamps {
             last_access: rustix::fs::Timespec {
@@ -381,6 +606,7 @@ impl Unpacker<'_> {
                 let dir = open_dir_at(&parent, &name)
                     .map_err(|e| self.sys("opening directory", &comps, e))?;
                 self.set_xattrs_fd(&dir.as_fd(), &comps, &xattrs)?;
+                self.implicit.remove(&comps);
                 self.dirs.push(DirMeta {
                     comps,
                     uid,
@@ -389,7 +615,7 @@ impl Unpacker<'_> {
                     mtime,
                 });
             }
-            EntryType::Regular | EntryType::Continuous => {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.clear_slot(&parent, &name, &comps, false)?;
                 let fd = rustix::fs::openat(
                     &parent,
@@ -403,8 +629,23 @@ impl Unpacker<'_> {
                 )
                 .map_err(|e| self.sys("creating file", &comps, e))?;
                 let mut file = std::fs::File::from(fd);
-                let n = std::io::copy(&mut (&mut entry).take(size), &mut file)
-                    .map_err(|e| Error::io("writing", self.root_path.join(display(&comps)), e))?;
+                let werr = |e| Error::io("writing", self.root_path.join(display(&comps)), e);
+                let n = if !sparse.keys.is_empty() {
+                    write_pax_sparse(&mut entry, &mut file, size).map_err(werr)?
+                } else if ty.is_gnu_sparse() {
+                    copy_with_holes(&mut (&mut entry).take(size), &mut file, size).map_err(werr)?
+                } else {
+                    std::io::copy(&mut (&mut entry).take(size), &mut file).map_err(werr)?
+                };
+                if n != size {
+                    return Err(self.bad_archive(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{}: {n} of {size} bytes before the archive ended",
+                            String::from_utf8_lossy(&raw)
+                        ),
+                    )));
+                }
                 self.stats.bytes += n;
                 if self.chown {
                     rustix::fs::fchown(&file, Some(owner.0), Some(owner.1))
@@ -489,14 +730,20 @@ impl Unpacker<'_> {
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let h = entry.header();
-                let major = h
-                    .device_major()
-                    .map_err(|e| self.bad_archive(e))?
-                    .unwrap_or(0);
-                let minor = h
-                    .device_minor()
-                    .map_err(|e| self.bad_archive(e))?
-                    .unwrap_or(0);
+                // A FIFO has no device number: its fields may be NUL-filled (GNU tar and
+                // umoci ignore them), so only devices read them.
+                let (major, minor) = if ty == EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        h.device_major()
+                            .map_err(|e| self.bad_archive(e))?
+                            .unwrap_or(0),
+                        h.device_minor()
+                            .map_err(|e| self.bad_archive(e))?
+                            .unwrap_or(0),
+                    )
+                };
                 let ft = match ty {
                     EntryType::Char => FileType::CharacterDevice,
                     EntryType::Block => FileType::BlockDevice,
@@ -581,10 +828,28 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// Apply directory owners, modes and mtimes, deepest first.
+    /// Apply directory owners, modes and mtimes, deepest first (implicit directories get the
+    /// fixed default: [`IMPLICIT_DIR_MODE`], 0:0, mtime 0).
     fn finish_dirs(&mut self) -> Result<()> {
         self.cached = None;
         let mut dirs = std::mem::take(&mut self.dirs);
+        let mut implicit = std::mem::take(&mut self.implicit);
+        if !self.root_listed {
+            implicit.insert(Vec::new());
+        }
+        for comps in implicit {
+            self.stats.implicit_dirs.push(display(&comps));
+            dirs.insert(
+                0,
+                DirMeta {
+                    comps,
+                    uid: 0,
+                    gid: 0,
+                    mode: IMPLICIT_DIR_MODE,
+                    mtime: 0,
+                },
+            );
+        }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
         for d in dirs {
             let fd = if d.comps.is_empty() {
@@ -628,6 +893,167 @@ mod tests {
 
     fn comps(s: &str) -> Vec<OsString> {
         entry_components(s.as_bytes()).unwrap()
+    }
+
+    fn header(ty: EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(size);
+        h
+    }
+
+    fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<UnpackStats>) {
+        let d = tempfile::tempdir().unwrap();
+        let r = unpack_tar(bytes, d.path(), "test.tar", &Limits::default());
+        (d, r)
+    }
+
+    /// Defect 1 of issue 12: Go's archive/tar (`umoci insert`) may end a stream right after
+    /// the last member's data: no padding, no end blocks.
+    #[test]
+    fn stream_without_end_blocks_or_last_padding_is_accepted() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(EntryType::Directory, 0o755, 0),
+            "d/",
+            std::io::empty(),
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 3),
+            "d/f",
+            &b"abc"[..],
+        )
+        .unwrap();
+        let full = b.into_inner().unwrap();
+        // Header of d/ (512) + header of d/f (512) + 3 bytes of data.
+        let data_end = 512 * 2 + 3;
+        for cut in [data_end, data_end + 100, 512 * 3, full.len()] {
+            let (d, r) = unpack(&full[..cut]);
+            let stats = r.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(stats.entries, 2);
+            assert_eq!(std::fs::read(d.path().join("d/f")).unwrap(), b"abc");
+        }
+        // A stream that stops inside a member's data or a header is still refused.
+        for cut in [data_end - 1, 512 + 100] {
+            let (_d, r) = unpack(&full[..cut]);
+            assert!(r.is_err(), "cut at {cut} was accepted");
+        }
+    }
+
+    /// Defect 4 of issue 12: a directory with children replaced by a non-directory.
+    #[test]
+    fn directory_with_children_replaced_by_a_file() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(EntryType::Directory, 0o755, 0),
+            "a/",
+            std::io::empty(),
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Directory, 0o700, 0),
+            "a/sub/",
+            std::io::empty(),
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o444, 1),
+            "a/sub/x",
+            &b"x"[..],
+        )
+        .unwrap();
+        b.append_data(&mut header(EntryType::Regular, 0o600, 4), "a", &b"file"[..])
+            .unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        r.unwrap();
+        assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"file");
+    }
+
+    /// Defect 8 of issue 12: a FIFO's device fields may be NUL-filled.
+    #[test]
+    fn fifo_with_nul_device_fields() {
+        let mut h = header(EntryType::Fifo, 0o640, 0);
+        h.set_path("p").unwrap();
+        let g = h.as_gnu_mut().unwrap();
+        g.dev_major = [0; 8];
+        g.dev_minor = [0; 8];
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, std::io::empty()).unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        r.unwrap();
+        let m = std::fs::symlink_metadata(d.path().join("p")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+        // A device node still needs its numbers.
+        let mut h = header(EntryType::Char, 0o640, 0);
+        h.set_path("c").unwrap();
+        h.as_gnu_mut().unwrap().dev_major = [0; 8];
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, std::io::empty()).unwrap();
+        let (_d, r) = unpack(&b.into_inner().unwrap());
+        assert!(r.is_err());
+    }
+
+    /// Defect 5 of issue 12: directories a layer only implies are recorded (so a stack can
+    /// give them the metadata from below) and get a fixed default, not "now".
+    #[test]
+    fn implied_directories_are_recorded_with_a_fixed_default() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 1),
+            "a/b/c",
+            &b"c"[..],
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Directory, 0o700, 0),
+            "a/",
+            std::io::empty(),
+        )
+        .unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        let stats = r.unwrap();
+        assert_eq!(
+            stats.implicit_dirs,
+            vec![PathBuf::from(""), PathBuf::from("a/b")]
+        );
+        use std::os::unix::fs::MetadataExt;
+        for (p, mode, mtime) in [
+            ("", 0o755, 0),
+            ("a/b", 0o755, 0),
+            ("a", 0o700, 1_600_000_000),
+        ] {
+            let m = std::fs::metadata(d.path().join(p)).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (mode, mtime), "{p:?}");
+        }
+    }
+
+    /// Defect 6 of issue 12: a PAX 1.0 sparse member whose map is malformed is refused (the
+    /// well-formed ones are checked against GNU tar in the root tests).
+    #[test]
+    fn pax_sparse_versions_other_than_1_0_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", &b"1"[..]),
+            ("GNU.sparse.name", &b"f"[..]),
+        ])
+        .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 0),
+            "x",
+            std::io::empty(),
+        )
+        .unwrap();
+        let (_d, r) = unpack(&b.into_inner().unwrap());
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("PAX sparse format 0.1 is not supported"), "{e}");
     }
 
     #[test]

@@ -67,7 +67,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Unpack layers into the store (once per diff_id), print their dirs.
+    /// Unpack layers into the store (once per diff_id), print the lower dirs that
+    /// show the image (base first; a fix-up layer on top when needed).
     Unpack {
         /// Layer sources.
         #[arg(required = true)]
@@ -129,6 +130,13 @@ enum Command {
         /// Lower layers, base first, then the upper dir last.
         #[arg(required = true, num_args = 2..)]
         paths: Vec<String>,
+    },
+    /// Remove what interrupted runs left: unlocked temporary entries in the store's
+    /// tmp/ and scratch dirs of killed `run`s (also done on every store open / run).
+    Gc {
+        /// Where `run` puts its scratch dirs [default: /var/tmp]
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
     },
     /// Flatten a stack into one layer tarball with the same merged content (no mount).
     Squash {
@@ -224,12 +232,13 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolve every source and make the stack (repeated layers once, fix-up layer on top).
 fn resolve_all(store: &Store, specs: &[String]) -> anyhow::Result<Vec<Layer>> {
     let mut out = Vec::new();
     for s in specs {
         out.extend(store.resolve(s).with_context(|| format!("layer {s}"))?);
     }
-    Ok(out)
+    store.stack(&out).context("stacking the layers")
 }
 
 fn paths(layers: &[Layer]) -> Vec<PathBuf> {
@@ -274,7 +283,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&layers)?;
             } else {
                 for l in &layers {
-                    let id = l.diff_id.as_deref().unwrap_or("(directory)");
+                    let id = match (&l.diff_id, &l.origin) {
+                        (Some(id), _) => id.as_str(),
+                        (None, diskforge_layers::LayerOrigin::Fixup) => "(fix-up)",
+                        (None, _) => "(directory)",
+                    };
                     let how = if l.reused { "reused" } else { "unpacked" };
                     println!("{id}  {how:8}  {}", l.path.display());
                 }
@@ -444,6 +457,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 for c in &changes {
                     println!("{} {}", c.kind.letter(), c.path);
+                }
+            }
+        }
+        Command::Gc { scratch } => {
+            let store = store()?;
+            let mut report = store.cleaned_at_open().clone();
+            let again = store.gc()?;
+            report.removed.extend(again.removed);
+            report.in_use = again.in_use;
+            let base = scratch.unwrap_or_else(|| PathBuf::from("/var/tmp"));
+            let scratch_removed = diskforge_layers::clean_stale_scratch(&base)
+                .with_context(|| format!("cleaning scratch dirs in {}", base.display()))?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "removed": report.removed, "in_use": report.in_use, "scratch_removed": scratch_removed,
+                }))?;
+            } else {
+                for p in report.removed.iter().chain(&scratch_removed) {
+                    println!("removed {}", p.display());
+                }
+                for p in &report.in_use {
+                    println!("in use  {}", p.display());
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! `cargo xtask bench layers`: making a 100-layer stack usable — `dflayers mount` (one
 //! overlay, `fsconfig(lowerdir+)` past the one-page option limit) versus the conventional
 //! flattening of the same layers into one directory (`cp -a` and `rsync -a` of each layer in
-//! order). Also times `dflayers squash` (the mount-free flatten into one tarball).
+//! order). Also times `dflayers squash` (the mount-free flatten into one tarball), and
+//! reading the same layers as an OCI image (built with `umoci raw add-layer`): `dflayers
+//! unpack` into a fresh store versus `umoci unpack` into a fresh bundle, each result checked
+//! (`diff -r` of umoci's rootfs against the mounted stack).
 //! Needs root (overlay mounts). `--quick`: 20 layers of 40 small files.
 
 use std::path::Path;
@@ -149,6 +152,58 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> anyhow::Result<()> {
     })?;
     let _ = std::fs::remove_dir_all(&flat);
 
+    // The same layers as an OCI image: unpack by dflayers (fresh store) vs umoci.
+    let image = s.join("oci");
+    let img = format!("{}:bench", image.display());
+    cmd!(sh, "umoci init --layout {image}").quiet().run()?;
+    cmd!(sh, "umoci new --image {img}").quiet().run()?;
+    for l in &layers {
+        let t = s.join("layer.tar");
+        cmd!(sh, "tar --numeric-owner -C {l} -cf {t} .")
+            .quiet()
+            .run()?;
+        cmd!(sh, "umoci raw add-layer --image {img} {t}")
+            .quiet()
+            .run()?;
+        std::fs::remove_file(&t)?;
+    }
+    let (fresh_store, bundle) = (s.join("fresh-store"), s.join("bundle"));
+    // Rounds alternate between the two; each starts from an empty target with the previous
+    // round's writes flushed (`sync`, not timed), so neither pays for the other's writeback.
+    let (mut unpacks, mut umocis) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (dest, times) in [(&fresh_store, &mut unpacks), (&bundle, &mut umocis)] {
+            let _ = std::fs::remove_dir_all(dest);
+            cmd!(sh, "sync").quiet().run()?;
+            let t = Instant::now();
+            if dest == &fresh_store {
+                cmd!(sh, "{bin} --store {fresh_store} unpack {img}")
+                    .quiet()
+                    .ignore_stdout()
+                    .run()?;
+            } else {
+                cmd!(sh, "umoci unpack --image {img} {bundle}")
+                    .quiet()
+                    .ignore_stdout()
+                    .run()?;
+            }
+            times.push(t.elapsed());
+        }
+    }
+    let (unpack, umoci) = (median(unpacks), median(umocis));
+    // Both results hold the same tree.
+    cmd!(sh, "{bin} --store {fresh_store} mount -l {img} {merged}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let rootfs = bundle.join("rootfs");
+    let same = cmd!(sh, "diff -r --no-dereference {rootfs} {merged}")
+        .quiet()
+        .ignore_stdout()
+        .run();
+    cmd!(sh, "{bin} umount {merged}").quiet().run()?;
+    same.context("dflayers unpack and umoci unpack differ")?;
+
     let total_mib = (size.layers * size.files * size.bytes) as f64 / (1 << 20) as f64;
     println!(
         "bench layers: {} layers x {} files x {} KiB = {total_mib:.0} MiB (median of {ROUNDS})",
@@ -162,11 +217,17 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> anyhow::Result<()> {
     row("flatten: cp -a of each layer in order", cp);
     row("flatten: rsync -a of each layer in order", rsync);
     row("dflayers squash (mount-free, to one tar)", squash);
+    row("OCI image: dflayers unpack (fresh store)", unpack);
+    row("OCI image: umoci unpack (fresh bundle)", umoci);
     let ratio = |d: Duration| d.as_secs_f64() / mount_only.as_secs_f64().max(1e-9);
     println!(
         "ratio cp -a / mount: {:.0}x, rsync -a / mount: {:.0}x",
         ratio(cp),
         ratio(rsync)
+    );
+    println!(
+        "ratio umoci unpack / dflayers unpack: {:.1}x",
+        umoci.as_secs_f64() / unpack.as_secs_f64().max(1e-9)
     );
     Ok(())
 }
