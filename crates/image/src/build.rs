@@ -656,14 +656,11 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             crate::debian::install_marker_unit(&tree, &marker, poweroff)?;
         }
     }
-    for p in [
-        Phase::Root,
-        Phase::ExtraData,
-        Phase::PreInstall,
-        Phase::Install,
-        Phase::PostInstall,
-        Phase::PostRoot,
-    ] {
+    // The tree phases: root.d … post-root.d.
+    for p in Phase::ALL
+        .into_iter()
+        .take_while(|p| *p != Phase::BlockDevice)
+    {
         phase(steps, &ctx, p)?;
     }
 

@@ -209,18 +209,7 @@ fn exit_code(e: &Error, cancelled: Option<i32>) -> i32 {
 }
 
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    diskforge_size::Size::from_bytes(n).approx()
 }
 
 fn summary(r: &BuildReport) -> String {
