@@ -52,6 +52,10 @@ pub const SHIPPED: &[ShippedFile] = shipped! {
     "devuser/install.d/50-devuser", exec;
     "install-static/README.rst";
     "install-static/install.d/10-install-static-files", exec;
+    "package-installs/README.rst";
+    "package-installs/install.d/01-package-installs", exec;
+    "package-installs/post-install.d/01-package-installs", exec;
+    "package-installs/pre-install.d/01-package-installs", exec;
     "stable-interface-names/README.rst";
     "stable-interface-names/install.d/02-stable-interface-names", exec;
     "stable-interface-names/package-installs.yaml";

@@ -602,14 +602,32 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     let resolved = steps.run("resolve elements", |_| {
         let shipped = elements::shipped_elements(&shipped_dir)
             .map_err(io_err("writing the shipped elements to", &shipped_dir))?;
-        let names = with_default_block_device(req, &shipped)?;
-        let r = elements::resolve(&names, &resolve_options(req, &shipped))
+        let mut names = with_default_block_device(req, &shipped)?;
+        let mut r = elements::resolve(&names, &resolve_options(req, &shipped))
             .map_err(|e| Error::Elements(Box::new(e)))?;
+        // dib's distro elements depend on package-installs; ours is added when needed.
+        if crate::packages::any(&r) && !r.has("package-installs") {
+            names.push("package-installs".into());
+            r = elements::resolve(&names, &resolve_options(req, &shipped))
+                .map_err(|e| Error::Elements(Box::new(e)))?;
+        }
         elements::prepare_hooks(&r, &bd.hooks()).map_err(|e| Error::Elements(Box::new(e)))?;
         Ok(r)
     })?;
     let names: Vec<String> = resolved.elements().iter().map(|e| e.name.clone()).collect();
     let mut ctx = run_context(req, bd.path(), arch);
+    if resolved.has("debian-minimal") {
+        ctx.env
+            .entry("DISTRO_NAME".into())
+            .or_insert_with(|| "debian".into());
+        if let Some(r) = crate::debian::host_release() {
+            ctx.env.entry("DIB_RELEASE".into()).or_insert(r);
+        }
+    }
+    if resolved.has("package-installs") {
+        let lists = crate::packages::plan(&resolved, arch, &ctx.env);
+        crate::packages::write_lists(&bd.hooks(), &lists)?;
+    }
     let marker = req
         .boot_check
         .as_ref()

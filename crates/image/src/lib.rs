@@ -34,6 +34,7 @@
 mod build;
 pub mod debian;
 mod output;
+pub mod packages;
 
 use std::path::{Path, PathBuf};
 

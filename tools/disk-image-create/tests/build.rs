@@ -493,7 +493,8 @@ fn a_failing_script_in_every_phase_leaves_nothing() {
 
 /// `debian-minimal vm` from the host's own Debian mirror: built, booted to the marker under
 /// SeaBIOS and OVMF (a one-shot systemd unit prints it); the second build takes the
-/// debootstrapped base from the layer cache instead of running debootstrap again.
+/// debootstrapped base from the layer cache instead of running debootstrap again; a third
+/// adds an element whose `package-installs.yaml` installs (per phase) and removes packages.
 #[test]
 #[ignore = "needs root"]
 fn debian_minimal_vm_boots_and_the_base_is_cached() {
@@ -536,6 +537,41 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
     );
     assert!(w * 10 < c, "the warm base took {w} ms, the cold one {c} ms");
     // The image holds Debian with its kernel, initramfs and the apt lists cleaned.
+    let elements = r.element(
+        "withless",
+        &[(
+            "package-installs.yaml",
+            "less:\nfile:\n  phase: post-install.d\nnano:\n  build-only: true\nnot-on-x86:\n  arch: arm64\n",
+        )],
+    );
+    let o = r.run(
+        &[
+            "-o",
+            r.path("pk").to_str().unwrap(),
+            "-t",
+            "tar",
+            "--image-cache",
+            cache.to_str().unwrap(),
+            "debian-minimal",
+            "withless",
+        ],
+        &[("ELEMENTS_PATH", elements.to_str().unwrap())],
+    );
+    ok(&o);
+    let list = tool("tar", &["-tf", r.path("pk.tar").to_str().unwrap()]);
+    for (path, want) in [
+        ("./usr/bin/less", true),
+        ("./usr/bin/file", true),
+        ("./usr/bin/nano", false),
+    ] {
+        assert_eq!(list.lines().any(|l| l == path), want, "{path}");
+    }
+    assert!(
+        !list
+            .lines()
+            .any(|l| l.starts_with("./var/lib/apt/lists/") && l.len() > 20),
+        "apt lists left in the image"
+    );
     let raw = r.path("warm.raw");
     tool(
         "qemu-img",
