@@ -56,6 +56,7 @@ pub const SHIPPED: &[ShippedFile] = shipped! {
     "package-installs/install.d/01-package-installs", exec;
     "package-installs/post-install.d/01-package-installs", exec;
     "package-installs/pre-install.d/01-package-installs", exec;
+    "ramdisk/README.rst";
     "stable-interface-names/README.rst";
     "stable-interface-names/install.d/02-stable-interface-names", exec;
     "stable-interface-names/package-installs.yaml";

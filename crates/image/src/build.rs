@@ -684,7 +684,9 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
 
     let mut plan = None;
     let mut grub = None;
-    if req.needs_disk() {
+    // dib: with the ramdisk element there is no disk image; the tree becomes an initramfs.
+    let ramdisk = resolved.has("ramdisk");
+    if req.needs_disk() && !ramdisk {
         let (text, source_name) = block_device_text(req, &resolved)?;
         let bderr = |source_name: &str| {
             let source_name = source_name.to_owned();
@@ -777,7 +779,13 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     phase(steps, &ctx, Phase::Cleanup)?;
 
     let mut outputs = Vec::new();
-    for f in &req.formats {
+    let mut ramdisk_out = None;
+    if ramdisk {
+        ramdisk_out = Some(steps.run("ramdisk (kernel + initramfs)", |_| {
+            crate::ramdisk::write_ramdisk(&tree, &req.name)
+        })?);
+    }
+    for f in req.formats.iter().filter(|f| !(ramdisk && f.is_disk())) {
         let dst = f.path_for(&req.name);
         let r = steps.run(&format!("output {f}"), |_| {
             write_output(*f, raw.as_deref(), &tree, &dst, &req.output)
@@ -786,6 +794,10 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     }
 
     let mut boots = Vec::new();
+    if let (Some(bc), Some(rd)) = (&req.boot_check, &ramdisk_out) {
+        let r = steps.run("boot check (ramdisk)", |_| boot_ramdisk(rd, bc))?;
+        boots.push(r);
+    }
     if let (Some(bc), Some(p)) = (&req.boot_check, &plan) {
         let disk = outputs
             .iter()
@@ -819,6 +831,23 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             results.into_iter().collect::<Result<Vec<_>>>()
         })?;
         boots.extend(results);
+    }
+    if let Some(rd) = ramdisk_out {
+        for (path, what) in [(rd.kernel, "kernel"), (rd.initramfs, "initramfs")] {
+            let m = fs::metadata(&path).map_err(io_err("inspecting", &path))?;
+            outputs.push(OutputReport {
+                format: if what == "kernel" {
+                    OutputFormat::RamdiskKernel
+                } else {
+                    OutputFormat::RamdiskInitramfs
+                },
+                path,
+                bytes: m.len(),
+                allocated: std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                millis: 0,
+                checksums: Vec::new(),
+            });
+        }
     }
     Ok((names, plan, outputs, boots))
 }
@@ -1030,6 +1059,27 @@ fn install_bios(image: &Path, p: &blockdev::Plan, cfg: &diskforge_boot::GrubConf
     diskforge_boot::install_bios(image, disk, root, cfg)
         .map(|_| ())
         .map_err(|e| Error::Boot(Box::new(e)))
+}
+
+/// Boot `NAME.kernel` + `NAME.initramfs` directly (no disk) to the marker.
+fn boot_ramdisk(rd: &crate::ramdisk::Ramdisk, bc: &BootCheck) -> Result<BootResult> {
+    use diskforge_vm::{Expect, KernelBoot, Vm};
+    let vm = Vm::kernel(KernelBoot {
+        kernel: rd.kernel.clone(),
+        initrd: rd.initramfs.clone(),
+        cmdline: "console=ttyS0,115200".into(),
+    });
+    let expect = Expect::marker(bc.marker.clone(), bc.timeout);
+    let r = diskforge_vm::boot_to_marker(&vm, &expect).map_err(|e| Error::BootCheck {
+        firmware: "direct kernel".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(BootResult {
+        firmware: "direct kernel (ramdisk)".into(),
+        image: rd.initramfs.clone(),
+        accel: r.accel.name().into(),
+        seconds: r.done_after.unwrap_or(r.seconds),
+    })
 }
 
 fn firmware_name(fw: diskforge_vm::Firmware) -> &'static str {

@@ -35,6 +35,7 @@ mod build;
 pub mod debian;
 mod output;
 pub mod packages;
+pub mod ramdisk;
 
 use std::path::{Path, PathBuf};
 

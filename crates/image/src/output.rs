@@ -41,6 +41,13 @@ pub enum OutputFormat {
     /// An OCI image layout holding the root tree as one layer, tagged `latest`
     /// (`NAME.oci/`, a directory).
     Oci,
+    /// The kernel of a `ramdisk` build (`NAME.kernel`; comes from the `ramdisk` element, not
+    /// from `-t`).
+    #[serde(rename = "ramdisk-kernel")]
+    RamdiskKernel,
+    /// The initramfs of a `ramdisk` build (`NAME.initramfs`; from the `ramdisk` element).
+    #[serde(rename = "ramdisk-initramfs")]
+    RamdiskInitramfs,
 }
 
 /// Every format, in the order outputs are written.
@@ -71,6 +78,8 @@ impl OutputFormat {
             OutputFormat::Squashfs => "squashfs",
             OutputFormat::Docker => "docker",
             OutputFormat::Oci => "oci",
+            OutputFormat::RamdiskKernel => "ramdisk-kernel",
+            OutputFormat::RamdiskInitramfs => "ramdisk-initramfs",
         }
     }
 
@@ -100,6 +109,8 @@ impl OutputFormat {
             OutputFormat::Squashfs => "squash",
             OutputFormat::Docker => "docker.tar",
             OutputFormat::Oci => "oci",
+            OutputFormat::RamdiskKernel => "kernel",
+            OutputFormat::RamdiskInitramfs => "initramfs",
         }
     }
 

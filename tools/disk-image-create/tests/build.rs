@@ -587,3 +587,43 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
     assert!(v.contains("No problems found"), "{v}");
     r.assert_no_build_dir();
 }
+
+/// `busybox ramdisk`: NAME.kernel + NAME.initramfs (no disk), booted directly to the marker.
+#[test]
+fn busybox_ramdisk_boots_without_a_disk() {
+    let r = Run::new();
+    let out = r.path("rd");
+    let o = r.run(
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "--boot-check",
+            "--json",
+            "busybox",
+            "ramdisk",
+        ],
+        &[],
+    );
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["boots"][0]["firmware"], "direct kernel (ramdisk)", "{v}");
+    assert!(
+        !r.path("rd.qcow2").exists(),
+        "a ramdisk build writes no disk"
+    );
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc {} | cpio -it --quiet",
+            r.path("rd.initramfs").display()
+        ))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for want in ["init", "sbin/init", "bin/busybox"] {
+        assert!(listing.lines().any(|l| l == want), "initramfs lacks {want}");
+    }
+    let kind = tool("file", &["-b", r.path("rd.kernel").to_str().unwrap()]);
+    assert!(kind.contains("bzImage"), "{kind}");
+    r.assert_no_build_dir();
+}
