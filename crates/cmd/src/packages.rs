@@ -146,6 +146,11 @@ pub const PACKAGES: &[Package] = &[
     pkg("ovmf", &[], "UEFI firmware for boot checks (diskforge-vm)"),
     pkg("rsync", &["rsync"], "conventional remaster route"),
     pkg(
+        "debootstrap",
+        &["debootstrap"],
+        "debian-minimal element (disk-image-create)",
+    ),
+    pkg(
         "man-db",
         &["man"],
         "man -l renders the generated man pages (tools/*/tests/help.rs)",
