@@ -665,10 +665,16 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         })?;
     }
     if resolved.has("debian-minimal") {
-        steps.run("debian-minimal base", |_| {
-            let o = debian_options(req, &ctx)?;
-            crate::debian::debian_root(&tree, &o).map(|_| ())
-        })?;
+        match ctx.env.get("DIB_LOCAL_IMAGE").filter(|v| !v.is_empty()) {
+            // dib's distro elements start from a local cloud image when one is named.
+            Some(local) => steps.run("debian-minimal base (DIB_LOCAL_IMAGE)", |_| {
+                crate::local::unpack_local_image(Path::new(local), &tree, bd.path()).map(|_| ())
+            })?,
+            None => steps.run("debian-minimal base", |_| {
+                let o = debian_options(req, &ctx)?;
+                crate::debian::debian_root(&tree, &o).map(|_| ())
+            })?,
+        }
         if resolved.has("vm") {
             let poweroff = req.boot_check.is_some();
             crate::debian::install_marker_unit(&tree, &marker, poweroff)?;

@@ -33,6 +33,7 @@
 
 mod build;
 pub mod debian;
+pub mod local;
 mod output;
 pub mod packages;
 pub mod ramdisk;

@@ -494,7 +494,9 @@ fn a_failing_script_in_every_phase_leaves_nothing() {
 /// `debian-minimal vm` from the host's own Debian mirror: built, booted to the marker under
 /// SeaBIOS and OVMF (a one-shot systemd unit prints it); the second build takes the
 /// debootstrapped base from the layer cache instead of running debootstrap again; a third
-/// adds an element whose `package-installs.yaml` installs (per phase) and removes packages.
+/// adds an element whose `package-installs.yaml` installs (per phase) and removes packages;
+/// a fourth starts from the second's qcow2 (`DIB_LOCAL_IMAGE`) plus an element whose change
+/// shows on the serial console at boot.
 #[test]
 #[ignore = "needs root"]
 fn debian_minimal_vm_boots_and_the_base_is_cached() {
@@ -572,6 +574,39 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
             .any(|l| l.starts_with("./var/lib/apt/lists/") && l.len() > 20),
         "apt lists left in the image"
     );
+    // DIB_LOCAL_IMAGE: the warm image's tree (read without mounting) + one more element.
+    let change = r.element(
+        "change",
+        &[(
+            "install.d/50-change",
+            "#!/bin/sh\nset -e\nu=/etc/systemd/system/local-change.service\nprintf '[Unit]\\nAfter=multi-user.target\\n[Service]\\nType=oneshot\\nStandardOutput=tty\\nTTYPath=/dev/ttyS0\\nExecStart=/bin/echo local-image-change-seen\\n[Install]\\nWantedBy=multi-user.target\\n' > $u\nln -s ../local-change.service /etc/systemd/system/multi-user.target.wants/\n",
+        )],
+    );
+    let o = r.run(
+        &[
+            "-o",
+            r.path("local").to_str().unwrap(),
+            "-t",
+            "qcow2",
+            "--json",
+            "--boot-check",
+            "--boot-timeout",
+            "400",
+            "--boot-marker",
+            "local-image-change-seen",
+            "debian-minimal",
+            "vm",
+            "block-device-efi",
+            "change",
+        ],
+        &[
+            ("ELEMENTS_PATH", change.to_str().unwrap()),
+            ("DIB_LOCAL_IMAGE", r.path("warm.qcow2").to_str().unwrap()),
+        ],
+    );
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["boots"].as_array().map(Vec::len), Some(2), "{v}");
     let raw = r.path("warm.raw");
     tool(
         "qemu-img",
