@@ -89,12 +89,6 @@ fn timed<T>(
     }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::project_root().join("target"))
-}
-
 /// Run the demo.
 pub fn run(sh: &Shell, args: &DemoArgs) -> Result<()> {
     let total = Instant::now();
@@ -102,7 +96,7 @@ pub fn run(sh: &Shell, args: &DemoArgs) -> Result<()> {
     let mut mode = Value::Null;
     let mut boots = Vec::new();
     // Outputs stay where the user can use them: target/demo (emptied first).
-    let dir = target_dir().join("demo");
+    let dir = crate::target_dir().join("demo");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
     }
@@ -143,7 +137,7 @@ fn demo(
         crate::deps::ensure_installed(sh)?;
         Ok(((), "all present".into()))
     });
-    let release = target_dir().join("release");
+    let release = crate::target_dir().join("release");
     let remaster = release.join("iso-remaster");
     let dic = release.join("disk-image-create");
     let build_fixture = release.join("examples/build_fixture");

@@ -34,6 +34,13 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `target/` in the workspace root.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
 /// The workspace root (parent of `xtask/`).
 pub fn project_root() -> PathBuf {
     let dir = env!("CARGO_MANIFEST_DIR");

@@ -19,7 +19,7 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
     cmd!(sh, "cargo build --release -q -p disk-image-create").run()?;
-    let dic = root.join("target/release/disk-image-create");
+    let dic = crate::target_dir().join("release/disk-image-create");
     let base = std::env::var("DISKFORGE_SCRATCH").unwrap_or_else(|_| "/var/tmp".into());
     let work = tempfile::Builder::new()
         .prefix("diskforge-bench-build-")

@@ -186,8 +186,8 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
         "cargo build --release -p iso-remaster -p diskforge-iso --bins --example sample"
     )
     .run()?;
-    let tool = root.join("target/release/iso-remaster");
-    let sample = root.join("target/release/examples/sample");
+    let tool = crate::target_dir().join("release/iso-remaster");
+    let sample = crate::target_dir().join("release/examples/sample");
 
     let base =
         PathBuf::from(std::env::var("DISKFORGE_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()));

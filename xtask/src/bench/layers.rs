@@ -75,9 +75,9 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> anyhow::Result<()> {
             bytes: 16384,
         }
     };
-    let root = crate::project_root();
+    sh.change_dir(crate::project_root());
     cmd!(sh, "cargo build --release -q -p dflayers").run()?;
-    let bin = root.join("target/release/dflayers");
+    let bin = crate::target_dir().join("release/dflayers");
 
     let scratch = tempfile::Builder::new()
         .prefix("bench-layers-")

@@ -29,8 +29,8 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
         "cargo build --release -q -p diskforge-loop --example attach_detach"
     )
     .run()?;
-    let example = root.join("target/release/examples/attach_detach");
-    let dfloop = root.join("target/release/dfloop");
+    let example = crate::target_dir().join("release/examples/attach_detach");
+    let dfloop = crate::target_dir().join("release/dfloop");
 
     let base = std::env::var("DISKFORGE_SCRATCH").unwrap_or_else(|_| "/var/tmp".into());
     let work = tempfile::Builder::new()

@@ -98,7 +98,7 @@ pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
     cmd!(sh, "cargo build --release -q -p dfimg").run()?;
-    let dfimg = root.join("target/release/dfimg");
+    let dfimg = crate::target_dir().join("release/dfimg");
     let total: u64 = if args.quick { 100 << 20 } else { 1 << 30 };
     let rounds = if args.quick { 1 } else { 3 };
     let is_root = cmd!(sh, "id -u").read()?.trim() == "0";
