@@ -243,32 +243,32 @@ fn dib_arch(arch: &str) -> Result<&'static str> {
     })
 }
 
-/// The elements to resolve: the requested ones, plus dib's default block-device element when
-/// a disk is wanted and no element provides `block-device` (mbr on x86, gpt elsewhere).
-fn with_default_block_device(req: &BuildRequest, shipped: &Path) -> Result<Vec<String>> {
-    let mut names = req.elements.clone();
-    if names.is_empty() {
+/// The elements to resolve: the requested ones. (`vm` without a `block-device-*` element gets
+/// dib's default provider from diskforge-elements' resolution.)
+fn requested_elements(req: &BuildRequest) -> Result<Vec<String>> {
+    if req.elements.is_empty() {
         return Err(Error::Usage {
             field: "elements".into(),
             value: String::new(),
             reason: "name at least one element (e.g. `busybox vm`)".into(),
         });
     }
-    if req.needs_disk() && req.block_device_config.is_none() {
-        // `vm` depends on the virtual element `block-device`; when nothing provides it (or the
-        // list does not resolve without it), add dib's default provider.
-        let provided = elements::resolve(&names, &resolve_options(req, shipped))
-            .is_ok_and(|r| r.has("block-device"));
-        if !provided {
-            let default = match dib_arch(&req.arch)? {
-                "amd64" | "i386" => "block-device-mbr",
-                _ => "block-device-gpt",
-            };
-            names.push(default.into());
-        }
-    }
-    Ok(names)
+    Ok(req.elements.clone())
 }
+
+/// dib's fallback when neither `DIB_BLOCK_DEVICE_CONFIG` nor an element gives a layout
+/// (`block_device_create_config_file` in dib's common-functions): one whole-disk root
+/// filesystem, no partition table.
+pub const DIB_FALLBACK_CONFIG: &str = "- local_loop:
+    name: image0
+    mkfs:
+      name: mkfs_root
+      mount:
+        mount_point: /
+        fstab:
+          options: \"defaults\"
+          fsck-passno: 1
+";
 
 fn resolve_options(req: &BuildRequest, shipped: &Path) -> elements::ResolveOptions {
     let mut path = req.elements_path.clone();
@@ -295,11 +295,10 @@ fn block_device_text(
         return Ok((v.clone(), "DIB_BLOCK_DEVICE_CONFIG".into()));
     }
     let Some(p) = resolved.block_device_default() else {
-        return Err(Error::Usage {
-            field: "DIB_BLOCK_DEVICE_CONFIG".into(),
-            value: String::new(),
-            reason: "no block-device layout: set it, or add a block-device-* element".into(),
-        });
+        return Ok((
+            DIB_FALLBACK_CONFIG.to_owned(),
+            "dib's fallback (one whole-disk root filesystem)".into(),
+        ));
     };
     let text = fs::read_to_string(&p).map_err(io_err("reading", &p))?;
     Ok((text, p.display().to_string()))
@@ -452,7 +451,7 @@ pub fn dry_run(req: &BuildRequest) -> Result<DryRun> {
     ))?;
     let shipped = elements::shipped_elements(tmp.path())
         .map_err(io_err("writing the shipped elements to", tmp.path()))?;
-    let names = with_default_block_device(req, &shipped)?;
+    let names = requested_elements(req)?;
     let resolved = elements::resolve(&names, &resolve_options(req, &shipped))
         .map_err(|e| Error::Elements(Box::new(e)))?;
     let bd = PathBuf::from("$TMP_BUILD_DIR");
@@ -602,7 +601,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     let resolved = steps.run("resolve elements", |_| {
         let shipped = elements::shipped_elements(&shipped_dir)
             .map_err(io_err("writing the shipped elements to", &shipped_dir))?;
-        let mut names = with_default_block_device(req, &shipped)?;
+        let mut names = requested_elements(req)?;
         let mut r = elements::resolve(&names, &resolve_options(req, &shipped))
             .map_err(|e| Error::Elements(Box::new(e)))?;
         // dib's distro elements depend on package-installs; ours is added when needed.

@@ -663,3 +663,39 @@ fn busybox_ramdisk_boots_without_a_disk() {
     assert_eq!(&kernel[0x202..0x206], b"HdrS");
     r.assert_no_build_dir();
 }
+
+/// Without `vm` or any layout, a disk output gets dib's fallback: one whole-disk root
+/// filesystem, no partition table.
+#[test]
+fn no_layout_gives_dibs_whole_disk_fallback() {
+    let r = Run::new();
+    let out = r.path("whole");
+    let o = r.run(
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "raw",
+            "--json",
+            "busybox",
+        ],
+        &[],
+    );
+    ok(&o);
+    let raw = r.path("whole.raw");
+    let ty = tool(
+        "blkid",
+        &["-p", "-o", "value", "-s", "TYPE", raw.to_str().unwrap()],
+    );
+    assert_eq!(ty.trim(), "ext4");
+    let pt = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "PTTYPE", raw.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&pt.stdout).trim().is_empty(),
+        "a partition table"
+    );
+    tool("e2fsck", &["-fn", raw.to_str().unwrap()]);
+    r.assert_no_build_dir();
+}
