@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use diskforge_cmd::Cmd;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, io_err};
+use crate::{Error, Result, io_err, tool_err};
 
 /// Packages the base gets besides debootstrap's `minbase`: a kernel, its initramfs generator,
 /// an init, and what `vm` images need to come up on a serial console.
@@ -161,14 +161,6 @@ fn now() -> u64 {
         .unwrap_or_default()
 }
 
-fn tool(what: &str) -> impl FnOnce(diskforge_cmd::Error) -> Error {
-    let what = what.to_owned();
-    move |source| Error::Tool {
-        what,
-        source: Box::new(source),
-    }
-}
-
 /// Make `tree` a Debian base: from the cache when a fresh entry exists, else debootstrap
 /// (then stored). `tree` must be empty. Needs root (debootstrap's chroot, device nodes).
 pub fn debian_root(tree: &Path, o: &DebianOptions) -> Result<DebianReport> {
@@ -242,7 +234,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .arg(to)
         .run()
         .map(|_| ())
-        .map_err(tool("copying the cached Debian base"))
+        .map_err(tool_err("copying the cached Debian base"))
 }
 
 fn debootstrap(tree: &Path, o: &DebianOptions) -> Result<()> {
@@ -259,7 +251,7 @@ fn debootstrap(tree: &Path, o: &DebianOptions) -> Result<()> {
         .timeout(Duration::from_secs(1800))
         .run()
         .map(|_| ())
-        .map_err(tool("debootstrap"))
+        .map_err(tool_err("debootstrap"))
 }
 
 /// apt sources for the mirror, dpkg's unsafe-io for later installs, apt lists removed.

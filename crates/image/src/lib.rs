@@ -146,6 +146,15 @@ impl Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `map_err` for an external program that failed while doing `what`.
+pub(crate) fn tool_err(what: &str) -> impl FnOnce(diskforge_cmd::Error) -> Error {
+    let what = what.to_owned();
+    move |source| Error::Tool {
+        what,
+        source: Box::new(source),
+    }
+}
+
 pub(crate) fn io_err(action: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let action = action.to_owned();
     let path = path.to_owned();

@@ -9,7 +9,7 @@ use std::path::Path;
 use diskforge_cmd::Cmd;
 use serde::Serialize;
 
-use crate::{Error, Result, io_err};
+use crate::{Error, Result, io_err, tool_err};
 
 /// What [`unpack_local_image`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,10 +82,9 @@ pub fn unpack_local_image(image: &Path, tree: &Path, scratch: &Path) -> Result<L
         .arg(format!("rdump / {}", tree.display()))
         .arg(target)
         .run()
-        .map_err(|source| Error::Tool {
-            what: "copying the tree out of DIB_LOCAL_IMAGE (debugfs rdump)".into(),
-            source: Box::new(source),
-        })?;
+        .map_err(tool_err(
+            "copying the tree out of DIB_LOCAL_IMAGE (debugfs rdump)",
+        ))?;
     // debugfs reports per-file problems on stderr but exits 0.
     let stderr = String::from_utf8_lossy(&out.stderr);
     if let Some(line) = stderr

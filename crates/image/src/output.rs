@@ -14,7 +14,7 @@ use std::time::Instant;
 use diskforge_cmd::Cmd;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, io_err};
+use crate::{Error, Result, io_err, tool_err};
 
 /// One `-t` output type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -227,15 +227,16 @@ fn partial_path(dst: &Path) -> PathBuf {
     dst.with_file_name(format!(".{name}.partial"))
 }
 
-/// Removes a partial output unless [`Partial::publish`] moved it into place.
-struct Partial {
-    tmp: PathBuf,
+/// Removes a partial output (`.NAME.partial`, [`Partial::tmp`]) unless [`Partial::publish`]
+/// moved it into place.
+pub(crate) struct Partial {
+    pub(crate) tmp: PathBuf,
     dst: PathBuf,
     done: bool,
 }
 
 impl Partial {
-    fn new(dst: &Path) -> Result<Partial> {
+    pub(crate) fn new(dst: &Path) -> Result<Partial> {
         let tmp = partial_path(dst);
         remove_any(&tmp)?;
         Ok(Partial {
@@ -245,7 +246,7 @@ impl Partial {
         })
     }
 
-    fn publish(mut self) -> Result<()> {
+    pub(crate) fn publish(mut self) -> Result<()> {
         if self.dst.is_dir() && !self.dst.is_symlink() {
             // A previous `oci` output: rename cannot replace a non-empty directory.
             fs::remove_dir_all(&self.dst).map_err(io_err("removing the old", &self.dst))?;
@@ -350,10 +351,7 @@ fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
         .arg(dst)
         .run()
         .map(|_| ())
-        .map_err(|source| Error::Tool {
-            what: "copying the raw image".into(),
-            source: Box::new(source),
-        })
+        .map_err(tool_err("copying the raw image"))
 }
 
 /// GNU tar arguments for a reproducible root tar: sorted names, numeric owners, xattrs and
@@ -386,24 +384,17 @@ pub fn tar_args(tree: &Path, out: &Path, gzip: bool, epoch: Option<u64>) -> Vec<
 }
 
 fn write_tree(format: OutputFormat, tree: &Path, tmp: &Path, opts: &OutputOptions) -> Result<()> {
-    let tool = |what: &str| {
-        let what = what.to_owned();
-        move |source| Error::Tool {
-            what,
-            source: Box::new(source),
-        }
-    };
     match format {
         OutputFormat::Tar | OutputFormat::Docker => Cmd::new("tar")
             .args(tar_args(tree, tmp, false, opts.epoch))
             .run()
             .map(|_| ())
-            .map_err(tool("writing the tar output")),
+            .map_err(tool_err("writing the tar output")),
         OutputFormat::Tgz => Cmd::new("tar")
             .args(tar_args(tree, tmp, true, opts.epoch))
             .run()
             .map(|_| ())
-            .map_err(tool("writing the tgz output")),
+            .map_err(tool_err("writing the tgz output")),
         OutputFormat::Squashfs => {
             let mut a = vec![
                 tree.display().to_string(),
@@ -431,7 +422,7 @@ fn write_tree(format: OutputFormat, tree: &Path, tmp: &Path, opts: &OutputOption
                 .args(a)
                 .run()
                 .map(|_| ())
-                .map_err(tool("writing the squashfs output"))
+                .map_err(tool_err("writing the squashfs output"))
         }
         OutputFormat::Oci => {
             let o = diskforge_layers::TarOptions {

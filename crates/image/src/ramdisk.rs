@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use diskforge_cmd::Cmd;
 use serde::Serialize;
 
-use crate::{Error, Result, io_err};
+use crate::output::Partial;
+use crate::{Error, Result, io_err, tool_err};
 
 /// What [`write_ramdisk`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,37 +50,21 @@ pub fn write_ramdisk(tree: &Path, name: &Path) -> Result<Ramdisk> {
         std::os::unix::fs::symlink("sbin/init", &init).map_err(io_err("linking", &init))?;
     }
     let kernel_src = tree.join(k.kernel.trim_start_matches('/'));
-    let tmp_kernel = partial(&out.kernel);
-    fs::copy(&kernel_src, &tmp_kernel).map_err(io_err("copying", &kernel_src))?;
-    let tmp_initramfs = partial(&out.initramfs);
+    let kernel = Partial::new(&out.kernel)?;
+    fs::copy(&kernel_src, &kernel.tmp).map_err(io_err("copying", &kernel_src))?;
+    let initramfs = Partial::new(&out.initramfs)?;
     // find | sort | cpio | gzip -n: sorted names and no gzip timestamp, so the same tree
     // gives the same bytes.
     let script = "set -e -o pipefail; cd \"$1\"; find . -mindepth 1 -path ./boot -prune -o -print0 \
                   | LC_ALL=C sort -z | cpio --null --create --format=newc --reproducible --quiet \
                   | gzip -n -6 > \"$2\"";
-    let res = Cmd::new("bash")
+    Cmd::new("bash")
         .args(["-c", script, "ramdisk"])
         .arg(tree)
-        .arg(&tmp_initramfs)
-        .run();
-    if let Err(source) = res {
-        let _ = fs::remove_file(&tmp_kernel);
-        let _ = fs::remove_file(&tmp_initramfs);
-        return Err(Error::Tool {
-            what: "writing the initramfs (find | cpio | gzip)".into(),
-            source: Box::new(source),
-        });
-    }
-    fs::rename(&tmp_kernel, &out.kernel).map_err(io_err("renaming into place", &out.kernel))?;
-    fs::rename(&tmp_initramfs, &out.initramfs)
-        .map_err(io_err("renaming into place", &out.initramfs))?;
+        .arg(&initramfs.tmp)
+        .run()
+        .map_err(tool_err("writing the initramfs (find | cpio | gzip)"))?;
+    kernel.publish()?;
+    initramfs.publish()?;
     Ok(out)
-}
-
-fn partial(p: &Path) -> PathBuf {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    p.with_file_name(format!(".{name}.partial"))
 }
