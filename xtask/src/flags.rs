@@ -28,6 +28,10 @@ pub enum Task {
     /// Build the tools and write their man pages and shell completions to target/dist
     /// (optionally installing binaries, man pages and completions under a prefix).
     Dist(DistArgs),
+    /// Every tool through failure: a fault at each step, signals, SIGKILL, 8 parallel runs,
+    /// the hostile-input corpus; prints one table (exit 1 when anything hung, crashed,
+    /// escaped or leaked).
+    Hardening(HardeningArgs),
 }
 
 /// `cargo xtask deps`
@@ -97,4 +101,21 @@ pub struct DistArgs {
     /// Build the tools in the dev profile instead of release (quicker; for checks).
     #[arg(long)]
     pub debug: bool,
+}
+
+/// `cargo xtask hardening`
+#[derive(Debug, Args)]
+pub struct HardeningArgs {
+    /// Fewer signal/kill rounds and a corpus subset (what CI runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run one group only: faults, signals, parallel, corpus.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Seed for the random signal and kill times (default: the clock; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the table as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

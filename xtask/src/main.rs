@@ -13,6 +13,7 @@ mod demo;
 mod deps;
 mod dist;
 mod flags;
+mod hardening;
 mod tidy;
 mod vm;
 
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         flags::Task::Bench(a) => bench::run(&sh, &a),
         flags::Task::Demo(a) => demo::run(&sh, &a),
         flags::Task::Dist(a) => dist::run(&sh, &a),
+        flags::Task::Hardening(a) => hardening::run(&sh, &a),
     }
 }
 
