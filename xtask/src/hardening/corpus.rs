@@ -130,17 +130,16 @@ pub fn check(table: &mut Table, case: Case) -> Result<()> {
         bounded.current_dir(d);
     }
     let outcome = run_bounded(bounded, limit)?;
-    let row = |t: &mut Table| -> &mut super::Row { t.row(tool) };
     match outcome {
         Outcome::Hung => {
-            row(table).hung += 1;
+            table.row(tool).hung += 1;
             table.problem(tool, format!("{name}: hung (over {} s)", limit.as_secs()));
         }
         Outcome::Exited { status, stderr, .. } => {
             use std::os::unix::process::ExitStatusExt as _;
             let panicked = stderr.contains("panicked at") || status.code() == Some(101);
             if panicked || status.signal().is_some() || stderr.contains("memory allocation of") {
-                row(table).crashed += 1;
+                table.row(tool).crashed += 1;
                 let last = stderr
                     .lines()
                     .rev()
@@ -148,12 +147,12 @@ pub fn check(table: &mut Table, case: Case) -> Result<()> {
                     .unwrap_or("");
                 table.problem(tool, format!("{name}: crashed ({status}): {last}"));
             } else if status.success() {
-                row(table).handled += 1;
+                table.row(tool).handled += 1;
                 if expect == Expect::Refuse {
                     table.problem(tool, format!("{name}: hostile input accepted"));
                 }
             } else {
-                row(table).refused += 1;
+                table.row(tool).refused += 1;
                 if expect == Expect::Accept {
                     let last = stderr
                         .lines()
@@ -183,7 +182,7 @@ pub fn check(table: &mut Table, case: Case) -> Result<()> {
         )
         .collect();
     if !escaped.is_empty() {
-        row(table).escaped += 1;
+        table.row(tool).escaped += 1;
         table.problem(
             tool,
             format!("{name}: wrote outside its target: {escaped:?}"),
@@ -197,7 +196,7 @@ pub fn check(table: &mut Table, case: Case) -> Result<()> {
     }
     let leaked = state.leaked_since(&SystemState::capture());
     if !leaked.is_empty() {
-        row(table).leaked += leaked.len() as u32;
+        table.row(tool).leaked += leaked.len() as u32;
         table.problem(tool, format!("{name}: left behind {leaked:?}"));
     }
     let _ = std::fs::remove_dir_all(&case_dir);
