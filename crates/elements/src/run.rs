@@ -186,6 +186,10 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$_t/sys"
 mount --bind /dev "$_t/dev"
 mount --bind /dev/pts "$_t/dev/pts"
 mount --bind -o ro "$_hooks" "$_t/tmp/in_target.d"
+if [ -n "${DIB_APT_LOCAL_CACHE_DIR:-}" ] && [ -d "$DIB_APT_LOCAL_CACHE_DIR" ] && [ -d "$_t/var/cache/apt/archives" ]; then
+    mount --bind "$DIB_APT_LOCAL_CACHE_DIR" "$_t/var/cache/apt/archives"
+    export DIB_APT_CACHE_BOUND=1
+fi
 export HOME=/root PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 unset TMPDIR VIRTUAL_ENV
 exec chroot "$_t" /bin/sh -c 'if command -v bash >/dev/null 2>&1; then exec bash -c "$0" dib-run-parts "$@"; fi; exec /bin/sh -c "$0" dib-run-parts "$@"' "$_inner" "$@"

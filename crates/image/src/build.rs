@@ -159,6 +159,13 @@ pub enum BuildEvent {
         /// How long it ran.
         millis: u64,
     },
+    /// How a long step is getting on (packages downloaded, the stage it is in).
+    Progress {
+        /// The step.
+        step: String,
+        /// One line.
+        message: String,
+    },
     /// A line of script output (for `-x` and verbose renderers).
     Output {
         /// The line.
@@ -622,6 +629,13 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         if let Some(r) = crate::debian::host_release() {
             ctx.env.entry("DIB_RELEASE".into()).or_insert(r);
         }
+        // dib's DIB_APT_LOCAL_CACHE: the elements' chroot binds the shared package cache over
+        // /var/cache/apt/archives (see diskforge-elements' chroot wrapper).
+        if let Some(dir) = apt_cache(&ctx.env) {
+            fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+            ctx.env
+                .insert("DIB_APT_LOCAL_CACHE_DIR".into(), dir.display().to_string());
+        }
     }
     if resolved.has("package-installs") {
         let lists = crate::packages::plan(&resolved, arch, &ctx.env);
@@ -669,9 +683,22 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             Some(local) => steps.run("debian-minimal base (DIB_LOCAL_IMAGE)", |_| {
                 crate::local::unpack_local_image(Path::new(local), &tree, bd.path()).map(|_| ())
             })?,
-            None => steps.run("debian-minimal base", |_| {
+            None => steps.run("debian-minimal base", |s| {
                 let o = debian_options(req, &ctx)?;
-                crate::debian::debian_root(&tree, &o).map(|_| ())
+                let cancel = s.cancel.clone();
+                let progress = &mut *s.progress;
+                crate::debian::debian_root(
+                    &tree,
+                    &o,
+                    &mut |message| {
+                        progress(BuildEvent::Progress {
+                            step: "debian-minimal base".into(),
+                            message,
+                        })
+                    },
+                    cancel.as_ref(),
+                )
+                .map(|_| ())
             })?,
         }
         if resolved.has("vm") {
@@ -746,6 +773,8 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     }
     phase(steps, &ctx, Phase::PreFinalise)?;
     phase(steps, &ctx, Phase::Finalise)?;
+    // dpkg's build-time unsafe-io setting does not ship (dib's dpkg cleanup does the same).
+    crate::debian::remove_build_settings(&tree)?;
 
     if let Some(e) = req.source_date_epoch {
         steps.run("clamp mtimes", |_| clamp_mtimes(&tree, e))?;
@@ -889,6 +918,17 @@ fn clamp_mtimes(tree: &Path, epoch: u64) -> Result<()> {
     Ok(())
 }
 
+/// `DIB_IMAGE_CACHE` (always set by [`run_context`]'s environment).
+fn image_cache(env: &BTreeMap<String, String>) -> PathBuf {
+    PathBuf::from(env.get("DIB_IMAGE_CACHE").map_or(".", String::as_str))
+}
+
+/// dib's shared package cache, `DIB_IMAGE_CACHE/apt/debian`, unless `DIB_APT_LOCAL_CACHE=0`.
+fn apt_cache(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    (env.get("DIB_APT_LOCAL_CACHE").map(String::as_str) != Some("0"))
+        .then(|| image_cache(env).join("apt/debian"))
+}
+
 /// The `debian-minimal` options from dib's variables and the host.
 fn debian_options(
     req: &BuildRequest,
@@ -916,26 +956,53 @@ fn debian_options(
                 "the host's apt sources name no mirror",
             )
         })?;
-    let cache = PathBuf::from(
-        ctx.env
-            .get("DIB_IMAGE_CACHE")
-            .cloned()
-            .unwrap_or_else(|| "/var/cache/diskforge".into()),
-    );
+    let cache = image_cache(&ctx.env);
+    let components: Vec<String> = env("DIB_DEBIAN_COMPONENTS")
+        .unwrap_or_else(|| "main".into())
+        .split(',')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
+    // dib: DIB_APT_SOURCES (a sources.list file) wins over DIB_APT_SOURCES_CONF, which wins
+    // over the default (mirror, -updates, security mirror).
+    let sources = if let Some(file) = env("DIB_APT_SOURCES") {
+        let text = fs::read_to_string(&file)
+            .map_err(io_err("reading DIB_APT_SOURCES", Path::new(&file)))?;
+        let s = crate::debian::sources_from_list(&text);
+        if s.is_empty() {
+            return Err(Error::Usage {
+                field: "DIB_APT_SOURCES".into(),
+                value: file,
+                reason: "holds no `deb` line".into(),
+            });
+        }
+        s
+    } else if let Some(conf) = env("DIB_APT_SOURCES_CONF") {
+        crate::debian::sources_from_conf(&conf)
+    } else {
+        let security = env("DIB_DEBIAN_SECURITY_MIRROR")
+            .or_else(crate::debian::host_security_mirror)
+            .unwrap_or_else(|| "http://security.debian.org/".into());
+        crate::debian::default_sources(
+            &mirror,
+            &security,
+            &env("DIB_DEBIAN_SECURITY_SUBPATH").unwrap_or_default(),
+            &release,
+            &components,
+        )
+    };
     Ok(crate::debian::DebianOptions {
         release,
         mirror,
-        components: env("DIB_DEBIAN_COMPONENTS")
-            .unwrap_or_else(|| "main".into())
-            .split(',')
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect(),
+        sources,
+        components,
         arch: dib_arch(&req.arch)?.into(),
         include: crate::debian::BASE_PACKAGES
             .iter()
             .map(|p| p.to_string())
             .collect(),
+        bootstrapper: crate::debian::Bootstrapper::detect(),
+        apt_cache: apt_cache(&ctx.env),
         store: cache.join("layers"),
         no_cache: env("DIB_DEBOOTSTRAP_CACHE").as_deref() == Some("0"),
         max_age: Duration::from_secs(

@@ -1,52 +1,149 @@
-//! The shipped `debian-minimal` element, natively: a debootstrapped Debian base in the root
-//! tree, kept in the diskforge-layers store (keyed by release, mirror, architecture,
-//! components and package set) so that a warm build copies it in seconds instead of running
-//! debootstrap again.
+//! The shipped `debian-minimal` element, natively: a Debian base in the root tree, kept in the
+//! diskforge-layers store (keyed by release, sources, architecture, components, package set
+//! and bootstrapper) so that a warm build copies it in seconds instead of bootstrapping again.
 //!
-//! dib's `debian-minimal` runs debootstrap in `root.d` and installs the kernel later through
-//! `package-installs`; we put the kernel and initramfs-tools into the debootstrap (`--include`)
-//! so that they land in the cached base too. The apt sources point at the mirror
-//! (`DIB_DISTRIBUTION_MIRROR`, default the one in the host's own apt sources) and the apt
-//! lists are removed afterwards, as dib does.
+//! Like dib, the base is made with `mmdebstrap` when the host has it (dib's `debootstrap`
+//! element prefers it too) and `debootstrap --variant=minbase` otherwise. The package set is
+//! dib's `debian-minimal` result — minbase, then `systemd-sysv busybox sudo gnupg2 python3`,
+//! the kernel with `netbase`, and the `debootstrap` element's `adduser ca-certificates locales
+//! lsb-release` — plus `initramfs-tools udev e2fsprogs` for `vm`, all installed in the one
+//! bootstrap, from dib's sources (the mirror's `RELEASE` and `RELEASE-updates`, and the
+//! security mirror's `RELEASE-security`; `DIB_APT_SOURCES_CONF` or `DIB_APT_SOURCES` replace
+//! them), so that they land in the cached base too. Differences from dib, on purpose:
+//! - dpkg runs with `force-unsafe-io` during the build (the image is synced once at the end);
+//!   the build removes that setting before the filesystems are made.
+//! - The bootstrap runs in its own mount and PID namespace (`unshare`), so the `proc`/`sys`/
+//!   `dev` mounts it makes in the target vanish with it, even after `kill -9`.
+//! - The downloaded packages are shared between builds in `DIB_IMAGE_CACHE/apt/debian` (dib's
+//!   `DIB_APT_LOCAL_CACHE`, on by default; `0` turns it off), for the bootstrap as well as for
+//!   later `package-installs`.
+//! - apt lists and the package cache are removed from the tree, as dib's cleanup does.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use diskforge_cmd::Cmd;
+use diskforge_cmd::{Cmd, NextLine};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, io_err, tool_err};
 
-/// Packages the base gets besides debootstrap's `minbase`: a kernel, its initramfs generator,
-/// an init, and what `vm` images need to come up on a serial console.
+/// Packages the base gets besides the bootstrapper's `minbase` (the kernel package is added
+/// per architecture: `linux-image-ARCH`).
 pub const BASE_PACKAGES: &[&str] = &[
-    "linux-image-amd64",
-    "initramfs-tools",
+    // dib debian-minimal's root.d
     "systemd-sysv",
+    "busybox",
+    "sudo",
+    "gnupg2",
+    "python3",
+    // dib debian-minimal's package-installs
+    "netbase",
+    // dib debootstrap's package-installs
+    "adduser",
+    "ca-certificates",
+    "locales",
+    "lsb-release",
+    // what `vm` images need to boot: the initramfs generator, udev, fsck for the root
+    "initramfs-tools",
     "udev",
     "e2fsprogs",
 ];
 
-/// What to debootstrap.
+/// Which program makes the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootstrapper {
+    /// mmdebstrap (apt does the downloads and the dependency resolution).
+    Mmdebstrap,
+    /// debootstrap, then apt for the updates.
+    Debootstrap,
+}
+
+impl Bootstrapper {
+    /// mmdebstrap when installed, else debootstrap (what dib does).
+    pub fn detect() -> Self {
+        if diskforge_cmd::exists("mmdebstrap") {
+            Bootstrapper::Mmdebstrap
+        } else {
+            Bootstrapper::Debootstrap
+        }
+    }
+}
+
+/// What to bootstrap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebianOptions {
     /// `DIB_RELEASE` (default the host's `VERSION_CODENAME`).
     pub release: String,
     /// `DIB_DISTRIBUTION_MIRROR` (default the host's apt mirror).
     pub mirror: String,
+    /// The apt sources of the image, one-line style (`deb URI SUITE COMPONENTS…`): see
+    /// [`default_sources`]; part of the cache key.
+    pub sources: Vec<String>,
     /// `DIB_DEBIAN_COMPONENTS` (default `main`).
     pub components: Vec<String>,
     /// dib's architecture name (amd64 …).
     pub arch: String,
     /// Packages added to the base (sorted; part of the cache key).
     pub include: Vec<String>,
+    /// The program that makes the base (part of the cache key).
+    pub bootstrapper: Bootstrapper,
     /// The layers store holding cached bases (default `DIB_IMAGE_CACHE/layers`).
     pub store: PathBuf,
+    /// The shared package cache (`DIB_IMAGE_CACHE/apt/debian`), unless `DIB_APT_LOCAL_CACHE=0`.
+    #[serde(default)]
+    pub apt_cache: Option<PathBuf>,
     /// Ignore (and replace) a cached base.
     pub no_cache: bool,
     /// A cached base older than this is rebuilt (dib's `DIB_DEBOOTSTRAP_CACHE` refresh).
     pub max_age: Duration,
+}
+
+/// dib's default apt sources for a Debian release: `RELEASE` and `RELEASE-updates` from the
+/// mirror, `RELEASE-security` (+ `DIB_DEBIAN_SECURITY_SUBPATH`) from the security mirror;
+/// only the first for `testing`/`unstable`/`sid`.
+pub fn default_sources(
+    mirror: &str,
+    security_mirror: &str,
+    security_subpath: &str,
+    release: &str,
+    components: &[String],
+) -> Vec<String> {
+    let c = components.join(" ");
+    let mut v = vec![format!("deb {mirror} {release} {c}")];
+    if !matches!(release, "testing" | "unstable" | "sid") {
+        v.push(format!("deb {mirror} {release}-updates {c}"));
+        v.push(format!(
+            "deb {security_mirror} {release}-security{security_subpath} {c}"
+        ));
+    }
+    v
+}
+
+/// dib's `DIB_APT_SOURCES_CONF` (`name:deb …` lines) as one-line sources.
+pub fn sources_from_conf(conf: &str) -> Vec<String> {
+    conf.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once(':') {
+            Some((name, rest)) if !name.contains(' ') && !name.contains('/') => {
+                rest.trim().to_owned()
+            }
+            _ => l.to_owned(),
+        })
+        .collect()
+}
+
+/// The `deb` lines of a sources.list text (dib's `DIB_APT_SOURCES` file).
+pub fn sources_from_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("deb ") || l.starts_with("deb-src ") || l.starts_with("deb ["))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// What [`debian_root`] did.
@@ -56,6 +153,10 @@ pub struct DebianReport {
     pub key: String,
     /// True when the base came from the cache.
     pub cached: bool,
+    /// Packages downloaded (0 from the cache).
+    pub packages_fetched: u64,
+    /// Bytes downloaded, as apt reported them.
+    pub bytes_fetched: u64,
     /// Milliseconds spent.
     pub millis: u64,
 }
@@ -73,6 +174,15 @@ pub fn host_release() -> Option<String> {
 /// /etc/apt/sources.list.d/*.sources whose suites are not `-security`, else the first `deb`
 /// line of /etc/apt/sources.list.
 pub fn host_mirror() -> Option<String> {
+    host_source(false)
+}
+
+/// The security mirror the host's own apt uses (its `-security` source).
+pub fn host_security_mirror() -> Option<String> {
+    host_source(true)
+}
+
+fn host_source(security: bool) -> Option<String> {
     let mut files: Vec<PathBuf> = fs::read_dir("/etc/apt/sources.list.d")
         .into_iter()
         .flatten()
@@ -84,16 +194,17 @@ pub fn host_mirror() -> Option<String> {
         let Ok(text) = fs::read_to_string(&f) else {
             continue;
         };
-        if let Some(m) = mirror_from_deb822(&text) {
+        if let Some(m) = source_from_deb822(&text, security) {
             return Some(m);
         }
     }
     let text = fs::read_to_string("/etc/apt/sources.list").ok()?;
-    mirror_from_list(&text)
+    source_from_list(&text, security)
 }
 
-/// The first non-security Debian mirror of a deb822 `.sources` text.
-pub fn mirror_from_deb822(text: &str) -> Option<String> {
+/// The first Debian mirror of a deb822 `.sources` text whose suites are (`security`) or are
+/// not `-security` ones.
+pub fn source_from_deb822(text: &str, security: bool) -> Option<String> {
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
             stanza
@@ -107,7 +218,7 @@ pub fn mirror_from_deb822(text: &str) -> Option<String> {
             continue;
         };
         if types.split_whitespace().any(|t| t == "deb")
-            && !suites.contains("-security")
+            && suites.contains("-security") == security
             && let Some(uri) = uris.split_whitespace().next()
         {
             return Some(uri.to_owned());
@@ -116,14 +227,15 @@ pub fn mirror_from_deb822(text: &str) -> Option<String> {
     None
 }
 
-/// The first `deb URI SUITE …` line of a one-line-style sources.list that is not `-security`.
-pub fn mirror_from_list(text: &str) -> Option<String> {
+/// The first `deb URI SUITE …` line of a one-line-style sources.list whose suite is
+/// (`security`) or is not a `-security` one.
+pub fn source_from_list(text: &str, security: bool) -> Option<String> {
     text.lines().find_map(|l| {
         let mut w = l.split_whitespace().filter(|w| !w.starts_with('['));
         (w.next()? == "deb").then_some(())?;
         let uri = w.next()?;
         let suite = w.next()?;
-        (!suite.contains("-security")).then(|| uri.to_owned())
+        (suite.contains("-security") == security).then(|| uri.to_owned())
     })
 }
 
@@ -132,13 +244,20 @@ pub fn cache_key(o: &DebianOptions) -> String {
     use sha2::Digest as _;
     let mut include = o.include.clone();
     include.sort();
+    let sources: Vec<String> = o
+        .sources
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     let text = format!(
-        "diskforge debian-minimal v1\nrelease={}\nmirror={}\narch={}\ncomponents={}\ninclude={}\n",
+        "diskforge debian-minimal v2\nrelease={}\nmirror={}\nsources={}\narch={}\ncomponents={}\ninclude={}\nbootstrapper={:?}\n",
         o.release,
         o.mirror.trim_end_matches('/'),
+        sources.join("|"),
         o.arch,
         o.components.join(","),
-        include.join(",")
+        include.join(","),
+        o.bootstrapper,
     );
     sha2::Sha256::digest(text.as_bytes())
         .iter()
@@ -161,19 +280,31 @@ fn now() -> u64 {
         .unwrap_or_default()
 }
 
-/// Make `tree` a Debian base: from the cache when a fresh entry exists, else debootstrap
-/// (then stored). `tree` must be empty. Needs root (debootstrap's chroot, device nodes).
-pub fn debian_root(tree: &Path, o: &DebianOptions) -> Result<DebianReport> {
+/// An exclusive `flock` on `path` (created), held until the file is dropped.
+fn lock(path: &Path) -> Result<fs::File> {
+    let f = fs::File::create(path).map_err(io_err("creating", path))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("locking", path)(e.into()))?;
+    Ok(f)
+}
+
+/// Make `tree` a Debian base: from the cache when a fresh entry exists, else bootstrapped
+/// (then stored). `tree` must be empty. Needs root (the bootstrap's chroot, device nodes).
+/// `progress` gets one-line updates while packages download and install; `cancel` (raised on
+/// SIGINT/SIGTERM) stops the bootstrap, killing it with its namespace.
+pub fn debian_root(
+    tree: &Path,
+    o: &DebianOptions,
+    progress: &mut dyn FnMut(String),
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Result<DebianReport> {
     let started = Instant::now();
     let key = cache_key(o);
     let index_dir = o.store.join("debian-minimal");
     fs::create_dir_all(&index_dir).map_err(io_err("creating", &index_dir))?;
     let index = index_dir.join(format!("{key}.json"));
     // One builder at a time per key: the second waits, then finds the entry.
-    let lock_path = index_dir.join(format!("{key}.lock"));
-    let lock = fs::File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_err("locking", &lock_path)(e.into()))?;
+    let _lock = lock(&index_dir.join(format!("{key}.lock")))?;
     let store = diskforge_layers::Store::open(&o.store).map_err(|source| Error::Oci {
         source: Box::new(source),
     })?;
@@ -184,15 +315,28 @@ pub fn debian_root(tree: &Path, o: &DebianOptions) -> Result<DebianReport> {
         && let Some(dir) = store.layer_dir(&e.diff_id)
         && dir.is_dir()
     {
+        progress("copying the cached base".into());
         copy_tree(&dir, tree)?;
         return Ok(DebianReport {
             key,
             cached: true,
+            packages_fetched: 0,
+            bytes_fetched: 0,
             millis: started.elapsed().as_millis() as u64,
         });
     }
-    debootstrap(tree, o)?;
+    // The shared package cache: one bootstrap at a time uses it (apt inside locks it too).
+    let apt_lock = match &o.apt_cache {
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+            Some(lock(&dir.join(".diskforge.lock"))?)
+        }
+        None => None,
+    };
+    let fetched = bootstrap(tree, o, progress, cancel)?;
+    drop(apt_lock);
     configure(tree, o)?;
+    progress("storing the base in the cache".into());
     // Store it: a layer tarball, imported (unpacked) into the store, then indexed.
     let tmp = tempfile::Builder::new()
         .prefix("debian-base.")
@@ -221,6 +365,8 @@ pub fn debian_root(tree: &Path, o: &DebianOptions) -> Result<DebianReport> {
     Ok(DebianReport {
         key,
         cached: false,
+        packages_fetched: fetched.0,
+        bytes_fetched: fetched.1,
         millis: started.elapsed().as_millis() as u64,
     })
 }
@@ -237,24 +383,250 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .map_err(tool_err("copying the cached Debian base"))
 }
 
-fn debootstrap(tree: &Path, o: &DebianOptions) -> Result<()> {
-    let mut include = o.include.clone();
-    include.sort();
-    Cmd::new("debootstrap")
-        .arg("--variant=minbase")
-        .arg(format!("--arch={}", o.arch))
-        .arg(format!("--components={}", o.components.join(",")))
-        .arg(format!("--include={}", include.join(",")))
-        .arg(&o.release)
-        .arg(tree)
-        .arg(&o.mirror)
-        .timeout(Duration::from_secs(1800))
-        .run()
-        .map(|_| ())
-        .map_err(tool_err("debootstrap"))
+/// Download accounting from apt's and debootstrap's output lines.
+#[derive(Debug, Default)]
+struct Fetched {
+    packages: u64,
+    bytes: u64,
 }
 
-/// apt sources for the mirror, dpkg's unsafe-io for later installs, apt lists removed.
+impl Fetched {
+    /// apt: `Get:12 http://… bookworm/main amd64 libc6 amd64 2.36-9 [2757 kB]`;
+    /// debootstrap: `I: Retrieving libc6 2.36-9`.
+    fn line(&mut self, l: &str) -> bool {
+        if l.starts_with("Get:") {
+            if l.contains(".deb") || !l.contains("InRelease") && !l.contains("Packages") {
+                self.packages += 1;
+            }
+            if let Some(sz) = l.rsplit_once('[').and_then(|(_, r)| r.strip_suffix(']')) {
+                self.bytes += parse_apt_size(sz);
+            }
+            true
+        } else if l.starts_with("I: Retrieving ")
+            && !l.contains("Release")
+            && !l.contains("Packages")
+        {
+            self.packages += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn message(&self, stage: &str) -> String {
+        if self.bytes > 0 {
+            format!(
+                "{stage} — {} packages fetched, {:.1} MB",
+                self.packages,
+                self.bytes as f64 / 1e6
+            )
+        } else {
+            format!("{stage} — {} packages fetched", self.packages)
+        }
+    }
+}
+
+/// `2757 kB`, `1,234 B`, `12.3 MB` (apt's decimal units).
+fn parse_apt_size(s: &str) -> u64 {
+    let mut w = s.split_whitespace();
+    let (Some(n), Some(u)) = (w.next(), w.next()) else {
+        return 0;
+    };
+    let Ok(n) = n.replace(',', "").parse::<f64>() else {
+        return 0;
+    };
+    let mult = match u {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return 0,
+    };
+    (n * mult) as u64
+}
+
+/// The package list with the kernel for the architecture.
+fn packages(o: &DebianOptions) -> Vec<String> {
+    let mut include = o.include.clone();
+    let kernel = format!("linux-image-{}", o.arch);
+    if !include.contains(&kernel) {
+        include.push(kernel);
+    }
+    include.sort();
+    include
+}
+
+/// Run the bootstrapper in its own mount and PID namespace, its output (stdout and stderr)
+/// streamed into `progress`. Returns (packages, bytes) fetched.
+fn bootstrap(
+    tree: &Path,
+    o: &DebianOptions,
+    progress: &mut dyn FnMut(String),
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Result<(u64, u64)> {
+    let include = packages(o).join(",");
+    let mut argv: Vec<String> = Vec::new();
+    let name = match o.bootstrapper {
+        Bootstrapper::Mmdebstrap => {
+            argv.extend([
+                "mmdebstrap".into(),
+                "--mode=root".into(),
+                "--variant=minbase".into(),
+                "--verbose".into(),
+                format!("--architectures={}", o.arch),
+                format!("--components={}", o.components.join(",")),
+                format!("--include={include}"),
+                "--aptopt=Acquire::Languages \"none\"".into(),
+                "--aptopt=APT::Install-Recommends \"0\"".into(),
+                // Temporary (not in the image): dpkg without fsync while we build.
+                "--setup-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" && echo force-unsafe-io > \"$1/etc/dpkg/dpkg.cfg.d/diskforge-unsafe-io\"".into(),
+            ]);
+            if let Some(cache) = &o.apt_cache {
+                let c = cache.display().to_string();
+                argv.extend([
+                    "--skip=essential/unlink".into(),
+                    "--setup-hook=mkdir -p \"$1/var/cache/apt/archives\"".into(),
+                    format!("--setup-hook=sync-in '{c}' /var/cache/apt/archives/"),
+                    format!("--customize-hook=sync-out /var/cache/apt/archives '{c}'"),
+                ]);
+            }
+            argv.push(o.release.clone());
+            argv.push(tree.display().to_string());
+            argv.extend(o.sources.iter().cloned());
+            "mmdebstrap"
+        }
+        Bootstrapper::Debootstrap => {
+            argv.extend([
+                "debootstrap".into(),
+                "--variant=minbase".into(),
+                format!("--arch={}", o.arch),
+                format!("--components={}", o.components.join(",")),
+                format!("--include={include}"),
+            ]);
+            if let Some(cache) = &o.apt_cache {
+                argv.push(format!("--cache-dir={}", cache.display()));
+            }
+            argv.push(o.release.clone());
+            argv.push(tree.display().to_string());
+            argv.push(o.mirror.clone());
+            "debootstrap"
+        }
+    };
+    let mut fetched = Fetched::default();
+    run_streamed(name, &argv, &mut fetched, progress, cancel)?;
+    if o.bootstrapper == Bootstrapper::Debootstrap {
+        // debootstrap knows one suite: bring in -updates and -security like dib's dist-upgrade.
+        write_sources(tree, o)?;
+        let script = "set -e\nmount -t proc proc \"$1/proc\"\nexport DEBIAN_FRONTEND=noninteractive\nchroot \"$1\" apt-get -q update\nchroot \"$1\" apt-get -q -y -o Dpkg::Options::=--force-unsafe-io dist-upgrade\n";
+        let argv: Vec<String> = ["sh", "-c", script, "sh", &tree.display().to_string()]
+            .map(String::from)
+            .to_vec();
+        run_streamed(
+            "apt-get dist-upgrade",
+            &argv,
+            &mut fetched,
+            progress,
+            cancel,
+        )?;
+    }
+    Ok((fetched.packages, fetched.bytes))
+}
+
+/// `argv` under `unshare --mount --pid --fork --kill-child` (so every mount it makes and
+/// every process it starts die with it), output lines into `progress`; the last lines of
+/// output go into the error when it fails.
+fn run_streamed(
+    what: &str,
+    argv: &[String],
+    fetched: &mut Fetched,
+    progress: &mut dyn FnMut(String),
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Result<()> {
+    let cmd = Cmd::new("setsid")
+        .args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+            "exec \"$@\" 2>&1",
+            "sh",
+        ])
+        .args(argv)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    let mut child = cmd
+        .spawn_streaming()
+        .map_err(tool_err(&format!("starting {what}")))?;
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    let mut stage = format!("{what}: starting");
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            drop(child);
+            return Err(Error::Interrupted {
+                step: format!("debian-minimal base ({what})"),
+            });
+        }
+        if Instant::now() > deadline {
+            drop(child);
+            return Err(Error::Usage {
+                field: "debian-minimal base".into(),
+                value: what.into(),
+                reason: "did not finish within an hour".into(),
+            });
+        }
+        match child.next_line(Instant::now() + Duration::from_millis(200)) {
+            NextLine::Line(l) => {
+                if let Some(s) = l.strip_prefix("I: ")
+                    && !s.starts_with("Retrieving")
+                    && !s.starts_with("Validating")
+                {
+                    stage = format!("{what}: {}", s.trim_end_matches("..."));
+                }
+                if fetched.line(&l) || l.starts_with("I: ") {
+                    progress(fetched.message(&stage));
+                }
+                tail.push_back(l);
+                if tail.len() > 30 {
+                    tail.pop_front();
+                }
+            }
+            NextLine::TimedOut => continue,
+            NextLine::Closed => break,
+        }
+    }
+    let fin = child
+        .finish(Duration::from_secs(30))
+        .map_err(tool_err(what))?;
+    if !fin.status.success() {
+        let lines: Vec<String> = tail.into_iter().collect();
+        return Err(Error::Tool {
+            what: format!("{what} failed; its last lines:\n{}", lines.join("\n")),
+            source: Box::new(fin.error()),
+        });
+    }
+    Ok(())
+}
+
+fn write_sources(tree: &Path, o: &DebianOptions) -> Result<()> {
+    let p = tree.join("etc/apt/sources.list");
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).map_err(io_err("creating", d))?;
+    }
+    let mut text = o.sources.join("\n");
+    text.push('\n');
+    fs::write(&p, text).map_err(io_err("writing", &p))
+}
+
+/// The path of the build-time dpkg setting that [`remove_build_settings`] takes out again.
+pub const UNSAFE_IO_CONF: &str = "etc/dpkg/dpkg.cfg.d/diskforge-unsafe-io";
+
+/// apt sources as dib writes them, dpkg's unsafe-io for later installs, apt lists and the
+/// package cache removed.
 fn configure(tree: &Path, o: &DebianOptions) -> Result<()> {
     let write = |rel: &str, text: String| -> Result<()> {
         let p = tree.join(rel);
@@ -263,18 +635,13 @@ fn configure(tree: &Path, o: &DebianOptions) -> Result<()> {
         }
         fs::write(&p, text).map_err(io_err("writing", &p))
     };
+    write_sources(tree, o)?;
+    // mmdebstrap writes the sources into sources.list too; one copy only.
+    let _ = fs::remove_file(tree.join("etc/apt/sources.list.d/0000sources.list"));
+    write(UNSAFE_IO_CONF, "force-unsafe-io\n".into())?;
     write(
-        "etc/apt/sources.list",
-        format!(
-            "deb {} {} {}\n",
-            o.mirror,
-            o.release,
-            o.components.join(" ")
-        ),
-    )?;
-    write(
-        "etc/dpkg/dpkg.cfg.d/diskforge-unsafe-io",
-        "force-unsafe-io\n".into(),
+        "etc/apt/apt.conf.d/95disable-recommends",
+        "APT::Install-Recommends \"0\";\nApt::Install-Suggests \"0\";\n".into(),
     )?;
     let lists = tree.join("var/lib/apt/lists");
     if lists.is_dir() {
@@ -295,6 +662,16 @@ fn configure(tree: &Path, o: &DebianOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Take out the build-time settings (dpkg's unsafe-io) before the filesystems are made.
+pub fn remove_build_settings(tree: &Path) -> Result<()> {
+    let p = tree.join(UNSAFE_IO_CONF);
+    match fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", &p)(e)),
+    }
 }
 
 /// A one-shot systemd unit that prints `marker` on the serial console once the system is up
@@ -331,14 +708,25 @@ mod tests {
     fn mirrors_from_apt_sources() {
         let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n";
         assert_eq!(
-            mirror_from_deb822(deb822).as_deref(),
+            source_from_deb822(deb822, false).as_deref(),
             Some("http://deb.debian.org/debian")
+        );
+        assert_eq!(
+            source_from_deb822(deb822, true).as_deref(),
+            Some("http://deb.debian.org/debian-security")
         );
         let only_security =
             "Types: deb\nURIs: http://s/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(mirror_from_deb822(only_security), None);
+        assert_eq!(source_from_deb822(only_security, false), None);
         let list = "# x\ndeb http://security.debian.org/ bookworm-security main\ndeb [arch=amd64] http://m/debian bookworm main\n";
-        assert_eq!(mirror_from_list(list).as_deref(), Some("http://m/debian"));
+        assert_eq!(
+            source_from_list(list, false).as_deref(),
+            Some("http://m/debian")
+        );
+        assert_eq!(
+            source_from_list(list, true).as_deref(),
+            Some("http://security.debian.org/")
+        );
     }
 
     #[test]

@@ -317,6 +317,7 @@ fn run(cli: &Cli) -> i32 {
             "  {phase}/{script} ({element}) {:.2} s",
             millis as f64 / 1000.0
         )),
+        BuildEvent::Progress { step, message } => bar.set_message(format!("{step}: {message}")),
         BuildEvent::Output { line } => {
             if trace {
                 bar.suspend(|| eprintln!("{line}"));
