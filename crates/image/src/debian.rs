@@ -395,7 +395,16 @@ impl Fetched {
     /// debootstrap: `I: Retrieving libc6 2.36-9`.
     fn line(&mut self, l: &str) -> bool {
         if l.starts_with("Get:") {
-            if l.contains(".deb") || !l.contains("InRelease") && !l.contains("Packages") {
+            let index = [
+                "InRelease",
+                " Release",
+                "Packages",
+                "Translation",
+                "Contents",
+            ]
+            .iter()
+            .any(|w| l.contains(w));
+            if !index {
                 self.packages += 1;
             }
             if let Some(sz) = l.rsplit_once('[').and_then(|(_, r)| r.strip_suffix(']')) {
@@ -730,13 +739,64 @@ mod tests {
     }
 
     #[test]
+    fn sources_as_dib_writes_them() {
+        let c = vec!["main".to_owned(), "contrib".to_owned()];
+        assert_eq!(
+            default_sources("http://m/debian", "http://s/", "", "bookworm", &c),
+            [
+                "deb http://m/debian bookworm main contrib",
+                "deb http://m/debian bookworm-updates main contrib",
+                "deb http://s/ bookworm-security main contrib"
+            ]
+        );
+        assert_eq!(
+            default_sources("http://m/debian", "http://s/", "", "unstable", &c),
+            ["deb http://m/debian unstable main contrib"]
+        );
+        assert_eq!(
+            sources_from_conf(
+                "default:deb http://m/debian bookworm main\nsec:deb http://s/ x main\n"
+            ),
+            ["deb http://m/debian bookworm main", "deb http://s/ x main"]
+        );
+        assert_eq!(
+            sources_from_list(
+                "# c\ndeb [arch=amd64] http://m/ b main\n\ndeb-src http://m/ b main\n"
+            ),
+            [
+                "deb [arch=amd64] http://m/ b main",
+                "deb-src http://m/ b main"
+            ]
+        );
+    }
+
+    #[test]
+    fn apt_progress_lines_are_counted() {
+        let mut f = Fetched::default();
+        assert!(f.line("Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]"));
+        assert!(f.line(
+            "Get:12 http://deb.debian.org/debian bookworm/main amd64 libc6 amd64 2.36-9 [2757 kB]"
+        ));
+        assert!(f.line("I: Retrieving libc6 2.36-9"));
+        assert!(!f.line("Unpacking libc6 ..."));
+        assert_eq!(f.packages, 2);
+        assert_eq!(f.bytes, 2_908_000);
+        assert_eq!(parse_apt_size("1,234 B"), 1234);
+        assert_eq!(parse_apt_size("12.5 MB"), 12_500_000);
+        assert_eq!(parse_apt_size("junk"), 0);
+    }
+
+    #[test]
     fn cache_key_covers_every_input() {
         let o = DebianOptions {
             release: "bookworm".into(),
             mirror: "http://m/debian".into(),
             components: vec!["main".into()],
             arch: "amd64".into(),
+            sources: vec!["deb http://m/debian bookworm main".into()],
             include: vec!["b".into(), "a".into()],
+            bootstrapper: Bootstrapper::Mmdebstrap,
+            apt_cache: Some("/c".into()),
             store: "/s".into(),
             no_cache: false,
             max_age: Duration::from_secs(1),
@@ -745,6 +805,8 @@ mod tests {
         let mut same = o.clone();
         same.include = vec!["a".into(), "b".into()];
         same.store = "/elsewhere".into();
+        same.apt_cache = None;
+        same.sources = vec!["deb  http://m/debian bookworm main".into()];
         same.mirror = "http://m/debian/".into();
         assert_eq!(cache_key(&same), k);
         for f in [
@@ -753,6 +815,11 @@ mod tests {
             |o: &mut DebianOptions| o.components.push("contrib".into()),
             |o: &mut DebianOptions| o.arch = "arm64".into(),
             |o: &mut DebianOptions| o.include.push("vim".into()),
+            |o: &mut DebianOptions| {
+                o.sources
+                    .push("deb http://s/ bookworm-security main".into())
+            },
+            |o: &mut DebianOptions| o.bootstrapper = Bootstrapper::Debootstrap,
         ] {
             let mut d = o.clone();
             f(&mut d);
