@@ -27,14 +27,14 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use diskforge_blockdev::{Device, DiskPlan, FsPlan};
 use diskforge_mkfs::FsType;
 use diskforge_part::Label;
 use serde::Serialize;
 
-use crate::grub::{BIOS_MODULES, GrubConfig, I386_PC_DIR, embedded_config, mkimage};
+use crate::grub::{BIOS_MODULES, GrubConfig, embedded_config, mkimage, platform_dir};
 use crate::{Error, Result, io_err};
 
 /// Bytes per sector (GRUB's `GRUB_DISK_SECTOR_SIZE`; BIOS disks are 512-byte).
@@ -107,6 +107,9 @@ pub struct BiosReport {
     pub blocklists: Vec<Blocklist>,
     /// Modules built into `core.img`.
     pub modules: Vec<String>,
+    /// The GRUB platform directory `core.img` and `boot.img` came from (the target's or the
+    /// host's).
+    pub modules_dir: PathBuf,
     /// Its embedded config.
     pub embedded_config: String,
 }
@@ -447,7 +450,7 @@ impl Target {
 }
 
 /// `core.img` from `grub-mkimage -O i386-pc`, built in a temp dir next to `image`.
-fn build_core(image: &Path, modules: &[&str], embedded: &str) -> Result<Vec<u8>> {
+fn build_core(image: &Path, dir: &Path, modules: &[&str], embedded: &str) -> Result<Vec<u8>> {
     let scratch = tempfile::Builder::new()
         .prefix(".grub-core-")
         .tempdir_in(image.parent().unwrap_or(Path::new(".")))
@@ -455,7 +458,7 @@ fn build_core(image: &Path, modules: &[&str], embedded: &str) -> Result<Vec<u8>>
     let core_path = scratch.path().join("core.img");
     mkimage(
         "i386-pc",
-        I386_PC_DIR,
+        dir,
         modules,
         embedded,
         &core_path,
@@ -464,9 +467,9 @@ fn build_core(image: &Path, modules: &[&str], embedded: &str) -> Result<Vec<u8>>
     std::fs::read(&core_path).map_err(io_err("reading", &core_path))
 }
 
-/// GRUB's `boot.img` (package `grub-pc-bin`).
-fn boot_img() -> Result<[u8; 512]> {
-    let path = Path::new(I386_PC_DIR).join("boot.img");
+/// GRUB's `boot.img` (package `grub-pc-bin`) from the platform directory `dir`.
+fn boot_img(dir: &Path) -> Result<[u8; 512]> {
+    let path = dir.join("boot.img");
     let boot = std::fs::read(&path).map_err(io_err("reading", &path))?;
     boot.try_into().map_err(|b: Vec<u8>| Error::Invalid {
         what: path.display().to_string(),
@@ -488,13 +491,14 @@ pub fn install_bios(
     let mut modules: Vec<&str> = BIOS_MODULES.to_vec();
     modules.extend(fs_modules(root_fs)?);
     let mut target = Target::locate(image, disk)?;
-    let mut core = build_core(image, &modules, &embedded)?;
+    let dir = platform_dir(cfg, "i386-pc");
+    let mut core = build_core(image, &dir, &modules, &embedded)?;
     let core_bytes = core.len() as u64;
     let core_sectors = core_bytes.div_ceil(SECTOR);
     target.check_room(image, core_sectors)?;
     let blocklists = patch_core_blocklist(&mut core, target.start)?;
     core.resize((core_sectors * SECTOR) as usize, 0);
-    let sector0 = patch_boot_sector(&boot_img()?, &target.sector0, target.start);
+    let sector0 = patch_boot_sector(&boot_img(&dir)?, &target.sector0, target.start);
 
     let f = &mut target.file;
     f.seek(SeekFrom::Start(target.start * SECTOR))
@@ -519,6 +523,7 @@ pub fn install_bios(
         core_sectors,
         blocklists,
         modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+        modules_dir: dir,
         embedded_config: embedded,
     })
 }

@@ -17,10 +17,6 @@ use crate::{Error, Result, io_err};
 
 /// Where the config lives inside the root filesystem.
 pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
-/// GRUB's module directory for BIOS (package `grub-pc-bin`).
-pub const I386_PC_DIR: &str = "/usr/lib/grub/i386-pc";
-/// GRUB's module directory for 64-bit UEFI (package `grub-efi-amd64-bin`).
-pub const X86_64_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
 /// Modules built into the BIOS `core.img`, before the root filesystem's driver (`ext2`,
 /// `fat`, `xfs`, `btrfs`): disk access through the BIOS, both partition tables, `search`,
@@ -94,6 +90,12 @@ pub struct GrubConfig {
     /// tree are reproducible. Default none (the current time).
     #[serde(default)]
     pub source_date_epoch: Option<u64>,
+    /// Where GRUB's platform directories (`i386-pc`, `x86_64-efi`: modules, `kernel.img`,
+    /// `boot.img`) come from: a target tree's own `ROOT/usr/lib/grub` when its GRUB packages
+    /// are installed, so the image boots the GRUB its distribution ships. A platform missing
+    /// there (or `None`) falls back to the host's `/usr/lib/grub`.
+    #[serde(default)]
+    pub grub_lib: Option<PathBuf>,
 }
 
 impl GrubConfig {
@@ -124,6 +126,7 @@ impl GrubConfig {
             timeout: 0,
             serial: true,
             source_date_epoch: None,
+            grub_lib: None,
         }
     }
 }
@@ -197,6 +200,8 @@ pub struct EfiReport {
     pub bytes: u64,
     /// Modules built in.
     pub modules: Vec<String>,
+    /// The GRUB platform directory they came from (the target's or the host's).
+    pub modules_dir: PathBuf,
     /// The embedded config.
     pub embedded_config: String,
 }
@@ -368,17 +373,29 @@ pub fn write_grub_cfg(tree: &Path, cfg: &GrubConfig) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Run `grub-mkimage -O format` with `modules` and the embedded config `embedded` into
-/// `out`.
+/// The directory of GRUB's `platform` (`i386-pc`, `x86_64-efi`): [`GrubConfig::grub_lib`]'s
+/// when it has it, else the host's.
+pub fn platform_dir(cfg: &GrubConfig, platform: &str) -> PathBuf {
+    if let Some(lib) = &cfg.grub_lib {
+        let d = lib.join(platform);
+        if d.join("kernel.img").is_file() {
+            return d;
+        }
+    }
+    Path::new("/usr/lib/grub").join(platform)
+}
+
+/// Run `grub-mkimage -O format` with `modules` (from `dir`) and the embedded config
+/// `embedded` into `out`.
 pub(crate) fn mkimage(
     format: &str,
-    dir: &str,
+    dir: &Path,
     modules: &[&str],
     embedded: &str,
     out: &Path,
     step: &'static str,
 ) -> Result<()> {
-    if !Path::new(dir).is_dir() {
+    if !dir.is_dir() {
         let package = if format == "i386-pc" {
             "grub-pc-bin"
         } else {
@@ -386,7 +403,7 @@ pub(crate) fn mkimage(
         };
         return Err(invalid(
             format!("GRUB modules for {format}"),
-            format!("{dir} missing (install {package})"),
+            format!("{} missing (install {package})", dir.display()),
         ));
     }
     let scratch = tempfile::Builder::new()
@@ -398,7 +415,9 @@ pub(crate) fn mkimage(
     let tmp_out = scratch.path().join("image");
     tracing::debug!(format, out = %out.display(), ?modules, "grub-mkimage");
     Cmd::new("grub-mkimage")
-        .args(["-O", format, "-d", dir, "-p", "/boot/grub", "-c"])
+        .args(["-O", format, "-d"])
+        .arg(dir)
+        .args(["-p", "/boot/grub", "-c"])
         .arg(&cfg_path)
         .arg("-o")
         .arg(&tmp_out)
@@ -419,9 +438,10 @@ pub fn install_efi(esp_tree: &Path, cfg: &GrubConfig) -> Result<EfiReport> {
     let dir = esp_tree.join("EFI/BOOT");
     let dirs = crate::make_dirs(&dir)?;
     let path = dir.join("BOOTX64.EFI");
+    let modules_dir = platform_dir(cfg, "x86_64-efi");
     mkimage(
         "x86_64-efi",
-        X86_64_EFI_DIR,
+        &modules_dir,
         EFI_MODULES,
         &embedded,
         &path,
@@ -437,6 +457,7 @@ pub fn install_efi(esp_tree: &Path, cfg: &GrubConfig) -> Result<EfiReport> {
         path,
         bytes,
         modules: EFI_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+        modules_dir,
         embedded_config: embedded,
     })
 }
@@ -455,6 +476,7 @@ mod tests {
             timeout: 0,
             serial: true,
             source_date_epoch: None,
+            grub_lib: None,
         }
     }
 

@@ -148,7 +148,12 @@ pub const PACKAGES: &[Package] = &[
     pkg(
         "debootstrap",
         &["debootstrap"],
-        "debian-minimal element (disk-image-create)",
+        "debian-minimal element (disk-image-create), when mmdebstrap is missing",
+    ),
+    pkg(
+        "mmdebstrap",
+        &["mmdebstrap"],
+        "debian-minimal element (disk-image-create): the Debian base, as dib prefers it",
     ),
     pkg(
         "man-db",

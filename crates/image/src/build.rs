@@ -684,7 +684,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                 crate::local::unpack_local_image(Path::new(local), &tree, bd.path()).map(|_| ())
             })?,
             None => steps.run("debian-minimal base", |s| {
-                let o = debian_options(req, &ctx)?;
+                let o = debian_options(req, &ctx, resolved.has("vm"))?;
                 let cancel = s.cancel.clone();
                 let progress = &mut *s.progress;
                 crate::debian::debian_root(
@@ -933,6 +933,7 @@ fn apt_cache(env: &BTreeMap<String, String>) -> Option<PathBuf> {
 fn debian_options(
     req: &BuildRequest,
     ctx: &elements::RunContext,
+    vm: bool,
 ) -> Result<crate::debian::DebianOptions> {
     let env = |k: &str| ctx.env.get(k).filter(|v| !v.trim().is_empty()).cloned();
     let missing = |field: &str, what: &str| Error::Usage {
@@ -999,6 +1000,11 @@ fn debian_options(
         arch: dib_arch(&req.arch)?.into(),
         include: crate::debian::BASE_PACKAGES
             .iter()
+            .chain(if vm && dib_arch(&req.arch)? == "amd64" {
+                crate::debian::GRUB_PACKAGES
+            } else {
+                &[]
+            })
             .map(|p| p.to_string())
             .collect(),
         bootstrapper: crate::debian::Bootstrapper::detect(),
@@ -1102,6 +1108,8 @@ fn grub_config(
             .env
             .get("SOURCE_DATE_EPOCH")
             .and_then(|e| e.parse().ok()),
+        // A Debian target brings its own GRUB (grub-pc-bin, grub-efi-amd64-bin in the base).
+        grub_lib: Some(tree.join("usr/lib/grub")).filter(|d| d.is_dir()),
         ..diskforge_boot::GrubConfig::for_root_fs(k.kernel, k.initrd, root, cmdline.trim())
     })
 }

@@ -52,6 +52,11 @@ pub const BASE_PACKAGES: &[&str] = &[
     "e2fsprogs",
 ];
 
+/// GRUB for BIOS and UEFI from the target's own packages (with `vm`): the `-bin` packages
+/// carry the platform directories (modules, `kernel.img`, `boot.img`) without maintainer
+/// scripts that would try to install to a disk; diskforge-boot builds the images from them.
+pub const GRUB_PACKAGES: &[&str] = &["grub-pc-bin", "grub-efi-amd64-bin"];
+
 /// Which program makes the base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
