@@ -78,7 +78,26 @@ pub fn environment(resolved: &Resolved, ctx: &RunContext) -> BTreeMap<String, St
     for (k, v) in ours {
         env.insert(k.to_owned(), v);
     }
+    // dib's DIB_ENV: `declare -p` of every DIB_ variable (the `manifests` element saves it).
+    let dib_env: Vec<String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("DIB_") && k.as_str() != "DIB_ENV")
+        .map(|(k, v)| format!("declare -x {k}=\"{}\"", bash_dquote(v)))
+        .collect();
+    env.insert("DIB_ENV".to_owned(), dib_env.join("\n"));
     env
+}
+
+/// `v` escaped for bash double quotes, as `declare -p` prints it.
+fn bash_dquote(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One phase of a [`Plan`].

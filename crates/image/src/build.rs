@@ -402,14 +402,21 @@ impl BuildDir {
     }
 }
 
-fn run_context(req: &BuildRequest, bd: &Path, arch: &str) -> elements::RunContext {
-    let mut env = req.env.clone();
-    let name = req
-        .name
+/// The file name of `-o` (the hostname of busybox images, the seed of reproducible UUIDs).
+fn image_base_name(req: &BuildRequest) -> String {
+    req.name
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    env.insert("IMAGE_NAME".into(), name);
+        .unwrap_or_else(|| "image".into())
+}
+
+fn run_context(req: &BuildRequest, bd: &Path, arch: &str) -> elements::RunContext {
+    let mut env = req.env.clone();
+    // dib: IMAGE_NAME is `-o` as given (a path when it holds one; scripts such as `manifests`
+    // write `${IMAGE_NAME}.d/` next to the outputs).
+    env.insert("IMAGE_NAME".into(), req.name.display().to_string());
+    env.entry("DIB_ARGS".into())
+        .or_insert_with(|| req.elements.join(" "));
     env.insert("ARCH".into(), arch.into());
     env.entry("DIB_INIT_SYSTEM".into())
         .or_insert_with(|| "systemd".into());
@@ -664,11 +671,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             let opts = diskforge_boot::BusyboxOptions {
                 marker: marker.clone(),
                 poweroff: true,
-                hostname: ctx
-                    .env
-                    .get("IMAGE_NAME")
-                    .cloned()
-                    .unwrap_or_else(|| "diskforge".into()),
+                hostname: image_base_name(req),
                 source_date_epoch: req.source_date_epoch,
                 ..Default::default()
             };
@@ -733,7 +736,7 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
                 image_dir: bd.path().join("image"),
                 root: Some(tree.clone()),
                 uuid_seed: Some(match req.source_date_epoch {
-                    Some(e) => format!("{}:{e}", ctx.env.get("IMAGE_NAME").map_or("", |n| n)),
+                    Some(e) => format!("{}:{e}", image_base_name(req)),
                     None => uuid_seed_random(),
                 }),
                 source_date_epoch: req.source_date_epoch,
@@ -773,6 +776,9 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
     }
     phase(steps, &ctx, Phase::PreFinalise)?;
     phase(steps, &ctx, Phase::Finalise)?;
+    // dib runs cleanup.d in finalise_base, on the mounted root before it is unmounted: what
+    // it removes or writes lands in the image. Here: on the tree, before the filesystems.
+    phase(steps, &ctx, Phase::Cleanup)?;
     // dpkg's build-time unsafe-io setting does not ship (dib's dpkg cleanup does the same).
     crate::debian::remove_build_settings(&tree)?;
 
@@ -810,7 +816,6 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         phase(steps, &ctx, Phase::BlockDevice)?;
         raw = Some(image);
     }
-    phase(steps, &ctx, Phase::Cleanup)?;
 
     let mut outputs = Vec::new();
     let mut ramdisk_out = None;

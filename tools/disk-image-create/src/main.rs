@@ -180,6 +180,11 @@ fn request(cli: &Cli) -> Result<BuildRequest, Error> {
         .collect();
     req.fs_type = env.get("FS_TYPE").cloned();
     req.env = env;
+    // dib exports its own arguments to the scripts (the `manifests` element records them).
+    req.env.insert(
+        "DIB_ARGS".into(),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+    );
     req.trace = cli.trace;
     req.allow_nonexec = cli.allow_nonexec;
     req.keep_on_error = cli.keep_on_error;

@@ -97,6 +97,54 @@ fn tool(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Real dib elements copied unchanged into tests/fixtures/dib-elements (Apache-2.0, see its
+/// NOTICE.md).
+fn dib_fixtures() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dib-elements").to_owned()
+}
+
+/// dib's own `manifests` element, unchanged: its host-side `extra-data.d` and `cleanup.d`
+/// scripts (bash, `sudo`, `DIB_ENV`, `DIB_ARGS`) run, the manifests land in the image (so
+/// cleanup.d runs before the filesystem is made, as under dib) and next to it as
+/// `NAME.d/dib-manifests`.
+#[test]
+#[ignore = "needs root"]
+fn dib_manifests_element_runs_unchanged() {
+    diskforge_testutil::require_root();
+    let r = Run::new();
+    let out = r.path("img");
+    let o = r.run(
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "tar",
+            "busybox",
+            "manifests",
+        ],
+        &[
+            ("ELEMENTS_PATH", &dib_fixtures()),
+            ("DIB_RELEASE", "fixture-release"),
+        ],
+    );
+    ok(&o);
+    r.assert_no_build_dir();
+    let saved = r.path("img.d/dib-manifests");
+    let args = fs::read_to_string(saved.join("dib_arguments")).expect("dib_arguments");
+    assert!(args.contains("busybox manifests"), "{args}");
+    let env = fs::read_to_string(saved.join("dib_environment")).expect("dib_environment");
+    assert!(
+        env.contains("declare -x DIB_RELEASE=\"fixture-release\""),
+        "{env}"
+    );
+    let listing = tool("tar", &["-tvf", r.path("img.tar").to_str().unwrap()]);
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with("etc/dib-manifests/dib_arguments"))
+        .unwrap_or_else(|| panic!("no manifest in the image:\n{listing}"));
+    assert!(line.starts_with("-rw-------"), "{line}");
+}
+
 /// `busybox vm block-device-efi` → qcow2, booted to the marker under SeaBIOS and OVMF.
 #[test]
 fn default_image_boots_under_bios_and_uefi() {
@@ -541,11 +589,16 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
     // The image holds Debian with its kernel, initramfs and the apt lists cleaned.
     let elements = r.element(
         "withless",
-        &[(
-            "package-installs.yaml",
-            "less:\nfile:\n  phase: post-install.d\nnano:\n  build-only: true\nnot-on-x86:\n  arch: arm64\n",
-        )],
+        &[
+            (
+                "package-installs.yaml",
+                "less:\nfile:\n  phase: post-install.d\nnano:\n  build-only: true\nnot-on-x86:\n  arch: arm64\n",
+            ),
+            // read by dib's own `modprobe` element (a fixture, unchanged)
+            ("modprobe.d/diskforge-test.conf", "options loop max_loop=8\n"),
+        ],
     );
+    let path = format!("{}:{}", elements.display(), dib_fixtures());
     let o = r.run(
         &[
             "-o",
@@ -556,11 +609,48 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
             cache.to_str().unwrap(),
             "debian-minimal",
             "withless",
+            "modprobe",
         ],
-        &[("ELEMENTS_PATH", elements.to_str().unwrap())],
+        &[
+            ("ELEMENTS_PATH", &path),
+            ("DIB_MODPROBE_BLACKLIST", "floppy pcspkr"),
+        ],
     );
     ok(&o);
-    let list = tool("tar", &["-tf", r.path("pk.tar").to_str().unwrap()]);
+    let pk = r.path("pk.tar");
+    let list = tool("tar", &["-tf", pk.to_str().unwrap()]);
+    // dib's `modprobe`: the host-side script copied the element's conf, the in-chroot one
+    // wrote the blacklist.
+    assert!(
+        list.lines()
+            .any(|l| l == "./etc/modprobe.d/diskforge-test.conf"),
+        "{list}"
+    );
+    let blacklist = tool(
+        "tar",
+        &[
+            "-xOf",
+            pk.to_str().unwrap(),
+            "./etc/modprobe.d/blacklist.conf",
+        ],
+    );
+    assert_eq!(blacklist, "blacklist floppy\nblacklist pcspkr\n");
+    // Build-time settings are gone; the shared apt cache kept what package-installs fetched.
+    assert!(
+        !list
+            .lines()
+            .any(|l| l.ends_with("dpkg.cfg.d/diskforge-unsafe-io")),
+        "dpkg's unsafe-io left in the image"
+    );
+    let debs: Vec<String> = fs::read_dir(cache.join("apt/debian"))
+        .expect("the shared apt cache")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        debs.iter()
+            .any(|d| d.starts_with("less_") && d.ends_with(".deb")),
+        "{debs:?}"
+    );
     for (path, want) in [
         ("./usr/bin/less", true),
         ("./usr/bin/file", true),
