@@ -46,6 +46,9 @@ pub const SHIPPED: &[ShippedFile] = shipped! {
     "debian-minimal/README.rst";
     "debian-minimal/element-provides";
     "debian-minimal/host-programs";
+    "debian/README.rst";
+    "debian/element-deps";
+    "debian/package-installs.yaml";
     "devuser/README.rst";
     "devuser/environment.d/50-devuser";
     "devuser/extra-data.d/50-devuser", exec;
@@ -53,6 +56,7 @@ pub const SHIPPED: &[ShippedFile] = shipped! {
     "install-static/README.rst";
     "install-static/install.d/10-install-static-files", exec;
     "package-installs/README.rst";
+    "package-installs/finalise.d/99-package-installs-cleanup", exec;
     "package-installs/install.d/01-package-installs", exec;
     "package-installs/post-install.d/01-package-installs", exec;
     "package-installs/pre-install.d/01-package-installs", exec;

@@ -97,6 +97,38 @@ fn tool(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// dib's `debian` element name: debian-minimal plus the cloud-image packages, resolved
+/// without building.
+#[test]
+fn the_debian_element_is_debian_minimal_with_cloud_packages() {
+    let r = Run::new();
+    let o = r.run(
+        &[
+            "-o",
+            r.path("d").to_str().unwrap(),
+            "--dry-run",
+            "--json",
+            "debian",
+        ],
+        &[("DIB_RELEASE", "bookworm")],
+    );
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let els = v["resolved"]["elements"].as_array().unwrap();
+    let names: Vec<&str> = els.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["debian", "debian-minimal", "package-installs"]);
+    let pkgs: Vec<&str> = els[0]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["package"].as_str().unwrap())
+        .collect();
+    for want in ["openssh-server", "cloud-init", "curl", "netplan.io"] {
+        assert!(pkgs.contains(&want), "{want} not in {pkgs:?}");
+    }
+    r.assert_no_build_dir();
+}
+
 /// Real dib elements copied unchanged into tests/fixtures/dib-elements (Apache-2.0, see its
 /// NOTICE.md).
 fn dib_fixtures() -> String {
