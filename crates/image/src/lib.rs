@@ -6,16 +6,17 @@
 //! `extra-data.d`, in-chroot `pre-install.d`/`install.d`/`post-install.d`, `post-root.d`) →
 //! plan the disk from the block-device YAML (diskforge-blockdev; `DIB_BLOCK_DEVICE_CONFIG` or
 //! the `block-device-*` element) → bootloader files into the tree (diskforge-boot, for `vm`) →
-//! `pre-finalise.d`/`finalise.d` → the disk assembled **offline** (partition table, each
-//! filesystem made from its subtree straight into its partition, no loop device, no mount) →
-//! the BIOS boot code written as bytes → `block-device.d` and `cleanup.d` → the outputs
+//! `pre-finalise.d`/`finalise.d`/`cleanup.d` → the disk assembled **offline** (partition table,
+//! each filesystem made from its subtree straight into its partition, no loop device, no
+//! mount) → the BIOS boot code written as bytes → `block-device.d` → the outputs
 //! (`-t raw,qcow2,vhd,vhdx,vmdk,tar,tgz,squashfs,docker,oci`) → optionally a boot check in QEMU
 //! (SeaBIOS, and OVMF for layouts with an ESP) that waits for a marker on the serial console.
 //!
 //! Differences from dib, all deliberate:
-//! - The finalise phases run on the root tree before the filesystems are made (dib runs them
-//!   on the mounted image): the result is the same for scripts that edit files, and it needs
-//!   no loop device or mount. `TMP_MOUNT_PATH` therefore names the tree too. `block-device.d`
+//! - The finalise phases and `cleanup.d` (which dib runs in `finalise_base`, still on the
+//!   mounted image) run on the root tree before the filesystems are made (dib runs them on the
+//!   mounted image): the result is the same for scripts that edit files, and it needs no loop
+//!   device or mount. `TMP_MOUNT_PATH` therefore names the tree too. `block-device.d`
 //!   runs after the disk is made, with `IMAGE_BLOCK_DEVICE` naming the raw image file.
 //! - No tmpfs is mounted for the build (`--no-tmpfs`, `--min-tmpfs` are accepted and have
 //!   nothing to turn off); the build directory lives under `TMPDIR` or `--work-dir`.
