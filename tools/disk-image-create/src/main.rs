@@ -85,6 +85,10 @@ struct Cli {
     /// Cache directory for elements (DIB_IMAGE_CACHE).
     #[arg(long, value_name = "DIR", env = "DIB_IMAGE_CACHE")]
     image_cache: Option<PathBuf>,
+    /// Do not start from a cached base (debian-minimal): bootstrap again and replace the
+    /// cache entry (as DIB_DEBOOTSTRAP_CACHE=0).
+    #[arg(long)]
+    no_cache: bool,
     /// Label of the root filesystem when the layout gives none.
     #[arg(long, value_name = "LABEL")]
     root_label: Option<String>,
@@ -190,6 +194,9 @@ fn request(cli: &Cli) -> Result<BuildRequest, Error> {
     req.keep_on_error = cli.keep_on_error;
     req.work_dir = cli.work_dir.clone();
     req.image_cache = cli.image_cache.clone();
+    if cli.no_cache {
+        req.env.insert("DIB_DEBOOTSTRAP_CACHE".into(), "0".into());
+    }
     req.root_label = cli.root_label.clone();
     req.script_timeout = Duration::from_secs(cli.script_timeout);
     if cli.boot_check {
