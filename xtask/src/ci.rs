@@ -1,6 +1,8 @@
 //! `cargo xtask ci`: everything CI runs, in order, stopping at the first failure:
 //! deps, `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
-//! `cargo test --workspace`, then `vm-test`. Each step's time is printed at the end.
+//! `cargo test --workspace`, `vm-test`, then `hardening --quick` (as root: every tool through
+//! injected faults, signals, SIGKILL, parallel runs and the hostile-input corpus; its table is
+//! printed). Each step's time is printed at the end.
 //!
 //! Root tests carry `#[ignore = "needs root"]` (see diskforge-testutil's "Root tests"): as
 //! root, the test step adds `-- --include-ignored` so they all run. Its stdout is read back
@@ -59,6 +61,15 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
             memory: 4096,
         };
         step("vm-test", &mut || crate::vm::run(sh, &vm))?;
+    }
+    if rustix::process::geteuid().is_root() {
+        let h = crate::flags::HardeningArgs {
+            quick: true,
+            only: None,
+            seed: None,
+            json: false,
+        };
+        step("hardening", &mut || crate::hardening::run(sh, &h))?;
     }
     for (n, t) in &times {
         eprintln!("ci: {n:<8} {:>7.1} s", t.as_secs_f64());
