@@ -272,6 +272,7 @@ pub fn init_layout(dir: &Path) -> Result<()> {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
+    diskforge_fault::point("layers.write")?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io("creating temporary file in", dir, e))?;
     tmp.write_all(bytes)
@@ -330,6 +331,7 @@ pub fn append_image(
         ),
     };
     let layer_path = blob_path(layout, &stats.digest)?;
+    diskforge_fault::point("layers.commit.layer")?;
     std::fs::rename(layer_file, &layer_path)
         .map_err(|e| Error::io("moving layer into", &layer_path, e))?;
     let media_type = match stats.compression {
@@ -418,6 +420,7 @@ pub fn commit_to_layout(
 ) -> Result<AppendedImage> {
     init_layout(layout)?;
     let blobs = layout.join("blobs/sha256");
+    diskforge_fault::point("layers.commit")?;
     let tmp = tempfile::NamedTempFile::new_in(&blobs)
         .map_err(|e| Error::io("creating temporary file in", &blobs, e))?;
     let file = tmp
