@@ -100,7 +100,15 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
                 undo: Some(Box::new(|out| os(&[&"detach", &out.trim()]))),
             },
             Step {
-                args: os(&[&"attach", &"--offset", &"1MiB", &"--sizelimit", &"4MiB", &"-r", &img]),
+                args: os(&[
+                    &"attach",
+                    &"--offset",
+                    &"1MiB",
+                    &"--sizelimit",
+                    &"4MiB",
+                    &"-r",
+                    &img,
+                ]),
                 undo: Some(Box::new(|out| os(&[&"detach", &out.trim()]))),
             },
         ],
@@ -176,7 +184,13 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
         tool: "dfimg",
         env: Vec::new(),
         steps: vec![
-            step(os(&[&"create", &"-f", &"qcow2", &dir.join("new.qcow2"), &"16MiB"])),
+            step(os(&[
+                &"create",
+                &"-f",
+                &"qcow2",
+                &dir.join("new.qcow2"),
+                &"16MiB",
+            ])),
             step(os(&[
                 &"convert",
                 &"-f",
@@ -220,9 +234,15 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
         tool: "iso-remaster",
         env: Vec::new(),
         steps: vec![
-            step(os(&[&iso, &"--mode", &"patch", &"--volid", &"NEWVOL", &"-o", &outs[0]])),
-            step(os(&[&iso, &"--mode", &"direct", &"--add", &add_arg, &"-o", &outs[1]])),
-            step(os(&[&iso, &"--mode", &"copy", &"--add", &add_arg, &"-o", &outs[2]])),
+            step(os(&[
+                &iso, &"--mode", &"patch", &"--volid", &"NEWVOL", &"-o", &outs[0],
+            ])),
+            step(os(&[
+                &iso, &"--mode", &"direct", &"--add", &add_arg, &"-o", &outs[1],
+            ])),
+            step(os(&[
+                &iso, &"--mode", &"copy", &"--add", &add_arg, &"-o", &outs[2],
+            ])),
             step(os(&[
                 &iso,
                 &"--mode",
@@ -232,7 +252,9 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
                 &outs[3],
             ])),
             // In place: the input is the output; a fault must leave it byte for byte.
-            step(os(&[&inplace, &"--mode", &"patch", &"--volid", &"INPLACE", &"--force"])),
+            step(os(&[
+                &inplace, &"--mode", &"patch", &"--volid", &"INPLACE", &"--force",
+            ])),
         ],
         reset: outs,
         copies: vec![(iso.clone(), inplace)],
@@ -281,7 +303,14 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
                 &"echo hi > /tmp/hello",
             ])),
             step(os(&[&"commit", &upper, &"-o", &out_tar])),
-            step(os(&[&"commit", &upper, &"--oci-layout", &layout, &"--tag", &"t1"])),
+            step(os(&[
+                &"commit",
+                &upper,
+                &"--oci-layout",
+                &layout,
+                &"--tag",
+                &"t1",
+            ])),
         ],
         // The store is a cache: what an earlier attempt published stays valid, but each
         // attempt starts from an empty one so unpack's points are passed every time.
@@ -415,7 +444,12 @@ fn listing(dir: &Path, skip: &[PathBuf]) -> BTreeMap<PathBuf, String> {
     out
 }
 
-fn invoke(ctx: &Ctx, sc: &Scenario, args: &[OsString], env: &[(&str, OsString)]) -> Result<Outcome> {
+fn invoke(
+    ctx: &Ctx,
+    sc: &Scenario,
+    args: &[OsString],
+    env: &[(&str, OsString)],
+) -> Result<Outcome> {
     let tmp = sc.dir.join("tmp");
     let mut c = Command::new(ctx.bin(sc.tool));
     c.args(args)
@@ -436,9 +470,12 @@ fn invoke(ctx: &Ctx, sc: &Scenario, args: &[OsString], env: &[(&str, OsString)])
 fn reset(sc: &Scenario) -> Result<()> {
     for p in &sc.reset {
         match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)
-                .with_context(|| format!("removing {}", p.display()))?,
-            Ok(_) => std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?,
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?
+            }
+            Ok(_) => {
+                std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?
+            }
             Err(_) => {}
         }
     }
@@ -460,13 +497,15 @@ fn describe(o: &Outcome) -> String {
 }
 
 /// Run steps `0..upto` normally; their stdouts, or a description of the failure.
-fn prefix(ctx: &Ctx, sc: &Scenario, upto: usize) -> Result<std::result::Result<Vec<String>, String>> {
+fn prefix(
+    ctx: &Ctx,
+    sc: &Scenario,
+    upto: usize,
+) -> Result<std::result::Result<Vec<String>, String>> {
     let mut outs = Vec::new();
     for (i, s) in sc.steps[..upto].iter().enumerate() {
         match invoke(ctx, sc, &s.args, &[])? {
-            Outcome::Exited {
-                status, stdout, ..
-            } if status.success() => outs.push(stdout),
+            Outcome::Exited { status, stdout, .. } if status.success() => outs.push(stdout),
             o => {
                 undo(ctx, sc, &outs)?;
                 return Ok(Err(format!("step {i} {:?}: {}", s.args, describe(&o))));
@@ -484,7 +523,11 @@ fn undo(ctx: &Ctx, sc: &Scenario, outs: &[String]) -> Result<()> {
             if let o @ (Outcome::Hung | Outcome::Exited { .. }) = invoke(ctx, sc, &args, &[])?
                 && !matches!(&o, Outcome::Exited { status, .. } if status.success())
             {
-                eprintln!("hardening: faults: {}: undo {args:?}: {}", sc.tool, describe(&o));
+                eprintln!(
+                    "hardening: faults: {}: undo {args:?}: {}",
+                    sc.tool,
+                    describe(&o)
+                );
             }
         }
     }
@@ -534,7 +577,9 @@ fn scrub(ctx: &Ctx, leaked: &[String]) {
             && let Some((dev, backing)) = m.split_once('=')
             && backing.starts_with(&scratch)
         {
-            let _ = Command::new("losetup").args(["-d", &format!("/dev/{dev}")]).status();
+            let _ = Command::new("losetup")
+                .args(["-d", &format!("/dev/{dev}")])
+                .status();
         }
     }
 }
@@ -551,16 +596,23 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, logs: &Path, table: &mut Table) -> Res
     for (i, s) in sc.steps.iter().enumerate() {
         let log = logs.join(format!("{tool}-{i}.log"));
         let _ = std::fs::remove_file(&log);
-        let o = invoke(ctx, sc, &s.args, &[("DISKFORGE_FAULT_LOG", log.clone().into())])?;
+        let o = invoke(
+            ctx,
+            sc,
+            &s.args,
+            &[("DISKFORGE_FAULT_LOG", log.clone().into())],
+        )?;
         match &o {
-            Outcome::Exited { status, stdout, .. } if status.success() => {
-                outs.push(stdout.clone())
-            }
+            Outcome::Exited { status, stdout, .. } if status.success() => outs.push(stdout.clone()),
             _ => {
                 undo(ctx, sc, &outs)?;
                 table.problem(
                     tool,
-                    format!("the clean run failed at step {i} {:?}: {}", s.args, describe(&o)),
+                    format!(
+                        "the clean run failed at step {i} {:?}: {}",
+                        s.args,
+                        describe(&o)
+                    ),
                 );
                 return Ok(0);
             }
@@ -575,7 +627,10 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, logs: &Path, table: &mut Table) -> Res
         table.row(tool).leaked += 1;
         table.problem(tool, format!("the clean run, undone, left {l}"));
     }
-    scrub(ctx, &clean1.difference(&clean0).cloned().collect::<Vec<_>>());
+    scrub(
+        ctx,
+        &clean1.difference(&clean0).cloned().collect::<Vec<_>>(),
+    );
     reset(sc)?;
     for p in listing(&sc.dir, &sc.unchecked).keys() {
         if !clean_files0.contains_key(p) {
@@ -595,7 +650,10 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, logs: &Path, table: &mut Table) -> Res
     for (i, pts) in points.iter().enumerate() {
         for k in sample(pts.len(), ctx.quick) {
             let (index, name) = &pts[k];
-            let what = format!("step {i} ({}) point {index} `{name}`", first_word(&sc.steps[i]));
+            let what = format!(
+                "step {i} ({}) point {index} `{name}`",
+                first_word(&sc.steps[i])
+            );
             reset(sc)?;
             let outs = match prefix(ctx, sc, i)? {
                 Ok(o) => o,
@@ -655,7 +713,10 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, logs: &Path, table: &mut Table) -> Res
                         table.problem(tool, format!("{what}: left {} ({w})", p.display()));
                     }
                     Some(w0) if w0 != w => {
-                        table.problem(tool, format!("{what}: changed {} ({w0} -> {w})", p.display()));
+                        table.problem(
+                            tool,
+                            format!("{what}: changed {} ({w0} -> {w})", p.display()),
+                        );
                     }
                     _ => {}
                 }
