@@ -520,9 +520,8 @@ fn undo(ctx: &Ctx, sc: &Scenario, outs: &[String]) -> Result<()> {
     for (s, out) in sc.steps.iter().zip(outs).rev() {
         if let Some(u) = &s.undo {
             let args = u(out);
-            if let o @ (Outcome::Hung | Outcome::Exited { .. }) = invoke(ctx, sc, &args, &[])?
-                && !matches!(&o, Outcome::Exited { status, .. } if status.success())
-            {
+            let o = invoke(ctx, sc, &args, &[])?;
+            if !matches!(&o, Outcome::Exited { status, .. } if status.success()) {
                 eprintln!(
                     "hardening: faults: {}: undo {args:?}: {}",
                     sc.tool,
