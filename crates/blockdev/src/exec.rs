@@ -170,7 +170,7 @@ pub fn create(
             total,
             node: step.node().to_owned(),
         });
-        if let Err(e) = before_step(opts, i, step.node()) {
+        if let Err(e) = before_step(opts, i, step) {
             failure = Some((i, e));
             break;
         }
@@ -233,7 +233,8 @@ pub fn create(
 }
 
 /// The hooks checked before step `i`: cancellation, fault injection, self-kill.
-fn before_step(opts: &CreateOptions, i: usize, node: &str) -> Result<()> {
+fn before_step(opts: &CreateOptions, i: usize, step: &Step) -> Result<()> {
+    let node = step.node();
     if opts.kill_at == Some(i) {
         tracing::warn!(
             step = i,
@@ -258,6 +259,7 @@ fn before_step(opts: &CreateOptions, i: usize, node: &str) -> Result<()> {
             node: node.to_owned(),
         });
     }
+    diskforge_fault::point(step.fault_point())?;
     Ok(())
 }
 

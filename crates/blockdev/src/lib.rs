@@ -192,6 +192,10 @@ pub enum Error {
         /// Its node.
         node: String,
     },
+    /// The shared fault hook (`DISKFORGE_FAIL_AT`, fault-injection builds only) failed a
+    /// step on purpose.
+    #[error(transparent)]
+    Fault(#[from] diskforge_fault::Injected),
 }
 
 /// Result alias for this crate.

@@ -304,6 +304,20 @@ impl Step {
             Step::Mkfs { filesystem } => &filesystem.name,
         }
     }
+
+    /// The step's fault-injection point (`diskforge-fault`): one stable name per kind of
+    /// step, whatever the node is called.
+    pub fn fault_point(&self) -> &'static str {
+        match self {
+            Step::CreateImage { .. } => "blockdev.image",
+            Step::PartitionTable { .. } => "blockdev.partition-table",
+            Step::PhysicalVolume { .. } => "blockdev.pv",
+            Step::VolumeGroup { .. } => "blockdev.vg",
+            Step::LogicalVolume { .. } => "blockdev.lv",
+            Step::WriteFstab { .. } => "blockdev.fstab",
+            Step::Mkfs { .. } => "blockdev.mkfs",
+        }
+    }
 }
 
 /// The whole plan.

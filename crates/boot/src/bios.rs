@@ -499,6 +499,7 @@ pub fn install_bios(
     let blocklists = patch_core_blocklist(&mut core, target.start)?;
     core.resize((core_sectors * SECTOR) as usize, 0);
     let sector0 = patch_boot_sector(&boot_img(&dir)?, &target.sector0, target.start);
+    diskforge_fault::point("boot.bios.write")?;
 
     let f = &mut target.file;
     f.seek(SeekFrom::Start(target.start * SECTOR))

@@ -506,6 +506,7 @@ impl Inputs {
 /// (options, kernel, modules, busybox) are all checked before anything is written.
 pub fn busybox_root(tree: &Path, opts: &BusyboxOptions) -> Result<RootReport> {
     let inputs = Inputs::gather(opts)?;
+    diskforge_fault::point("boot.busybox-root")?;
     std::fs::create_dir_all(tree).map_err(io_err("creating", tree))?;
     let mut t = Tree {
         root: tree,

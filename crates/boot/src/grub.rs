@@ -364,6 +364,7 @@ pub fn embedded_config(cfg: &GrubConfig) -> Result<String> {
 /// Write `/boot/grub/grub.cfg` into the root `tree` (directories made as needed); its path.
 pub fn write_grub_cfg(tree: &Path, cfg: &GrubConfig) -> Result<PathBuf> {
     let text = grub_cfg(cfg)?;
+    diskforge_fault::point("boot.grub-cfg")?;
     let path = tree.join(GRUB_CFG.trim_start_matches('/'));
     let dirs = crate::make_dirs(path.parent().unwrap_or(tree))?;
     std::fs::write(&path, text).map_err(io_err("writing", &path))?;
@@ -406,6 +407,7 @@ pub(crate) fn mkimage(
             format!("{} missing (install {package})", dir.display()),
         ));
     }
+    diskforge_fault::point("boot.grub-mkimage")?;
     let scratch = tempfile::Builder::new()
         .prefix(".grub-mkimage-")
         .tempdir_in(out.parent().unwrap_or(Path::new(".")))
@@ -427,6 +429,7 @@ pub(crate) fn mkimage(
             step,
             source: Box::new(source),
         })?;
+    diskforge_fault::point("boot.grub-mkimage.rename")?;
     std::fs::rename(&tmp_out, out).map_err(io_err("renaming into place", out))
 }
 
@@ -435,6 +438,7 @@ pub(crate) fn mkimage(
 /// that becomes the ESP's content (`ROOT/boot/efi` for the block-device step).
 pub fn install_efi(esp_tree: &Path, cfg: &GrubConfig) -> Result<EfiReport> {
     let embedded = embedded_config(cfg)?;
+    diskforge_fault::point("boot.esp")?;
     let dir = esp_tree.join("EFI/BOOT");
     let dirs = crate::make_dirs(&dir)?;
     let path = dir.join("BOOTX64.EFI");

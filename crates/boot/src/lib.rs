@@ -148,6 +148,9 @@ pub enum Error {
         /// The disk image.
         disk: PathBuf,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 /// Result alias for this crate.

@@ -30,6 +30,7 @@ die() {
 ///
 /// Duplicated hooks were already reported by [`crate::resolve`]; here later copies win.
 pub fn prepare_hooks(resolved: &Resolved, hooks_dir: &Path) -> Result<()> {
+    diskforge_fault::point("elements.hooks")?;
     std::fs::create_dir_all(hooks_dir).map_err(Error::io("creating", hooks_dir))?;
     for e in resolved.elements() {
         let rd = std::fs::read_dir(&e.path).map_err(Error::io("listing", &e.path))?;

@@ -251,6 +251,9 @@ pub enum Error {
         #[source]
         source: Box<diskforge_cmd::Error>,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 impl Error {

@@ -253,6 +253,10 @@ pub fn run_phase(
             return Err(Error::HookMissing { path: p });
         }
     }
+    diskforge_fault::point(&format!(
+        "elements.phase.{}",
+        phase.dir().trim_end_matches(".d")
+    ))?;
     let mut env = environment(resolved, ctx);
     if !env.contains_key("PATH") {
         let path = std::env::var("PATH").unwrap_or_default();
@@ -274,6 +278,7 @@ pub fn run_phase(
             });
         }
         env.remove("TARGET_ROOT");
+        diskforge_fault::point("elements.chroot")?;
         in_target = Some(InTargetDir::prepare(&ctx.target_root)?);
         PathBuf::from(IN_TARGET_HOOKS)
     } else {

@@ -326,6 +326,7 @@ impl Steps<'_> {
         {
             return Err(Error::Interrupted { step: step.into() });
         }
+        diskforge_fault::point(&fault_point(step))?;
         (self.progress)(BuildEvent::StepStart { step: step.into() });
         let t = Instant::now();
         let r = f(self)?;
@@ -340,6 +341,17 @@ impl Steps<'_> {
         });
         Ok(r)
     }
+}
+
+/// The fault point of a build step (`diskforge-fault`): `image.` and the step's name in
+/// lower-case words joined by `-` (`resolve elements` → `image.resolve-elements`).
+fn fault_point(step: &str) -> String {
+    let words: Vec<String> = step
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    format!("image.{}", words.join("-"))
 }
 
 fn script_event(ev: elements::ScriptEvent) -> BuildEvent {
@@ -1181,6 +1193,7 @@ fn boot_check(
     bc: &BootCheck,
 ) -> Result<BootResult> {
     use diskforge_vm::{Access, Drive, Expect, Format, Vm};
+    diskforge_fault::point("image.boot-check.start")?;
     let f = if format == OutputFormat::Qcow2 {
         Format::Qcow2
     } else {

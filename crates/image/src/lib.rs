@@ -128,6 +128,9 @@ pub enum Error {
         /// The step that was running.
         step: String,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 impl Error {

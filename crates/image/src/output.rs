@@ -285,6 +285,7 @@ pub fn write_output(
 ) -> Result<OutputReport> {
     let started = Instant::now();
     let partial = Partial::new(dst)?;
+    diskforge_fault::point(&format!("image.output.{}", format.name()))?;
     let tmp = partial.tmp.clone();
     if format.is_disk() {
         let raw = raw.ok_or_else(|| Error::Usage {
@@ -296,6 +297,7 @@ pub fn write_output(
     } else {
         write_tree(format, tree, &tmp, opts)?;
     }
+    diskforge_fault::point("image.output.rename")?;
     partial.publish()?;
     let (bytes, allocated) = sizes(dst)?;
     let mut checksums = Vec::new();
@@ -459,6 +461,7 @@ fn sizes(p: &Path) -> Result<(u64, u64)> {
 
 /// Write `FILE.md5` and `FILE.sha256` in the format `md5sum -c` / `sha256sum -c` read.
 fn write_checksums(file: &Path) -> Result<Vec<PathBuf>> {
+    diskforge_fault::point("image.output.checksums")?;
     use md5::Digest as _;
     let mut f = fs::File::open(file).map_err(io_err("opening", file))?;
     let mut md5 = md5::Md5::new();

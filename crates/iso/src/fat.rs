@@ -57,6 +57,7 @@ pub fn read_file(image: &Path, path: &str, scratch: &Path) -> Result<Vec<u8>> {
 
 /// Overwrite one file in the image with `data` (staged in `scratch`).
 pub fn write_file(image: &Path, path: &str, data: &[u8], scratch: &Path) -> Result<()> {
+    diskforge_fault::point("iso.fat.write")?;
     let staged = scratch.join("fat-staged-file");
     std::fs::write(&staged, data).map_err(|e| Error::io("writing", &staged, e))?;
     let c = mtools("mcopy", image)

@@ -292,6 +292,7 @@ pub(crate) fn hash_reads(
 
 /// Write the application-use area of an image whose sums are `sums`.
 pub fn write_appdata(path: &Path, pvd_lba: u32, sums: &Md5Sums) -> Result<()> {
+    diskforge_fault::point("iso.md5.implant")?;
     let f = OpenOptions::new()
         .write(true)
         .open(path)

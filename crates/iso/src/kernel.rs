@@ -69,6 +69,7 @@ pub fn run(
     changes: &Changes,
     scratch: &Path,
 ) -> Result<()> {
+    diskforge_fault::point("iso.kernel-route")?;
     if let Some(why) = unavailable() {
         return Err(Error::ModeUnavailable {
             mode: mode.to_string(),

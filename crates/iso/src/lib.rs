@@ -187,6 +187,9 @@ pub enum Error {
         /// Why it cannot be rewritten.
         reason: String,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 impl Error {

@@ -50,6 +50,7 @@ impl Scratch {
         if let Some((d, _)) = self.dir.get() {
             return Ok(d.path());
         }
+        diskforge_fault::point("iso.run-dir")?;
         let d = tempfile::Builder::new()
             .prefix(RUN_DIR_PREFIX)
             .tempdir_in(&self.parent)
@@ -125,6 +126,7 @@ impl Staged {
             ));
         }
         let dir = scratch.path()?;
+        diskforge_fault::point("iso.output.create")?;
         // 0666 minus the umask, as `cp` or `genisoimage -o` would create it (not tempfile's
         // 0600, which an HTTP or PXE server could not read).
         let tmp = tempfile::Builder::new()
@@ -147,6 +149,7 @@ impl Staged {
     pub(crate) fn publish(self, sync: bool) -> Result<()> {
         // Last moment to stop with nothing published (the temporary file goes with self).
         crate::cancel::check()?;
+        diskforge_fault::point("iso.output.rename")?;
         let dest = self.dest.clone();
         if sync {
             self.tmp
@@ -205,6 +208,7 @@ fn fast_copy(src: &Path, dst: &Path) -> Result<()> {
 /// Copy `src` to `dst` as `plan` lays it out: the whole file (see [`fast_copy`]), or, when the
 /// plan inserts blocks, the ranges before and after the insertion with a hole between.
 pub(crate) fn copy_for_plan(src: &Path, dst: &Path, plan: &PatchPlan) -> Result<()> {
+    diskforge_fault::point("iso.output.copy")?;
     let Some(ins) = plan.insert else {
         return fast_copy(src, dst);
     };
@@ -320,6 +324,7 @@ pub(crate) fn copy_and_hash(
 }
 
 pub(crate) fn apply_plan(path: &Path, plan: &PatchPlan) -> Result<()> {
+    diskforge_fault::point("iso.patch")?;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)

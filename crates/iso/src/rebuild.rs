@@ -12,6 +12,7 @@ use crate::{Error, Result};
 
 /// Extract the whole tree with osirrox (no mount) and make it writable.
 pub fn extract_tree(input: &Path, dir: &Path) -> Result<()> {
+    diskforge_fault::point("iso.extract")?;
     let c = Cmd::new("osirrox")
         .arg("-indev")
         .arg(input)
@@ -44,6 +45,7 @@ fn make_writable(dir: &Path) -> Result<()> {
 
 /// Apply the changes to an extracted (or merged) tree.
 pub fn apply_to_dir(dir: &Path, changes: &Changes) -> Result<()> {
+    diskforge_fault::point("iso.edit-tree")?;
     for r in &changes.removes {
         let p = dir.join(r.trim_start_matches('/'));
         let res = if p.is_dir() {
@@ -172,6 +174,7 @@ pub fn rebuild(
     changes: &Changes,
     scratch: &Path,
 ) -> Result<()> {
+    diskforge_fault::point("iso.rebuild")?;
     let args = mkisofs_boot_args(input, insp, changes, scratch)?;
     let c = Cmd::new("xorriso")
         // A file it cannot read (EIO from the mounted view) is a SORRY: fail on it

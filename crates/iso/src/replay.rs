@@ -23,6 +23,7 @@ pub fn direct(
     changes: &Changes,
     scratch: &Path,
 ) -> Result<()> {
+    diskforge_fault::point("iso.replay")?;
     let mut c = Cmd::new("xorriso")
         .args(["-abort_on", "FAILURE", "-return_with", "SORRY", "32"])
         .arg("-indev")
@@ -131,6 +132,7 @@ pub fn direct_streamed(
     changes: &Changes,
     scratch: &Path,
 ) -> Result<Option<Md5Sums>> {
+    diskforge_fault::point("iso.replay")?;
     let fifo = scratch.join("xorriso-out.fifo");
     rustix::fs::mknodat(
         rustix::fs::CWD,

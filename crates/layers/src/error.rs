@@ -109,6 +109,9 @@ pub enum Error {
     /// Several teardown steps failed; every failure is listed.
     #[error("teardown failed: {}", .0.join("; "))]
     Teardown(Vec<String>),
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 /// Result alias for this crate.

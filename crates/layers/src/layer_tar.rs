@@ -347,6 +347,7 @@ fn write_file_atomic(
             std::io::ErrorKind::AlreadyExists.into(),
         ));
     }
+    diskforge_fault::point("layers.commit")?;
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io("creating temporary file in", dir, e))?;
     let (tmp_path, file) = (
@@ -372,6 +373,7 @@ fn write_file_atomic(
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .map_err(|e| Error::io("chmod", &tmp_path, e))?;
+    diskforge_fault::point("layers.commit.rename")?;
     let res = if overwrite {
         tmp.persist(dest)
     } else {

@@ -272,6 +272,7 @@ pub fn init_layout(dir: &Path) -> Result<()> {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
+    diskforge_fault::point("layers.write")?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io("creating temporary file in", dir, e))?;
     tmp.write_all(bytes)
@@ -284,14 +285,25 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Store `bytes` as a blob of `layout`; returns its descriptor.
-fn put_blob(layout: &Path, media_type: MediaType, bytes: &[u8]) -> Result<Descriptor> {
+/// Store `bytes` as a blob of `layout`; returns its descriptor. A blob that was not there
+/// before is added to `made`.
+fn put_blob(
+    layout: &Path,
+    media_type: MediaType,
+    bytes: &[u8],
+    made: &mut Vec<PathBuf>,
+) -> Result<Descriptor> {
     use sha2::Digest as _;
     let digest = format!(
         "sha256:{}",
         crate::digest::hex(&sha2::Sha256::digest(bytes))
     );
-    write_atomic(&blob_path(layout, &digest)?, bytes)?;
+    let path = blob_path(layout, &digest)?;
+    let existed = path.exists();
+    write_atomic(&path, bytes)?;
+    if !existed {
+        made.push(path);
+    }
     let d: Digest = digest.parse().map_err(spec_err(layout))?;
     Ok(Descriptor::new(media_type, bytes.len() as u64, d))
 }
@@ -301,6 +313,10 @@ fn put_blob(layout: &Path, media_type: MediaType, bytes: &[u8]) -> Result<Descri
 /// (moved into `blobs/`), its config lists their diff_ids. An existing image with the same
 /// name is replaced in `index.json`; nothing else there changes. `created` (seconds since the
 /// epoch, e.g. `SOURCE_DATE_EPOCH`) fills the config's `created` field when given.
+///
+/// All or nothing: when a step fails, the blobs this call added are removed again (and the
+/// whole layout when this call created it), so `index.json` names no missing blob and no
+/// orphan blob is left.
 pub fn append_image(
     layout: &Path,
     reference: &str,
@@ -308,6 +324,44 @@ pub fn append_image(
     layer_file: &Path,
     stats: &crate::TarStats,
     created: Option<u64>,
+) -> Result<AppendedImage> {
+    let existed = layout.exists();
+    let mut made = Vec::new();
+    let res = append_image_to(
+        layout, reference, base, layer_file, stats, created, &mut made,
+    );
+    if res.is_err() {
+        undo_layout_changes(layout, existed, &made);
+    }
+    res
+}
+
+/// Remove what a failed append made: the whole layout when it did not exist before, else
+/// the blobs in `made`. Failures are logged; the caller reports the primary error.
+fn undo_layout_changes(layout: &Path, existed: bool, made: &[PathBuf]) {
+    if !existed {
+        if let Err(e) = std::fs::remove_dir_all(layout) {
+            tracing::warn!(layout = %layout.display(), "removing the layout this call created: {e}");
+        }
+        return;
+    }
+    for p in made {
+        if let Err(e) = std::fs::remove_file(p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(blob = %p.display(), "removing a blob of a failed append: {e}");
+        }
+    }
+}
+
+fn append_image_to(
+    layout: &Path,
+    reference: &str,
+    base: Option<&str>,
+    layer_file: &Path,
+    stats: &crate::TarStats,
+    created: Option<u64>,
+    made: &mut Vec<PathBuf>,
 ) -> Result<AppendedImage> {
     init_layout(layout)?;
     let (mut layers, mut diff_ids, mut config_json) = match base {
@@ -330,8 +384,13 @@ pub fn append_image(
         ),
     };
     let layer_path = blob_path(layout, &stats.digest)?;
+    diskforge_fault::point("layers.commit.layer")?;
+    let layer_existed = layer_path.exists();
     std::fs::rename(layer_file, &layer_path)
         .map_err(|e| Error::io("moving layer into", &layer_path, e))?;
+    if !layer_existed {
+        made.push(layer_path);
+    }
     let media_type = match stats.compression {
         Compression::None => MediaType::ImageLayer,
         Compression::Gzip => MediaType::ImageLayerGzip,
@@ -359,7 +418,7 @@ pub fn append_image(
         path: layout.to_owned(),
         reason: format!("serialising config: {e}"),
     })?;
-    let config_desc = put_blob(layout, MediaType::ImageConfig, &config_bytes)?;
+    let config_desc = put_blob(layout, MediaType::ImageConfig, &config_bytes, made)?;
 
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -371,7 +430,7 @@ pub fn append_image(
         path: layout.to_owned(),
         reason: format!("serialising manifest: {e}"),
     })?;
-    let mut manifest_desc = put_blob(layout, MediaType::ImageManifest, &manifest_bytes)?;
+    let mut manifest_desc = put_blob(layout, MediaType::ImageManifest, &manifest_bytes, made)?;
     manifest_desc.set_annotations(Some(HashMap::from([(
         ANNOTATION_REF_NAME.to_owned(),
         reference.to_owned(),
@@ -416,8 +475,26 @@ pub fn commit_to_layout(
     opts: crate::TarOptions,
     created: Option<u64>,
 ) -> Result<AppendedImage> {
+    let existed = layout.exists();
+    let res = commit_into(upper, layout, reference, base, opts, created);
+    if res.is_err() && !existed && layout.exists() {
+        // append_image undid its own part; what is left is the layout init_layout made.
+        undo_layout_changes(layout, false, &[]);
+    }
+    res
+}
+
+fn commit_into(
+    upper: &Path,
+    layout: &Path,
+    reference: &str,
+    base: Option<&str>,
+    opts: crate::TarOptions,
+    created: Option<u64>,
+) -> Result<AppendedImage> {
     init_layout(layout)?;
     let blobs = layout.join("blobs/sha256");
+    diskforge_fault::point("layers.commit")?;
     let tmp = tempfile::NamedTempFile::new_in(&blobs)
         .map_err(|e| Error::io("creating temporary file in", &blobs, e))?;
     let file = tmp
@@ -463,6 +540,50 @@ pub(crate) fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn blobs(layout: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(layout.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Found by `cargo xtask hardening` (faults): a commit that failed after
+    /// `init_layout` left a new layout behind, and one that failed after writing its blobs
+    /// left them orphaned in an existing layout.
+    #[test]
+    fn a_failed_commit_leaves_the_layout_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        let (up1, up2) = (d.path().join("up1"), d.path().join("up2"));
+        std::fs::create_dir_all(&up1).unwrap();
+        std::fs::create_dir_all(&up2).unwrap();
+        std::fs::write(up1.join("a"), "one\n").unwrap();
+        std::fs::write(up2.join("b"), "two\n").unwrap();
+        let opts = crate::TarOptions::default();
+
+        // A new layout: a failure (the base image does not exist) removes all of it.
+        let fresh = d.path().join("fresh");
+        let e = commit_to_layout(&up1, &fresh, "t", Some("nope"), opts, None).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        assert!(
+            !fresh.exists(),
+            "the layout made by a failed commit is left"
+        );
+
+        // An existing layout: the blobs written before the failure go again.
+        let layout = d.path().join("oci");
+        commit_to_layout(&up1, &layout, "t1", None, opts, None).unwrap();
+        let before = blobs(&layout);
+        let index = std::fs::read(layout.join("index.json")).unwrap();
+        std::fs::write(layout.join("index.json"), "not json").unwrap();
+        commit_to_layout(&up2, &layout, "t2", None, opts, None).unwrap_err();
+        assert_eq!(blobs(&layout), before, "orphan blobs left");
+        std::fs::write(layout.join("index.json"), index).unwrap();
+        commit_to_layout(&up2, &layout, "t2", None, opts, None).unwrap();
+        assert_eq!(blobs(&layout).len(), before.len() + 3);
+    }
 
     /// Defect 9 of issue 12: an unknown `imageLayoutVersion` is refused, naming it.
     #[test]

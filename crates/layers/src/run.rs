@@ -83,6 +83,7 @@ fn run_with(
     // Scratch dirs of runs that were killed (SIGKILL leaves no chance to clean up; their
     // mounts died with their private mount namespace).
     clean_stale_scratch(&scratch_base)?;
+    diskforge_fault::point("layers.run.scratch")?;
     let (scratch, _scratch_lock) = locked_scratch(&scratch_base)?;
     let merged = scratch.join("merged");
     let (upper, work, temp_upper) = match &opts.upper {
@@ -93,20 +94,25 @@ fn run_with(
         ),
         None => (scratch.join("upper"), scratch.join("work"), true),
     };
-    for d in [&merged, &upper] {
-        std::fs::create_dir_all(d).map_err(|e| Error::io("creating", d, e))?;
-    }
-    let result = diskforge_mount::in_private_namespace(|| {
-        run_inside(layers, &upper, &work, &merged, opts, on_line)
-    })
-    .map_err(|e| Error::Mount {
-        action: "entering a private mount namespace".into(),
-        source: Box::new(e),
-    })
-    .and_then(|r| r);
-    // Unmounted (or the namespace is gone): the mount point is an empty directory again.
-    let mut cleanup =
-        std::fs::remove_dir(&merged).map_err(|e| Error::io("removing mount point", &merged, e));
+    let result = (|| {
+        for d in [&merged, &upper] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io("creating", d, e))?;
+        }
+        diskforge_mount::in_private_namespace(|| {
+            run_inside(layers, &upper, &work, &merged, opts, on_line)
+        })
+        .map_err(|e| Error::Mount {
+            action: "entering a private mount namespace".into(),
+            source: Box::new(e),
+        })
+        .and_then(|r| r)
+    })();
+    // Unmounted (or the namespace is gone): the mount point is an empty directory again (or
+    // was never made, when creating it failed).
+    let mut cleanup = match std::fs::remove_dir(&merged) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| Error::io("removing mount point", &merged, e)),
+    };
     if cleanup.is_ok() && temp_upper {
         for d in [&upper, &work] {
             if d.exists() {
@@ -198,6 +204,7 @@ fn run_inside(
     opts: &RunOptions,
     on_line: Option<impl FnMut(&str)>,
 ) -> Result<RunOutcome> {
+    diskforge_fault::point("layers.run.mount")?;
     let root = mount_stack(layers, Some((upper, work)), merged)?;
     let mut stack = MountStack::new();
     let outcome = (|| {

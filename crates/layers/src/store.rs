@@ -195,6 +195,7 @@ impl Store {
     /// A new directory in `tmp/` (`PREFIX*`), locked by us until the returned fd is closed.
     fn locked_tempdir(&self, prefix: &str) -> Result<(tempfile::TempDir, OwnedFd)> {
         let _store = self.lock(false)?;
+        diskforge_fault::point("layers.store.tmp")?;
         let tmp_base = self.root.join("tmp");
         let tmp = tempfile::Builder::new()
             .prefix(prefix)
@@ -230,6 +231,7 @@ impl Store {
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(Error::sys("opening", &p, e)),
             }
+            diskforge_fault::point("layers.gc.remove")?;
             crate::fsutil::remove_tree_at(&tmp_fd, &name)
                 .map_err(|e| Error::sys("removing stale temporary entry", &p, e))?;
             report.removed.push(p);
@@ -506,7 +508,9 @@ impl Store {
             return Ok(dir);
         }
         let (tmp, _lock) = self.locked_tempdir("stack-")?;
+        diskforge_fault::point("layers.stack.fixup")?;
         crate::fsutil::write_dir_tree(tmp.path(), fixups, sde)?;
+        diskforge_fault::point("layers.stack.publish")?;
         match std::fs::rename(tmp.path(), &dir) {
             Ok(()) => {}
             Err(_) if dir.is_dir() => {}
@@ -572,6 +576,7 @@ impl Store {
             .map_err(|e| Error::io("reading", path, e))?;
         let mut hashed = HashReader::new(reader);
         let name = path.display().to_string();
+        diskforge_fault::point("layers.unpack")?;
         let stats = unpack_tar(&mut hashed, tmp.path(), &name, &self.limits)?;
         // The diff_id covers the whole tar stream, including the end-of-archive padding.
         let slack = self
@@ -604,6 +609,7 @@ impl Store {
             list.push(0);
         }
         write_atomic(&self.implicit_file(&diff_id)?, &list)?;
+        diskforge_fault::point("layers.store.publish")?;
         match std::fs::rename(tmp.path(), &dir) {
             Ok(()) => {}
             // Someone (another blob with the same content, or a parallel import) was first.

@@ -154,6 +154,7 @@ impl LoopDevice {
     #[doc(alias = "losetup")]
     pub fn attach(file: impl AsRef<Path>, opts: &AttachOptions) -> Result<LoopDevice> {
         let file = file.as_ref();
+        diskforge_fault::point("loop.attach")?;
         let backing = open_backing(file, opts)?;
         let control = open_node(Path::new(LOOP_CONTROL), OFlags::RDWR)?;
         let mut name = [0u8; ioctl::LO_NAME_SIZE];
@@ -397,6 +398,7 @@ fn attach_legacy(
     };
     ioctl::set_fd(fd, backing.as_raw_fd()).map_err(err("LOOP_SET_FD"))?;
     let rest = (|| {
+        diskforge_fault::point("loop.set-status")?;
         let mut info = *info;
         // LOOP_SET_STATUS64 takes read-only from the fd and direct I/O separately.
         info.lo_flags &= !(ioctl::LO_FLAGS_READ_ONLY | ioctl::LO_FLAGS_DIRECT_IO);

@@ -137,6 +137,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 /// A hint for the well-known errnos, appended to ioctl errors.

@@ -127,6 +127,9 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 /// Result alias for this crate.
@@ -649,6 +652,9 @@ pub fn mkfs(opts: &MkfsOptions, target: &Target) -> Result<Report> {
 
 fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
     tracing::debug!(?step, "mkfs step");
+    if let Some(name) = fault_point(step) {
+        diskforge_fault::point(name)?;
+    }
     match step {
         Step::SizeFile { path, size } => {
             let f = std::fs::OpenOptions::new()
@@ -765,6 +771,21 @@ fn run_step(fs: FsType, target: &Path, step: &Step) -> Result<()> {
         } => region::RegionFile::open(fs, image, *offset, *size)?.clear(*offset, *size)?,
     }
     Ok(())
+}
+
+/// The fault point of a step that writes (see `diskforge-fault`); `None` for the ones that
+/// only read or remove.
+fn fault_point(step: &Step) -> Option<&'static str> {
+    Some(match step {
+        Step::SizeFile { .. } => "mkfs.size-file",
+        Step::WriteXfsProtofile { .. } => "mkfs.protofile",
+        Step::Run { .. } => "mkfs.run",
+        Step::McopyTree { .. } => "mkfs.populate",
+        Step::ExtClampTimes { .. } => "mkfs.clamp-times",
+        Step::CopyIntoRegion { .. } => "mkfs.copy-into-region",
+        Step::ClearRegion { .. } => "mkfs.clear-region",
+        Step::RemoveFile { .. } | Step::CheckFits { .. } => return None,
+    })
 }
 
 /// Build the debugfs script for [`Step::ExtClampTimes`].

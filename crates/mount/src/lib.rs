@@ -155,6 +155,9 @@ pub enum Error {
     /// A loop device step failed (image mounts, stacks holding loop devices).
     #[error(transparent)]
     Loop(#[from] diskforge_loop::Error),
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
     /// Unwinding a [`MountStack`] failed at one or more steps; every failure is listed.
     #[error("teardown failed at {} step(s): {}", failures.len(), render_failures(failures))]
     Teardown {

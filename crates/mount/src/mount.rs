@@ -73,6 +73,7 @@ impl Mount {
         data: Option<&str>,
     ) -> Result<Mount> {
         let (source, target) = (source.as_ref(), target.as_ref());
+        diskforge_fault::point("mount.mount")?;
         // Sources that are paths must exist; pseudo sources ("none", "tmpfs") are names.
         if source.is_absolute() {
             metadata("mount source", source)?;
@@ -102,6 +103,7 @@ impl Mount {
     #[doc(alias = "MS_BIND")]
     pub fn bind(source: impl AsRef<Path>, target: impl AsRef<Path>) -> Result<Mount> {
         let (source, target) = (source.as_ref(), target.as_ref());
+        diskforge_fault::point("mount.bind")?;
         check_bind(source, target)?;
         rustix::mount::mount_bind(source, target)
             .map_err(syscall_err(format!("bind {} on", source.display()), target))?;
@@ -112,6 +114,7 @@ impl Mount {
     #[doc(alias = "MS_REC")]
     pub fn bind_recursive(source: impl AsRef<Path>, target: impl AsRef<Path>) -> Result<Mount> {
         let (source, target) = (source.as_ref(), target.as_ref());
+        diskforge_fault::point("mount.rbind")?;
         check_bind(source, target)?;
         rustix::mount::mount_bind_recursive(source, target).map_err(syscall_err(
             format!("rbind {} on", source.display()),
@@ -197,8 +200,12 @@ impl Mount {
 
     fn release_inner(&mut self) -> Result<()> {
         match self.target.take() {
-            Some(t) if self.recursive => unmount_recursive(&t, UnmountOptions { lazy: self.lazy }),
-            Some(t) => unmount(&t, UnmountOptions { lazy: self.lazy }),
+            // Teardown carries no fault point: an injected failure here would only prove that
+            // a refused unmount leaves the mount, not how the step before it unwinds.
+            Some(t) if self.recursive => {
+                unmount_recursive_now(&t, UnmountOptions { lazy: self.lazy })
+            }
+            Some(t) => unmount_now(&t, UnmountOptions { lazy: self.lazy }),
             None => Ok(()),
         }
     }
@@ -234,9 +241,15 @@ fn check_bind(source: &Path, target: &Path) -> Result<()> {
 ///  - [umount(2)](https://man7.org/linux/man-pages/man2/umount.2.html)
 #[doc(alias = "umount2")]
 pub fn unmount(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {
+    diskforge_fault::point("mount.umount")?;
+    unmount_now(target.as_ref(), opts)
+}
+
+/// [`unmount`] without the fault point (guards' teardown).
+fn unmount_now(target: &Path, opts: UnmountOptions) -> Result<()> {
     // Like umount(8), act on the resolved path (the final component is never followed below).
-    let resolved = std::fs::canonicalize(target.as_ref());
-    let target = resolved.as_deref().unwrap_or(target.as_ref());
+    let resolved = std::fs::canonicalize(target);
+    let target = resolved.as_deref().unwrap_or(target);
     for attempt in 1..=UNMOUNT_ATTEMPTS {
         match rustix::io::retry_on_intr(|| rustix::mount::unmount(target, UnmountFlags::NOFOLLOW)) {
             Ok(()) => {
@@ -290,20 +303,26 @@ pub fn detach_lazily(target: impl AsRef<Path>) -> Result<()> {
 /// Unmount `target` and every mount below it, deepest (most recent) first, like
 /// `umount -R`; each step as in [`unmount`]. Mounts that vanish meanwhile are skipped.
 pub fn unmount_recursive(target: impl AsRef<Path>, opts: UnmountOptions) -> Result<()> {
-    let resolved = std::fs::canonicalize(target.as_ref());
-    let target = resolved.as_deref().unwrap_or(target.as_ref());
+    diskforge_fault::point("mount.umount")?;
+    unmount_recursive_now(target.as_ref(), opts)
+}
+
+/// [`unmount_recursive`] without the fault point (guards' teardown).
+fn unmount_recursive_now(target: &Path, opts: UnmountOptions) -> Result<()> {
+    let resolved = std::fs::canonicalize(target);
+    let target = resolved.as_deref().unwrap_or(target);
     let below: Vec<PathBuf> = crate::mounts()?
         .into_iter()
         .filter(|m| m.target != target && m.target.starts_with(target))
         .map(|m| m.target)
         .collect();
     for sub in below.iter().rev() {
-        match unmount(sub, opts) {
+        match unmount_now(sub, opts) {
             Ok(()) | Err(Error::NotMounted { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    unmount(target, opts)
+    unmount_now(target, opts)
 }
 
 /// `mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY)`: make one mount point
@@ -312,6 +331,7 @@ pub fn unmount_recursive(target: impl AsRef<Path>, opts: UnmountOptions) -> Resu
 #[doc(alias = "MS_REMOUNT")]
 pub fn remount_read_only(target: impl AsRef<Path>) -> Result<()> {
     let target = target.as_ref();
+    diskforge_fault::point("mount.remount-ro")?;
     let cur = rustix::fs::statvfs(target)
         .map_err(syscall_err("statvfs", target))?
         .f_flag;
@@ -336,6 +356,7 @@ pub fn remount_read_only(target: impl AsRef<Path>) -> Result<()> {
 #[doc(alias = "MS_PRIVATE")]
 pub fn make_private(target: impl AsRef<Path>, recursive: bool) -> Result<()> {
     let target = target.as_ref();
+    diskforge_fault::point("mount.make-private")?;
     let mut flags = MountPropagationFlags::PRIVATE;
     if recursive {
         flags |= MountPropagationFlags::REC;

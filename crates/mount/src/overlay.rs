@@ -270,6 +270,7 @@ impl Overlay {
     /// page, else the new mount API with one `lowerdir+` per layer.
     pub fn mount(&self, target: impl AsRef<Path>) -> Result<OverlayMount> {
         let target = target.as_ref();
+        diskforge_fault::point("mount.overlay")?;
         self.validate(target)?;
         let data = self.option_string();
         let limit = rustix::param::page_size();

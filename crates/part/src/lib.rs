@@ -230,6 +230,9 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 /// Result alias for this crate.

@@ -49,6 +49,7 @@ pub fn create(path: &Path, layout: &Layout, opts: &WriteOptions) -> Result<Table
 /// Create `path` if missing and extend it to `size` bytes (sparse). Errors when it is bigger
 /// (we never shrink) or is a block device.
 pub fn ensure_size(path: &Path, size: u64) -> Result<()> {
+    diskforge_fault::point("part.image")?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -86,6 +87,7 @@ pub fn ensure_size(path: &Path, size: u64) -> Result<()> {
 pub fn apply(path: &Path, plan: &Plan) -> Result<Table> {
     let mut table = plan.table.clone();
     let ss = u64::from(table.sector_size);
+    diskforge_fault::point("part.table.write")?;
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)

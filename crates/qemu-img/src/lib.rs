@@ -82,6 +82,9 @@ pub enum Error {
     /// A size string that does not parse (the grammar is diskforge-size's).
     #[error(transparent)]
     InvalidSize(#[from] diskforge_size::SizeError),
+    /// A step failed on purpose (fault-injection builds only, see `diskforge-fault`).
+    #[error(transparent)]
+    Injected(#[from] diskforge_fault::Injected),
 }
 
 fn unsupported_message(path: &Path, format: &str) -> String {
@@ -300,6 +303,7 @@ impl CreateOptions {
 
 /// `qemu-img create`.
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
+    diskforge_fault::point("qemu-img.create")?;
     Cmd::new(QEMU_IMG)
         .args(opts.args(path))
         .run()
@@ -386,6 +390,7 @@ pub fn convert(
     opts: &ConvertOptions,
     mut on_progress: impl FnMut(f64),
 ) -> Result<()> {
+    diskforge_fault::point("qemu-img.convert")?;
     let mut last = None;
     Cmd::new(QEMU_IMG)
         .args(opts.args(src, dst, true))
@@ -427,6 +432,7 @@ pub fn convert_into_place(
         .unwrap_or_default();
     let tmp = dst.with_file_name(format!(".{name}.partial"));
     let res = convert(src, &tmp, opts, on_progress).and_then(|()| {
+        diskforge_fault::point("qemu-img.rename")?;
         rustix::fs::renameat_with(
             rustix::fs::CWD,
             &tmp,
@@ -510,6 +516,7 @@ pub fn resize_args(
 
 /// `qemu-img resize`.
 pub fn resize(path: &Path, format: Option<Format>, size: NewSize, shrink_ok: bool) -> Result<()> {
+    diskforge_fault::point("qemu-img.resize")?;
     Cmd::new(QEMU_IMG)
         .args(resize_args(path, format, size, shrink_ok))
         .run()
