@@ -848,7 +848,10 @@ fn is_state_dir(dir: &Path) -> Result<bool> {
 fn check_owned(state_dir: &Path, st: &State) -> Result<()> {
     let refuse = |what: &str, p: &Path| Error::State {
         path: state_dir.join(STATE_FILE),
-        reason: format!("{what} {} was not made by this build: refused, nothing removed", p.display()),
+        reason: format!(
+            "{what} {} was not made by this build: refused, nothing removed",
+            p.display()
+        ),
     };
     let home = fs::canonicalize(state_dir).ok();
     let inside = |p: &Path| {

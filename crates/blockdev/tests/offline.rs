@@ -569,8 +569,14 @@ fn cleanup_refuses_what_it_did_not_make() {
     fs::write(foreign.join("keep"), "mine").expect("write");
     for f in [cleanup, delete] {
         let e = f(&foreign).expect_err("a directory without state.json");
-        assert!(e.to_string().contains("not a block-device state directory"), "{e}");
-        assert_eq!(fs::read_to_string(foreign.join("keep")).expect("kept"), "mine");
+        assert!(
+            e.to_string().contains("not a block-device state directory"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_to_string(foreign.join("keep")).expect("kept"),
+            "mine"
+        );
     }
     // Already cleaned up (missing): nothing to do.
     cleanup(&dir.path().join("gone")).expect("missing state dir");
@@ -608,7 +614,10 @@ fn cleanup_refuses_what_it_did_not_make() {
     killed.done = 2;
     write(&killed);
     cleanup(&state).expect("cleanup of a killed build");
-    assert!(!image.exists(), "the half-made image of a killed build is removed");
+    assert!(
+        !image.exists(),
+        "the half-made image of a killed build is removed"
+    );
     assert!(!state.exists());
     cleanup(&state).expect("idempotent");
 }

@@ -404,7 +404,12 @@ impl BuildDir {
         let partials: String = req
             .formats
             .iter()
-            .map(|f| format!("{}\n", crate::output::partial_path(&f.path_for(&req.name)).display()))
+            .map(|f| {
+                format!(
+                    "{}\n",
+                    crate::output::partial_path(&f.path_for(&req.name)).display()
+                )
+            })
             .collect();
         let pf = dir.path().join(PARTIALS_FILE);
         fs::write(&pf, partials).map_err(io_err("writing", &pf))?;

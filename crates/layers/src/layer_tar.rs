@@ -376,8 +376,7 @@ fn write_file_atomic(
         Err(e) => return Err(Error::io("creating a temporary file in", dir, e.into())),
     };
     let (file, stats) = body(std::fs::File::from(fd)).map_err(remap)?;
-    file.sync_all()
-        .map_err(|e| Error::io("syncing", dest, e))?;
+    file.sync_all().map_err(|e| Error::io("syncing", dest, e))?;
     // The mode the umask may have narrowed at open.
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .map_err(|e| Error::io("chmod", dest, e))?;

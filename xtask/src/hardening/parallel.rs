@@ -139,12 +139,18 @@ fn batch(
         let survivors = group_members(pid);
         if !survivors.is_empty() {
             table.row(tool).leaked += survivors.len() as u32;
-            table.problem(tool, format!("{label}: processes outlived the tool: {survivors:?}"));
+            table.problem(
+                tool,
+                format!("{label}: processes outlived the tool: {survivors:?}"),
+            );
             kill_group(pid);
         }
         let Some(ended) = ended else {
             table.row(tool).hung += 1;
-            table.problem(tool, format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()));
+            table.problem(
+                tool,
+                format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()),
+            );
             continue;
         };
         if ended.stderr.contains("panicked at") || ended.status.code() == Some(101) {

@@ -294,8 +294,7 @@ pub(crate) fn group_members(pgid: u32) -> Vec<String> {
             continue;
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) && f.first() != Some(&"Z")
-        {
+        if f.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) && f.first() != Some(&"Z") {
             out.push(format!("{})", head.trim()));
         }
     }
@@ -412,7 +411,13 @@ pub(crate) fn verify(v: &Verify, outputs: &[PathBuf], stdout: &str) -> Result<()
                     .arg("-indev")
                     .arg(o)
                     .args(["-find", "/", "-name"])
-                    .arg(member.trim_start_matches('/').rsplit('/').next().unwrap_or(""))
+                    .arg(
+                        member
+                            .trim_start_matches('/')
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or(""),
+                    )
                     .args(["--"]))?;
                 if !t.contains(member.as_str()) {
                     bail!("{}: {member} not in the tree", o.display());
@@ -454,21 +459,28 @@ struct Attempted {
 
 /// Run one attempt of `sc` with `stop`, record problems on the table. Counting in the
 /// table's columns is the caller's.
-fn attempt(ctx: &Ctx, table: &mut Table, sc: &Scenario, n: usize, stop: &Stop) -> Result<Attempted> {
+fn attempt(
+    ctx: &Ctx,
+    table: &mut Table,
+    sc: &Scenario,
+    n: usize,
+    stop: &Stop,
+) -> Result<Attempted> {
     let label = format!("{} #{n} ({})", sc.name, stop.label());
     let dir = ctx.dir(&format!("signals/{}-{n}", sc.name))?;
     let logs = ctx.dir(&format!("signals-logs/{}-{n}", sc.name))?;
     let job = (sc.make)(&dir).with_context(|| format!("setting up {label}"))?;
     let tool = job.tool;
     let before_files = listing(&dir);
-    let hashes: Vec<(PathBuf, Option<u64>)> =
-        job.unchanged.iter().map(|p| (p.clone(), digest(p))).collect();
+    let hashes: Vec<(PathBuf, Option<u64>)> = job
+        .unchanged
+        .iter()
+        .map(|p| (p.clone(), digest(p)))
+        .collect();
     let before_kernel = kernel_objects(ctx.scratch.path());
     let fault_log = logs.join("fault-log");
-    let mut env: Vec<(&str, String)> = vec![(
-        "DISKFORGE_FAULT_LOG",
-        fault_log.display().to_string(),
-    )];
+    let mut env: Vec<(&str, String)> =
+        vec![("DISKFORGE_FAULT_LOG", fault_log.display().to_string())];
     match stop {
         Stop::SignalAt { sig, point } => env.push((
             "DISKFORGE_SIGNAL_AT",
@@ -502,12 +514,18 @@ fn attempt(ctx: &Ctx, table: &mut Table, sc: &Scenario, n: usize, stop: &Stop) -
     let survivors = group_members(pid);
     if !survivors.is_empty() {
         table.row(tool).leaked += survivors.len() as u32;
-        table.problem(tool, format!("{label}: processes outlived the tool: {survivors:?}"));
+        table.problem(
+            tool,
+            format!("{label}: processes outlived the tool: {survivors:?}"),
+        );
         kill_group(pid);
     }
     let Some(ended) = ended else {
         table.row(tool).hung += 1;
-        table.problem(tool, format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()));
+        table.problem(
+            tool,
+            format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()),
+        );
         return Ok(Attempted {
             ended: None,
             points: Vec::new(),
@@ -526,7 +544,11 @@ fn attempt(ctx: &Ctx, table: &mut Table, sc: &Scenario, n: usize, stop: &Stop) -
             if !finished {
                 table.problem(
                     tool,
-                    format!("{label}: the undisturbed run failed ({}): {}", ended.status, ended.last_line()),
+                    format!(
+                        "{label}: the undisturbed run failed ({}): {}",
+                        ended.status,
+                        ended.last_line()
+                    ),
                 );
             }
         }
@@ -555,10 +577,11 @@ fn attempt(ctx: &Ctx, table: &mut Table, sc: &Scenario, n: usize, stop: &Stop) -
             }
         }
     }
-    if finished
-        && let Err(e) = verify(&job.verify, &job.outputs, &ended.stdout)
-    {
-        table.problem(tool, format!("{label}: exit 0 but the output is wrong: {e:#}"));
+    if finished && let Err(e) = verify(&job.verify, &job.outputs, &ended.stdout) {
+        table.problem(
+            tool,
+            format!("{label}: exit 0 but the output is wrong: {e:#}"),
+        );
     }
     // Interrupted or killed: no output may exist (an in-place edit must be unchanged after
     // an interruption).
@@ -566,7 +589,10 @@ fn attempt(ctx: &Ctx, table: &mut Table, sc: &Scenario, n: usize, stop: &Stop) -
         for o in &job.outputs {
             if o.exists() && !job.unchanged.contains(o) {
                 table.row(tool).leaked += 1;
-                table.problem(tool, format!("{label}: partial output {} left", o.display()));
+                table.problem(
+                    tool,
+                    format!("{label}: partial output {} left", o.display()),
+                );
             }
         }
         if stop.signal().is_some() {
@@ -667,7 +693,11 @@ fn occurrences(names: &[String]) -> Vec<String> {
 }
 
 fn show(paths: &[PathBuf]) -> String {
-    let mut s: Vec<String> = paths.iter().take(6).map(|p| p.display().to_string()).collect();
+    let mut s: Vec<String> = paths
+        .iter()
+        .take(6)
+        .map(|p| p.display().to_string())
+        .collect();
     if paths.len() > 6 {
         s.push(format!("… ({} in all)", paths.len()));
     }
@@ -879,7 +909,10 @@ impl Inputs {
         let la = base.join("layer-app");
         std::fs::create_dir_all(la.join("opt/app"))?;
         for k in 0..8u64 {
-            std::fs::write(la.join(format!("opt/app/blob{k}")), noise(50 + k, 512 << 10))?;
+            std::fs::write(
+                la.join(format!("opt/app/blob{k}")),
+                noise(50 + k, 512 << 10),
+            )?;
         }
         std::fs::write(la.join("etc-app.conf"), "x=1\n")?;
         sh(Command::new("tar")
@@ -1040,11 +1073,7 @@ pub(crate) fn iso_job(
         outputs: vec![output.clone()],
         unchanged: if in_place { vec![output] } else { Vec::new() },
         state: Vec::new(),
-        cleanup: vec![argv(&[
-            &bin,
-            &"cleanup",
-            &out.parent().unwrap_or(dir),
-        ])],
+        cleanup: vec![argv(&[&bin, &"cleanup", &out.parent().unwrap_or(dir)])],
         verify: Verify::Iso(member),
     })
 }
@@ -1088,10 +1117,21 @@ pub(crate) fn layers_run_job(
         tool: "dflayers",
         cmd,
         dir: dir.to_owned(),
-        outputs: if upper { vec![dir.join("up")] } else { Vec::new() },
+        outputs: if upper {
+            vec![dir.join("up")]
+        } else {
+            Vec::new()
+        },
         unchanged: Vec::new(),
         state: Vec::new(),
-        cleanup: vec![argv(&[&bin, &"--store", &store, &"gc", &"--scratch", &scratch])],
+        cleanup: vec![argv(&[
+            &bin,
+            &"--store",
+            &store,
+            &"gc",
+            &"--scratch",
+            &scratch,
+        ])],
         verify: Verify::RunJson("ran-in-stack".into()),
     })
 }
@@ -1141,10 +1181,16 @@ fn scenarios(ctx: &Ctx, inputs: &Inputs) -> Result<Vec<Scenario>> {
         });
     }
     for kernel in [false, true] {
-        let (bins, inp) = (ctx.bins.clone(), Inputs::at(&ctx.scratch.path().join("inputs")));
+        let (bins, inp) = (
+            ctx.bins.clone(),
+            Inputs::at(&ctx.scratch.path().join("inputs")),
+        );
         v.push(Scenario {
             tool: "diskforge",
-            name: format!("blockdev-create-{}", if kernel { "kernel" } else { "offline" }),
+            name: format!(
+                "blockdev-create-{}",
+                if kernel { "kernel" } else { "offline" }
+            ),
             make: Box::new(move |d| blockdev_job(&bins, &inp, d, kernel)),
             kill: true,
         });
@@ -1156,7 +1202,10 @@ fn scenarios(ctx: &Ctx, inputs: &Inputs) -> Result<Vec<Scenario>> {
         ("copy", false),
         ("auto", false),
     ] {
-        let (bins, inp) = (ctx.bins.clone(), Inputs::at(&ctx.scratch.path().join("inputs")));
+        let (bins, inp) = (
+            ctx.bins.clone(),
+            Inputs::at(&ctx.scratch.path().join("inputs")),
+        );
         v.push(Scenario {
             tool: "iso-remaster",
             name: format!("iso-{mode}{}", if in_place { "-in-place" } else { "" }),
@@ -1166,7 +1215,11 @@ fn scenarios(ctx: &Ctx, inputs: &Inputs) -> Result<Vec<Scenario>> {
         });
     }
     {
-        let (bins, inp, store) = (ctx.bins.clone(), Inputs::at(&ctx.scratch.path().join("inputs")), c(&store));
+        let (bins, inp, store) = (
+            ctx.bins.clone(),
+            Inputs::at(&ctx.scratch.path().join("inputs")),
+            c(&store),
+        );
         v.push(Scenario {
             tool: "dflayers",
             name: "dflayers-run".into(),
@@ -1180,7 +1233,13 @@ fn scenarios(ctx: &Ctx, inputs: &Inputs) -> Result<Vec<Scenario>> {
             tool: "dflayers",
             name: "dflayers-commit".into(),
             make: Box::new(move |d| {
-                Ok(layers_commit_job(&bins, &upper, d, &d.join("layer.tar.gz"), "big5"))
+                Ok(layers_commit_job(
+                    &bins,
+                    &upper,
+                    d,
+                    &d.join("layer.tar.gz"),
+                    "big5",
+                ))
             }),
             kill: true,
         });
@@ -1213,12 +1272,24 @@ fn refusals(ctx: &Ctx, table: &mut Table, inputs: &Inputs) -> Result<()> {
     let tries: Vec<(&str, Vec<OsString>, bool)> = vec![
         (
             "diskforge",
-            argv(&[&bins.join("diskforge"), &"blockdev", &"cleanup", &"--state", &foreign]),
+            argv(&[
+                &bins.join("diskforge"),
+                &"blockdev",
+                &"cleanup",
+                &"--state",
+                &foreign,
+            ]),
             true,
         ),
         (
             "diskforge",
-            argv(&[&bins.join("diskforge"), &"blockdev", &"delete", &"--state", &foreign]),
+            argv(&[
+                &bins.join("diskforge"),
+                &"blockdev",
+                &"delete",
+                &"--state",
+                &foreign,
+            ]),
             true,
         ),
         (
@@ -1240,7 +1311,12 @@ fn refusals(ctx: &Ctx, table: &mut Table, inputs: &Inputs) -> Result<()> {
         ),
         (
             "disk-image-create",
-            argv(&[&bins.join("disk-image-create"), &"--cleanup", &"--work-dir", &foreign]),
+            argv(&[
+                &bins.join("disk-image-create"),
+                &"--cleanup",
+                &"--work-dir",
+                &foreign,
+            ]),
             false,
         ),
     ];
@@ -1250,10 +1326,16 @@ fn refusals(ctx: &Ctx, table: &mut Table, inputs: &Inputs) -> Result<()> {
         if now != before {
             let gone: Vec<PathBuf> = before.difference(&now).cloned().collect();
             table.row(tool).escaped += 1;
-            table.problem(tool, format!("cleanup {a:?} touched a foreign directory: removed {gone:?}"));
+            table.problem(
+                tool,
+                format!("cleanup {a:?} touched a foreign directory: removed {gone:?}"),
+            );
         }
         if must_fail && o.status.success() {
-            table.problem(tool, format!("cleanup {a:?} did not refuse a directory that is not its state"));
+            table.problem(
+                tool,
+                format!("cleanup {a:?} did not refuse a directory that is not its state"),
+            );
         }
     }
     drop(locks);
@@ -1300,7 +1382,9 @@ fn refuse_foreign_loop(ctx: &Ctx, table: &mut Table, inputs: &Inputs, base: &Pat
             .output()?;
         let n = dev.trim_start_matches("/dev/loop");
         let still = std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"))
-            .is_ok_and(|b| Path::new(b.trim()) == std::fs::canonicalize(&image).unwrap_or_default());
+            .is_ok_and(|b| {
+                Path::new(b.trim()) == std::fs::canonicalize(&image).unwrap_or_default()
+            });
         if !still {
             table.row("diskforge").escaped += 1;
             table.problem(
@@ -1309,7 +1393,10 @@ fn refuse_foreign_loop(ctx: &Ctx, table: &mut Table, inputs: &Inputs, base: &Pat
             );
         }
         if !image.exists() {
-            table.problem("diskforge", "blockdev cleanup removed an image it did not create");
+            table.problem(
+                "diskforge",
+                "blockdev cleanup removed an image it did not create",
+            );
         }
         Ok(())
     })();
