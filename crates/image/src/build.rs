@@ -1246,6 +1246,42 @@ fn boot_check(
 mod tests {
     use super::*;
 
+    /// A killed build's directory (lock free) goes with the partial outputs it names; a live
+    /// build's (lock held), other names and a partial of no build stay; twice is the same.
+    #[test]
+    fn stale_build_dirs_and_their_partials_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("work");
+        let out = d.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let partial = out.join(".img.qcow2.partial");
+        let other = out.join(".other.qcow2.partial");
+        fs::write(&partial, "half").unwrap();
+        fs::write(&other, "someone else's").unwrap();
+        let dead = work.join("dib_build.dead");
+        let live = work.join("dib_build.live");
+        let foreign = work.join("not-a-build");
+        for dir in [&dead, &live, &foreign] {
+            fs::create_dir_all(dir.join("built")).unwrap();
+            fs::write(dir.join(LOCK_FILE), "").unwrap();
+        }
+        fs::write(
+            dead.join(PARTIALS_FILE),
+            format!("{}\n/etc/passwd\n", partial.display()),
+        )
+        .unwrap();
+        let held = fs::File::open(live.join(LOCK_FILE)).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        let gone = cleanup_stale(&work).unwrap();
+        assert_eq!(gone, vec![partial.clone(), dead.clone()]);
+        assert!(!dead.exists() && !partial.exists());
+        assert!(live.exists() && foreign.exists() && other.exists());
+        assert!(Path::new("/etc/passwd").exists());
+        assert!(cleanup_stale(&work).unwrap().is_empty());
+        assert!(cleanup_stale(&d.path().join("missing")).unwrap().is_empty());
+        drop(held);
+    }
+
     #[test]
     fn arch_names_follow_dib() {
         assert_eq!(dib_arch("x86_64").unwrap(), "amd64");

@@ -453,6 +453,49 @@ pub fn squash(layers: &[PathBuf], dest: &Path, opts: TarOptions) -> Result<TarSt
 mod tests {
     use super::*;
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The output appears only complete, under its name, and nothing else ever does in its
+    /// directory: not after success, a refusal to overwrite, a replacement or a failure.
+    #[test]
+    fn atomic_write_leaves_only_the_output() {
+        let d = tempfile::tempdir().unwrap();
+        let up = d.path().join("up");
+        std::fs::create_dir(&up).unwrap();
+        std::fs::write(up.join("a"), "x").unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let dest = out.join("l.tar");
+        let opts = TarOptions {
+            compression: Compression::None,
+            ..Default::default()
+        };
+        let first = write_layer(&up, &dest, opts).unwrap();
+        assert_eq!(names(&out), ["l.tar"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert!(write_layer(&up, &dest, opts).is_err());
+        assert_eq!(names(&out), ["l.tar"]);
+        std::fs::write(up.join("b"), "y").unwrap();
+        let again = TarOptions {
+            overwrite: true,
+            ..opts
+        };
+        let second = write_layer(&up, &dest, again).unwrap();
+        assert_ne!(first.digest, second.digest);
+        assert_eq!(names(&out), ["l.tar"]);
+        assert!(write_layer(&d.path().join("missing"), &out.join("m.tar"), opts).is_err());
+        assert_eq!(names(&out), ["l.tar"]);
+    }
+
     #[test]
     fn compression_by_name() {
         assert_eq!(

@@ -115,6 +115,9 @@ pub(crate) struct Job {
     pub cleanup: Vec<Vec<OsString>>,
     /// The check of a finished run's outputs.
     pub verify: Verify,
+    /// Directories of shared caches that must hold nothing once the run and its cleanup are
+    /// over (a store's temporary area).
+    pub empty_after: Vec<PathBuf>,
 }
 
 /// A representative run of a tool, made afresh for every attempt.
@@ -410,15 +413,8 @@ pub(crate) fn verify(v: &Verify, outputs: &[PathBuf], stdout: &str) -> Result<()
                 let t = run(Command::new("xorriso")
                     .arg("-indev")
                     .arg(o)
-                    .args(["-find", "/", "-name"])
-                    .arg(
-                        member
-                            .trim_start_matches('/')
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or(""),
-                    )
-                    .args(["--"]))?;
+                    .arg("-lsl")
+                    .arg(member))?;
                 if !t.contains(member.as_str()) {
                     bail!("{}: {member} not in the tree", o.display());
                 }
@@ -583,19 +579,26 @@ fn attempt(
             format!("{label}: exit 0 but the output is wrong: {e:#}"),
         );
     }
-    // Interrupted or killed: no output may exist (an in-place edit must be unchanged after
-    // an interruption).
-    if !finished {
-        for o in &job.outputs {
-            if o.exists() && !job.unchanged.contains(o) {
-                table.row(tool).leaked += 1;
-                table.problem(
-                    tool,
-                    format!("{label}: partial output {} left", o.display()),
-                );
+    // Interrupted: no output may exist, unless it is complete (the signal came after the
+    // output was published: outputs are all-or-nothing); an in-place edit is either complete
+    // or the input is unchanged. After a kill, what the cleanup leaves is checked below.
+    let complete = |job: &Job| {
+        !job.outputs.is_empty() && verify(&job.verify, &job.outputs, &ended.stdout).is_ok()
+    };
+    let mut finished = finished;
+    if !finished && stop.signal().is_some() {
+        if job.outputs.iter().any(|o| o.exists()) && complete(&job) {
+            finished = true;
+        } else {
+            for o in &job.outputs {
+                if o.exists() && !job.unchanged.contains(o) {
+                    table.row(tool).leaked += 1;
+                    table.problem(
+                        tool,
+                        format!("{label}: partial output {} left", o.display()),
+                    );
+                }
             }
-        }
-        if stop.signal().is_some() {
             for (p, h) in &hashes {
                 if digest(p) != *h {
                     table.row(tool).leaked += 1;
@@ -653,15 +656,27 @@ fn attempt(
                 }
             }
         }
+        let done = finished || (stop.is_kill() && complete(&job));
         let extra: Vec<PathBuf> = listing(&dir)
             .into_iter()
-            .filter(|p| !allowed(p, finished, false))
+            .filter(|p| !allowed(p, done, false))
             .collect();
         if !extra.is_empty() {
             table.row(tool).leaked += extra.len() as u32;
             table.problem(
                 tool,
                 format!("{label}: after cleanup, still left: {}", show(&extra)),
+            );
+        }
+    }
+    for d in &job.empty_after {
+        let left = listing(d);
+        if !left.is_empty() {
+            table.row(tool).leaked += left.len() as u32;
+            let left: Vec<PathBuf> = left.into_iter().collect();
+            table.problem(
+                tool,
+                format!("{label}: {} keeps {}", d.display(), show(&left)),
             );
         }
     }
@@ -955,6 +970,8 @@ fn argv(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 /// the shared image cache `cache`.
 pub(crate) fn dib_job(bins: &Path, dir: &Path, out: &Path, cache: &Path) -> Job {
     let bin = bins.join("disk-image-create");
+    // The work dir is the caller's (dib's TMP_DIR); what goes inside is the tool's.
+    let _ = std::fs::create_dir_all(dir.join("work"));
     let mut cmd = Command::new(&bin);
     cmd.arg("-o")
         .arg(out)
@@ -980,6 +997,7 @@ pub(crate) fn dib_job(bins: &Path, dir: &Path, out: &Path, cache: &Path) -> Job 
             &dir.join("work"),
         ])],
         verify: Verify::Qcow2,
+        empty_after: Vec::new(),
     }
 }
 
@@ -991,6 +1009,7 @@ pub(crate) fn blockdev_job(bins: &Path, inputs: &Inputs, dir: &Path, kernel: boo
     let tree = dir.join("tree");
     sh(Command::new("cp").arg("-a").arg(&inputs.tree).arg(&tree))?;
     let state = dir.join("state");
+    std::fs::create_dir_all(dir.join("images"))?;
     let mut cmd = Command::new(&bin);
     cmd.args(["blockdev", "create", "--config"])
         .arg(&inputs.layout)
@@ -1017,6 +1036,7 @@ pub(crate) fn blockdev_job(bins: &Path, inputs: &Inputs, dir: &Path, kernel: boo
         state: vec![state.clone(), tree.join("etc/fstab")],
         cleanup: vec![argv(&[&bin, &"blockdev", &"delete", &"--state", &state])],
         verify: Verify::Gpt,
+        empty_after: Vec::new(),
     })
 }
 
@@ -1075,6 +1095,7 @@ pub(crate) fn iso_job(
         state: Vec::new(),
         cleanup: vec![argv(&[&bin, &"cleanup", &out.parent().unwrap_or(dir)])],
         verify: Verify::Iso(member),
+        empty_after: Vec::new(),
     })
 }
 
@@ -1133,6 +1154,7 @@ pub(crate) fn layers_run_job(
             &scratch,
         ])],
         verify: Verify::RunJson("ran-in-stack".into()),
+        empty_after: vec![store.join("tmp")],
     })
 }
 
@@ -1161,6 +1183,7 @@ pub(crate) fn layers_commit_job(
         state: Vec::new(),
         cleanup: Vec::new(),
         verify: Verify::Tar(member.to_owned()),
+        empty_after: Vec::new(),
     }
 }
 
