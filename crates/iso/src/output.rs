@@ -347,3 +347,29 @@ pub(crate) fn apply_plan(path: &Path, plan: &PatchPlan) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh run directory whose lock file is still empty (its run has not taken the lock
+    /// yet) is left; one whose lock names a run that is gone is removed; a live run (lock
+    /// held) is left.
+    #[test]
+    fn cleanup_spares_runs_about_to_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let fresh = d.path().join(format!("{RUN_DIR_PREFIX}fresh"));
+        let dead = d.path().join(format!("{RUN_DIR_PREFIX}dead"));
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(fresh.join(LOCK_FILE), "").unwrap();
+        std::fs::write(dead.join(LOCK_FILE), "12345").unwrap();
+        let live = Scratch::new(d.path().to_owned());
+        let live_dir = live.path().unwrap().to_owned();
+        let gone = cleanup(d.path()).unwrap();
+        assert_eq!(gone, vec![dead.clone()]);
+        assert!(fresh.exists() && live_dir.exists() && !dead.exists());
+        drop(live);
+        assert!(!live_dir.exists());
+    }
+}
