@@ -29,6 +29,7 @@
 //! Not covered on this host: `iso-remaster --mode overlay|bind` (they need the kernel's
 //! iso9660 driver, which this kernel lacks) and LVM layouts (no device-mapper); the VM tests
 //! run those.
+#![allow(clippy::disallowed_methods)] // xtask runs processes directly by design (ci.rs too)
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -120,6 +121,9 @@ pub(crate) struct Job {
     pub empty_after: Vec<PathBuf>,
 }
 
+/// Makes a [`Job`] in the given (empty) directory.
+pub(crate) type MakeJob = Box<dyn Fn(&Path) -> Result<Job>>;
+
 /// A representative run of a tool, made afresh for every attempt.
 pub(crate) struct Scenario {
     /// Table row.
@@ -127,7 +131,7 @@ pub(crate) struct Scenario {
     /// Short name for reports.
     pub name: String,
     /// Make the job in the given (empty) directory.
-    pub make: Box<dyn Fn(&Path) -> Result<Job>>,
+    pub make: MakeJob,
     /// Whether SIGKILL runs apply (an in-place edit is documented as not crash-safe).
     pub kill: bool,
 }
