@@ -786,7 +786,7 @@ fn copy_view(src: &Path, stage: &Path, exclude: &[String]) -> Result<()> {
 /// a finished `create` has released them already). Mounts never outlive `create` (they live
 /// in its private mount namespace). Idempotent; touches nothing the state does not record.
 pub fn umount(state_dir: &Path) -> Result<()> {
-    if !state_dir.join(STATE_FILE).exists() {
+    if !is_state_dir(state_dir)? {
         return Ok(());
     }
     let mut st = read_state(state_dir)?;
@@ -806,11 +806,18 @@ pub fn umount(state_dir: &Path) -> Result<()> {
 /// recorded ([`umount`]), scratch directories and the state directory. Idempotent: a missing
 /// state directory is not an error.
 pub fn cleanup(state_dir: &Path) -> Result<()> {
-    if !state_dir.join(STATE_FILE).exists() {
+    if !is_state_dir(state_dir)? {
         return Ok(());
     }
+    let st = read_state(state_dir)?;
+    check_owned(state_dir, &st)?;
     umount(state_dir)?;
     let mut st = read_state(state_dir)?;
+    if st.done < st.plan.steps.len() && st.failed.is_none() {
+        // A build that neither finished nor recorded a failure was killed: its images are
+        // half-made, so they go as with `delete`.
+        unwind(&mut st);
+    }
     for d in st.scratch.drain(..) {
         if let Err(e) = fs::remove_dir_all(&d)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -820,6 +827,57 @@ pub fn cleanup(state_dir: &Path) -> Result<()> {
     }
     remove_mount_root(&st)?;
     fs::remove_dir_all(state_dir).map_err(io("removing", state_dir))
+}
+
+/// Whether `dir` is a state directory: false when it does not exist (already cleaned up:
+/// idempotent); an error when it exists without a state file (not ours: refused, untouched).
+fn is_state_dir(dir: &Path) -> Result<bool> {
+    if dir.join(STATE_FILE).exists() {
+        return Ok(true);
+    }
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        _ => Err(Error::State {
+            path: dir.to_owned(),
+            reason: format!("not a block-device state directory (no {STATE_FILE}): left untouched"),
+        }),
+    }
+}
+
+/// Refuse a state whose recorded paths are not the ones a build makes: scratch directories
+/// and the mount root always lie inside the state directory, images are the plan's disks.
+/// (Loop devices and volume groups are checked against the kernel when released.)
+fn check_owned(state_dir: &Path, st: &State) -> Result<()> {
+    let refuse = |what: &str, p: &Path| Error::State {
+        path: state_dir.join(STATE_FILE),
+        reason: format!(
+            "{what} {} was not made by this build: refused, nothing removed",
+            p.display()
+        ),
+    };
+    let home = fs::canonicalize(state_dir).ok();
+    let inside = |p: &Path| {
+        p.file_name().is_some_and(|n| n != "." && n != "..")
+            && p.parent()
+                .and_then(|d| fs::canonicalize(d).ok())
+                .is_some_and(|d| Some(d) == home)
+    };
+    for d in &st.scratch {
+        if !inside(d) {
+            return Err(refuse("scratch directory", d));
+        }
+    }
+    if let Some(r) = &st.mount_root
+        && !inside(r)
+    {
+        return Err(refuse("mount root", r));
+    }
+    for img in &st.images {
+        if !st.plan.disks.iter().any(|d| &d.path == img) {
+            return Err(refuse("image", img));
+        }
+    }
+    Ok(())
 }
 
 /// The mount root is only ever a mount point inside a private namespace; outside it is an
@@ -837,9 +895,10 @@ fn remove_mount_root(st: &State) -> Result<()> {
 /// Like [`cleanup`], and remove the image files the build created (dib's `delete`, for
 /// failed builds) and restore the fstab it replaced.
 pub fn delete(state_dir: &Path) -> Result<()> {
-    if !state_dir.join(STATE_FILE).exists() {
+    if !is_state_dir(state_dir)? {
         return Ok(());
     }
+    check_owned(state_dir, &read_state(state_dir)?)?;
     umount(state_dir)?;
     let mut st = read_state(state_dir)?;
     unwind(&mut st);

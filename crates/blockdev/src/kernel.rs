@@ -323,8 +323,9 @@ pub(crate) fn release(ks: &mut KernelState) -> Vec<String> {
         let Ok(info) = diskforge_loop::info(&l.device) else {
             continue; // not attached any more (autoclear)
         };
-        if info.back_file != l.backing || info.offset != l.offset {
-            continue; // reused by somebody else: not ours
+        if info.back_file != l.backing || info.offset != l.offset || !info.autoclear {
+            // Reused by somebody else, or attached by hand (ours are all autoclear): not ours.
+            continue;
         }
         match diskforge_loop::detach(&l.device) {
             Ok(()) | Err(diskforge_loop::Error::NotAttached { .. }) => {}

@@ -555,3 +555,69 @@ fn dib_mbr_default_offline() {
     );
     assert_eq!(debugfs_cat(&fsimg, "/var/lib/state"), "var data\n");
 }
+
+/// `cleanup` and `delete` refuse what the build did not make: a directory that is no state
+/// directory, a state naming a scratch directory outside it or an image that is not one of
+/// its plan's disks — each left untouched. A killed build's half-made image goes with
+/// `cleanup`; a finished build's stays.
+#[test]
+fn cleanup_refuses_what_it_did_not_make() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = tree(dir.path());
+    let foreign = dir.path().join("foreign");
+    fs::create_dir_all(&foreign).expect("mkdir");
+    fs::write(foreign.join("keep"), "mine").expect("write");
+    for f in [cleanup, delete] {
+        let e = f(&foreign).expect_err("a directory without state.json");
+        assert!(
+            e.to_string().contains("not a block-device state directory"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_to_string(foreign.join("keep")).expect("kept"),
+            "mine"
+        );
+    }
+    // Already cleaned up (missing): nothing to do.
+    cleanup(&dir.path().join("gone")).expect("missing state dir");
+
+    let plan = plan_text(
+        &example("gpt-bios-esp-root"),
+        &opts(dir.path(), &root, 256 << 20),
+    )
+    .expect("plan");
+    let state = dir.path().join("state");
+    let st = create(&plan, &state, &CreateOptions::default(), &mut |_| {}).expect("create");
+    let image = plan.disks[0].path.clone();
+    let write = |s: &diskforge_blockdev::State| {
+        fs::write(
+            state.join(STATE_FILE),
+            serde_json::to_string(s).expect("json"),
+        )
+        .expect("write state")
+    };
+    let mut forged = st.clone();
+    forged.scratch = vec![foreign.clone()];
+    write(&forged);
+    let e = cleanup(&state).expect_err("scratch outside the state dir");
+    assert!(e.to_string().contains("was not made by this build"), "{e}");
+    assert!(foreign.join("keep").exists() && image.exists());
+    let mut forged = st.clone();
+    forged.images.push(foreign.join("keep"));
+    write(&forged);
+    let e = delete(&state).expect_err("an image that is not the plan's");
+    assert!(e.to_string().contains("was not made by this build"), "{e}");
+    assert!(foreign.join("keep").exists() && image.exists());
+
+    // As a kill -9 after step 2 leaves it: not done, no failure recorded.
+    let mut killed = st.clone();
+    killed.done = 2;
+    write(&killed);
+    cleanup(&state).expect("cleanup of a killed build");
+    assert!(
+        !image.exists(),
+        "the half-made image of a killed build is removed"
+    );
+    assert!(!state.exists());
+    cleanup(&state).expect("idempotent");
+}

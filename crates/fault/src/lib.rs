@@ -9,6 +9,9 @@
 //!   (`NAME#K`: its K-th occurrence, from 0) with [`Injected`];
 //! - `DISKFORGE_KILL_AT=N|NAME|NAME#K` sends the process SIGKILL there instead (what survives
 //!   a `kill -9` at that exact step);
+//! - `DISKFORGE_SIGNAL_AT=SPEC:INT` or `=SPEC:TERM` (SPEC as above) sends the process SIGINT or
+//!   SIGTERM there and carries on: the tool's own handler decides what happens (an orderly
+//!   unwind at its next cancellation check, exit 130 or 143);
 //! - `DISKFORGE_FAULT_LOG=FILE` appends one line `INDEX<TAB>NAME` per point passed, so a
 //!   driver can enumerate a run's steps and then fail each in turn.
 //!
@@ -40,6 +43,18 @@ pub fn point(name: &str) -> Result<(), Injected> {
         let _ = name;
         Ok(())
     }
+}
+
+/// The signal a `DISKFORGE_SIGNAL_AT` value asks for, and its point selection: `SPEC:INT` →
+/// `(SPEC, 2)`, `SPEC:TERM` → `(SPEC, 15)`; `None` for anything else.
+pub fn signal_spec(value: &str) -> Option<(&str, i32)> {
+    let (spec, sig) = value.trim().rsplit_once(':')?;
+    let sig = match sig.trim_start_matches("SIG") {
+        "INT" => 2,
+        "TERM" => 15,
+        _ => return None,
+    };
+    Some((spec, sig))
 }
 
 /// Whether `spec` (`N`, `NAME` or `NAME#K`) selects the point `name`, the `index`-th point of
@@ -101,6 +116,17 @@ mod imp {
                 rustix::process::Signal::KILL,
             );
         }
+        if let Ok(v) = std::env::var("DISKFORGE_SIGNAL_AT")
+            && let Some((spec, sig)) = super::signal_spec(&v)
+            && matches(spec, name, index, occurrence)
+        {
+            let sig = if sig == 2 {
+                rustix::process::Signal::INT
+            } else {
+                rustix::process::Signal::TERM
+            };
+            let _ = rustix::process::kill_process(rustix::process::getpid(), sig);
+        }
         match std::env::var("DISKFORGE_FAIL_AT") {
             Ok(spec) if matches(&spec, name, index, occurrence) => Err(Injected {
                 name: name.to_owned(),
@@ -124,6 +150,15 @@ mod tests {
         assert!(matches("loop.attach#1", "loop.attach", 8, 1));
         assert!(!matches("loop.attach#1", "mount", 8, 1));
         assert!(!matches("mount", "loop.attach", 0, 0));
+    }
+
+    #[test]
+    fn signal_specs_name_int_or_term() {
+        assert_eq!(signal_spec("loop.attach:INT"), Some(("loop.attach", 2)));
+        assert_eq!(signal_spec("3:TERM"), Some(("3", 15)));
+        assert_eq!(signal_spec("mount#1:SIGTERM"), Some(("mount#1", 15)));
+        assert_eq!(signal_spec("mount:KILL"), None);
+        assert_eq!(signal_spec("mount"), None);
     }
 
     #[cfg(not(feature = "inject"))]

@@ -380,25 +380,63 @@ fn script_event(ev: elements::ScriptEvent) -> BuildEvent {
     }
 }
 
+/// Prefix of a build directory (`dib_build.XXXXXX` in the work dir).
+pub const BUILD_DIR_PREFIX: &str = "dib_build.";
+/// The lock file inside a build directory, held (`flock`) while its build is alive.
+const LOCK_FILE: &str = "lock";
+/// The file inside a build directory naming the partial outputs the build may write (one
+/// path a line), so [`cleanup_stale`] can remove them after a `kill -9`.
+const PARTIALS_FILE: &str = "partials";
+/// A build directory without a lock file is only removed once it is this old (a build
+/// between creating the directory and its lock).
+const STALE_WITHOUT_LOCK: Duration = Duration::from_secs(600);
+
 /// The build directory: `TMP_BUILD_DIR` with `built/` (the tree), `hooks/`, `image/` (the raw
-/// disk) and `state/` (the block-device state). Removed on drop unless kept.
+/// disk) and `state/` (the block-device state), a `lock` we hold (`flock`) for the whole build
+/// and `partials` (the temporary output names). Removed on drop unless kept; after a `kill
+/// -9` the next build in the same work dir (or `disk-image-create --cleanup`) sees the lock
+/// free and removes the directory and the partial outputs it names.
 struct BuildDir {
     dir: tempfile::TempDir,
+    _lock: fs::File,
 }
 
 impl BuildDir {
     fn new(req: &BuildRequest) -> Result<BuildDir> {
-        let base = req.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let base = work_base(req.work_dir.as_deref());
         fs::create_dir_all(&base).map_err(io_err("creating", &base))?;
+        match cleanup_stale(&base) {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(removed = ?gone, "removed what killed builds left");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cleaning up after killed builds"),
+        }
         let dir = tempfile::Builder::new()
-            .prefix("dib_build.")
+            .prefix(BUILD_DIR_PREFIX)
             .tempdir_in(&base)
             .map_err(io_err("creating a build directory in", &base))?;
+        let lock_path = dir.path().join(LOCK_FILE);
+        let lock = fs::File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io_err("locking", &lock_path)(e.into()))?;
+        let partials: String = req
+            .formats
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}\n",
+                    crate::output::partial_path(&f.path_for(&req.name)).display()
+                )
+            })
+            .collect();
+        let pf = dir.path().join(PARTIALS_FILE);
+        fs::write(&pf, partials).map_err(io_err("writing", &pf))?;
         for sub in ["built", "hooks", "image", "state", "elements"] {
             let p = dir.path().join(sub);
             fs::create_dir(&p).map_err(io_err("creating", &p))?;
         }
-        Ok(BuildDir { dir })
+        Ok(BuildDir { dir, _lock: lock })
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -412,6 +450,89 @@ impl BuildDir {
     fn keep(self) -> PathBuf {
         self.dir.keep()
     }
+}
+
+/// Where build directories go: `work_dir`, else TMPDIR (or /tmp).
+fn work_base(work_dir: Option<&Path>) -> PathBuf {
+    work_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Remove what killed builds left in the work dir `work_dir` (default TMPDIR): every
+/// `dib_build.*` directory whose lock is free (a live build holds it), the partial outputs it
+/// names, and what its block-device state records. Live builds, directories that still have
+/// mounts, and anything not named `dib_build.*` are left alone. Idempotent; every build does
+/// this first. Returns what was removed.
+pub fn cleanup_stale(work_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut removed = Vec::new();
+    let rd = match fs::read_dir(work_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(io_err("listing", work_dir)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io_err("listing", work_dir))?;
+        let path = e.path();
+        let ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(BUILD_DIR_PREFIX));
+        if !ours || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match fs::File::open(path.join(LOCK_FILE)) {
+            Ok(lock) => {
+                let op = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+                if rustix::fs::flock(&lock, op).is_err() {
+                    continue; // a live build
+                }
+            }
+            Err(_) => {
+                let age = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if age < STALE_WITHOUT_LOCK {
+                    continue;
+                }
+            }
+        }
+        let abs = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let mounted = mounts.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| Path::new(mp).starts_with(&abs))
+        });
+        if mounted {
+            tracing::warn!(dir = %path.display(), "stale build directory still has mounts: left");
+            continue;
+        }
+        let st = path.join("state");
+        if st.join(blockdev::STATE_FILE).exists() {
+            blockdev::delete(&st).map_err(|e| Error::BlockDevice {
+                source_name: format!("the state of a killed build in {}", st.display()),
+                source: Box::new(e),
+            })?;
+        }
+        if let Ok(list) = fs::read_to_string(path.join(PARTIALS_FILE)) {
+            for p in list.lines().filter(|l| !l.is_empty()).map(PathBuf::from) {
+                // Only the names our own partial scheme makes (`.NAME.partial`).
+                let is_partial = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with('.') && n.ends_with(crate::output::PARTIAL_SUFFIX)
+                });
+                if is_partial {
+                    crate::output::remove_any(&p)?;
+                    removed.push(p);
+                }
+            }
+        }
+        fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// The file name of `-o` (the hostname of busybox images, the seed of reproducible UUIDs).
@@ -1217,6 +1338,42 @@ fn boot_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed build's directory (lock free) goes with the partial outputs it names; a live
+    /// build's (lock held), other names and a partial of no build stay; twice is the same.
+    #[test]
+    fn stale_build_dirs_and_their_partials_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("work");
+        let out = d.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let partial = out.join(".img.qcow2.partial");
+        let other = out.join(".other.qcow2.partial");
+        fs::write(&partial, "half").unwrap();
+        fs::write(&other, "someone else's").unwrap();
+        let dead = work.join("dib_build.dead");
+        let live = work.join("dib_build.live");
+        let foreign = work.join("not-a-build");
+        for dir in [&dead, &live, &foreign] {
+            fs::create_dir_all(dir.join("built")).unwrap();
+            fs::write(dir.join(LOCK_FILE), "").unwrap();
+        }
+        fs::write(
+            dead.join(PARTIALS_FILE),
+            format!("{}\n/etc/passwd\n", partial.display()),
+        )
+        .unwrap();
+        let held = fs::File::open(live.join(LOCK_FILE)).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        let gone = cleanup_stale(&work).unwrap();
+        assert_eq!(gone, vec![partial.clone(), dead.clone()]);
+        assert!(!dead.exists() && !partial.exists());
+        assert!(live.exists() && foreign.exists() && other.exists());
+        assert!(Path::new("/etc/passwd").exists());
+        assert!(cleanup_stale(&work).unwrap().is_empty());
+        assert!(cleanup_stale(&d.path().join("missing")).unwrap().is_empty());
+        drop(held);
+    }
 
     #[test]
     fn arch_names_follow_dib() {

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{
     BootCheck, BootResult, BuildEvent, BuildReport, BuildRequest, DEFAULT_MARKER, DryRun,
-    StepTiming, build, dry_run,
+    BUILD_DIR_PREFIX, StepTiming, build, cleanup_stale, dry_run,
 };
 pub use output::{
     ALL_FORMATS, OutputFormat, OutputOptions, OutputReport, convert_options, parse_formats,

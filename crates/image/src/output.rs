@@ -218,13 +218,16 @@ pub struct OutputReport {
     pub checksums: Vec<PathBuf>,
 }
 
+/// The end of every partial output's name.
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
+
 /// A temporary output path in `dst`'s directory: `.NAME.partial`.
-fn partial_path(dst: &Path) -> PathBuf {
+pub(crate) fn partial_path(dst: &Path) -> PathBuf {
     let name = dst
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "output".into());
-    dst.with_file_name(format!(".{name}.partial"))
+    dst.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
 }
 
 /// Removes a partial output (`.NAME.partial`, [`Partial::tmp`]) unless [`Partial::publish`]
@@ -265,7 +268,7 @@ impl Drop for Partial {
     }
 }
 
-fn remove_any(p: &Path) -> Result<()> {
+pub(crate) fn remove_any(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p).map_err(io_err("removing", p)),
         Ok(_) => fs::remove_file(p).map_err(io_err("removing", p)),

@@ -57,11 +57,26 @@ impl Scratch {
             .or_else(|_| tempfile::Builder::new().prefix(RUN_DIR_PREFIX).tempdir())
             .map_err(|e| Error::io("creating a run directory in", &self.parent, e))?;
         let lock_path = d.path().join(LOCK_FILE);
-        let lock = File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        let mut lock =
+            File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
+        // Blocking: a concurrent `cleanup` may hold it for an instant (it finds it empty and
+        // leaves it). Only once we hold it do we write our pid: a lock file with content
+        // whose lock is free is a dead run's; an empty one may be a run about to lock it.
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
+        std::io::Write::write_all(&mut lock, std::process::id().to_string().as_bytes())
+            .map_err(|e| Error::io("writing", &lock_path, e))?;
         Ok(self.dir.get_or_init(|| (d, lock)).0.path())
     }
+}
+
+/// How long ago `path` was last modified (zero when unknown).
+fn age(path: &Path) -> std::time::Duration {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
 }
 
 /// Remove the run directories in `dir` whose run is gone (their lock is free: the process
@@ -85,16 +100,17 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
                 if rustix::fs::flock(&lock, op).is_err() {
                     continue; // a live run
                 }
+                // Free but empty: a run between creating its lock and taking it (it writes
+                // its pid once it holds it), unless old (killed in that instant).
+                let empty = lock.metadata().is_ok_and(|m| m.len() == 0);
+                if empty && age(&path) < STALE_WITHOUT_LOCK {
+                    continue;
+                }
             }
             // A run between creating its directory and its lock file: leave it, unless it
             // is old (killed in that instant).
             Err(_) => {
-                let age = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .unwrap_or_default();
-                if age < STALE_WITHOUT_LOCK {
+                if age(&path) < STALE_WITHOUT_LOCK {
                     continue;
                 }
             }
@@ -335,4 +351,30 @@ pub(crate) fn apply_plan(path: &Path, plan: &PatchPlan) -> Result<()> {
             .map_err(|e| Error::io("writing", path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh run directory whose lock file is still empty (its run has not taken the lock
+    /// yet) is left; one whose lock names a run that is gone is removed; a live run (lock
+    /// held) is left.
+    #[test]
+    fn cleanup_spares_runs_about_to_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let fresh = d.path().join(format!("{RUN_DIR_PREFIX}fresh"));
+        let dead = d.path().join(format!("{RUN_DIR_PREFIX}dead"));
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(fresh.join(LOCK_FILE), "").unwrap();
+        std::fs::write(dead.join(LOCK_FILE), "12345").unwrap();
+        let live = Scratch::new(d.path().to_owned());
+        let live_dir = live.path().unwrap().to_owned();
+        let gone = cleanup(d.path()).unwrap();
+        assert_eq!(gone, vec![dead.clone()]);
+        assert!(fresh.exists() && live_dir.exists() && !dead.exists());
+        drop(live);
+        assert!(!live_dir.exists());
+    }
 }

@@ -330,7 +330,10 @@ pub fn write_layer_to<W: Write>(upper: &Path, out: W, opts: TarOptions) -> Resul
     w.finish()
 }
 
-/// Write the file `dest` atomically (temporary file in its directory, then rename).
+/// Write the file `dest` atomically. The data goes into an unnamed file in `dest`'s directory
+/// (`O_TMPFILE`), which gets its name (`linkat`) only once complete and synced: an error, a
+/// signal or a `kill -9` at any moment leaves no temporary file behind. Filesystems without
+/// `O_TMPFILE` get a named temporary file in the directory instead (removed on error).
 fn write_file_atomic(
     dest: &Path,
     overwrite: bool,
@@ -348,13 +351,7 @@ fn write_file_atomic(
         ));
     }
     diskforge_fault::point("layers.commit")?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| Error::io("creating temporary file in", dir, e))?;
-    let (tmp_path, file) = (
-        tmp.path().to_owned(),
-        tmp.reopen().map_err(|e| Error::io("opening", dest, e))?,
-    );
-    let (file, stats) = body(file).map_err(|e| match e {
+    let remap = |e: Error| match e {
         Error::Io {
             action,
             path,
@@ -365,7 +362,59 @@ fn write_file_atomic(
             source,
         },
         other => other,
-    })?;
+    };
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    let unnamed = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    );
+    let fd = match unnamed {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+            return write_file_named(dest, dir, overwrite, |f| body(f).map_err(remap));
+        }
+        Err(e) => return Err(Error::io("creating a temporary file in", dir, e.into())),
+    };
+    let (file, stats) = body(std::fs::File::from(fd)).map_err(remap)?;
+    file.sync_all().map_err(|e| Error::io("syncing", dest, e))?;
+    // The mode the umask may have narrowed at open.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(|e| Error::io("chmod", dest, e))?;
+    diskforge_fault::point("layers.commit.rename")?;
+    let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    let link = |to: &Path| {
+        rustix::fs::linkat(CWD, fd_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)
+            .map_err(std::io::Error::from)
+    };
+    if overwrite {
+        // Named for an instant under a fresh name, then renamed over `dest`.
+        let tmp = tempfile::Builder::new()
+            .prefix(".dflayers-")
+            .make_in(dir, |p| link(p))
+            .map_err(|e| Error::io("naming the temporary file in", dir, e))?;
+        tmp.persist(dest)
+            .map_err(|e| Error::io("renaming into place", dest, e.error))?;
+    } else {
+        link(dest).map_err(|e| Error::io("linking into place", dest, e))?;
+    }
+    Ok(stats)
+}
+
+/// [`write_file_atomic`] where `O_TMPFILE` is not supported: a named temporary file in `dir`.
+fn write_file_named(
+    dest: &Path,
+    dir: &Path,
+    overwrite: bool,
+    body: impl FnOnce(std::fs::File) -> Result<(std::fs::File, TarStats)>,
+) -> Result<TarStats> {
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+    let (tmp_path, file) = (
+        tmp.path().to_owned(),
+        tmp.reopen().map_err(|e| Error::io("opening", dest, e))?,
+    );
+    let (file, stats) = body(file)?;
     file.sync_all()
         .map_err(|e| Error::io("syncing", &tmp_path, e))?;
     std::fs::set_permissions(
@@ -406,6 +455,49 @@ pub fn squash(layers: &[PathBuf], dest: &Path, opts: TarOptions) -> Result<TarSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The output appears only complete, under its name, and nothing else ever does in its
+    /// directory: not after success, a refusal to overwrite, a replacement or a failure.
+    #[test]
+    fn atomic_write_leaves_only_the_output() {
+        let d = tempfile::tempdir().unwrap();
+        let up = d.path().join("up");
+        std::fs::create_dir(&up).unwrap();
+        std::fs::write(up.join("a"), "x").unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let dest = out.join("l.tar");
+        let opts = TarOptions {
+            compression: Compression::None,
+            ..Default::default()
+        };
+        let first = write_layer(&up, &dest, opts).unwrap();
+        assert_eq!(names(&out), ["l.tar"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert!(write_layer(&up, &dest, opts).is_err());
+        assert_eq!(names(&out), ["l.tar"]);
+        std::fs::write(up.join("b"), "y").unwrap();
+        let again = TarOptions {
+            overwrite: true,
+            ..opts
+        };
+        let second = write_layer(&up, &dest, again).unwrap();
+        assert_ne!(first.digest, second.digest);
+        assert_eq!(names(&out), ["l.tar"]);
+        assert!(write_layer(&d.path().join("missing"), &out.join("m.tar"), opts).is_err());
+        assert_eq!(names(&out), ["l.tar"]);
+    }
 
     #[test]
     fn compression_by_name() {

@@ -22,8 +22,8 @@ Exit codes:
   2    usage error
   3    refused input: unsafe tar entry (.., absolute path, escaping symlink or
        hardlink), entry or archive over the size limits, digest mismatch
-  run: the command's own exit code (128+N when killed by signal N; 130 when
-       dflayers itself was interrupted by SIGINT or SIGTERM; on a terminal,
+  run: the command's own exit code (128+N when killed by signal N; 130/143
+       when dflayers itself was interrupted by SIGINT/SIGTERM; on a terminal,
        Ctrl-C goes to the command, so an interactive shell survives it)";
 
 const EXAMPLES: &str = "\
@@ -346,6 +346,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // its own. So SIGINT only tears down when stdin is not a terminal; SIGTERM always.
             let attached = !cli.json && std::io::stdin().is_terminal();
             let ignored = Arc::new(AtomicBool::new(false));
+            let term = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())
+                .context("installing signal handlers")?;
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 let flag = if attached && sig == signal_hook::consts::SIGINT {
                     ignored.clone()
@@ -376,7 +379,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?;
             }
             let code = if outcome.interrupted {
-                130
+                if term.load(std::sync::atomic::Ordering::SeqCst) {
+                    143
+                } else {
+                    130
+                }
             } else {
                 outcome.code
             };

@@ -248,7 +248,7 @@ fn run_tears_everything_down_on_sigterm() {
         ])
         .run()
         .unwrap_err();
-    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(130), "{err}");
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(143), "{err}");
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
     let diskforge_cmd::Error::Failed { stdout, .. } = &err else {
         panic!("{err}")

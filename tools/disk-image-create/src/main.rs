@@ -42,7 +42,7 @@ Exit codes:
 #[command(name = "disk-image-create", version, after_help = AFTER_HELP, term_width = 80)]
 struct Cli {
     /// Elements to build from (with their dependencies).
-    #[arg(value_name = "ELEMENT", required = true)]
+    #[arg(value_name = "ELEMENT", required_unless_present = "cleanup")]
     elements: Vec<String>,
     /// Output base name: writes NAME.qcow2, NAME.tar, …
     #[arg(short = 'o', value_name = "NAME", default_value = "image")]
@@ -117,6 +117,11 @@ struct Cli {
     /// Resolve everything and print what would run; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Remove what killed builds left in the work dir (--work-dir, else TMPDIR): their
+    /// dib_build.* directories whose lock is free and the partial outputs they name; live
+    /// builds are left alone. Every build does this too. Builds nothing.
+    #[arg(long, conflicts_with = "dry_run")]
+    cleanup: bool,
     /// Print one JSON object (the report, or the dry run) on stdout.
     #[arg(long)]
     json: bool,
@@ -267,6 +272,25 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> i32 {
+    if cli.cleanup {
+        let dir = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        return match diskforge_image::cleanup_stale(&dir) {
+            Ok(gone) => {
+                if cli.json {
+                    println!("{}", serde_json::json!({ "removed": gone }));
+                } else {
+                    for g in &gone {
+                        println!("removed {}", g.display());
+                    }
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("disk-image-create: {}", chain(&e));
+                1
+            }
+        };
+    }
     let mut req = match request(cli) {
         Ok(r) => r,
         Err(e) => {

@@ -13,7 +13,8 @@ use diskforge_blockdev::{CreateOptions, Error, Event, Plan, PlanOptions, Route, 
 /// mounts) when the layout allows, else through loop devices and LVM.
 ///
 /// Exit codes: 0 success, 1 error (bad config, failed build: nothing is left attached or
-/// mounted), 2 usage error.
+/// mounted), 2 usage error, 130/143 create interrupted by SIGINT/SIGTERM (unwound as after
+/// an error).
 #[derive(Debug, Parser)]
 #[command(name = "diskforge blockdev", version, term_width = 80)]
 struct Cli {
@@ -134,7 +135,8 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    match run(cli) {
+    let signal = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    match run(cli, &signal) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("diskforge blockdev: {e}");
@@ -143,7 +145,10 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
                 eprintln!("  caused by: {s}");
                 src = s.source();
             }
-            1
+            match signal.load(std::sync::atomic::Ordering::SeqCst) {
+                0 => 1,
+                sig => 128 + i32::try_from(sig).unwrap_or(0),
+            }
         }
     }
 }
@@ -237,7 +242,8 @@ fn json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+/// `signal` is set to the number of a SIGINT/SIGTERM that interrupted `create`.
+fn run(cli: Cli, signal: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Result<(), Error> {
     match cli.cmd {
         Cmd::Plan(a) => {
             let plan = make_plan(&a)?;
@@ -299,11 +305,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             // also reaches the mkfs child, which fails the running step).
             let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, cancel.clone()).map_err(|source| Error::Io {
-                    action: "installing a signal handler for".into(),
-                    path: "SIGINT/SIGTERM".into(),
-                    source,
-                })?;
+                let value = usize::try_from(sig).unwrap_or(0);
+                signal_hook::flag::register(sig, cancel.clone())
+                    .and_then(|_| signal_hook::flag::register_usize(sig, signal.clone(), value))
+                    .map_err(|source| Error::Io {
+                        action: "installing a signal handler for".into(),
+                        path: "SIGINT/SIGTERM".into(),
+                        source,
+                    })?;
             }
             let mounted = run.map(|cmd| {
                 diskforge_blockdev::MountedHook(std::sync::Arc::new(move |root: &Path| {
