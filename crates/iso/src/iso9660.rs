@@ -977,6 +977,45 @@ mod tests {
         }
     }
 
+    /// Issue 17 corpus (`bootimg-past-end.iso`): an El Torito entry whose boot image lies
+    /// past the end of the file is a problem (`inspect --strict` used to pass it).
+    #[test]
+    fn boot_image_past_the_end_is_a_problem() {
+        let s = SECTOR as usize;
+        let mut img = minimal();
+        // Boot record at 17, terminator moved to 18, catalog at 23.
+        let term = img[17 * s..18 * s].to_vec();
+        img[18 * s..19 * s].copy_from_slice(&term);
+        let br = &mut img[17 * s..18 * s];
+        br.fill(0);
+        br[1..6].copy_from_slice(b"CD001");
+        br[6] = 1;
+        br[7..30].copy_from_slice(b"EL TORITO SPECIFICATION");
+        br[71..75].copy_from_slice(&23u32.to_le_bytes());
+        let cat = &mut img[23 * s..24 * s];
+        cat[0] = 1;
+        cat[30] = 0x55;
+        cat[31] = 0xaa;
+        let sum = cat[..32].chunks_exact(2).fold(0u16, |a, c| {
+            a.wrapping_add(u16::from_le_bytes([c[0], c[1]]))
+        });
+        cat[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+        cat[32] = 0x88;
+        cat[38..40].copy_from_slice(&4u16.to_le_bytes());
+        let f = tempfile::NamedTempFile::new().unwrap();
+        for (rba, past) in [(22u32, false), (0x00ff_fff0, true)] {
+            img[23 * s + 40..23 * s + 44].copy_from_slice(&rba.to_le_bytes());
+            std::fs::write(f.path(), &img).unwrap();
+            let insp = crate::inspect(f.path()).unwrap();
+            assert_eq!(insp.el_torito.as_ref().unwrap().entries.len(), 1);
+            let found = insp
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::ExtentPastEnd && p.detail.contains("El Torito"));
+            assert_eq!(found, past, "rba {rba}: {:?}", insp.problems);
+        }
+    }
+
     proptest::proptest! {
         /// The record parser never panics on arbitrary bytes at any offset, and what it
         /// returns lies inside the buffer.
