@@ -699,6 +699,8 @@ mod tests {
         let mut h = tar::Header::new_ustar();
         h.set_size(1);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
         b.append_data(&mut h, "f", &b"x"[..]).unwrap();

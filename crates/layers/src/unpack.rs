@@ -1154,6 +1154,10 @@ mod tests {
                 Err(_) => return Ok(()),
             };
             let target = target.join("/");
+            // Absolute targets resolve against the layer root (`..` at the root stays there).
+            if target.starts_with('/') {
+                return Ok(());
+            }
             if !symlink_escapes(&parent_comps, target.as_bytes()) {
                 let mut depth = parent_comps.len() as i64;
                 for c in target.split('/') {
