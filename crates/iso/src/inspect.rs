@@ -98,6 +98,25 @@ pub fn inspect_with_tree(vol: &Volume, tree: &crate::iso9660::Tree) -> Result<In
         },
         None => None,
     };
+    // A boot image past the end of the file: firmware would read garbage (or fail), and a
+    // remaster would carry a catalog entry pointing nowhere.
+    for (i, e) in el_torito.iter().flat_map(|c| c.entries.iter()).enumerate() {
+        let start = u64::from(e.load_rba) * SECTOR;
+        let len = e.image_size.max(u64::from(e.load_size) * 512);
+        if start.saturating_add(len) > vol.src.len() {
+            problems.push(Problem {
+                kind: ProblemKind::ExtentPastEnd,
+                offset: vol.boot_catalog_lba.map_or(0, |l| u64::from(l) * SECTOR),
+                detail: format!(
+                    "El Torito entry {}: boot image at block {} ({len} bytes) ends past the \
+                     end of the file ({} bytes)",
+                    i + 1,
+                    e.load_rba,
+                    vol.src.len()
+                ),
+            });
+        }
+    }
     let area = vol.src.read_vec(
         u64::from(vol.primary.lba) * SECTOR + APPDATA_OFFSET,
         APPDATA_SIZE,

@@ -420,8 +420,8 @@ impl Volume {
 
     /// Parse one directory record at `buf[at..]`, located at absolute byte `offset`.
     pub fn parse_record(&self, buf: &[u8], at: usize, offset: u64, rr: bool) -> Result<Record> {
-        let len = usize::from(buf[at]);
-        if len < 34 || at + len > buf.len() {
+        let len = buf.get(at).map_or(0, |b| usize::from(*b));
+        if len < 34 || at.saturating_add(len) > buf.len() {
             return Err(self
                 .src
                 .malformed(offset, format!("directory record of length {len}")));
@@ -645,22 +645,23 @@ impl Volume {
                 if rec.is_dot() || rec.relocated {
                     continue;
                 }
-                let name = match rec.rr_name.take() {
-                    Some(n) => {
-                        if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\0']) {
-                            problems.push(Problem {
-                                kind: ProblemKind::BadName,
-                                offset: rec.offset,
-                                detail: format!(
-                                    "directory {shown}: Rock Ridge name {n:?} cannot be a file \
-                                     name (the kernel returns EIO for it)"
-                                ),
-                            });
-                        }
-                        n
-                    }
-                    None => display_name(&rec, kind),
+                let (name, what) = match rec.rr_name.take() {
+                    Some(n) => (n, "Rock Ridge name"),
+                    None if kind == TreeKind::Joliet => (display_name(&rec, kind), "Joliet name"),
+                    None => (display_name(&rec, kind), "name"),
                 };
+                // Whatever tree the name comes from, an extractor would join it to a path:
+                // `/`, `.`, `..` or NUL in it climbs out of (or hides in) the target.
+                if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+                    problems.push(Problem {
+                        kind: ProblemKind::BadName,
+                        offset: rec.offset,
+                        detail: format!(
+                            "directory {shown}: {what} {name:?} cannot be a file name (the \
+                             kernel returns EIO for it; an extractor would leave the target)"
+                        ),
+                    });
+                }
                 let mut path = String::with_capacity(prefix.len() + 1 + name.len());
                 path.push_str(&prefix);
                 path.push('/');
@@ -749,7 +750,8 @@ pub enum ProblemKind {
     /// A structure that cannot be read (a directory whose record overflows, a boot
     /// catalog past the end, …).
     Unreadable,
-    /// A Rock Ridge name that cannot be a file name (`/` inside, `.`, `..`, empty).
+    /// A name (Rock Ridge, Joliet or plain ISO 9660) that cannot be a file name (`/` or NUL
+    /// inside, `.`, `..`, empty).
     BadName,
 }
 
@@ -780,7 +782,11 @@ impl std::fmt::Display for Problem {
 /// Where the system use area of the directory record at the start of `rec` begins: after
 /// the name, its padding byte, and `skip` bytes (the `SP` entry's LEN_SKP).
 pub(crate) fn su_start(rec: &[u8], skip: u8) -> usize {
-    let name_len = usize::from(rec[32]);
+    // A record shorter than its fixed part has no system use area: past its end.
+    let Some(&name_len) = rec.get(32) else {
+        return rec.len();
+    };
+    let name_len = usize::from(name_len);
     33 + name_len + usize::from(name_len.is_multiple_of(2)) + usize::from(skip)
 }
 
@@ -865,4 +871,198 @@ pub fn normalize(path: &str) -> String {
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
     format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory record (ECMA-119 9.1) for `ident` at `lba`, `len` bytes.
+    fn record(ident: &[u8], lba: u32, len: u32, dir: bool) -> Vec<u8> {
+        let n = 33 + ident.len() + usize::from(ident.len().is_multiple_of(2));
+        let mut r = vec![0u8; n];
+        r[0] = n as u8;
+        r[2..10].copy_from_slice(&both32(lba));
+        r[10..18].copy_from_slice(&both32(len));
+        r[25] = if dir { 2 } else { 0 };
+        r[32] = ident.len() as u8;
+        r[33..33 + ident.len()].copy_from_slice(ident);
+        r
+    }
+
+    /// The smallest sound volume: PVD, terminator, a root with a file and a directory.
+    fn minimal() -> Vec<u8> {
+        let s = SECTOR as usize;
+        let mut img = vec![0u8; 24 * s];
+        let pvd = &mut img[16 * s..17 * s];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[6] = 1;
+        pvd[8..72].fill(b' ');
+        pvd[80..88].copy_from_slice(&both32(24));
+        pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+        pvd[130..132].copy_from_slice(&2048u16.to_be_bytes());
+        pvd[156..190].copy_from_slice(&record(&[0], 20, 2048, true));
+        let term = &mut img[17 * s..18 * s];
+        term[0] = 255;
+        term[1..6].copy_from_slice(b"CD001");
+        term[6] = 1;
+        let mut at = 20 * s;
+        for r in [
+            record(&[0], 20, 2048, true),
+            record(&[1], 20, 2048, true),
+            record(b"D", 21, 2048, true),
+            record(b"F.TXT;1", 22, 5, false),
+        ] {
+            img[at..at + r.len()].copy_from_slice(&r);
+            at += r.len();
+        }
+        let mut at = 21 * s;
+        for r in [record(&[0], 21, 2048, true), record(&[1], 20, 2048, true)] {
+            img[at..at + r.len()].copy_from_slice(&r);
+            at += r.len();
+        }
+        img[22 * s..22 * s + 5].copy_from_slice(b"hello");
+        img
+    }
+
+    fn volume(img: &[u8]) -> (tempfile::NamedTempFile, Result<Volume>) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), img).unwrap();
+        let v = Volume::open(f.path());
+        (f, v)
+    }
+
+    #[test]
+    fn minimal_volume_reads() {
+        let (_f, v) = volume(&minimal());
+        let t = v.unwrap().tree(TreeKind::Primary).unwrap();
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        assert_eq!(t.get("/F.TXT").unwrap().size, 5);
+        assert_eq!(t.get("/D").unwrap().kind, NodeKind::Dir);
+    }
+
+    /// Issue 17: `parse_record` is public; an offset at or past the end of the buffer is an
+    /// error, not an index panic.
+    #[test]
+    fn record_offset_past_the_buffer_is_an_error() {
+        let (_f, v) = volume(&minimal());
+        let v = v.unwrap();
+        let buf = record(b"X", 1, 1, false);
+        assert!(v.parse_record(&buf, 0, 0, true).is_ok());
+        for at in [buf.len(), buf.len() + 1, usize::MAX] {
+            assert!(v.parse_record(&buf, at, 0, true).is_err(), "{at}");
+        }
+        assert_eq!(su_start(&[0u8; 10], 0), 10);
+    }
+
+    /// Issue 17 corpus (`joliet-dotdot.iso`, `joliet-slash.iso`): names that leave the
+    /// directory are a problem in every tree, not only Rock Ridge ones.
+    #[test]
+    fn dot_dot_and_slash_names_are_problems_in_any_tree() {
+        for bad in [&b".."[..], b"../../X", b"."] {
+            let mut img = minimal();
+            // The file record's identifier "F.TXT;1" (7 bytes) becomes `bad` + padding.
+            let at = 20 * SECTOR as usize + 34 + 34 + 34;
+            let r = record(bad, 22, 5, false);
+            img[at..at + 40].fill(0);
+            img[at..at + r.len()].copy_from_slice(&r);
+            let (_f, v) = volume(&img);
+            let t = v.unwrap().tree(TreeKind::Primary).unwrap();
+            assert!(
+                t.problems.iter().any(|p| p.kind == ProblemKind::BadName),
+                "{bad:?}: {:?}",
+                t.problems
+            );
+        }
+    }
+
+    /// Issue 17 corpus (`bootimg-past-end.iso`): an El Torito entry whose boot image lies
+    /// past the end of the file is a problem (`inspect --strict` used to pass it).
+    #[test]
+    fn boot_image_past_the_end_is_a_problem() {
+        let s = SECTOR as usize;
+        let mut img = minimal();
+        // Boot record at 17, terminator moved to 18, catalog at 23.
+        let term = img[17 * s..18 * s].to_vec();
+        img[18 * s..19 * s].copy_from_slice(&term);
+        let br = &mut img[17 * s..18 * s];
+        br.fill(0);
+        br[1..6].copy_from_slice(b"CD001");
+        br[6] = 1;
+        br[7..30].copy_from_slice(b"EL TORITO SPECIFICATION");
+        br[71..75].copy_from_slice(&23u32.to_le_bytes());
+        let cat = &mut img[23 * s..24 * s];
+        cat[0] = 1;
+        cat[30] = 0x55;
+        cat[31] = 0xaa;
+        let sum = cat[..32].chunks_exact(2).fold(0u16, |a, c| {
+            a.wrapping_add(u16::from_le_bytes([c[0], c[1]]))
+        });
+        cat[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+        cat[32] = 0x88;
+        cat[38..40].copy_from_slice(&4u16.to_le_bytes());
+        let f = tempfile::NamedTempFile::new().unwrap();
+        for (rba, past) in [(22u32, false), (0x00ff_fff0, true)] {
+            img[23 * s + 40..23 * s + 44].copy_from_slice(&rba.to_le_bytes());
+            std::fs::write(f.path(), &img).unwrap();
+            let insp = crate::inspect(f.path()).unwrap();
+            assert_eq!(insp.el_torito.as_ref().unwrap().entries.len(), 1);
+            let found = insp
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::ExtentPastEnd && p.detail.contains("El Torito"));
+            assert_eq!(found, past, "rba {rba}: {:?}", insp.problems);
+        }
+    }
+
+    proptest::proptest! {
+        /// The record parser never panics on arbitrary bytes at any offset, and what it
+        /// returns lies inside the buffer.
+        #[test]
+        fn record_parser_stays_in_its_buffer(
+            buf in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            at in 0usize..320,
+            rr in proptest::bool::ANY,
+        ) {
+            let (_f, v) = volume(&minimal());
+            let v = v.unwrap();
+            if let Ok(rec) = v.parse_record(&buf, at, 0, rr) {
+                proptest::prop_assert!(at + usize::from(rec.len) <= buf.len());
+                proptest::prop_assert!(33 + rec.ident.len() <= usize::from(rec.len));
+            }
+        }
+
+        /// Whole-volume walks (descriptors, both trees, SUSP, the boot catalog) never panic
+        /// on a sound volume with arbitrary bytes written over its descriptors and
+        /// directories, and every node they report lies inside the file or is a problem.
+        #[test]
+        fn walking_a_damaged_volume_never_panics(
+            patches in proptest::collection::vec(
+                (proptest::prop_oneof![16usize..18, 20usize..22], 0usize..2048,
+                 proptest::collection::vec(proptest::num::u8::ANY, 1..40)),
+                1..12,
+            ),
+        ) {
+            let mut img = minimal();
+            for (sector, off, bytes) in patches {
+                let at = sector * SECTOR as usize + off;
+                let end = (at + bytes.len()).min(img.len());
+                img[at..end].copy_from_slice(&bytes[..end - at]);
+            }
+            let (f, v) = volume(&img);
+            if let Ok(v) = v {
+                for kind in [TreeKind::Primary, TreeKind::Joliet] {
+                    if let Ok(t) = v.tree(kind) {
+                        for n in t.nodes.values() {
+                            for r in &n.records {
+                                proptest::prop_assert!(*r < img.len() as u64);
+                            }
+                        }
+                    }
+                }
+                let _ = crate::inspect(f.path());
+            }
+        }
+    }
 }

@@ -12,8 +12,67 @@ use oci_spec::image::{
     MediaType, Os,
 };
 
-use crate::digest::{file_digest, sha256_hex};
+use std::io::Read as _;
+
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::digest::{HashReader, sha256_hex};
 use crate::{Compression, Error, Result};
+
+/// Largest JSON document (`oci-layout`, `index.json`, a manifest, index or config blob) read
+/// from a layout: 16 MiB.
+pub const MAX_DOCUMENT: u64 = 16 << 20;
+
+/// Open a file of a layout for reading: only a regular file, never through a symlink at its
+/// last component (a blob linked to `/dev/zero` or out of the layout) and never blocking on a
+/// FIFO. Returns the file and its size.
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP => Error::Oci {
+            path: path.to_owned(),
+            reason: "is a symlink; a layout's blobs and documents must be regular files".into(),
+        },
+        e => Error::sys("opening", path, e),
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| Error::sys("inspecting", path, e))?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(Error::Oci {
+            path: path.to_owned(),
+            reason: format!("is a {kind:?}, not a regular file"),
+        });
+    }
+    Ok((
+        std::fs::File::from(fd),
+        u64::try_from(st.st_size).unwrap_or(0),
+    ))
+}
+
+/// The bytes of a JSON document of a layout (see [`open_regular`]), at most [`MAX_DOCUMENT`].
+pub(crate) fn read_document(path: &Path) -> Result<Vec<u8>> {
+    let (f, size) = open_regular(path)?;
+    if size > MAX_DOCUMENT {
+        return Err(Error::Oci {
+            path: path.to_owned(),
+            reason: format!("document of {size} bytes (the limit is {MAX_DOCUMENT})"),
+        });
+    }
+    let mut out = Vec::new();
+    f.take(MAX_DOCUMENT)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io("reading", path, e))?;
+    Ok(out)
+}
+
+fn read_index(path: &Path) -> Result<ImageIndex> {
+    ImageIndex::from_reader(read_document(path)?.as_slice()).map_err(spec_err(path))
+}
 
 /// One layer blob of an image, verified against the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -62,7 +121,7 @@ pub const LAYOUT_VERSIONS: &[&str] = &["1.0.0"];
 /// ([`LAYOUT_VERSIONS`]); an unknown version is refused rather than misread.
 pub fn check_layout_version(layout: &Path) -> Result<()> {
     let path = layout.join("oci-layout");
-    let raw = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let raw = read_document(&path)?;
     let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| Error::Oci {
         path: path.clone(),
         reason: format!("oci-layout is not JSON: {e}"),
@@ -86,18 +145,16 @@ pub fn check_layout_version(layout: &Path) -> Result<()> {
 fn read_verified(layout: &Path, desc: &Descriptor) -> Result<PathBuf> {
     let digest = desc.digest().to_string();
     let path = blob_path(layout, &digest)?;
-    let meta = std::fs::metadata(&path).map_err(|e| Error::io("reading blob", &path, e))?;
-    if meta.len() != desc.size() {
+    let (file, len) = open_regular(&path)?;
+    if len != desc.size() {
         return Err(Error::Oci {
             path: path.clone(),
-            reason: format!(
-                "blob is {} bytes, its descriptor says {}",
-                meta.len(),
-                desc.size()
-            ),
+            reason: format!("blob is {len} bytes, its descriptor says {}", desc.size()),
         });
     }
-    let actual = file_digest(&path)?;
+    let mut hashed = HashReader::new(std::io::BufReader::new(file.take(len)));
+    std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| Error::io("reading", &path, e))?;
+    let actual = hashed.digest();
     if actual != digest {
         return Err(Error::DigestMismatch {
             path,
@@ -117,8 +174,7 @@ fn spec_err(path: &Path) -> impl FnOnce(oci_spec::OciSpecError) -> Error + '_ {
 
 /// The names (`ref.name` annotations) of the images in `layout`'s `index.json`.
 pub fn list_refs(layout: &Path) -> Result<Vec<String>> {
-    let index_path = layout.join("index.json");
-    let index = ImageIndex::from_file(&index_path).map_err(spec_err(&index_path))?;
+    let index = read_index(&layout.join("index.json"))?;
     Ok(index
         .manifests()
         .iter()
@@ -137,8 +193,7 @@ pub fn read_image(layout: &Path, reference: Option<&str>) -> Result<Image> {
         });
     }
     check_layout_version(layout)?;
-    let index_path = layout.join("index.json");
-    let index = ImageIndex::from_file(&index_path).map_err(spec_err(&index_path))?;
+    let index = read_index(&layout.join("index.json"))?;
     let named = |d: &&Descriptor| {
         d.annotations()
             .as_ref()
@@ -174,7 +229,7 @@ pub fn read_image(layout: &Path, reference: Option<&str>) -> Result<Image> {
     };
     if *desc.media_type() == MediaType::ImageIndex {
         let p = read_verified(layout, &desc)?;
-        let nested = ImageIndex::from_file(&p).map_err(spec_err(&p))?;
+        let nested = read_index(&p)?;
         let pick = nested
             .manifests()
             .iter()
@@ -191,9 +246,11 @@ pub fn read_image(layout: &Path, reference: Option<&str>) -> Result<Image> {
         desc = pick.clone();
     }
     let manifest_path = read_verified(layout, &desc)?;
-    let manifest = ImageManifest::from_file(&manifest_path).map_err(spec_err(&manifest_path))?;
+    let manifest = ImageManifest::from_reader(read_document(&manifest_path)?.as_slice())
+        .map_err(spec_err(&manifest_path))?;
     let config_path = read_verified(layout, manifest.config())?;
-    let config = ImageConfiguration::from_file(&config_path).map_err(spec_err(&config_path))?;
+    let config = ImageConfiguration::from_reader(read_document(&config_path)?.as_slice())
+        .map_err(spec_err(&config_path))?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
         return Err(Error::Oci {
@@ -370,7 +427,7 @@ fn append_image_to(
             let layers: Vec<Descriptor> = img.manifest.layers().clone();
             let diff_ids = img.config.rootfs().diff_ids().clone();
             let cfg_path = blob_path(layout, img.manifest.config().digest().as_ref())?;
-            let raw = std::fs::read(&cfg_path).map_err(|e| Error::io("reading", &cfg_path, e))?;
+            let raw = read_document(&cfg_path)?;
             let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| Error::Oci {
                 path: cfg_path.clone(),
                 reason: format!("config is not JSON: {e}"),
@@ -437,7 +494,7 @@ fn append_image_to(
     )])));
 
     let index_path = layout.join("index.json");
-    let mut index = ImageIndex::from_file(&index_path).map_err(spec_err(&index_path))?;
+    let mut index = read_index(&index_path)?;
     let mut manifests: Vec<Descriptor> = index
         .manifests()
         .iter()
@@ -600,6 +657,79 @@ mod tests {
         assert!(e.contains("imageLayoutVersion \"2.0.0\""), "{e}");
         std::fs::write(d.path().join("oci-layout"), "{}").unwrap();
         assert!(read_image(d.path(), None).is_err());
+    }
+
+    /// A layout with one image of one layer (a file `f`), and the path of its layer blob.
+    fn one_image() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let upper = d.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::write(upper.join("f"), b"f").unwrap();
+        let layout = d.path().join("layout");
+        let opts = crate::TarOptions {
+            compression: Compression::Gzip,
+            clamp_mtime: Some(0),
+            overwrite: false,
+        };
+        let img = commit_to_layout(&upper, &layout, "latest", None, opts, Some(0)).unwrap();
+        let blob = blob_path(&layout, &img.layer_digest).unwrap();
+        read_image(&layout, Some("latest")).unwrap();
+        (d, blob)
+    }
+
+    /// Issue 17 corpus (`oci/blob-symlink-*`): a blob that is a symlink (to `/dev/zero`,
+    /// which hashes forever, or out of the layout) is refused without being read.
+    #[test]
+    fn symlinked_blobs_are_refused() {
+        for target in ["/dev/zero", "../../../outside"] {
+            let (d, blob) = one_image();
+            std::fs::remove_file(&blob).unwrap();
+            std::os::unix::fs::symlink(target, &blob).unwrap();
+            let e = read_image(&d.path().join("layout"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is a symlink"), "{target}: {e}");
+        }
+    }
+
+    /// Issue 17 corpus (`oci-index-fifo`, `oci-blob-fifo`): a FIFO in place of `index.json`
+    /// or a blob is refused at once (opening it used to block forever).
+    #[test]
+    fn fifos_are_refused_without_blocking() {
+        for which in ["index", "blob"] {
+            let (d, blob) = one_image();
+            let victim = if which == "index" {
+                d.path().join("layout/index.json")
+            } else {
+                blob
+            };
+            std::fs::remove_file(&victim).unwrap();
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &victim,
+                FileType::Fifo,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+            let e = read_image(&d.path().join("layout"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a regular file"), "{which}: {e}");
+        }
+    }
+
+    /// A document over [`MAX_DOCUMENT`] is refused before it is read.
+    #[test]
+    fn huge_documents_are_refused() {
+        let (d, _) = one_image();
+        let index = d.path().join("layout/index.json");
+        let f = std::fs::File::options().write(true).open(&index).unwrap();
+        f.set_len(MAX_DOCUMENT + 1).unwrap();
+        let e = read_image(&d.path().join("layout"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the limit is"), "{e}");
     }
 
     #[test]

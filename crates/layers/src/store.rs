@@ -29,6 +29,11 @@ use crate::digest::{HashReader, decompress, file_digest, sha256_hex};
 use crate::oci::write_atomic;
 use crate::{Error, Limits, Result, UnpackStats, unpack_tar};
 
+/// Largest amount of data accepted after a tar stream's end-of-archive blocks (1 MiB): the
+/// padding of the last record (10 KiB for GNU tar's default blocking factor, at most 1 MiB
+/// for any factor it accepts).
+pub(crate) const MAX_TRAILING: u64 = 1 << 20;
+
 /// Where a layer came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -578,17 +583,24 @@ impl Store {
         let name = path.display().to_string();
         diskforge_fault::point("layers.unpack")?;
         let stats = unpack_tar(&mut hashed, tmp.path(), &name, &self.limits)?;
-        // The diff_id covers the whole tar stream, including the end-of-archive padding.
-        let slack = self
-            .limits
-            .max_total_size
-            .saturating_sub(stats.bytes)
-            .max(1 << 20);
-        std::io::copy(
-            &mut std::io::Read::take(&mut hashed, slack),
+        // The diff_id covers the whole tar stream, including the end-of-archive padding
+        // (a record's worth; GNU tar pads to 10 KiB). More than MAX_TRAILING bytes after the
+        // end is no tar writer's padding but a decompression bomb: refused, not hashed.
+        let trailing = std::io::copy(
+            &mut std::io::Read::take(&mut hashed, MAX_TRAILING + 1),
             &mut std::io::sink(),
         )
         .map_err(|e| Error::io("reading", path, e))?;
+        if trailing > MAX_TRAILING {
+            return Err(Error::UnsafeEntry {
+                archive: name,
+                entry: "(end of archive)".into(),
+                reason: format!(
+                    "more than {MAX_TRAILING} bytes after the end of the archive (padding is \
+                     never that long: a decompression bomb, or more than one tar stream)"
+                ),
+            });
+        }
         let diff_id = hashed.digest();
         if let Some(want) = expect_diff_id
             && want != diff_id
@@ -681,6 +693,46 @@ mod tests {
             ev.len(),
             "a reused layer is not unpacked again"
         );
+    }
+
+    /// Issue 17 corpus (`bomb-trailing-64g.tar.zst`): data after the end of the archive is
+    /// hashed only up to [`MAX_TRAILING`] (a record's padding fits); more is refused instead
+    /// of reading up to the total-size limit (64 GiB of zeros took minutes).
+    #[test]
+    fn data_after_the_archive_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        // GNU tar's 10 KiB record padding is part of the stream (and of the diff_id).
+        let padded = dir.path().join("padded.tar");
+        let mut bytes = tar.clone();
+        bytes.resize(10240, 0);
+        std::fs::write(&padded, &bytes).unwrap();
+        let l = store.import_tarball(&padded).unwrap();
+        assert_eq!(
+            l.diff_id.as_deref(),
+            Some(crate::digest::file_digest(&padded).unwrap().as_str())
+        );
+        let bomb = dir.path().join("bomb.tar");
+        let mut bytes = tar;
+        bytes.resize(bytes.len() + MAX_TRAILING as usize + 1, 0);
+        std::fs::write(&bomb, &bytes).unwrap();
+        let e = store.import_tarball(&bomb).unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        assert!(
+            e.to_string().contains("after the end of the archive"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("bomb.tar"), "{e}");
     }
 
     /// Defect 10 of issue 12: leftovers of a killed unpack are removed when the store is

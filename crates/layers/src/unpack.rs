@@ -178,8 +178,20 @@ pub fn unpack_tar(
     Ok(u.stats)
 }
 
-/// Split an archive path into components, refusing absolute paths and `..`.
+/// Longest entry path or hardlink target accepted (Linux's `PATH_MAX`).
+pub(crate) const MAX_PATH: usize = 4096;
+
+/// Split an archive path into components, refusing absolute paths, `..` and paths longer
+/// than [`MAX_PATH`].
 pub(crate) fn entry_components(raw: &[u8]) -> std::result::Result<Vec<OsString>, String> {
+    if raw.len() > MAX_PATH {
+        // No path over PATH_MAX can be opened; walking one (a 10 MB PAX path is five
+        // million nested directories) would only burn time and inodes.
+        return Err(format!(
+            "path of {} bytes is longer than PATH_MAX ({MAX_PATH})",
+            raw.len()
+        ));
+    }
     if raw.first() == Some(&b'/') {
         return Err("absolute path".into());
     }
@@ -1072,6 +1084,92 @@ mod tests {
             "path contains '..'"
         );
         assert_eq!(entry_components(b"..").unwrap_err(), "path contains '..'");
+    }
+
+    /// Issue 17 corpus (`path-10mb-deep.tar`): a 10 MB PAX path (five million nested
+    /// directories) is refused before a single directory is made.
+    #[test]
+    fn paths_over_path_max_are_refused() {
+        let deep = "a/".repeat(5_000_000) + "f";
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", deep.as_bytes())])
+            .unwrap();
+        b.append_data(
+            &mut header(EntryType::Regular, 0o644, 1),
+            "short",
+            &b"x"[..],
+        )
+        .unwrap();
+        let (d, r) = unpack(&b.into_inner().unwrap());
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("longer than PATH_MAX"), "{e}");
+        assert!(!d.path().join("a").exists());
+        assert!(entry_components("a/".repeat(2048).as_bytes()).is_ok());
+        assert!(entry_components(&vec![b'a'; MAX_PATH + 1]).is_err());
+    }
+
+    proptest::proptest! {
+        /// The sanitiser never lets a path out: whatever bytes an archive names, the
+        /// components it returns are plain names (no `/`, `.`, `..`, empty, NUL-free
+        /// bytes preserved), so joining them under a root stays under it.
+        #[test]
+        fn sanitised_paths_never_escape(raw in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(b'/'),
+                proptest::strategy::Just(b'.'),
+                proptest::strategy::Just(b'a'),
+                proptest::num::u8::ANY,
+            ],
+            0..64,
+        )) {
+            if let Ok(comps) = entry_components(&raw) {
+                let root = Path::new("/root-of-layer");
+                let mut p = root.to_path_buf();
+                for c in &comps {
+                    let b = c.as_bytes();
+                    proptest::prop_assert!(!b.is_empty() && b != b"." && b != b"..");
+                    proptest::prop_assert!(!b.contains(&b'/'));
+                    p.push(c);
+                }
+                proptest::prop_assert!(p.starts_with(root));
+                proptest::prop_assert_eq!(
+                    p.components().count(),
+                    root.components().count() + comps.len()
+                );
+                proptest::prop_assert!(raw.first() != Some(&b'/'));
+                proptest::prop_assert!(!raw.split(|b| *b == b'/').any(|c| c == b".."));
+            }
+        }
+
+        /// A symlink the sanitiser lets through never resolves above the layer root,
+        /// lexically: walking its target from its parent never climbs past the root.
+        #[test]
+        fn accepted_symlinks_stay_inside(
+            parent in proptest::collection::vec("[a.]{1,3}", 0..4),
+            target in proptest::collection::vec(
+                proptest::prop_oneof!["\\.\\.", "\\.", "[a-c]{1,2}", ""], 0..8),
+        ) {
+            let parent_comps = match entry_components(parent.join("/").as_bytes()) {
+                Ok(c) => c,
+                Err(_) => return Ok(()),
+            };
+            let target = target.join("/");
+            // Absolute targets resolve against the layer root (`..` at the root stays there).
+            if target.starts_with('/') {
+                return Ok(());
+            }
+            if !symlink_escapes(&parent_comps, target.as_bytes()) {
+                let mut depth = parent_comps.len() as i64;
+                for c in target.split('/') {
+                    match c {
+                        "" | "." => {}
+                        ".." => depth -= 1,
+                        _ => depth += 1,
+                    }
+                    proptest::prop_assert!(depth >= 0, "{target:?} from {parent:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -253,6 +253,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 res.computed.md5
             );
         }
+        if !res.ok {
+            // The verdict is on stdout (or in the JSON); a failure also says so on stderr,
+            // like every other refusal, naming the image.
+            eprintln!(
+                "iso-remaster: {}: the implanted MD5 does not match the image (stored {}, \
+                 computed {})",
+                input.display(),
+                res.stored.md5,
+                res.computed.md5
+            );
+        }
         return Ok(if res.ok {
             ExitCode::SUCCESS
         } else {
