@@ -326,7 +326,8 @@ proptest! {
         let scale = 10u128.pow(frac.len() as u32);
         let f: u128 = frac.parse().expect("digits");
         let want = (u128::from(int) * scale + f) * u128::from(m) / scale;
-        let got = parse(&format!("{int}.{frac}{unit}")).map(Size::bytes);
+        let text = format!("{int}.{frac}{unit}");
+        let got = parse(&text).map(Size::bytes);
         match u64::try_from(want) {
             Ok(w) => prop_assert_eq!(got, Ok(w)),
             Err(_) => prop_assert_eq!(got.map_err(|e| e.reason), Err(Reason::Overflow)),
@@ -336,9 +337,12 @@ proptest! {
     #[test]
     fn a_sign_or_an_exponent_is_never_a_size(n in 0u64..1_000_000, i in 0usize..UNITS.len(), e in 0u32..40) {
         let (unit, _) = UNITS[i];
-        prop_assert_eq!(parse(&format!("-{n}{unit}")).map_err(|e| e.reason), Err(Reason::Negative));
-        prop_assert!(parse(&format!("{n}e{e}{unit}")).is_err());
-        prop_assert!(parse(&format!("{n}E{e}")).is_err());
+        let negative = format!("-{n}{unit}");
+        let exp_unit = format!("{n}e{e}{unit}");
+        let exp = format!("{n}E{e}");
+        prop_assert_eq!(parse(&negative).map_err(|e| e.reason), Err(Reason::Negative));
+        prop_assert!(parse(&exp_unit).is_err());
+        prop_assert!(parse(&exp).is_err());
     }
 
     #[test]
@@ -351,14 +355,16 @@ proptest! {
         let typo = format!("{unit}{extra}");
         // Only refuse what is not itself a unit (`K` + `B` is `KB`).
         if !UNITS.iter().any(|(u, _)| *u == typo) {
-            prop_assert!(parse(&format!("{n} {typo}")).is_err(), "{} {}", n, typo);
+            let text = format!("{n} {typo}");
+            prop_assert!(parse(&text).is_err(), "{}", text);
         }
     }
 
     #[test]
     fn larger_numbers_are_larger_sizes(a in 0u64..1 << 40, b in 0u64..1 << 40, i in 0usize..UNITS.len()) {
         let (unit, _) = UNITS[i];
-        if let (Ok(x), Ok(y)) = (parse(&format!("{a}{unit}")), parse(&format!("{b}{unit}"))) {
+        let (ta, tb) = (format!("{a}{unit}"), format!("{b}{unit}"));
+        if let (Ok(x), Ok(y)) = (parse(&ta), parse(&tb)) {
             prop_assert_eq!(a.cmp(&b), x.cmp(&y));
         }
     }

@@ -32,6 +32,14 @@ const REAL_BUILDS: &[&str] = &[
     "partition-larger-than-disk.yaml",
 ];
 
+/// Configs whose only fault is that the partitions do not fit: `--dry-run` checks everything
+/// but sizes (they depend on the tree it does not build), so accepting them there is right;
+/// the real build refuses them.
+const FIT_ONLY: &[&str] = &[
+    "partition-larger-than-disk.yaml",
+    "too-many-partitions.yaml",
+];
+
 /// The configs checked in under `tests/corpus/block-device/` and generated ones, with what
 /// each should do.
 fn inputs(ctx: &Ctx) -> Result<Vec<(PathBuf, Expect)>> {
@@ -207,7 +215,11 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
                 cmd,
                 target,
                 case_dir,
-                expect,
+                expect: if dry && FIT_ONLY.contains(&&*file) {
+                    Expect::Either
+                } else {
+                    expect
+                },
                 limit: Duration::from_secs(if dry { 60 } else { 300 }),
             });
         }
