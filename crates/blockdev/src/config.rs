@@ -254,6 +254,17 @@ struct Raw {
     fields: Vec<(String, YNode)>,
 }
 
+/// Unicode formatting characters that change how text is shown without being seen: the
+/// bidirectional controls (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C), zero-width
+/// characters (U+200B–U+200D, U+2060, U+FEFF) and the soft hyphen. In a name, label or mount
+/// point they make what a terminal shows differ from the file, label or path made
+/// (`image\u{202E}exe.war` shows as `imageraw.exe`…).
+pub(crate) fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Why a name cannot be used (it becomes a file name, an LVM name, a GPT name).
 pub(crate) fn unsafe_name(s: &str) -> Option<&'static str> {
     if s.is_empty() {
@@ -262,6 +273,8 @@ pub(crate) fn unsafe_name(s: &str) -> Option<&'static str> {
         Some("contains a line break")
     } else if s.chars().any(char::is_control) {
         Some("contains control characters")
+    } else if s.chars().any(is_invisible_format) {
+        Some("contains invisible or bidirectional formatting characters (such as U+202E)")
     } else if s.contains('/') {
         Some("contains a path separator '/'")
     } else if s == ".." || s == "." {
@@ -858,6 +871,13 @@ fn type_node(raw: &Raw, cfg: &mut Config, probs: &mut Vec<Problem>) {
             }
             if label.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 f.problem(label_line, "label", Some(&label), "contains white space or control characters, which an fstab LABEL= entry cannot hold");
+            } else if label.chars().any(is_invisible_format) {
+                f.problem(
+                    label_line,
+                    "label",
+                    Some(&label),
+                    "contains invisible or bidirectional formatting characters (such as U+202E)",
+                );
             }
             if let Some(t) = fs_type {
                 match t.max_label() {
@@ -1006,6 +1026,11 @@ fn bad_mount_point(mp: &str) -> Option<String> {
     }
     if mp.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("contains white space or control characters".into());
+    }
+    if mp.chars().any(is_invisible_format) {
+        return Some(
+            "contains invisible or bidirectional formatting characters (such as U+202E)".into(),
+        );
     }
     if mp.split('/').any(|c| c == ".." || c == ".") {
         return Some("contains . or .. components".into());

@@ -85,25 +85,62 @@ impl fmt::Display for Problem {
             write!(f, "line {l}: ")?;
         }
         match (&self.kind, &self.node) {
-            (Some(k), Some(n)) => write!(f, "{k} {n:?}: ")?,
+            (Some(k), Some(n)) => write!(f, "{k} {}: ", Quoted(n))?,
             (Some(k), None) => write!(f, "{k}: ")?,
-            (None, Some(n)) => write!(f, "{n:?}: ")?,
+            (None, Some(n)) => write!(f, "{}: ", Quoted(n))?,
             (None, None) => {}
         }
         match (&self.field, &self.value) {
-            (Some(k), Some(v)) => write!(f, "{k}={v:?}: ")?,
+            (Some(k), Some(v)) => write!(f, "{k}={}: ", Quoted(v))?,
             (Some(k), None) => write!(f, "{k}: ")?,
             _ => {}
         }
-        // The message is ours, but may quote input: escape anything that is not printable.
-        for c in self.message.chars() {
-            if c.is_control() && c != '\n' {
+        // The message is ours, but may quote input: escape anything that is not printable,
+        // and cut what a hostile config made huge.
+        let (msg, cut) = prefix(&self.message, MAX_MESSAGE);
+        for c in msg.chars() {
+            if (c.is_control() && c != '\n') || crate::config::is_invisible_format(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 write!(f, "{c}")?;
             }
         }
+        if cut > 0 {
+            write!(f, "… ({cut} more bytes)")?;
+        }
         Ok(())
+    }
+}
+
+/// Longest name or value quoted in full (bytes); longer ones are cut.
+const MAX_QUOTED: usize = 160;
+/// Longest message printed in full (bytes).
+const MAX_MESSAGE: usize = 4096;
+
+/// The longest prefix of `s` of at most `max` bytes ending on a character boundary, and how
+/// many bytes were cut.
+fn prefix(s: &str, max: usize) -> (&str, usize) {
+    if s.len() <= max {
+        return (s, 0);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], s.len() - end)
+}
+
+/// A name or value from the config, quoted with Rust's escaping (control and formatting
+/// characters shown as `\n`, `\u{202e}`) and cut after [`MAX_QUOTED`] bytes, so a 10 MB
+/// name gives a short line.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match prefix(self.0, MAX_QUOTED) {
+            (all, 0) => write!(f, "{all:?}"),
+            (head, cut) => write!(f, "{head:?}… ({cut} more bytes)"),
+        }
     }
 }
 

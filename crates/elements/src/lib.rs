@@ -231,12 +231,19 @@ pub enum Error {
     /// (a `set -u` miss, an arch gate's `exit 1`) or, for in-chroot phases, mounting inside
     /// the target.
     #[error(
-        "{phase}: setting up the scripts (environment.d, chroot mounts) failed ({status}){}",
+        "{phase}: setting up the scripts ({}) failed ({status}){}",
+        env_file.as_ref().map_or_else(
+            || "environment.d, chroot mounts".to_owned(),
+            |f| format!("sourcing environment.d/{f}")
+        ),
         render_tail(last_lines)
     )]
     PhaseSetupFailed {
         /// The phase.
         phase: Phase,
+        /// The `environment.d` file being sourced when it failed (`None`: before the first,
+        /// e.g. a chroot mount).
+        env_file: Option<String>,
         /// How it ended.
         status: String,
         /// The last lines printed, oldest first.

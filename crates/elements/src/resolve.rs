@@ -109,6 +109,16 @@ pub enum ProblemKind {
         /// The name.
         name: String,
     },
+    /// An entry of this name is on the elements path but is not a usable directory (a
+    /// symlink that loops or dangles, a directory we cannot read).
+    BrokenElement {
+        /// The name.
+        name: String,
+        /// The entry.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// Elements depend on each other in a circle.
     Cycle {
         /// The circle, its first element repeated at the end.
@@ -185,6 +195,11 @@ impl std::fmt::Display for ProblemKind {
                 )
             }
             ProblemKind::MissingElement { name } => write!(f, "element {name:?} not found"),
+            ProblemKind::BrokenElement { name, path, reason } => write!(
+                f,
+                "element {name:?} cannot be used: {} {reason}",
+                path.display()
+            ),
             ProblemKind::Cycle { cycle } => write!(f, "dependency cycle {}", cycle.join(" → ")),
             ProblemKind::ProvidedTwice { name, by } => {
                 write!(
@@ -380,9 +395,34 @@ fn read_name_set(path: &Path, problems: &mut Vec<Problem>, chain: &[String]) -> 
     }
 }
 
-/// Every element directory on the path: name → directory, earlier entries winning.
-fn discover(paths: &[PathBuf], problems: &mut Vec<Problem>) -> BTreeMap<String, PathBuf> {
+/// Entries on the elements path that look like elements but cannot be used: name → (entry,
+/// why). Reported only when that name is asked for.
+type Broken = BTreeMap<String, (PathBuf, String)>;
+
+/// Why entry `p` (not a directory when followed) cannot be an element, if it looks like one
+/// (a symlink that loops or dangles); `None` for plain files.
+fn broken_entry(p: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(p).ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    match std::fs::metadata(p) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            Some("is a symlink that loops (ELOOP)".to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some("is a symlink to nothing".to_owned())
+        }
+        Err(e) => Some(format!("cannot be followed: {e}")),
+        Ok(_) => Some("is a symlink to something that is not a directory".to_owned()),
+    }
+}
+
+/// Every element directory on the path: name → directory, earlier entries winning; and the
+/// entries that cannot be used.
+fn discover(paths: &[PathBuf], problems: &mut Vec<Problem>) -> (BTreeMap<String, PathBuf>, Broken) {
     let mut all = BTreeMap::new();
+    let mut broken = Broken::new();
     for dir in paths.iter().rev() {
         let rd = match std::fs::read_dir(dir) {
             Ok(rd) if dir.is_dir() => rd,
@@ -396,19 +436,25 @@ fn discover(paths: &[PathBuf], problems: &mut Vec<Problem>) -> BTreeMap<String, 
         };
         for entry in rd.flatten() {
             let p = entry.path();
-            if !p.is_dir() {
-                continue;
-            }
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
+            if !p.is_dir() {
+                if let Some(why) = broken_entry(&p) {
+                    // An earlier path entry still wins over a broken later one.
+                    all.remove(&name);
+                    broken.insert(name, (p, why));
+                }
+                continue;
+            }
+            broken.remove(&name);
             let real = std::fs::canonicalize(&p).unwrap_or(p);
             if let Some(old) = all.insert(name.clone(), real.clone()) {
                 tracing::debug!(element = %name, new = %real.display(), old = %old.display(), "element overrides");
             }
         }
     }
-    all
+    (all, broken)
 }
 
 /// Breadth-first expansion of the requested names; names in `skip` (provided by an element
@@ -515,6 +561,8 @@ struct Resolver {
     requested: Vec<String>,
     /// Every element on the path: name → directory.
     all: BTreeMap<String, PathBuf>,
+    /// Entries that look like elements but cannot be used.
+    broken: Broken,
     /// `element-deps` and `element-provides` of the elements looked at, read once.
     files: BTreeMap<String, (Vec<String>, Vec<String>)>,
     problems: Vec<Problem>,
@@ -544,10 +592,11 @@ impl Resolver {
             };
             req.push(default.to_owned());
         }
-        let all = discover(&opts.elements_path, &mut problems);
+        let (all, broken) = discover(&opts.elements_path, &mut problems);
         Resolver {
             requested: req,
             all,
+            broken,
             files: BTreeMap::new(),
             problems,
         }
@@ -606,8 +655,16 @@ impl Resolver {
     fn check_names(&mut self, ex: &Expansion, providers: &BTreeMap<String, Vec<String>>) {
         for m in &ex.missing {
             if !providers.contains_key(m) {
+                let kind = match self.broken.get(m) {
+                    Some((path, reason)) => ProblemKind::BrokenElement {
+                        name: m.clone(),
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    },
+                    None => ProblemKind::MissingElement { name: m.clone() },
+                };
                 self.problems.push(Problem {
-                    kind: ProblemKind::MissingElement { name: m.clone() },
+                    kind,
                     chain: chain_of(m, &ex.parent),
                 });
             }

@@ -156,6 +156,7 @@ set -o pipefail 2>/dev/null || true
 _dib_t1=$1 _dib_t2=$2 _dib_nenv=$3
 shift 3
 while [ "$_dib_nenv" -gt 0 ]; do
+    printf '%s%s env %s\n' "$_dib_t1" "$_dib_t2" "${1##*/}"
     if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
     . "$1"
     set +x
@@ -469,6 +470,7 @@ impl Tag {
             "start" => Marker::Start(words.next()?.to_owned()),
             "done" => Marker::Done,
             "fail" => Marker::Fail(words.next()?.parse().ok()?),
+            "env" => Marker::Env(words.next()?.to_owned()),
             _ => return None,
         };
         let clock = words
@@ -491,6 +493,8 @@ enum Marker {
     Done,
     /// The running script failed with this exit status.
     Fail(i32),
+    /// The `environment.d` file of this name is being sourced.
+    Env(String),
 }
 
 /// `PATH` with the sbin directories appended that a non-root `PATH` often lacks (dib's
@@ -546,6 +550,8 @@ struct Follow<'a> {
     next: usize,
     /// The exit status the wrapper reported for the running script.
     failure: Option<i32>,
+    /// The `environment.d` file being sourced (before the first script starts).
+    env_file: Option<String>,
 }
 
 impl Follow<'_> {
@@ -613,6 +619,8 @@ impl Follow<'_> {
                 self.deadline = now + self.timeout;
             }
             Marker::Fail(code) => self.failure = Some(code),
+            Marker::Env(name) if self.next == 0 => self.env_file = Some(name),
+            Marker::Env(_) => self.output(line, progress),
         }
     }
 
@@ -637,6 +645,7 @@ impl Follow<'_> {
             },
             None => Error::PhaseSetupFailed {
                 phase: self.phase,
+                env_file: self.env_file.clone(),
                 status: format!("timed out after {:?}", self.timeout),
                 last_lines,
             },
@@ -660,6 +669,7 @@ impl Follow<'_> {
         if !status.success() || self.next < self.scripts.len() {
             return Err(Error::PhaseSetupFailed {
                 phase: self.phase,
+                env_file: self.env_file.take(),
                 status: describe_status(status),
                 last_lines: self.tail.take(),
             });
@@ -695,6 +705,7 @@ fn run_scripts(
         running: None,
         next: 0,
         failure: None,
+        env_file: None,
     };
     let mut output_closed = false;
     loop {

@@ -547,3 +547,38 @@ fn dry_run_json_of_the_default_build() {
         ]
     );
 }
+
+/// Hardening corpus `elements/symlink-loop`: an element entry that is a symlink loop (or
+/// dangles) is reported as such, naming the entry, not as a missing element; an earlier path
+/// entry of the same name still wins over a broken later one.
+#[test]
+fn symlink_loops_and_dangling_entries_are_named() {
+    let dir = tmp();
+    let root = real(dir.path());
+    let (first, second) = (root.join("first"), root.join("second"));
+    os_element(&first);
+    std::fs::create_dir_all(&second).unwrap();
+    std::os::unix::fs::symlink("looped", second.join("looped")).unwrap();
+    std::os::unix::fs::symlink("pong", second.join("ping")).unwrap();
+    std::os::unix::fs::symlink("ping", second.join("pong")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/x", second.join("dangling")).unwrap();
+    std::fs::create_dir_all(first.join("ping")).unwrap();
+    let o = opts(&[&first, &second], &[]);
+    let Error::Problems(p) = problems(&["os", "looped", "dangling", "ping"], &o) else {
+        panic!("not problems")
+    };
+    let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(p.len(), 2, "{text:?}");
+    let looped = &p[0];
+    assert!(
+        matches!(&looped.kind, ProblemKind::BrokenElement { name, path, .. }
+            if name == "looped" && path == &second.join("looped")),
+        "{text:?}"
+    );
+    assert!(text[0].contains("loops"), "{}", text[0]);
+    assert!(
+        text[1].contains("dangling") && text[1].contains("symlink to nothing"),
+        "{}",
+        text[1]
+    );
+}

@@ -221,13 +221,14 @@ fn failing_environment_file_fails_the_phase_before_any_script() {
     let (r, events) = run(&b, Phase::Cleanup);
     let err = r.unwrap_err();
     assert!(
-        matches!(&err, Error::PhaseSetupFailed { phase: Phase::Cleanup, last_lines, .. } if last_lines == &["not on this arch"]),
+        matches!(&err, Error::PhaseSetupFailed { phase: Phase::Cleanup, last_lines, env_file, .. }
+            if last_lines == &["not on this arch"] && env_file.as_deref() == Some("10-gate")),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "cleanup.d: setting up the scripts (environment.d, chroot mounts) failed (exit status 1); \
-         last 1 line:\n    not on this arch"
+        "cleanup.d: setting up the scripts (sourcing environment.d/10-gate) failed (exit status \
+         1); last 1 line:\n    not on this arch"
     );
     assert!(
         !events
@@ -915,4 +916,31 @@ fn relative_paths_work_for_chroot_and_host_phases() {
     assert!(events.contains(&ScriptEvent::Output {
         line: abs.display().to_string()
     }));
+}
+
+/// Hardening corpus `elements/env-exits`: an `environment.d` file that exits silently is
+/// named in the error (it used to say only "setting up the scripts … failed; it printed
+/// nothing"); the files before it were sourced, no script ran.
+#[test]
+fn a_silently_exiting_environment_file_is_named() {
+    let b = build(
+        &[
+            ("el/environment.d/05-fine", "export FINE=1\n", false),
+            ("el/environment.d/10-exits.bash", "exit 7\n", false),
+            (
+                "el/cleanup.d/10-x",
+                "#!/bin/sh\ntouch \"$TARGET_ROOT/ran\"\n",
+                true,
+            ),
+        ],
+        &["el"],
+    );
+    let (r, _) = run(&b, Phase::Cleanup);
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cleanup.d: setting up the scripts (sourcing environment.d/10-exits.bash) failed (exit \
+         status 7); it printed nothing"
+    );
+    assert!(!b.ctx.target_root.join("ran").exists());
 }

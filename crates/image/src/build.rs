@@ -296,8 +296,12 @@ fn block_device_text(
         let path = v.strip_prefix("file://").unwrap_or(v);
         // dib: a value that names an existing file is read; anything else is inline YAML.
         if v.starts_with("file://") || (!v.contains('\n') && Path::new(path).is_file()) {
-            let text = fs::read_to_string(path).map_err(io_err("reading", Path::new(path)))?;
-            return Ok((text, path.to_owned()));
+            let bytes = fs::read(path).map_err(io_err("reading", Path::new(path)))?;
+            let text = blockdev::decode(&bytes).map_err(|e| Error::BlockDevice {
+                source_name: path.to_owned(),
+                source: Box::new(e),
+            })?;
+            return Ok((text.to_owned(), path.to_owned()));
         }
         return Ok((v.clone(), "DIB_BLOCK_DEVICE_CONFIG".into()));
     }
@@ -309,6 +313,25 @@ fn block_device_text(
     };
     let text = fs::read_to_string(&p).map_err(io_err("reading", &p))?;
     Ok((text, p.display().to_string()))
+}
+
+/// Read and validate the block-device config (everything but the sizes, which need the
+/// tree): its problems come back as [`Error::BlockDevice`] naming the config. Returns the
+/// config's name.
+fn check_block_device(req: &BuildRequest, resolved: &elements::Resolved) -> Result<String> {
+    let (text, source_name) = block_device_text(req, resolved)?;
+    let opts = blockdev::PlanOptions {
+        root_fs_type: req.fs_type.clone(),
+        root_label: req.root_label.clone(),
+        ..Default::default()
+    };
+    match blockdev::load(&text, &opts) {
+        Ok(_) => Ok(source_name),
+        Err(e) => Err(Error::BlockDevice {
+            source_name,
+            source: Box::new(e),
+        }),
+    }
 }
 
 struct Steps<'a> {
@@ -617,8 +640,8 @@ pub fn dry_run(req: &BuildRequest) -> Result<DryRun> {
             )
         })
         .collect();
-    let block_device_source = if req.needs_disk() {
-        Some(block_device_text(req, &resolved)?.1)
+    let block_device_source = if req.needs_disk() && !resolved.has("ramdisk") {
+        Some(check_block_device(req, &resolved)?)
     } else {
         None
     };
@@ -760,6 +783,11 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
         elements::prepare_hooks(&r, &bd.hooks()).map_err(|e| Error::Elements(Box::new(e)))?;
         Ok(r)
     })?;
+    // A bad block-device config is found before any script runs (dib finds it after the
+    // tree phases, minutes into a build).
+    if req.needs_disk() && !resolved.has("ramdisk") {
+        check_block_device(req, &resolved)?;
+    }
     let names: Vec<String> = resolved.elements().iter().map(|e| e.name.clone()).collect();
     let mut ctx = run_context(req, bd.path(), arch);
     if resolved.has("debian-minimal") {
@@ -1408,6 +1436,41 @@ mod tests {
         req.block_device_config = Some("file:///no/such/file.yaml".into());
         let e = block_device_text(&req, &resolved).unwrap_err().to_string();
         assert!(e.contains("/no/such/file.yaml"), "{e}");
+    }
+
+    /// Hardening corpus: a bad block-device config is refused by `--dry-run` (which did not
+    /// read it) and before any phase of a build (which found it after the tree phases),
+    /// naming the file; invalid UTF-8 is named by line and byte, not as an I/O error.
+    #[test]
+    fn bad_block_device_configs_are_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("escape.yaml");
+        fs::write(&f, "- local_loop: {name: ../diskforge-canary}\n").unwrap();
+        let u = dir.path().join("utf8.yaml");
+        fs::write(&u, b"- local_loop:\n    name: a\xff\n").unwrap();
+        for (path, want) in [(&f, "path separator"), (&u, "not UTF-8")] {
+            let mut req = BuildRequest::new(["busybox", "vm"], dir.path().join("out"));
+            req.block_device_config = Some(format!("file://{}", path.display()));
+            let e = dry_run(&req).unwrap_err();
+            assert!(e.is_invalid_input(), "{e:?}");
+            let msg = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains(want),
+                "{msg}"
+            );
+            // The build refuses it in the resolve step, before the busybox root is made.
+            req.work_dir = Some(dir.path().join("work"));
+            fs::create_dir_all(dir.path().join("work")).unwrap();
+            let mut steps = Vec::new();
+            let e = build(&req, &mut |ev| {
+                if let BuildEvent::StepStart { step } = ev {
+                    steps.push(step)
+                }
+            })
+            .unwrap_err();
+            assert!(e.is_invalid_input(), "{e:?}");
+            assert_eq!(steps, ["resolve elements"], "{e}");
+        }
     }
 
     #[test]

@@ -287,3 +287,108 @@ proptest! {
         }
     }
 }
+
+/// The hostile sizes of the hardening corpus (`tests/corpus/block-device/size-*.yaml`), each
+/// refused for the reason it deserves.
+#[test]
+fn corpus_sizes_are_refused_for_their_reason() {
+    let cases: &[(&str, Reason)] = &[
+        (
+            "10 GiBB",
+            Reason::UnknownUnit {
+                unit: "GiBB".into(),
+                hint: String::new(),
+            },
+        ),
+        ("-1G", Reason::Negative),
+        ("1e30", Reason::TrailingGarbage("e30".into())),
+        ("0x40000000", Reason::TrailingGarbage("x40000000".into())),
+        ("99999999999999999999T", Reason::Overflow),
+        ("18446744073709551616", Reason::Overflow),
+        ("NaN", Reason::NotFinite),
+        ("+5G", Reason::Sign),
+        ("1..5G", Reason::MultipleDots),
+    ];
+    for (s, want) in cases {
+        assert_eq!(parse(s).map_err(|e| e.reason), Err(want.clone()), "{s}");
+    }
+    assert_eq!(parse("18446744073709551615"), Ok(Size(u64::MAX)));
+}
+
+proptest! {
+    #[test]
+    fn fractions_are_exact_and_truncate_to_bytes(
+        int in 0u64..100_000,
+        frac in "[0-9]{1,12}",
+        i in 0usize..UNITS.len(),
+    ) {
+        let (unit, m) = UNITS[i];
+        let scale = 10u128.pow(frac.len() as u32);
+        let f: u128 = frac.parse().expect("digits");
+        let want = (u128::from(int) * scale + f) * u128::from(m) / scale;
+        let text = format!("{int}.{frac}{unit}");
+        let got = parse(&text).map(Size::bytes);
+        match u64::try_from(want) {
+            Ok(w) => prop_assert_eq!(got, Ok(w)),
+            Err(_) => prop_assert_eq!(got.map_err(|e| e.reason), Err(Reason::Overflow)),
+        }
+    }
+
+    #[test]
+    fn a_sign_or_an_exponent_is_never_a_size(n in 0u64..1_000_000, i in 0usize..UNITS.len(), e in 0u32..40) {
+        let (unit, _) = UNITS[i];
+        let negative = format!("-{n}{unit}");
+        let exp_unit = format!("{n}e{e}{unit}");
+        let exp = format!("{n}E{e}");
+        prop_assert_eq!(parse(&negative).map_err(|e| e.reason), Err(Reason::Negative));
+        prop_assert!(parse(&exp_unit).is_err());
+        prop_assert!(parse(&exp).is_err());
+    }
+
+    #[test]
+    fn a_typo_in_the_unit_is_refused_never_guessed(
+        n in 0u64..1_000_000,
+        i in 1usize..UNITS.len(),
+        extra in "[a-zA-Z]",
+    ) {
+        let (unit, _) = UNITS[i];
+        let typo = format!("{unit}{extra}");
+        // Only refuse what is not itself a unit (`K` + `B` is `KB`).
+        if !UNITS.iter().any(|(u, _)| *u == typo) {
+            let text = format!("{n} {typo}");
+            prop_assert!(parse(&text).is_err(), "{}", text);
+        }
+    }
+
+    #[test]
+    fn larger_numbers_are_larger_sizes(a in 0u64..1 << 40, b in 0u64..1 << 40, i in 0usize..UNITS.len()) {
+        let (unit, _) = UNITS[i];
+        let (ta, tb) = (format!("{a}{unit}"), format!("{b}{unit}"));
+        if let (Ok(x), Ok(y)) = (parse(&ta), parse(&tb)) {
+            prop_assert_eq!(a.cmp(&b), x.cmp(&y));
+        }
+    }
+
+    #[test]
+    fn align_up_is_the_next_multiple(b in any::<u64>(), align in 0u64..1 << 40) {
+        match Size(b).align_up(align) {
+            Some(Size(r)) => {
+                prop_assert!(align > 0);
+                prop_assert!(r >= b);
+                prop_assert_eq!(r % align, 0);
+                prop_assert!(r - b < align);
+            }
+            None => prop_assert!(align == 0 || b.checked_add(align - b % align).is_none()),
+        }
+    }
+
+    #[test]
+    fn a_percentage_of_a_total_stays_within_it(ppm in 1u32..=1_000_000, total in any::<u64>()) {
+        let p = Percent(ppm);
+        let part = p.of(total);
+        prop_assert!(part <= total);
+        if ppm == 1_000_000 {
+            prop_assert_eq!(part, total);
+        }
+    }
+}

@@ -309,7 +309,7 @@ fn run(cli: &Cli) -> i32 {
                 0
             }
             Err(e) => {
-                eprintln!("disk-image-create: {}", chain(&e));
+                print_error(&e);
                 exit_code(&e, None)
             }
         };
@@ -379,13 +379,30 @@ fn run(cli: &Cli) -> i32 {
                     signal_hook::consts::SIGINT
                 }
             });
-            eprintln!("disk-image-create: {}", chain(&e));
+            print_error(&e);
             if sig.is_some() {
                 eprintln!("disk-image-create: interrupted; no output was left half-written");
             }
             exit_code(&e, sig)
         }
     }
+}
+
+/// Print `e` on stderr: an invalid block-device config as one line per problem, each naming
+/// the config, line, node, field and value; anything else as one line with its causes.
+fn print_error(e: &Error) {
+    if let Error::BlockDevice {
+        source_name,
+        source,
+    } = e
+        && let diskforge_blockdev::Error::Invalid(problems) = &**source
+    {
+        for p in &problems.0 {
+            eprintln!("disk-image-create: block device ({source_name}): {p}");
+        }
+        return;
+    }
+    eprintln!("disk-image-create: {}", chain(e));
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -136,20 +136,77 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
         }
     };
     let signal = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    match run(cli, &signal) {
+    let res = run(cli, &signal);
+    // Interrupted by SIGINT/SIGTERM: 128 + the signal, as a shell reports it.
+    let failed = match signal.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => 1,
+        sig => 128 + i32::try_from(sig).unwrap_or(0),
+    };
+    match res {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("diskforge blockdev: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                eprintln!("  caused by: {s}");
-                src = s.source();
+        Err(Fail::Config {
+            source,
+            err: Error::Invalid(problems),
+        }) => {
+            // One line per problem, each naming the config, line, node, field and value.
+            for p in &problems.0 {
+                eprintln!("diskforge blockdev: {source}: {p}");
             }
-            match signal.load(std::sync::atomic::Ordering::SeqCst) {
-                0 => 1,
-                sig => 128 + i32::try_from(sig).unwrap_or(0),
-            }
+            1
         }
+        Err(Fail::Config { source, err }) => {
+            report(&format!("{source}: "), &err);
+            failed
+        }
+        Err(Fail::Other(e)) => {
+            report("", &e);
+            failed
+        }
+    }
+}
+
+fn report(prefix: &str, e: &Error) {
+    eprintln!("diskforge blockdev: {prefix}{e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        eprintln!("  caused by: {s}");
+        src = s.source();
+    }
+}
+
+/// Why a command failed: a problem of the config (named by where it came from) or anything
+/// else.
+enum Fail {
+    /// Reading, parsing, validating or planning the config named `source` failed.
+    Config {
+        /// The config's file, `stdin` or `DIB_BLOCK_DEVICE_CONFIG`.
+        source: String,
+        /// What is wrong.
+        err: Error,
+    },
+    /// Anything else (state, kernel, mkfs …).
+    Other(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Other(e)
+    }
+}
+
+/// Where the config of `arg` comes from, for messages.
+fn config_source(arg: Option<&str>) -> String {
+    match arg {
+        Some("-") => "stdin".into(),
+        Some(p) => p.into(),
+        None => match std::env::var("DIB_BLOCK_DEVICE_CONFIG") {
+            Ok(v) => match v.strip_prefix("file://") {
+                Some(p) => p.into(),
+                None if !v.contains('\n') && Path::new(v.trim()).is_file() => v.trim().into(),
+                None => "DIB_BLOCK_DEVICE_CONFIG".into(),
+            },
+            Err(_) => "--config".into(),
+        },
     }
 }
 
@@ -223,17 +280,22 @@ fn plan_options(a: &ConfigArgs) -> Result<PlanOptions, Error> {
     })
 }
 
-fn make_plan(a: &ConfigArgs) -> Result<Plan, Error> {
-    let text = config_text(a.config.as_deref())?;
+fn make_plan(a: &ConfigArgs) -> Result<Plan, Fail> {
+    let source = config_source(a.config.as_deref());
+    let named = |err: Error| Fail::Config {
+        source: source.clone(),
+        err,
+    };
+    let text = config_text(a.config.as_deref()).map_err(named)?;
     let mut opts = plan_options(a)?;
     if let Some(root) = &a.root {
-        let cfg = diskforge_blockdev::load(&text, &opts)?;
+        let cfg = diskforge_blockdev::load(&text, &opts).map_err(named)?;
         opts.content = diskforge_blockdev::measure_tree(root, &cfg)?;
     }
-    diskforge_blockdev::plan_text(&text, &opts)
+    diskforge_blockdev::plan_text(&text, &opts).map_err(named)
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
+fn json<T: serde::Serialize>(v: &T) -> Result<(), Fail> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::State {
         path: "stdout".into(),
         reason: e.to_string(),
@@ -242,8 +304,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
     Ok(())
 }
 
-/// `signal` is set to the number of a SIGINT/SIGTERM that interrupted `create`.
-fn run(cli: Cli, signal: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Result<(), Error> {
+fn run(cli: Cli, signal: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Result<(), Fail> {
     match cli.cmd {
         Cmd::Plan(a) => {
             let plan = make_plan(&a)?;
@@ -281,7 +342,8 @@ fn run(cli: Cli, signal: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Res
                     return Err(Error::State {
                         path: state.join(diskforge_blockdev::STATE_FILE),
                         reason: "this build has run already; `cleanup` or `delete` it first".into(),
-                    });
+                    }
+                    .into());
                 }
                 st.plan
             } else {
@@ -374,9 +436,9 @@ fn run(cli: Cli, signal: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Res
             println!("{}", p.display());
             Ok(())
         }
-        Cmd::Umount { state } => diskforge_blockdev::umount(&state),
-        Cmd::Cleanup { state } => diskforge_blockdev::cleanup(&state),
-        Cmd::Delete { state } => diskforge_blockdev::delete(&state),
+        Cmd::Umount { state } => Ok(diskforge_blockdev::umount(&state)?),
+        Cmd::Cleanup { state } => Ok(diskforge_blockdev::cleanup(&state)?),
+        Cmd::Delete { state } => Ok(diskforge_blockdev::delete(&state)?),
     }
 }
 

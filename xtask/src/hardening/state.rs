@@ -1,7 +1,8 @@
 //! What a run could leave behind, as a comparable snapshot: mounts (from
 //! `/proc/self/mountinfo`), loop devices (`/sys/block/loop*/loop/backing_file`), device-mapper
 //! tables (`dmsetup ls`, where the kernel has device-mapper), LVs (`lvs`), and the temporary
-//! names our tools use under `/tmp` and `/var/tmp`.
+//! names our tools use under `/tmp` and `/var/tmp`, and processes the corpus marked
+//! ([`PROCESS_MARKER`]) that outlived their run.
 
 use std::collections::BTreeSet;
 
@@ -10,6 +11,39 @@ use std::collections::BTreeSet;
 pub struct SystemState {
     /// `kind: object` lines.
     pub objects: BTreeSet<String>,
+}
+
+/// Corpus scripts that start children put this in one of their arguments (`bash -c … NAME`),
+/// so a child that outlived its build is found by name.
+pub const PROCESS_MARKER: &str = "diskforge-canary-hang";
+
+/// Live processes with [`PROCESS_MARKER`] in an argument: `pid argv…`.
+fn marked_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if argv.iter().any(|a| a.contains(PROCESS_MARKER)) {
+            out.push(format!("{pid} {}", argv.join(" ")));
+        }
+    }
+    out
 }
 
 /// Prefixes of the temp names our crates and tools create (tempfile prefixes, state dirs).
@@ -60,6 +94,9 @@ impl SystemState {
                     objects.insert(format!("temp: {dir}/{n}"));
                 }
             }
+        }
+        for p in marked_processes() {
+            objects.insert(format!("process: {p}"));
         }
         SystemState { objects }
     }

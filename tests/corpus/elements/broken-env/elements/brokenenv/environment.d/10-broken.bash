@@ -1,0 +1,3 @@
+export GOOD=1
+if then fi ((
+export NEVER=1

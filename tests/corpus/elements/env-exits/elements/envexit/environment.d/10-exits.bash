@@ -1,0 +1,2 @@
+export BEFORE=1
+exit 7
