@@ -3,6 +3,7 @@
 
 mod blockdev;
 mod build;
+mod dib;
 mod iso;
 mod layers;
 mod loop_dev;
@@ -17,6 +18,12 @@ pub fn run(sh: &xshell::Shell, args: &BenchArgs) -> anyhow::Result<()> {
         Some(a) => vec![a.as_str()],
         None => all.to_vec(),
     };
+    if args.vs_dib {
+        anyhow::ensure!(
+            args.area.as_deref() == Some("build"),
+            "--vs-dib goes with the build area: cargo xtask bench build --vs-dib"
+        );
+    }
     for area in areas {
         match area {
             "loop" => loop_dev::run(sh, args)?,

@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// Smaller inputs and fewer rounds (for a quick check that the bench still works).
     #[arg(long)]
     pub quick: bool,
+    /// With `build`: diskimage-builder 3.43 (installed into a venv under the target dir when
+    /// missing) against ours on `debian-minimal`, cold and warm, per phase (several minutes;
+    /// needs the Debian mirror the host's apt uses).
+    #[arg(long)]
+    pub vs_dib: bool,
 }
 
 /// `cargo xtask demo`

@@ -4,6 +4,9 @@
 //!
 //! Targets (issue 15, this 2-core machine under TCG): build < 10 s; build + BIOS boot
 //! check < 20 s.
+//!
+//! With `--vs-dib`: diskimage-builder against ours on `debian-minimal` instead (see
+//! [`super::dib`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -16,6 +19,9 @@ use crate::flags::BenchArgs;
 
 /// Run this benchmark.
 pub fn run(sh: &Shell, args: &BenchArgs) -> Result<()> {
+    if args.vs_dib {
+        return super::dib::run(sh, args);
+    }
     let root = crate::project_root();
     sh.change_dir(&root);
     cmd!(sh, "cargo build --release -q -p disk-image-create").run()?;
