@@ -42,8 +42,8 @@ pub mod ramdisk;
 use std::path::{Path, PathBuf};
 
 pub use build::{
-    BootCheck, BootResult, BuildEvent, BuildReport, BuildRequest, DEFAULT_MARKER, DryRun,
-    BUILD_DIR_PREFIX, StepTiming, build, cleanup_stale, dry_run,
+    BUILD_DIR_PREFIX, BootCheck, BootResult, BuildEvent, BuildReport, BuildRequest, DEFAULT_MARKER,
+    DryRun, StepTiming, build, cleanup_stale, dry_run,
 };
 pub use output::{
     ALL_FORMATS, OutputFormat, OutputOptions, OutputReport, convert_options, parse_formats,
