@@ -416,32 +416,19 @@ fn ours(ctx: &Ctx, s: &SystemState) -> BTreeSet<String> {
 /// reset paths.
 fn listing(dir: &Path, skip: &[PathBuf]) -> BTreeMap<PathBuf, String> {
     use std::os::unix::fs::MetadataExt as _;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if skip.iter().any(|s| p.starts_with(s)) {
-                continue;
-            }
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
+    super::walk(dir, skip)
+        .into_iter()
+        .map(|(p, m)| {
             let what = if m.is_dir() {
-                stack.push(p.clone());
                 "dir".to_owned()
             } else if m.file_type().is_symlink() {
                 "symlink".to_owned()
             } else {
                 format!("{} bytes, mtime {}.{}", m.len(), m.mtime(), m.mtime_nsec())
             };
-            out.insert(p, what);
-        }
-    }
-    out
+            (p, what)
+        })
+        .collect()
 }
 
 fn invoke(

@@ -3,8 +3,8 @@
 //! hostile-input corpus under `tests/corpus/` — then one table: per tool, what was tried and
 //! what went wrong (hung, crashed, escaped, leaked must all be 0; the exit code says so).
 //!
-//! The tools are built once with `--features fault-injection` (crates/fault) into
-//! `<target>/hardening`, so the release behaviour of the binaries is untouched. Every run is
+//! The tools are built once with `--features fault-injection` (crates/fault) and copied to
+//! `<target>/hardening/debug`; release builds never carry the hook. Every run is
 //! checked against a [`state::SystemState`] snapshot taken before it: mounts, loop devices,
 //! device-mapper tables, LVs, our temp names, and the run's own output paths.
 //!
@@ -269,10 +269,22 @@ pub fn run(sh: &Shell, args: &HardeningArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(","),
     );
+    // In the workspace's own target dir, so the third-party crates the tests compiled are
+    // reused (only our crates are rebuilt with the hook); the binaries are then copied aside,
+    // since the next ordinary build replaces them.
     cmd!(sh, "cargo {argv...}")
-        .env("CARGO_TARGET_DIR", &target)
         .run()
         .context("building the tools with --features fault-injection")?;
+    let bins = target.join("debug");
+    std::fs::create_dir_all(&bins).with_context(|| format!("creating {}", bins.display()))?;
+    for t in TOOLS {
+        let from = crate::target_dir().join("debug").join(t);
+        let to = bins.join(t);
+        let tmp = bins.join(format!(".{t}.tmp"));
+        std::fs::copy(&from, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &to))
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
     let base = std::env::var("DISKFORGE_SCRATCH").unwrap_or_else(|_| "/var/tmp".into());
     let scratch = tempfile::Builder::new()
         .prefix("diskforge-hardening-")
@@ -286,7 +298,7 @@ pub fn run(sh: &Shell, args: &HardeningArgs) -> Result<()> {
     eprintln!("hardening: seed {seed} (repeat with --seed {seed})");
     let ctx = Ctx {
         root: root.clone(),
-        bins: target.join("debug"),
+        bins,
         scratch,
         quick: args.quick,
         seed,
@@ -348,8 +360,9 @@ pub fn corpus_dir(ctx: &Ctx) -> PathBuf {
     ctx.root.join("tests/corpus")
 }
 
-/// Every file under `dir` (sorted), recursively.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+/// Every entry under `dir` (sorted), recursively, with its metadata (not following
+/// symlinks); `skip` prunes paths (and everything under them). Empty when `dir` is missing.
+pub fn walk(dir: &Path, skip: &[PathBuf]) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -358,13 +371,27 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         };
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
+            if skip.iter().any(|s| p.starts_with(s)) {
+                continue;
             }
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p, m));
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Every file (not directory) under `dir` (sorted), recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walk(dir, &[])
+        .into_iter()
+        .filter(|(_, m)| !m.is_dir())
+        .map(|(p, _)| p)
+        .collect()
 }

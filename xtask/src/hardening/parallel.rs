@@ -21,8 +21,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::signals::{
-    Inputs, Job, RUN_LIMIT, blockdev_job, dib_job, group_members, iso_job, kernel_objects,
-    kill_group, layers_commit_job, layers_run_job, listing, spawn, verify, wait,
+    Inputs, Job, RUN_LIMIT, blockdev_job, dib_job, iso_job, judge_end, kernel_objects,
+    layers_commit_job, layers_run_job, listing, spawn, verify, wait,
 };
 use super::{Ctx, Table};
 
@@ -137,21 +137,7 @@ fn batch(
     for (i, ((job, before), (pid, ended))) in jobs.iter().zip(ends).enumerate() {
         let label = format!("parallel {name} #{i}");
         table.row(tool).parallel += 1;
-        let survivors = group_members(pid);
-        if !survivors.is_empty() {
-            table.row(tool).leaked += survivors.len() as u32;
-            table.problem(
-                tool,
-                format!("{label}: processes outlived the tool: {survivors:?}"),
-            );
-            kill_group(pid);
-        }
-        let Some(ended) = ended else {
-            table.row(tool).hung += 1;
-            table.problem(
-                tool,
-                format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()),
-            );
+        let Some(ended) = judge_end(table, tool, &label, pid, ended) else {
             continue;
         };
         if ended.stderr.contains("panicked at") || ended.status.code() == Some(101) {

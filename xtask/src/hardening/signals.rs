@@ -282,6 +282,34 @@ fn send(pid: u32, sig: i32, group: bool) {
 }
 
 /// SIGKILL the process group we started (its leader's pid).
+/// After a run of `tool`'s process group `pid`: members still alive are leaks (recorded, then
+/// killed); no end means it hung (recorded). The end, when there is one.
+pub(crate) fn judge_end<T>(
+    table: &mut Table,
+    tool: &str,
+    label: &str,
+    pid: u32,
+    ended: Option<T>,
+) -> Option<T> {
+    let survivors = group_members(pid);
+    if !survivors.is_empty() {
+        table.row(tool).leaked += survivors.len() as u32;
+        table.problem(
+            tool,
+            format!("{label}: processes outlived the tool: {survivors:?}"),
+        );
+        kill_group(pid);
+    }
+    if ended.is_none() {
+        table.row(tool).hung += 1;
+        table.problem(
+            tool,
+            format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()),
+        );
+    }
+    ended
+}
+
 pub(crate) fn kill_group(pid: u32) {
     send(pid, 9, true);
 }
@@ -310,23 +338,10 @@ pub(crate) fn group_members(pgid: u32) -> Vec<String> {
 
 /// Every path under `dir` (files and directories), relative; empty when `dir` is missing.
 pub(crate) fn listing(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if let Ok(rel) = p.strip_prefix(dir) {
-                out.insert(rel.to_path_buf());
-            }
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p);
-            }
-        }
-    }
-    out
+    super::walk(dir, &[])
+        .into_iter()
+        .filter_map(|(p, _)| p.strip_prefix(dir).ok().map(Path::to_path_buf))
+        .collect()
 }
 
 /// Our loop devices and mounts: those whose backing file or mount point is under `scratch`.
@@ -511,21 +526,7 @@ fn attempt(
     let ended = wait(&mut child, &logs, RUN_LIMIT)?;
     // PDEATHSIG and namespaces act at once; give the kernel a moment to reap.
     std::thread::sleep(Duration::from_millis(100));
-    let survivors = group_members(pid);
-    if !survivors.is_empty() {
-        table.row(tool).leaked += survivors.len() as u32;
-        table.problem(
-            tool,
-            format!("{label}: processes outlived the tool: {survivors:?}"),
-        );
-        kill_group(pid);
-    }
-    let Some(ended) = ended else {
-        table.row(tool).hung += 1;
-        table.problem(
-            tool,
-            format!("{label}: hung (over {} s)", RUN_LIMIT.as_secs()),
-        );
+    let Some(ended) = judge_end(table, tool, &label, pid, ended) else {
         return Ok(Attempted {
             ended: None,
             points: Vec::new(),
