@@ -28,6 +28,9 @@ pub struct State {
     pub done: usize,
     /// Image files this build created (removed by `delete`).
     pub images: Vec<PathBuf>,
+    /// Directories this build created for its images (removed again, when empty, with them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<PathBuf>,
     /// The fstab this build wrote, and a copy of the file it replaced (in the state dir).
     pub fstab: Option<(PathBuf, Option<PathBuf>)>,
     /// Scratch directories under the state dir (removed by `cleanup`).
@@ -154,6 +157,7 @@ pub fn create(
         plan: plan.clone(),
         done: 0,
         images: Vec::new(),
+        dirs: Vec::new(),
         fstab: None,
         scratch: Vec::new(),
         failed: None,
@@ -588,13 +592,25 @@ fn unwind(st: &mut State) {
             tracing::warn!(path = %img.display(), error = %e, "removing image");
         }
     }
+    // Only when empty: anything else put there is not ours.
+    for d in st.dirs.drain(..).rev() {
+        let _ = fs::remove_dir(&d);
+    }
 }
 
 fn run_step(step: &Step, state_dir: &Path, st: &mut State) -> Result<()> {
     match step {
         Step::CreateImage { path, size, .. } => {
             if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                // Remember each level we make, outermost first.
+                let mut missing: Vec<PathBuf> = d
+                    .ancestors()
+                    .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                    .map(Path::to_path_buf)
+                    .collect();
+                missing.reverse();
                 fs::create_dir_all(d).map_err(io("creating", d))?;
+                st.dirs.extend(missing);
             }
             let f = fs::OpenOptions::new()
                 .write(true)
@@ -629,6 +645,19 @@ fn run_step(step: &Step, state_dir: &Path, st: &mut State) -> Result<()> {
             let backup = if path.exists() {
                 let b = state_dir.join("fstab.orig");
                 fs::copy(path, &b).map_err(io("saving a copy of", path))?;
+                // The copy keeps the original's times, so putting it back is invisible.
+                let times = fs::metadata(path)
+                    .and_then(|m| {
+                        Ok(fs::FileTimes::new()
+                            .set_accessed(m.accessed()?)
+                            .set_modified(m.modified()?))
+                    })
+                    .map_err(io("reading the times of", path))?;
+                fs::File::options()
+                    .write(true)
+                    .open(&b)
+                    .and_then(|f| f.set_times(times))
+                    .map_err(io("setting the times of", &b))?;
                 Some(b)
             } else {
                 None
@@ -926,6 +955,7 @@ pub fn init(plan: &Plan, state_dir: &Path) -> Result<State> {
         plan: plan.clone(),
         done: 0,
         images: Vec::new(),
+        dirs: Vec::new(),
         fstab: None,
         scratch: Vec::new(),
         failed: None,

@@ -94,6 +94,16 @@ fn run_with(
         ),
         None => (scratch.join("upper"), scratch.join("work"), true),
     };
+    // A caller's upper (and its work dir) that we create: removed again when the run fails.
+    let created: Vec<PathBuf> = if temp_upper {
+        Vec::new()
+    } else {
+        [&upper, &work]
+            .into_iter()
+            .filter(|d| std::fs::symlink_metadata(d).is_err())
+            .cloned()
+            .collect()
+    };
     let result = (|| {
         for d in [&merged, &upper] {
             std::fs::create_dir_all(d).map_err(|e| Error::io("creating", d, e))?;
@@ -119,6 +129,12 @@ fn run_with(
                 cleanup = cleanup
                     .and(std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e)));
             }
+        }
+    }
+    if cleanup.is_ok() && result.is_err() {
+        for d in created.iter().filter(|d| d.exists()) {
+            cleanup =
+                cleanup.and(std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e)));
         }
     }
     if cleanup.is_ok() {

@@ -237,8 +237,11 @@ impl Store {
                 Err(e) => return Err(Error::sys("opening", &p, e)),
             }
             diskforge_fault::point("layers.gc.remove")?;
-            crate::fsutil::remove_tree_at(&tmp_fd, &name)
-                .map_err(|e| Error::sys("removing stale temporary entry", &p, e))?;
+            // Its owner may be removing it at the same time (it unlocked first): gone is fine.
+            match crate::fsutil::remove_tree_at(&tmp_fd, &name) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(Error::sys("removing stale temporary entry", &p, e)),
+            }
             report.removed.push(p);
         }
         Ok(report)

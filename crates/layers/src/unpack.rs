@@ -336,6 +336,9 @@ fn write_pax_sparse(
     Ok(size)
 }
 
+/// Holes an old-GNU sparse member may have (its holes are read through as zeros).
+const MAX_GNU_SPARSE_HOLES: u64 = 1 << 30;
+
 /// Copy `r` into `file`, seeking over all-zero blocks so they stay holes (the tar reader
 /// expands a GNU sparse member's holes into zeros); returns the bytes consumed.
 fn copy_with_holes(r: &mut impl Read, file: &mut std::fs::File, size: u64) -> std::io::Result<u64> {
@@ -645,6 +648,26 @@ impl Unpacker<'_> {
                 let n = if !sparse.keys.is_empty() {
                     write_pax_sparse(&mut entry, &mut file, size).map_err(werr)?
                 } else if ty.is_gnu_sparse() {
+                    // The tar reader expands an old-GNU member's holes into zeros that must be
+                    // read through: bound that work (PAX sparse members are written sparse).
+                    let stored = entry.header().entry_size().unwrap_or(0);
+                    if size.saturating_sub(stored) > MAX_GNU_SPARSE_HOLES {
+                        drop(file);
+                        let _ = rustix::fs::unlinkat(
+                            &parent,
+                            name.as_os_str(),
+                            rustix::fs::AtFlags::empty(),
+                        );
+                        return Err(self.refuse(
+                            &raw,
+                            &format!(
+                                "old-GNU sparse member with {} bytes of holes (more than {} \
+                                 are refused; PAX sparse members are supported)",
+                                size - stored,
+                                MAX_GNU_SPARSE_HOLES
+                            ),
+                        ));
+                    }
                     copy_with_holes(&mut (&mut entry).take(size), &mut file, size).map_err(werr)?
                 } else {
                     std::io::copy(&mut (&mut entry).take(size), &mut file).map_err(werr)?

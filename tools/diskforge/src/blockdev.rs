@@ -378,8 +378,12 @@ fn run(cli: Cli, signal: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Res
             }
             let mounted = run.map(|cmd| {
                 diskforge_blockdev::MountedHook(std::sync::Arc::new(move |root: &Path| {
-                    let status = diskforge_cmd::Cmd::new("sh")
-                        .args(["-c", &cmd])
+                    // In its own PID namespace that dies with us (setpriv's parent-death
+                    // signal on unshare, --kill-child on the namespace): after `kill -9` no
+                    // process of the command keeps the tree's mounts (and loops) alive.
+                    let status = diskforge_cmd::Cmd::new("setpriv")
+                        .args(["--pdeathsig", "KILL", "--", "unshare", "--pid", "--fork"])
+                        .args(["--kill-child", "sh", "-c", &cmd])
                         .env("TARGET_ROOT", root)
                         .status()
                         .map_err(|e| format!("{e:#}"))?;

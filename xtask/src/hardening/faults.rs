@@ -325,7 +325,11 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
     let dir = ctx.dir("faults-diskforge")?;
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("boot/efi"))?;
+    std::fs::create_dir_all(root.join("etc"))?;
     std::fs::write(root.join("hello"), "hi\n")?;
+    // The tree's fstab before: a failed create must put it back as it was.
+    let fstab_before = dir.join("fstab.before");
+    std::fs::write(&fstab_before, "# the fstab before\n")?;
     let cfg = ctx
         .root
         .join("crates/blockdev/examples/configs/gpt-bios-esp-root.yaml");
@@ -350,7 +354,7 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
         ]))],
         // The state dir records a failed run for `blockdev cleanup`; the images must go.
         reset: vec![state.clone(), images],
-        copies: Vec::new(),
+        copies: vec![(fstab_before, root.join("etc/fstab"))],
         unchecked: vec![state],
         must_be_empty: Vec::new(),
         dir,
@@ -360,6 +364,9 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
     let dir = ctx.dir("faults-disk-image-create")?;
     let name = dir.join("out").join("img");
     std::fs::create_dir_all(dir.join("out"))?;
+    // The caller's work dir exists; after a failure it must hold no build dir.
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work)?;
     v.push(Scenario {
         tool: "disk-image-create",
         env: Vec::new(),
@@ -374,10 +381,10 @@ fn scenarios(ctx: &Ctx) -> Result<Vec<Scenario>> {
             &"-o",
             &name,
         ]))],
-        reset: vec![dir.join("out/img.qcow2"), dir.join("work")],
+        reset: vec![dir.join("out/img.qcow2")],
         copies: Vec::new(),
         unchecked: Vec::new(),
-        must_be_empty: Vec::new(),
+        must_be_empty: vec![work],
         dir,
     });
     Ok(v)
