@@ -1,7 +1,7 @@
 //! Hardening group `faults` (see the module docs of `hardening`): for each tool a
 //! representative run — one or more invocations, e.g. `dfloop attach` then `dfloop detach` —
 //! is run once with `DISKFORGE_FAULT_LOG` to list the fault points each invocation passes;
-//! then, for every point (a sample of them with `--quick`), the invocations before it run
+//! then, for every point (all of them, `--quick` too: the group takes under a minute), the invocations before it run
 //! normally and the one holding it runs with `DISKFORGE_FAIL_AT=<index>`. That invocation
 //! must exit non-zero, name the step on stderr, and leave the system as it found it: the
 //! same loop devices, mounts, device-mapper tables and LVs (those of this run: others run
@@ -23,9 +23,6 @@ use super::{Ctx, Outcome, Table, run_bounded};
 
 /// Time bound of one invocation.
 const LIMIT: Duration = Duration::from_secs(300);
-/// With `--quick`: at most this many points per invocation (first, last, evenly between).
-const QUICK_POINTS: usize = 4;
-
 /// Computes an undo invocation from a successful invocation's stdout.
 type Undo = Box<dyn Fn(&str) -> Vec<OsString>>;
 
@@ -541,18 +538,6 @@ fn read_log(log: &Path) -> Vec<(usize, String)> {
     seen.into_iter().collect()
 }
 
-/// Which of `n` points to fail: all, or with `quick` the first, the last and evenly between.
-fn sample(n: usize, quick: bool) -> Vec<usize> {
-    if !quick || n <= QUICK_POINTS {
-        return (0..n).collect();
-    }
-    let mut v: BTreeSet<usize> = (0..QUICK_POINTS)
-        .map(|k| k * (n - 1) / (QUICK_POINTS - 1))
-        .collect();
-    v.insert(n - 1);
-    v.into_iter().collect()
-}
-
 /// Remove kernel objects a failed check left (ours: under the scratch dir), so the next
 /// point starts clean: unmount, then detach.
 fn scrub(ctx: &Ctx, leaked: &[String]) {
@@ -641,8 +626,7 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, logs: &Path, table: &mut Table) -> Res
     // 2. Fail each point in turn.
     let mut n = 0;
     for (i, pts) in points.iter().enumerate() {
-        for k in sample(pts.len(), ctx.quick) {
-            let (index, name) = &pts[k];
+        for (index, name) in pts {
             let what = format!(
                 "step {i} ({}) point {index} `{name}`",
                 first_word(&sc.steps[i])
@@ -740,14 +724,6 @@ fn first_word(s: &Step) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quick_samples_the_ends_and_between() {
-        assert_eq!(sample(3, true), vec![0, 1, 2]);
-        assert_eq!(sample(10, true), vec![0, 3, 6, 9]);
-        assert_eq!(sample(10, false).len(), 10);
-        assert!(sample(0, true).is_empty());
-    }
 
     #[test]
     fn logs_are_read_by_index_first_line_wins() {

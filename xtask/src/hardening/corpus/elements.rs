@@ -160,7 +160,12 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
             continue;
         }
         let (dir, target) = case_dir(ctx, &name)?;
-        copy_tree(&src.join("elements"), &dir.join("elements"))?;
+        // git keeps no empty directory: a case without elements of its own has none.
+        if src.join("elements").is_dir() {
+            copy_tree(&src.join("elements"), &dir.join("elements"))?;
+        } else {
+            std::fs::create_dir_all(dir.join("elements"))?;
+        }
         cases.push(case(ctx, name, dir, target, &conf));
     }
     cases.extend(generated(ctx)?);
