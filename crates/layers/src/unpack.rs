@@ -660,7 +660,7 @@ impl Unpacker<'_> {
                         );
                         return Err(self.refuse(
                             &raw,
-                            &format!(
+                            format!(
                                 "old-GNU sparse member with {} bytes of holes (more than {} \
                                  are refused; PAX sparse members are supported)",
                                 size - stored,
