@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::problem::Problem;
+use crate::problem::{Problem, is_invisible_format};
 use crate::size::{self, Size, SizeSpec};
 use crate::yaml::{YKind, YNode};
 
@@ -252,17 +252,6 @@ struct Raw {
     name: Option<(String, usize)>,
     base: Option<YNode>,
     fields: Vec<(String, YNode)>,
-}
-
-/// Unicode formatting characters that change how text is shown without being seen: the
-/// bidirectional controls (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C), zero-width
-/// characters (U+200B–U+200D, U+2060, U+FEFF) and the soft hyphen. In a name, label or mount
-/// point they make what a terminal shows differ from the file, label or path made
-/// (`image\u{202E}exe.war` shows as `imageraw.exe`…).
-pub(crate) fn is_invisible_format(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Why a name cannot be used (it becomes a file name, an LVM name, a GPT name).

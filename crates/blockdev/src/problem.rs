@@ -99,7 +99,7 @@ impl fmt::Display for Problem {
         // and cut what a hostile config made huge.
         let (msg, cut) = prefix(&self.message, MAX_MESSAGE);
         for c in msg.chars() {
-            if (c.is_control() && c != '\n') || crate::config::is_invisible_format(c) {
+            if (c.is_control() && c != '\n') || is_invisible_format(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 write!(f, "{c}")?;
@@ -169,4 +169,15 @@ impl fmt::Display for Problems {
         }
         Ok(())
     }
+}
+
+/// Unicode formatting characters that change how text is shown without being seen: the
+/// bidirectional controls (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C), zero-width
+/// characters (U+200B–U+200D, U+2060, U+FEFF) and the soft hyphen. In a name, label or mount
+/// point they make what a terminal shows differ from the file, label or path made
+/// (`image\u{202E}exe.war` shows as `imageraw.exe`…).
+pub(crate) fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
