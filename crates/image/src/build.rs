@@ -12,7 +12,7 @@ use diskforge_elements as elements;
 use elements::Phase;
 use serde::Serialize;
 
-use crate::output::{OutputFormat, OutputOptions, OutputReport, write_output};
+use crate::output::{DiskSource, OutputFormat, OutputOptions, OutputReport, write_output};
 use crate::{Error, Result, io_err};
 
 /// The serial-console line the shipped `busybox` element prints once the system is up, and
@@ -985,13 +985,32 @@ fn build_in(req: &BuildRequest, arch: &str, bd: &BuildDir, steps: &mut Steps<'_>
             crate::ramdisk::write_ramdisk(&tree, &req.name)
         })?);
     }
-    for f in req.formats.iter().filter(|f| !(ramdisk && f.is_disk())) {
+    // A raw output is written last and takes the build's image (a rename, no copy): the
+    // other disk formats are converted from it first. Reported in the order asked for.
+    let formats: Vec<OutputFormat> = req
+        .formats
+        .iter()
+        .copied()
+        .filter(|f| !(ramdisk && f.is_disk()))
+        .collect();
+    let mut order: Vec<usize> = (0..formats.len()).collect();
+    order.sort_by_key(|&i| formats[i] == OutputFormat::Raw);
+    let mut made: Vec<(usize, OutputReport)> = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
+        let f = formats[i];
         let dst = f.path_for(&req.name);
+        let source = match raw.as_deref() {
+            None => DiskSource::None,
+            Some(image) if k + 1 == order.len() => DiskSource::Take(image),
+            Some(image) => DiskSource::Read(image),
+        };
         let r = steps.run(&format!("output {f}"), |_| {
-            write_output(*f, raw.as_deref(), &tree, &dst, &req.output)
+            write_output(f, source, &tree, &dst, &req.output)
         })?;
-        outputs.push(r);
+        made.push((i, r));
     }
+    made.sort_by_key(|(i, _)| *i);
+    outputs.extend(made.into_iter().map(|(_, r)| r));
 
     let mut boots = Vec::new();
     if let (Some(bc), Some(rd)) = (&req.boot_check, &ramdisk_out) {

@@ -46,8 +46,8 @@ pub use build::{
     DryRun, StepTiming, build, cleanup_stale, dry_run,
 };
 pub use output::{
-    ALL_FORMATS, OutputFormat, OutputOptions, OutputReport, convert_options, parse_formats,
-    tar_args, write_output,
+    ALL_FORMATS, DiskSource, OutputFormat, OutputOptions, OutputReport, convert_options,
+    parse_formats, tar_args, write_output,
 };
 
 /// Errors from a build.

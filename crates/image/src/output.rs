@@ -277,11 +277,23 @@ pub(crate) fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
+/// The built disk image a disk format is made from.
+#[derive(Debug, Clone, Copy)]
+pub enum DiskSource<'a> {
+    /// The build made no disk (tree formats only).
+    None,
+    /// The image, to read (convert or copy).
+    Read(&'a Path),
+    /// The image, which the build needs no more: a raw output takes it by renaming it (no
+    /// copy) when it is on the same filesystem, and copies it otherwise.
+    Take(&'a Path),
+}
+
 /// Write `format` to `dst`: disk formats from `raw` (the built disk image), tree formats from
-/// `tree` (the root tree). `raw` may be `None` when the build made no disk (tree formats only).
+/// `tree` (the root tree).
 pub fn write_output(
     format: OutputFormat,
-    raw: Option<&Path>,
+    raw: DiskSource<'_>,
     tree: &Path,
     dst: &Path,
     opts: &OutputOptions,
@@ -291,12 +303,27 @@ pub fn write_output(
     diskforge_fault::point(&format!("image.output.{}", format.name()))?;
     let tmp = partial.tmp.clone();
     if format.is_disk() {
-        let raw = raw.ok_or_else(|| Error::Usage {
-            field: "-t".into(),
-            value: format.name().into(),
-            reason: "a disk format needs a block device, but this build made none".into(),
-        })?;
-        write_disk(format, raw, &tmp, opts)?;
+        match raw {
+            DiskSource::None => {
+                return Err(Error::Usage {
+                    field: "-t".into(),
+                    value: format.name().into(),
+                    reason: "a disk format needs a block device, but this build made none".into(),
+                });
+            }
+            DiskSource::Take(image) if format == OutputFormat::Raw => {
+                match fs::rename(image, &tmp) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+                        copy_sparse(image, &tmp)?
+                    }
+                    Err(e) => return Err(io_err("moving the disk image to", &tmp)(e)),
+                }
+            }
+            DiskSource::Read(image) | DiskSource::Take(image) => {
+                write_disk(format, image, &tmp, opts)?
+            }
+        }
     } else {
         write_tree(format, tree, &tmp, opts)?;
     }

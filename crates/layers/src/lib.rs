@@ -54,7 +54,7 @@ pub use run::{
     RunOptions, RunOutcome, clean_stale_scratch, run_in_stack, run_in_stack_interactive,
 };
 pub use stack::{StackMount, default_work_dir, mount_stack};
-pub use store::{GcReport, Layer, LayerOrigin, ProgressFn, Store, UnpackProgress};
+pub use store::{GcReport, Layer, LayerOrigin, ProgressFn, Staging, Store, UnpackProgress};
 pub use unpack::{IMPLICIT_DIR_MODE, Limits, UnpackStats, unpack_tar};
 
 /// The xattr overlayfs uses to mark a directory opaque.

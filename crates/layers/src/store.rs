@@ -10,7 +10,7 @@
 //! - `stacks/KEY/`: fix-up layers, one per stack that needs one (see [`Store::stack`]);
 //! - `empty/`: an empty directory, the bottom of one-layer stacks (overlayfs wants two
 //!   lower layers without an upper one);
-//! - `tmp/`: layers being unpacked (renamed into `layers/` when complete), each locked with
+//! - `tmp/`: layers being unpacked or staged (renamed into `layers/` when complete), each locked with
 //!   `flock` by the process writing it; unlocked leftovers of interrupted runs are removed
 //!   when the store is next opened (and by [`Store::gc`]);
 //! - `lock`: taken shared while a `tmp/` entry is created and locked, exclusive while
@@ -79,6 +79,21 @@ pub struct Layer {
     pub reused: bool,
     /// What unpacking did, when it happened now.
     pub unpacked: Option<UnpackStats>,
+}
+
+/// A directory being filled in the store's `tmp/` ([`Store::staging`]), locked by this
+/// process until it is adopted as a layer ([`Store::adopt`]) or dropped (removed).
+#[derive(Debug)]
+pub struct Staging {
+    dir: tempfile::TempDir,
+    _lock: OwnedFd,
+}
+
+impl Staging {
+    /// The directory to fill.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 /// Progress of an unpack, reported to the callback given to [`Store::with_progress`].
@@ -305,6 +320,76 @@ impl Store {
             spec: spec.to_owned(),
             reason: "no such directory, file or OCI layout".into(),
         })
+    }
+
+    /// A new, empty directory (mode 0755) in the store's `tmp/`, locked by this process, to
+    /// fill and then make a layer with [`Store::adopt`] (no tarball, no unpacking: for a tree
+    /// made in place, such as a bootstrapped base). Dropped without `adopt`, it is removed;
+    /// left by a killed process, the next [`Store::open`] removes it.
+    pub fn staging(&self) -> Result<Staging> {
+        let (dir, lock) = self.locked_tempdir("staging-")?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| Error::io("chmod", dir.path(), e))?;
+        Ok(Staging { dir, _lock: lock })
+    }
+
+    /// Make the filled `staging` directory a layer: its diff_id is the digest of the layer
+    /// tarball [`crate::write_layer`] would write from it (computed, nothing written), and the
+    /// directory itself is renamed into `layers/`. `alongside` runs on the staging directory
+    /// (read only: e.g. a copy of the tree) in a thread of its own while the digest is
+    /// computed; its result comes back with the layer. Overlay-format rules apply as for
+    /// `write_layer`: a character device 0/0 is a whiteout.
+    pub fn adopt<T: Send>(
+        &self,
+        staging: Staging,
+        alongside: impl FnOnce(&Path) -> T + Send,
+    ) -> Result<(Layer, T)> {
+        let src = staging.dir.path();
+        let opts = crate::TarOptions {
+            compression: crate::Compression::None,
+            clamp_mtime: None,
+            overwrite: true,
+        };
+        let (stats, other) = std::thread::scope(|s| {
+            let other = s.spawn(|| alongside(src));
+            let stats = crate::write_layer_to(src, std::io::sink(), opts).map(|(_, st)| st);
+            (stats, other.join())
+        });
+        let other = match other {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let diff_id = stats?.diff_id;
+        let dir = self.layer_dir(&diff_id).ok_or_else(|| Error::Oci {
+            path: src.to_owned(),
+            reason: format!("bad diff_id {diff_id}"),
+        })?;
+        // Every directory is listed: none implicit.
+        write_atomic(&self.implicit_file(&diff_id)?, b"")?;
+        diskforge_fault::point("layers.store.publish")?;
+        let reused = match std::fs::rename(src, &dir) {
+            Ok(()) => false,
+            // The same content is there already (a parallel build was first): ours goes.
+            Err(_) if dir.is_dir() => true,
+            Err(e) => return Err(Error::io("moving the staged layer to", &dir, e)),
+        };
+        if let Some(hex) = sha256_hex(&diff_id) {
+            write_atomic(&self.root.join("blobs").join(hex), diff_id.as_bytes())?;
+        }
+        drop(staging);
+        Ok((
+            Layer {
+                path: dir,
+                diff_id: Some(diff_id),
+                origin: LayerOrigin::Dir,
+                reused,
+                unpacked: None,
+            },
+            other,
+        ))
     }
 
     /// Unpack a layer tarball (compression recognised from its first bytes), or reuse it.
@@ -696,6 +781,55 @@ mod tests {
             ev.len(),
             "a reused layer is not unpacked again"
         );
+    }
+
+    /// A staged tree becomes a layer in place: the diff_id is that of the tarball
+    /// `write_layer` makes from the same tree, `alongside` saw the staged files, nothing is
+    /// left in `tmp/`, and importing that tarball later reuses the layer.
+    #[test]
+    fn staged_trees_are_adopted_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let staging = store.staging().unwrap();
+        std::fs::create_dir(staging.path().join("etc")).unwrap();
+        std::fs::write(staging.path().join("etc/hostname"), "base\n").unwrap();
+        std::os::unix::fs::symlink("etc/hostname", staging.path().join("link")).unwrap();
+        let tar = dir.path().join("same.tar");
+        let opts = crate::TarOptions {
+            compression: crate::Compression::None,
+            clamp_mtime: None,
+            overwrite: false,
+        };
+        let want = crate::write_layer(staging.path(), &tar, opts)
+            .unwrap()
+            .diff_id;
+        let (layer, seen) = store
+            .adopt(staging, |p| std::fs::read_to_string(p.join("etc/hostname")))
+            .unwrap();
+        assert_eq!(seen.unwrap(), "base\n");
+        assert_eq!(layer.diff_id.as_deref(), Some(want.as_str()));
+        assert_eq!(Some(layer.path.clone()), store.layer_dir(&want));
+        assert_eq!(
+            std::fs::read_link(layer.path.join("link")).unwrap(),
+            Path::new("etc/hostname")
+        );
+        let mode = std::fs::metadata(&layer.path).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(store.import_tarball(&tar).unwrap().reused);
+        // Dropped without adopting: removed.
+        let gone = store.staging().unwrap();
+        let p = gone.path().to_owned();
+        drop(gone);
+        assert!(!p.exists());
     }
 
     /// Issue 17 corpus (`bomb-trailing-64g.tar.zst`): data after the end of the archive is
