@@ -77,6 +77,21 @@ fn image() -> impl Strategy<Value = GenImage> {
         .prop_map(|(size, table)| GenImage { size, table })
 }
 
+/// A partition's list entry (name, size, MBR flags), the same in both spellings.
+fn partition_entry(s: &mut String, i: usize, j: usize, p: &GenPart, label: &str) {
+    let _ = writeln!(s, "      - name: i{i}p{j}\n        size: '{}'", p.size);
+    let mut flags = Vec::new();
+    if p.primary {
+        flags.push("primary");
+    }
+    if p.boot {
+        flags.push("boot");
+    }
+    if !flags.is_empty() && label == "mbr" {
+        let _ = writeln!(s, "        flags: [{}]", flags.join(", "));
+    }
+}
+
 /// The layout in dib's tree spelling (filesystems nested in their partitions).
 fn tree(images: &[GenImage]) -> String {
     let mut s = String::new();
@@ -92,17 +107,7 @@ fn tree(images: &[GenImage]) -> String {
                 "- partitioning:\n    base: image{i}\n    label: {label}\n    partitions:"
             );
             for (j, p) in parts.iter().enumerate() {
-                let _ = writeln!(s, "      - name: i{i}p{j}\n        size: '{}'", p.size);
-                let mut flags = Vec::new();
-                if p.primary {
-                    flags.push("primary");
-                }
-                if p.boot {
-                    flags.push("boot");
-                }
-                if !flags.is_empty() && *label == "mbr" {
-                    let _ = writeln!(s, "        flags: [{}]", flags.join(", "));
-                }
+                partition_entry(&mut s, i, j, p, label);
                 if let Some((t, mp)) = p.fs {
                     let _ = writeln!(
                         s,
@@ -132,17 +137,7 @@ fn graph(images: &[GenImage], perm: &[usize]) -> String {
                 "- partitioning:\n    base: image{i}\n    label: {label}\n    partitions:\n"
             );
             for (j, p) in parts.iter().enumerate() {
-                let _ = writeln!(t, "      - name: i{i}p{j}\n        size: '{}'", p.size);
-                let mut flags = Vec::new();
-                if p.primary {
-                    flags.push("primary");
-                }
-                if p.boot {
-                    flags.push("boot");
-                }
-                if !flags.is_empty() && *label == "mbr" {
-                    let _ = writeln!(t, "        flags: [{}]", flags.join(", "));
-                }
+                partition_entry(&mut t, i, j, p, label);
                 if let Some((ty, mp)) = p.fs {
                     nodes.push(format!(
                         "- mkfs:\n    name: fs_i{i}p{j}\n    base: i{i}p{j}\n    type: {ty}\n"

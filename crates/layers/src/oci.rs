@@ -677,6 +677,13 @@ mod tests {
         (d, blob)
     }
 
+    /// Why reading the layout made by [`one_image`] (since altered) fails.
+    fn refusal(d: &tempfile::TempDir) -> String {
+        read_image(&d.path().join("layout"), None)
+            .unwrap_err()
+            .to_string()
+    }
+
     /// Issue 17 corpus (`oci/blob-symlink-*`): a blob that is a symlink (to `/dev/zero`,
     /// which hashes forever, or out of the layout) is refused without being read.
     #[test]
@@ -685,9 +692,7 @@ mod tests {
             let (d, blob) = one_image();
             std::fs::remove_file(&blob).unwrap();
             std::os::unix::fs::symlink(target, &blob).unwrap();
-            let e = read_image(&d.path().join("layout"), None)
-                .unwrap_err()
-                .to_string();
+            let e = refusal(&d);
             assert!(e.contains("is a symlink"), "{target}: {e}");
         }
     }
@@ -712,9 +717,7 @@ mod tests {
                 0,
             )
             .unwrap();
-            let e = read_image(&d.path().join("layout"), None)
-                .unwrap_err()
-                .to_string();
+            let e = refusal(&d);
             assert!(e.contains("not a regular file"), "{which}: {e}");
         }
     }
@@ -726,9 +729,7 @@ mod tests {
         let index = d.path().join("layout/index.json");
         let f = std::fs::File::options().write(true).open(&index).unwrap();
         f.set_len(MAX_DOCUMENT + 1).unwrap();
-        let e = read_image(&d.path().join("layout"), None)
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&d);
         assert!(e.contains("the limit is"), "{e}");
     }
 

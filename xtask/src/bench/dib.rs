@@ -740,48 +740,44 @@ fn print_table(dib_version: &str, mirrors: &HostMirrors, results: &[(Variant, Ti
         .find(|(v, c, _)| *v == Variant::DibWhole && c.ok)
         .map(|(_, c, _)| c.wall);
     let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    // One target's line: the figure and its verdict, or n/a (a MISS) when nothing was measured.
+    let target = |label: String, got: Option<(String, bool)>, why: &str| match got {
+        Some((figure, ok)) => println!("    {label:<58} {figure} {}", verdict(ok)),
+        None => println!("    {label:<58} n/a{why}  MISS"),
+    };
     for (v, c, w) in results.iter().filter(|(v, ..)| *v != Variant::DibWhole) {
-        match (dib_cold, c.ok) {
-            (Some(d), true) => {
+        target(
+            format!("{} cold / dib cold", v.short()),
+            dib_cold.filter(|_| c.ok).map(|d| {
                 let r = c.wall / d;
-                println!(
-                    "    {:<58} {:>5.2}× dib whole-disk cold  (≤ {COLD_RATIO_TARGET}×) {}",
-                    format!("{} cold / dib cold", v.short()),
-                    r,
-                    verdict(r <= COLD_RATIO_TARGET)
-                );
-            }
-            _ => println!(
-                "    {:<58} n/a (a build failed)  MISS",
-                format!("{} cold / dib cold", v.short())
-            ),
-        }
-        if w.ok {
-            println!(
-                "    {:<58} {:>5.1} s  (≤ {WARM_TARGET_SECS} s) {}",
-                format!("{} warm", v.short()),
-                w.wall,
-                verdict(w.wall <= WARM_TARGET_SECS)
-            );
-        } else {
-            println!(
-                "    {:<58} n/a (failed)  MISS",
-                format!("{} warm", v.short())
-            );
-        }
+                (
+                    format!("{r:>5.2}× dib whole-disk cold  (≤ {COLD_RATIO_TARGET}×)"),
+                    r <= COLD_RATIO_TARGET,
+                )
+            }),
+            " (a build failed)",
+        );
+        target(
+            format!("{} warm", v.short()),
+            w.ok.then(|| {
+                (
+                    format!("{:>5.1} s  (≤ {WARM_TARGET_SECS} s)", w.wall),
+                    w.wall <= WARM_TARGET_SECS,
+                )
+            }),
+            " (failed)",
+        );
         for (temp, t) in [("cold", c), ("warm", w)] {
-            match t.qcow2.filter(|_| t.ok) {
-                Some(q) => println!(
-                    "    {:<58} {:>5.1} s  (≤ {QCOW2_TARGET_SECS} s) {}",
-                    format!("{} {temp} qcow2 conversion", v.short()),
-                    q,
-                    verdict(q <= QCOW2_TARGET_SECS)
-                ),
-                None => println!(
-                    "    {:<58} n/a  MISS",
-                    format!("{} {temp} qcow2 conversion", v.short())
-                ),
-            }
+            target(
+                format!("{} {temp} qcow2 conversion", v.short()),
+                t.qcow2.filter(|_| t.ok).map(|q| {
+                    (
+                        format!("{q:>5.1} s  (≤ {QCOW2_TARGET_SECS} s)"),
+                        q <= QCOW2_TARGET_SECS,
+                    )
+                }),
+                "",
+            );
         }
     }
     if let Some((_, c, w)) = results.iter().find(|(v, ..)| *v == Variant::DibWhole) {

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use super::state::SystemState;
-use super::{Ctx, Outcome, Table, run_bounded};
+use super::{Ctx, Outcome, Table, corpus_dir, run_bounded};
 
 /// The name every escaping path in the corpus aims at (`../diskforge-canary`,
 /// `/tmp/diskforge-canary`, a symlink to `/etc/diskforge-canary` …).
@@ -75,6 +75,48 @@ pub fn run(ctx: &Ctx, table: &mut Table) -> Result<()> {
     cases.extend(elements::cases(ctx)?);
     for case in cases {
         check(table, case)?;
+    }
+    Ok(())
+}
+
+/// The checked-in inputs of one format: the entries of `tests/corpus/<format>` that `keep`
+/// accepts, sorted, each with its file name. With `control`, the entry of that name (the
+/// format's positive control) must be among them.
+pub fn listing(
+    ctx: &Ctx,
+    format: &str,
+    keep: impl Fn(&Path) -> bool,
+    control: Option<&str>,
+) -> Result<Vec<(PathBuf, String)>> {
+    let dir = corpus_dir(ctx).join(format);
+    let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+        .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+        .filter(|(p, _)| keep(p))
+        .collect();
+    found.sort();
+    if let Some(control) = control {
+        anyhow::ensure!(
+            found.iter().any(|(_, n)| n == control),
+            "{}: no {control} (the positive control)",
+            dir.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Copy `src` (a file or a tree) to `dst` as it is: symlinks, loops and modes included.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    // xtask may run programs directly (clippy.toml exempts it).
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .context("running cp -a")?;
+    if !st.success() {
+        bail!("cp -a {} {}: {st}", src.display(), dst.display());
     }
     Ok(())
 }

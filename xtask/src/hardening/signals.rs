@@ -317,11 +317,8 @@ pub(crate) fn kill_group(pid: u32) {
 /// Processes still in the process group `pgid` (the tool's children that outlived it).
 pub(crate) fn group_members(pgid: u32) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+    for (_, dir) in super::state::processes() {
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         // pid (comm) state ppid pgrp …; comm may hold spaces, so split after the last ')'.

@@ -5,6 +5,7 @@
 //! ([`PROCESS_MARKER`]) that outlived their run.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 /// A snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -17,21 +18,24 @@ pub struct SystemState {
 /// so a child that outlived its build is found by name.
 pub const PROCESS_MARKER: &str = "diskforge-canary-hang";
 
+/// Every live process: its pid and `/proc/PID`.
+pub(crate) fn processes() -> Vec<(u32, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, e.path()))
+        })
+        .collect()
+}
+
 /// Live processes with [`PROCESS_MARKER`] in an argument: `pid argv…`.
 fn marked_processes() -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+    for (pid, dir) in processes() {
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
             continue;
         };
         let argv: Vec<String> = cmdline

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{CANARY, Case, Expect};
-use crate::hardening::{Ctx, corpus_dir};
+use super::{CANARY, Case, Expect, copy_tree};
+use crate::hardening::Ctx;
 
 /// One case as `case.conf` describes it.
 struct Conf {
@@ -124,37 +124,11 @@ fn case(ctx: &Ctx, name: String, dir: PathBuf, target: PathBuf, conf: &Conf) -> 
     }
 }
 
-/// Copy `src` to `dst` as it is (symlinks, loops and exec bits included).
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    // xtask may run programs directly (clippy.toml exempts it).
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(dst)
-        .status()
-        .context("running cp -a")?;
-    if !st.success() {
-        bail!("cp -a {} {}: {st}", src.display(), dst.display());
-    }
-    Ok(())
-}
-
 /// The cases of this format.
 pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
-    let root = corpus_dir(ctx).join("elements");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .with_context(|| format!("listing {}", root.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("case.conf").is_file())
-        .collect();
-    dirs.sort();
+    let dirs = super::listing(ctx, "elements", |p| p.join("case.conf").is_file(), None)?;
     let mut cases = Vec::new();
-    for src in dirs {
-        let name = src
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (src, name) in dirs {
         let conf = parse_conf(&src.join("case.conf"))?;
         if ctx.quick && !conf.dry_run && conf.expect != Expect::Accept && name != "script-hangs" {
             continue;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{Case, Expect};
-use crate::hardening::{Ctx, corpus_dir};
+use crate::hardening::Ctx;
 
 /// The reading modes, as (label, arguments before/after the input).
 #[derive(Clone, Copy)]
@@ -69,19 +69,12 @@ fn gunzip(src: &Path) -> Result<Vec<u8>> {
 
 /// The cases of this format.
 pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
-    let dir = corpus_dir(ctx).join("iso");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".iso.gz"))
-        .collect();
-    files.sort();
-    anyhow::ensure!(
-        files.iter().any(|f| f.ends_with("good.iso.gz")),
-        "{}: no good.iso.gz (the positive control)",
-        dir.display()
-    );
+    let files = super::listing(
+        ctx,
+        "iso",
+        |p| p.to_string_lossy().ends_with(".iso.gz"),
+        Some("good.iso.gz"),
+    )?;
     let runs = [
         Run::Inspect,
         Run::CheckMd5,
@@ -90,11 +83,9 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
         Run::Remaster("copy"),
     ];
     let mut cases = Vec::new();
-    for gz in files {
-        let file = gz
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".gz"))
+    for (gz, name) in files {
+        let file = name
+            .strip_suffix(".gz")
             .context("corpus file name")?
             .to_owned();
         let bytes = gunzip(&gz)?;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{CANARY, Case, Expect};
+use super::{CANARY, Case, Expect, copy_tree};
 use crate::hardening::{Ctx, corpus_dir};
 
 const MTIME: u64 = 1_700_000_000;
@@ -345,24 +345,6 @@ fn oci_expect(name: &str) -> Expect {
     }
 }
 
-/// Copy `src` (a file or a directory tree) to `dst`, keeping symlinks as symlinks.
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(src)?;
-    if meta.file_type().is_symlink() {
-        let t = std::fs::read_link(src)?;
-        std::os::unix::fs::symlink(t, dst)?;
-    } else if meta.is_dir() {
-        std::fs::create_dir_all(dst)?;
-        for e in std::fs::read_dir(src)? {
-            let e = e?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-    } else {
-        std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
-    }
-    Ok(())
-}
-
 /// A `dflayers` case on `input` (already in `case_dir/input`).
 struct Run<'a> {
     ctx: &'a Ctx,
@@ -452,31 +434,19 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     let limit = Duration::from_secs(60);
     // Checked-in tarballs.
-    let dir = corpus_dir(ctx).join("tar");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
+    let files = super::listing(
+        ctx,
+        "tar",
+        |p| {
             let n = p.to_string_lossy();
             n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tar.zst")
-        })
-        .collect();
-    files.sort();
-    anyhow::ensure!(
-        files.iter().any(|f| f.ends_with("good.tar")),
-        "{}: no good.tar (the positive control)",
-        dir.display()
-    );
-    for f in &files {
-        let name = f
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("name")?
-            .to_owned();
+        },
+        Some("good.tar"),
+    )?;
+    for (f, name) in &files {
         for (sub, argv) in TAR_RUNS {
             let label = format!("tar/{name} ({sub})");
-            let (case_dir, input) = prepare(ctx, &label, Some(f), None, &name)?;
+            let (case_dir, input) = prepare(ctx, &label, Some(f), None, name)?;
             let spec = input.display().to_string();
             cases.push(
                 Run {
@@ -485,33 +455,18 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
                     input_name: name.clone(),
                     label,
                 }
-                .case(argv, &spec, &[], tar_expect(&name), limit),
+                .case(argv, &spec, &[], tar_expect(name), limit),
             );
         }
     }
     // Checked-in OCI layouts.
+    // Checked-in OCI layouts.
     let dir = corpus_dir(ctx).join("oci");
-    let mut layouts: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    layouts.sort();
-    anyhow::ensure!(
-        layouts.iter().any(|f| f.ends_with("good")),
-        "{}: no good/ layout (the positive control)",
-        dir.display()
-    );
-    for l in &layouts {
-        let name = l
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("name")?
-            .to_owned();
+    let layouts = super::listing(ctx, "oci", Path::is_dir, Some("good"))?;
+    for (l, name) in &layouts {
         for tail in ["", ":latest"] {
             let label = format!("oci/{name}{tail} (unpack)");
-            let (case_dir, input) = prepare(ctx, &label, Some(l), None, &name)?;
+            let (case_dir, input) = prepare(ctx, &label, Some(l), None, name)?;
             let spec = format!("{}{tail}", input.display());
             cases.push(
                 Run {
@@ -520,7 +475,7 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
                     input_name: name.clone(),
                     label,
                 }
-                .case(&["unpack", "{spec}"], &spec, &[], oci_expect(&name), limit),
+                .case(&["unpack", "{spec}"], &spec, &[], oci_expect(name), limit),
             );
         }
     }
@@ -606,39 +561,39 @@ pub fn cases(ctx: &Ctx) -> Result<Vec<Case>> {
         .case(RUN, &spec, &[], Expect::Accept, limit),
     );
     let tar_dir = corpus_dir(ctx).join("tar");
-    for name in [
-        "dotdot.tar",
-        "symlink-abs-then-write.tar",
-        "hardlink-outside.tar",
-        "pax-path-traversal.tar",
-        "whiteout-dotdot.tar",
-    ] {
-        let label = format!("tar/{name} (run)");
-        let (case_dir, input) = prepare(ctx, &label, Some(&tar_dir.join(name)), None, name)?;
-        let spec = input.display().to_string();
-        cases.push(
-            Run {
-                ctx,
-                case_dir,
-                input_name: name.into(),
-                label,
-            }
-            .case(RUN, &spec, &[], Expect::Refuse, limit),
-        );
-    }
-    for name in ["layer-dotdot", "blob-symlink-outside", "digest-mismatch"] {
-        let label = format!("oci/{name} (run)");
-        let (case_dir, input) = prepare(ctx, &label, Some(&dir.join(name)), None, name)?;
-        let spec = input.display().to_string();
-        cases.push(
-            Run {
-                ctx,
-                case_dir,
-                input_name: name.into(),
-                label,
-            }
-            .case(RUN, &spec, &[], Expect::Refuse, limit),
-        );
+    let hostile: [(&str, &Path, &[&str]); 2] = [
+        (
+            "tar",
+            &tar_dir,
+            &[
+                "dotdot.tar",
+                "symlink-abs-then-write.tar",
+                "hardlink-outside.tar",
+                "pax-path-traversal.tar",
+                "whiteout-dotdot.tar",
+            ],
+        ),
+        (
+            "oci",
+            &dir,
+            &["layer-dotdot", "blob-symlink-outside", "digest-mismatch"],
+        ),
+    ];
+    for (format, from, names) in hostile {
+        for &name in names {
+            let label = format!("{format}/{name} (run)");
+            let (case_dir, input) = prepare(ctx, &label, Some(&from.join(name)), None, name)?;
+            let spec = input.display().to_string();
+            cases.push(
+                Run {
+                    ctx,
+                    case_dir,
+                    input_name: name.into(),
+                    label,
+                }
+                .case(RUN, &spec, &[], Expect::Refuse, limit),
+            );
+        }
     }
     Ok(cases)
 }

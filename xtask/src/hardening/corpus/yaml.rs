@@ -44,19 +44,16 @@ const FIT_ONLY: &[&str] = &[
 /// each should do.
 fn inputs(ctx: &Ctx) -> Result<Vec<(PathBuf, Expect)>> {
     let dir = corpus_dir(ctx).join("block-device");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = super::listing(
+        ctx,
+        "block-device",
+        |p| p.extension().is_some_and(|e| e == "yaml"),
+        None,
+    )?;
     let mut out: Vec<(PathBuf, Expect)> = files
         .into_iter()
-        .map(|p| {
-            let ok = p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ok-"));
+        .map(|(p, name)| {
+            let ok = name.starts_with("ok-");
             (p, if ok { Expect::Accept } else { Expect::Refuse })
         })
         .collect();
