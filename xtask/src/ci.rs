@@ -1,8 +1,10 @@
 //! `cargo xtask ci`: everything CI runs, in order, stopping at the first failure:
 //! deps, `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
-//! `cargo test --workspace`, `vm-test`, then `hardening --quick` (as root: every tool through
-//! injected faults, signals, SIGKILL, parallel runs and the hostile-input corpus; its table is
-//! printed). Each step's time is printed at the end.
+//! `cargo test --workspace`, then `vm-test` and `hardening --quick` (as root: every tool
+//! through injected faults, signals, SIGKILL, parallel runs and the hostile-input corpus; its
+//! table is printed) side by side — the VM is one TCG vCPU, so the second core would idle;
+//! vm-test runs as a child process whose output is printed whole when it ends. Each step's
+//! time is printed at the end.
 //!
 //! Root tests carry `#[ignore = "needs root"]` (see diskforge-testutil's "Root tests"): as
 //! root, the test step adds `-- --include-ignored` so they all run. Its stdout is read back
@@ -51,30 +53,110 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
         test_step(rustix::process::geteuid().is_root(), ci)
     })?;
-    if !args.no_vm {
-        let vm = VmTestArgs {
-            filter: None,
-            timeout: 1200,
-            keep_going: true,
-            shell: false,
-            release: false,
-            memory: 4096,
-        };
-        step("vm-test", &mut || crate::vm::run(sh, &vm))?;
-    }
-    if rustix::process::geteuid().is_root() {
-        let h = crate::flags::HardeningArgs {
-            quick: true,
-            only: None,
-            seed: None,
-            json: false,
-        };
-        step("hardening", &mut || crate::hardening::run(sh, &h))?;
+    let root = rustix::process::geteuid().is_root();
+    let h = crate::flags::HardeningArgs {
+        quick: true,
+        only: None,
+        seed: None,
+        json: false,
+    };
+    match (!args.no_vm, root) {
+        // Side by side: the VM is one TCG vCPU, the hardening runs mostly use the other core,
+        // and neither touches what the other watches (the VM's files stay under target/vm;
+        // the hardening harness snapshots mounts, loops and /tmp, /var/tmp names).
+        (true, true) => {
+            eprintln!("==> vm-test + hardening (side by side; vm-test's output follows)");
+            let both = Instant::now();
+            let (vm, hardening) = std::thread::scope(|s| {
+                let vm = s.spawn(vm_test_child);
+                let t = Instant::now();
+                let r = crate::hardening::run(sh, &h);
+                let hardening = (r, t.elapsed());
+                let vm = vm.join().unwrap_or_else(|_| {
+                    (
+                        Err(anyhow::anyhow!("vm-test thread panicked")),
+                        both.elapsed(),
+                    )
+                });
+                (vm, hardening)
+            });
+            times.push(("vm-test".into(), vm.1));
+            times.push(("hardening".into(), hardening.1));
+            times.push(("vm+hard".into(), both.elapsed()));
+            match (vm.0, hardening.0) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Ok(())) => return Err(e.context("ci step `vm-test` failed")),
+                (Ok(()), Err(e)) => return Err(e.context("ci step `hardening` failed")),
+                (Err(v), Err(h)) => bail!(
+                    "ci steps `vm-test` and `hardening` failed:\nvm-test: {v:#}\nhardening: {h:#}"
+                ),
+            }
+        }
+        (true, false) => {
+            let vm = vm_args();
+            step("vm-test", &mut || crate::vm::run(sh, &vm))?;
+        }
+        (false, true) => step("hardening", &mut || crate::hardening::run(sh, &h))?,
+        (false, false) => {}
     }
     for (n, t) in &times {
         eprintln!("ci: {n:<8} {:>7.1} s", t.as_secs_f64());
     }
     Ok(())
+}
+
+/// How CI runs the VM tests.
+fn vm_args() -> VmTestArgs {
+    VmTestArgs {
+        filter: None,
+        timeout: 1200,
+        keep_going: true,
+        shell: false,
+        release: false,
+        memory: 4096,
+    }
+}
+
+/// `cargo xtask vm-test` as a child process (this xtask binary), its output kept in
+/// `target/vm/ci-vm-test.log` and printed whole once it ends, so that it does not interleave
+/// with the hardening run beside it. Returns its result and how long it took.
+#[allow(clippy::disallowed_methods)] // xtask runs processes directly by design
+fn vm_test_child() -> (Result<()>, std::time::Duration) {
+    let t = Instant::now();
+    let run = || -> Result<()> {
+        let a = vm_args();
+        let dir = crate::target_dir().join("vm");
+        std::fs::create_dir_all(&dir)?;
+        let log_path = dir.join("ci-vm-test.log");
+        let log = std::fs::File::create(&log_path)?;
+        let exe = std::env::current_exe().context("finding the xtask binary")?;
+        let mut c = std::process::Command::new(exe);
+        c.arg("vm-test");
+        if a.keep_going {
+            c.arg("--keep-going");
+        }
+        let status = c
+            .arg("--timeout")
+            .arg(a.timeout.to_string())
+            .arg("--memory")
+            .arg(a.memory.to_string())
+            .current_dir(crate::project_root())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("running xtask vm-test")?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        eprintln!("==> vm-test (its output)\n{text}");
+        if !status.success() {
+            bail!(
+                "vm-test failed ({status}); its output is above and in {}",
+                log_path.display()
+            );
+        }
+        Ok(())
+    };
+    (run(), t.elapsed())
 }
 
 /// `cargo test --workspace` (with `--include-ignored` as root), its stdout passed through and

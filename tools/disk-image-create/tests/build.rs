@@ -574,9 +574,10 @@ fn a_failing_script_in_every_phase_leaves_nothing() {
 /// `debian-minimal vm` from the host's own Debian mirror: built, booted to the marker under
 /// SeaBIOS and OVMF (a one-shot systemd unit prints it); the second build takes the
 /// debootstrapped base from the layer cache instead of running debootstrap again; a third
-/// adds an element whose `package-installs.yaml` installs (per phase) and removes packages;
-/// a fourth starts from the second's qcow2 (`DIB_LOCAL_IMAGE`) plus an element whose change
-/// shows on the serial console at boot.
+/// (a tar, from the same cached base) adds an element whose `package-installs.yaml`
+/// installs (per phase) and removes packages; a fourth starts from the second's qcow2
+/// (`DIB_LOCAL_IMAGE`, GPT with an ESP) into an MBR layout plus an element whose change shows
+/// on the serial console at boot.
 #[test]
 #[ignore = "needs root"]
 fn debian_minimal_vm_boots_and_the_base_is_cached() {
@@ -640,6 +641,9 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
             "--image-cache",
             cache.to_str().unwrap(),
             "debian-minimal",
+            // `vm` only for its package set: the base cached above serves (a tar build
+            // makes no disk, so no bootloader), one bootstrap per test run.
+            "vm",
             "withless",
             "modprobe",
         ],
@@ -718,7 +722,8 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
             "local-image-change-seen",
             "debian-minimal",
             "vm",
-            "block-device-efi",
+            // MBR: one boot (SeaBIOS) shows the change; both firmwares were booted above.
+            "block-device-mbr",
             "change",
         ],
         &[
@@ -728,7 +733,7 @@ fn debian_minimal_vm_boots_and_the_base_is_cached() {
     );
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["boots"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["boots"].as_array().map(Vec::len), Some(1), "{v}");
     let raw = r.path("warm.raw");
     tool(
         "qemu-img",
