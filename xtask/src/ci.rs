@@ -13,7 +13,8 @@
 //!
 //! Publishing hygiene runs after fmt: `package` (every publishable crate packages, offline),
 //! `deny` (`cargo deny --offline check licenses bans`, deny.toml) and `doc` (rustdoc with
-//! warnings denied).
+//! warnings denied). On a fresh machine cargo-deny is missing: its install (a release build,
+//! LTO off) starts in the background before `deps` and is joined by `deny`.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -34,13 +35,25 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         times.push((name.to_owned(), t.elapsed()));
         r
     };
+    // cargo-deny (when missing) compiles while apt-get, fmt and package run; joined by `deny`.
+    let target = crate::target_dir();
+    std::fs::create_dir_all(&target)?;
+    let mut deny_install = Some(crate::deps::cargo_deny_in_background(
+        target.join("ci-cargo-deny-install.log"),
+    ));
     step("deps", &mut || crate::deps::ensure_installed(sh))?;
     step(
         "fmt",
         &mut || Ok(cmd!(sh, "cargo fmt --all --check").run()?),
     )?;
     step("package", &mut || package(sh))?;
-    step("deny", &mut || deny(sh))?;
+    step("deny", &mut || {
+        if let Some(h) = deny_install.take() {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("the cargo-deny install thread panicked"))??;
+        }
+        deny(sh)
+    })?;
     step("doc", &mut || doc(sh))?;
     step("clippy", &mut || {
         Ok(cmd!(

@@ -108,15 +108,62 @@ fn has_cargo_deny(sh: &Shell) -> bool {
 
 /// Install cargo-deny (`cargo install --locked cargo-deny`, a release build of a few hundred
 /// crates) when `cargo deny` is missing.
+///
+/// cargo-deny's own release profile is LTO with one codegen unit; a licence check that runs in
+/// half a second does not need it, so it is built with LTO off and 16 codegen units
+/// (`CARGO_PROFILE_RELEASE_*`). Most of the ~3 minutes on 2 cores is compiling its ~300
+/// dependencies either way (177 s vs 187 s measured), which is why CI overlaps it with apt-get
+/// ([`cargo_deny_in_background`]).
 pub fn ensure_cargo_deny(sh: &Shell) -> Result<()> {
     if has_cargo_deny(sh) {
         return Ok(());
     }
     eprintln!("deps: installing cargo-deny (cargo install --locked cargo-deny)");
     cmd!(sh, "cargo install --locked cargo-deny")
+        .envs(DENY_BUILD_ENV)
         .run()
         .context("cargo install --locked cargo-deny")?;
     Ok(())
+}
+
+/// How [`ensure_cargo_deny`] builds it.
+const DENY_BUILD_ENV: [(&str, &str); 2] = [
+    ("CARGO_PROFILE_RELEASE_LTO", "false"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
+];
+
+/// [`ensure_cargo_deny`] in the background, its output in `log` (CI starts it first, so that
+/// the compile overlaps apt-get and the fmt and package steps, and joins it before `deny`).
+/// The handle gives the log's tail in the error when the install failed.
+pub fn cargo_deny_in_background(log: std::path::PathBuf) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || {
+        let sh = Shell::new()?;
+        if has_cargo_deny(&sh) {
+            return Ok(());
+        }
+        let f =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        #[allow(clippy::disallowed_methods)] // xtask runs tools directly (see clippy.toml)
+        let status = std::process::Command::new("cargo")
+            .args(["install", "--locked", "cargo-deny"])
+            .envs(DENY_BUILD_ENV)
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .status()
+            .context("running cargo install --locked cargo-deny")?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "cargo install --locked cargo-deny exited with {status} (log {}):\n{}",
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    })
 }
 
 /// `cargo xtask deps [--check]`

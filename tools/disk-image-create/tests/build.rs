@@ -216,7 +216,42 @@ fn default_image_boots_under_bios_and_uefi() {
         info["format-specific"]["data"]["compression-type"], "zstd",
         "{info}"
     );
+    // Compressed qcow2 in 256 KiB clusters (and it booted above under both firmwares).
+    assert_eq!(info["cluster-size"], 262144, "{info}");
     tool("qemu-img", &["check", qcow2.to_str().unwrap()]);
+    r.assert_no_build_dir();
+}
+
+/// `--qemu-img-options` comes after ours, so `cluster_size=64k` restores qcow2's default.
+#[test]
+fn qemu_img_options_override_the_cluster_size() {
+    let r = Run::new();
+    let out = r.path("small");
+    let o = r.run(
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "raw,qcow2",
+            "--qemu-img-options",
+            "cluster_size=64k",
+            "busybox",
+        ],
+        &[],
+    );
+    ok(&o);
+    let p = |s: &str| r.path(s).to_str().unwrap().to_owned();
+    let info = tool("qemu-img", &["info", "--output=json", &p("small.qcow2")]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["cluster-size"], 65536, "{info}");
+    assert_eq!(
+        info["format-specific"]["data"]["compression-type"], "zstd",
+        "{info}"
+    );
+    tool(
+        "qemu-img",
+        &["compare", "-f", "raw", &p("small.raw"), &p("small.qcow2")],
+    );
     r.assert_no_build_dir();
 }
 
