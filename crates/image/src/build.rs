@@ -405,23 +405,18 @@ fn script_event(ev: elements::ScriptEvent) -> BuildEvent {
 
 /// Prefix of a build directory (`dib_build.XXXXXX` in the work dir).
 pub const BUILD_DIR_PREFIX: &str = "dib_build.";
-/// The lock file inside a build directory, held (`flock`) while its build is alive.
-const LOCK_FILE: &str = "lock";
 /// The file inside a build directory naming the partial outputs the build may write (one
 /// path a line), so [`cleanup_stale`] can remove them after a `kill -9`.
 const PARTIALS_FILE: &str = "partials";
-/// A build directory without a lock file is only removed once it is this old (a build
-/// between creating the directory and its lock).
-const STALE_WITHOUT_LOCK: Duration = Duration::from_secs(600);
 
 /// The build directory: `TMP_BUILD_DIR` with `built/` (the tree), `hooks/`, `image/` (the raw
-/// disk) and `state/` (the block-device state), a `lock` we hold (`flock`) for the whole build
-/// and `partials` (the temporary output names). Removed on drop unless kept; after a `kill
-/// -9` the next build in the same work dir (or `disk-image-create --cleanup`) sees the lock
-/// free and removes the directory and the partial outputs it names.
+/// disk) and `state/` (the block-device state) and `partials` (the temporary output names),
+/// a [`diskforge_rundir::RunDir`]: locked (`flock` on the directory itself) for the whole
+/// build and removed contents-first on drop unless kept, so after a `kill -9` at any moment
+/// (even during that removal) the next build in the same work dir, or `disk-image-create
+/// --cleanup`, sees the lock free and removes the directory and the partial outputs it names.
 struct BuildDir {
-    dir: tempfile::TempDir,
-    _lock: fs::File,
+    dir: diskforge_rundir::RunDir,
 }
 
 impl BuildDir {
@@ -435,14 +430,7 @@ impl BuildDir {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cleaning up after killed builds"),
         }
-        let dir = tempfile::Builder::new()
-            .prefix(BUILD_DIR_PREFIX)
-            .tempdir_in(&base)
-            .map_err(io_err("creating a build directory in", &base))?;
-        let lock_path = dir.path().join(LOCK_FILE);
-        let lock = fs::File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| io_err("locking", &lock_path)(e.into()))?;
+        let dir = diskforge_rundir::RunDir::create(&base, BUILD_DIR_PREFIX).map_err(rundir_err)?;
         let partials: String = req
             .formats
             .iter()
@@ -459,7 +447,7 @@ impl BuildDir {
             let p = dir.path().join(sub);
             fs::create_dir(&p).map_err(io_err("creating", &p))?;
         }
-        Ok(BuildDir { dir, _lock: lock })
+        Ok(BuildDir { dir })
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -488,51 +476,8 @@ fn work_base(work_dir: Option<&Path>) -> PathBuf {
 /// mounts, and anything not named `dib_build.*` are left alone. Idempotent; every build does
 /// this first. Returns what was removed.
 pub fn cleanup_stale(work_dir: &Path) -> Result<Vec<PathBuf>> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut removed = Vec::new();
-    let rd = match fs::read_dir(work_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(io_err("listing", work_dir)(e)),
-    };
-    for e in rd {
-        let e = e.map_err(io_err("listing", work_dir))?;
-        let path = e.path();
-        let ours = e
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(BUILD_DIR_PREFIX));
-        if !ours || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        match fs::File::open(path.join(LOCK_FILE)) {
-            Ok(lock) => {
-                let op = rustix::fs::FlockOperation::NonBlockingLockExclusive;
-                if rustix::fs::flock(&lock, op).is_err() {
-                    continue; // a live build
-                }
-            }
-            Err(_) => {
-                let age = fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .unwrap_or_default();
-                if age < STALE_WITHOUT_LOCK {
-                    continue;
-                }
-            }
-        }
-        let abs = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        let mounted = mounts.lines().any(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|mp| Path::new(mp).starts_with(&abs))
-        });
-        if mounted {
-            tracing::warn!(dir = %path.display(), "stale build directory still has mounts: left");
-            continue;
-        }
+    let mut partials = Vec::new();
+    let dirs = diskforge_rundir::reclaim(work_dir, BUILD_DIR_PREFIX, |path| {
         let st = path.join("state");
         if st.join(blockdev::STATE_FILE).exists() {
             blockdev::delete(&st).map_err(|e| Error::BlockDevice {
@@ -546,16 +491,36 @@ pub fn cleanup_stale(work_dir: &Path) -> Result<Vec<PathBuf>> {
                 let is_partial = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
                     n.starts_with('.') && n.ends_with(crate::output::PARTIAL_SUFFIX)
                 });
-                if is_partial {
+                if is_partial && fs::symlink_metadata(&p).is_ok() {
                     crate::output::remove_any(&p)?;
-                    removed.push(p);
+                    partials.push(p);
                 }
             }
         }
-        fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
-        removed.push(path);
+        Ok(())
+    })
+    .map_err(rundir_err)?;
+    partials.extend(dirs);
+    Ok(partials)
+}
+
+/// A diskforge-rundir error as ours (our own undo's error comes back as it was).
+fn rundir_err(e: diskforge_rundir::Error) -> Error {
+    match e {
+        diskforge_rundir::Error::Io { op, path, source } => Error::Io {
+            action: op.into(),
+            path,
+            source,
+        },
+        diskforge_rundir::Error::Before { path, source } => match source.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => Error::Io {
+                action: "cleaning up after the killed build in".into(),
+                path,
+                source: std::io::Error::other(other),
+            },
+        },
     }
-    Ok(removed)
 }
 
 /// The file name of `-o` (the hostname of busybox images, the seed of reproducible UUIDs).
@@ -1403,14 +1368,14 @@ mod tests {
         let foreign = work.join("not-a-build");
         for dir in [&dead, &live, &foreign] {
             fs::create_dir_all(dir.join("built")).unwrap();
-            fs::write(dir.join(LOCK_FILE), "").unwrap();
         }
         fs::write(
             dead.join(PARTIALS_FILE),
             format!("{}\n/etc/passwd\n", partial.display()),
         )
         .unwrap();
-        let held = fs::File::open(live.join(LOCK_FILE)).unwrap();
+        // A live build holds the lock on its directory.
+        let held = fs::File::open(&live).unwrap();
         rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
         let gone = cleanup_stale(&work).unwrap();
         assert_eq!(gone, vec![partial.clone(), dead.clone()]);

@@ -19,21 +19,18 @@ const COPY_CHUNK: u64 = 16 << 20;
 /// Prefix of a run directory (`.iso-remaster-run-XXXXXX` next to the output, holding its
 /// temporary file and scratch files); [`cleanup`] removes the ones of killed runs.
 pub const RUN_DIR_PREFIX: &str = ".iso-remaster-run-";
-/// The lock file inside a run directory, held (`flock`) while its run is alive.
-const LOCK_FILE: &str = "lock";
-/// A run directory without a lock file is only removed once it is this old.
-const STALE_WITHOUT_LOCK: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The run directory: created on first use (patch mode usually needs none, and on a busy
 /// ext4 creating and removing one costs more than the edit itself) as
-/// `.iso-remaster-run-XXXXXX` next to the output, with a `lock` file we hold (`flock`) for
-/// the whole run. The temporary output, extracted trees, mount points and edited FAT images
-/// all live inside, so an error, a signal (the guards remove it) or a `kill -9` (the next
-/// run, or `iso-remaster cleanup`, sees the lock free and removes it) leaves nothing else
-/// behind.
+/// `.iso-remaster-run-XXXXXX` next to the output, a [`diskforge_rundir::RunDir`] (locked with
+/// `flock` on the directory itself for the whole run, removed contents-first). The temporary
+/// output, extracted trees, mount points and edited FAT images all live inside, so an error,
+/// a signal (the guards remove it) or a `kill -9` at any moment, even during that removal
+/// (the next run, or `iso-remaster cleanup`, sees the lock free and removes it), leaves
+/// nothing else behind.
 pub struct Scratch {
     parent: PathBuf,
-    dir: std::cell::OnceCell<(tempfile::TempDir, File)>,
+    dir: std::cell::OnceCell<diskforge_rundir::RunDir>,
 }
 
 impl Scratch {
@@ -47,83 +44,40 @@ impl Scratch {
 
     /// The directory, created (and locked) now if needed.
     pub fn path(&self) -> Result<&Path> {
-        if let Some((d, _)) = self.dir.get() {
+        if let Some(d) = self.dir.get() {
             return Ok(d.path());
         }
         diskforge_fault::point("iso.run-dir")?;
-        let d = tempfile::Builder::new()
-            .prefix(RUN_DIR_PREFIX)
-            .tempdir_in(&self.parent)
-            .or_else(|_| tempfile::Builder::new().prefix(RUN_DIR_PREFIX).tempdir())
-            .map_err(|e| Error::io("creating a run directory in", &self.parent, e))?;
-        let lock_path = d.path().join(LOCK_FILE);
-        let mut lock =
-            File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
-        // Blocking: a concurrent `cleanup` may hold it for an instant (it finds it empty and
-        // leaves it). Only once we hold it do we write our pid: a lock file with content
-        // whose lock is free is a dead run's; an empty one may be a run about to lock it.
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
-        std::io::Write::write_all(&mut lock, std::process::id().to_string().as_bytes())
-            .map_err(|e| Error::io("writing", &lock_path, e))?;
-        Ok(self.dir.get_or_init(|| (d, lock)).0.path())
+        let d = diskforge_rundir::RunDir::create(&self.parent, RUN_DIR_PREFIX)
+            .or_else(|_| diskforge_rundir::RunDir::create(&std::env::temp_dir(), RUN_DIR_PREFIX))
+            .map_err(rundir_err)?;
+        Ok(self.dir.get_or_init(|| d).path())
     }
 }
 
-/// How long ago `path` was last modified (zero when unknown).
-fn age(path: &Path) -> std::time::Duration {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .unwrap_or_default()
+/// A diskforge-rundir error as ours.
+fn rundir_err(e: diskforge_rundir::Error) -> Error {
+    match e {
+        diskforge_rundir::Error::Io { op, path, source } => Error::io(op, &path, source),
+        e @ diskforge_rundir::Error::Before { .. } => Error::io(
+            "cleaning up",
+            Path::new(RUN_DIR_PREFIX),
+            std::io::Error::other(e),
+        ),
+    }
 }
 
 /// Remove the run directories in `dir` whose run is gone (their lock is free: the process
 /// was killed) and that no mount uses; returns what was removed. Live runs are left alone.
 pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mounts = diskforge_mount::mounts().unwrap_or_default();
-    let mut removed = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
-    for e in entries {
-        let e = e.map_err(|e| Error::io("listing", dir, e))?;
-        let name = e.file_name();
-        let is_run = name.to_str().is_some_and(|n| n.starts_with(RUN_DIR_PREFIX));
-        let path = e.path();
-        if !is_run || !path.is_dir() {
-            continue;
-        }
-        let lock_path = path.join(LOCK_FILE);
-        match File::open(&lock_path) {
-            Ok(lock) => {
-                let op = rustix::fs::FlockOperation::NonBlockingLockExclusive;
-                if rustix::fs::flock(&lock, op).is_err() {
-                    continue; // a live run
-                }
-                // Free but empty: a run between creating its lock and taking it (it writes
-                // its pid once it holds it), unless old (killed in that instant).
-                let empty = lock.metadata().is_ok_and(|m| m.len() == 0);
-                if empty && age(&path) < STALE_WITHOUT_LOCK {
-                    continue;
-                }
-            }
-            // A run between creating its directory and its lock file: leave it, unless it
-            // is old (killed in that instant).
-            Err(_) => {
-                if age(&path) < STALE_WITHOUT_LOCK {
-                    continue;
-                }
-            }
-        }
-        let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        if mounts.iter().any(|m| m.target.starts_with(&abs)) {
-            tracing::warn!(dir = %path.display(), "stale run directory still has mounts: left");
-            continue;
-        }
-        std::fs::remove_dir_all(&path).map_err(|e| Error::io("removing", &path, e))?;
-        removed.push(path);
+    if !dir.is_dir() {
+        return Err(Error::io(
+            "listing",
+            dir,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
     }
-    Ok(removed)
+    diskforge_rundir::reclaim(dir, RUN_DIR_PREFIX, |_| Ok(())).map_err(rundir_err)
 }
 
 /// A temporary output in the run directory, renamed into place by [`Staged::publish`].
@@ -357,24 +311,23 @@ pub(crate) fn apply_plan(path: &Path, plan: &PatchPlan) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A fresh run directory whose lock file is still empty (its run has not taken the lock
-    /// yet) is left; one whose lock names a run that is gone is removed; a live run (lock
-    /// held) is left.
+    /// A dead run's directory (lock free, half removed) goes; a live run's (its lock held)
+    /// stays until the run ends, which removes it.
     #[test]
-    fn cleanup_spares_runs_about_to_lock() {
+    fn cleanup_removes_dead_runs_and_spares_live_ones() {
         let d = tempfile::tempdir().unwrap();
-        let fresh = d.path().join(format!("{RUN_DIR_PREFIX}fresh"));
         let dead = d.path().join(format!("{RUN_DIR_PREFIX}dead"));
-        std::fs::create_dir_all(&fresh).unwrap();
-        std::fs::create_dir_all(&dead).unwrap();
-        std::fs::write(fresh.join(LOCK_FILE), "").unwrap();
-        std::fs::write(dead.join(LOCK_FILE), "12345").unwrap();
+        std::fs::create_dir_all(dead.join("tree/EFI/BOOT")).unwrap();
+        std::fs::write(dead.join("tree/EFI/BOOT/BOOTX64.EFI"), "x").unwrap();
         let live = Scratch::new(d.path().to_owned());
         let live_dir = live.path().unwrap().to_owned();
+        std::fs::write(live_dir.join("appended-0.img"), "x").unwrap();
         let gone = cleanup(d.path()).unwrap();
         assert_eq!(gone, vec![dead.clone()]);
-        assert!(fresh.exists() && live_dir.exists() && !dead.exists());
+        assert!(live_dir.exists() && !dead.exists());
+        assert!(cleanup(d.path()).unwrap().is_empty());
         drop(live);
         assert!(!live_dir.exists());
+        assert!(cleanup(&d.path().join("missing")).is_err());
     }
 }

@@ -1281,14 +1281,15 @@ fn refusals(ctx: &Ctx, table: &mut Table, inputs: &Inputs) -> Result<()> {
     std::fs::create_dir_all(foreign.join("sub"))?;
     std::fs::write(foreign.join("keep"), "not yours")?;
     std::fs::write(foreign.join("sub/keep"), "not yours")?;
-    // A run dir of iso-remaster and a build dir of disk-image-create, alive: we hold the lock.
+    // A run dir of iso-remaster and a build dir of disk-image-create, alive: we hold the lock
+    // (diskforge-rundir's: an flock on the directory itself).
     let live_iso = foreign.join(".iso-remaster-run-live");
     let live_dib = foreign.join("dib_build.live");
     let mut locks = Vec::new();
     for d in [&live_iso, &live_dib] {
         std::fs::create_dir_all(d)?;
         std::fs::write(d.join("data"), "live")?;
-        let f = std::fs::File::create(d.join("lock"))?;
+        let f = std::fs::File::open(d)?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         locks.push(f);
     }
