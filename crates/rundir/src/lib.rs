@@ -74,10 +74,18 @@ impl RunDir {
                 .tempdir_in(parent)
                 .map_err(io("creating a directory in", parent))?
                 .keep();
-            let fd = open_dir(&path).map_err(io("opening", &path))?;
-            // Blocking: a concurrent reclaim may hold it for an instant.
-            rustix::fs::flock(&fd, FlockOperation::LockExclusive)
-                .map_err(|e| io("locking", &path)(e.into()))?;
+            let locked = open_dir(&path).and_then(|fd| {
+                // Blocking: a concurrent reclaim may hold it for an instant.
+                rustix::fs::flock(&fd, FlockOperation::LockExclusive)?;
+                Ok(fd)
+            });
+            let fd = match locked {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = fs::remove_dir(&path);
+                    return Err(io("locking", &path)(e));
+                }
+            };
             if same_dir(&path, &fd) {
                 return Ok(RunDir {
                     path,
