@@ -194,7 +194,7 @@ pub fn reclaim(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
         Err(e) => return Err(io("listing", parent)(e)),
     };
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = diskforge_mount::mounts().unwrap_or_default();
     for e in entries {
         let e = e.map_err(io("listing", parent))?;
         let ours = e
@@ -215,7 +215,7 @@ pub fn reclaim(
             continue;
         }
         let abs = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        if mounted_below(&mountinfo, &abs) {
+        if mounts.iter().any(|m| m.target.starts_with(&abs)) {
             tracing::warn!(dir = %path.display(), "a dead run's directory still has mounts: left");
             continue;
         }
@@ -233,35 +233,6 @@ pub fn reclaim(
 fn held_lock_file(dir: &Path) -> bool {
     fs::File::open(dir.join("lock"))
         .is_ok_and(|f| rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_err())
-}
-
-/// Whether a mount point in `mountinfo` is `dir` or below it.
-fn mounted_below(mountinfo: &str, dir: &Path) -> bool {
-    mountinfo.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| Path::new(&unescape(mp)).starts_with(dir))
-    })
-}
-
-/// mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -345,13 +316,5 @@ mod tests {
         fs::remove_dir(run.path()).unwrap();
         assert!(!same_dir(run.path(), &fd));
         drop(run);
-    }
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        let mi = "36 35 98:0 / /srv/x\\040y/t-run.a rw - ext4 /dev/vda rw\n";
-        assert!(mounted_below(mi, Path::new("/srv/x y/t-run.a")));
-        assert!(!mounted_below(mi, Path::new("/srv/x y/t-run.b")));
-        assert_eq!(unescape("a\\134b"), "a\\b");
     }
 }
