@@ -11,10 +11,11 @@
 //! ([`Tally::parse`] sums libtest's `test result:` lines); with `CI=true` the step fails when
 //! any test was ignored or filtered out, so a test that did not run cannot pass CI.
 //!
-//! Publishing hygiene runs after fmt: `package` (every publishable crate packages, offline),
-//! `deny` (`cargo deny --offline check licenses bans`, deny.toml) and `doc` (rustdoc with
-//! warnings denied). On a fresh machine cargo-deny is missing: its install (a release build,
-//! LTO off) starts in the background before `deps` and is joined by `deny`.
+//! Publishing hygiene: `package` (every publishable crate packages, offline) and `doc`
+//! (rustdoc with warnings denied) after fmt, `deny` (`cargo deny --offline check licenses
+//! bans`, deny.toml) after test. On a fresh machine cargo-deny is missing: its install (a release build,
+//! LTO off, at `nice 19` so that it only takes CPU the other steps leave idle) starts in the
+//! background before `deps`, and `deny` runs after `test`, joining it.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -35,7 +36,7 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         times.push((name.to_owned(), t.elapsed()));
         r
     };
-    // cargo-deny (when missing) compiles while apt-get, fmt and package run; joined by `deny`.
+    // cargo-deny (when missing) compiles in the background, niced; joined by `deny`.
     let target = crate::target_dir();
     std::fs::create_dir_all(&target)?;
     let mut deny_install = Some(crate::deps::cargo_deny_in_background(
@@ -47,13 +48,6 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
         &mut || Ok(cmd!(sh, "cargo fmt --all --check").run()?),
     )?;
     step("package", &mut || package(sh))?;
-    step("deny", &mut || {
-        if let Some(h) = deny_install.take() {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("the cargo-deny install thread panicked"))??;
-        }
-        deny(sh)
-    })?;
     step("doc", &mut || doc(sh))?;
     step("clippy", &mut || {
         Ok(cmd!(
@@ -65,6 +59,15 @@ pub fn run(sh: &Shell, args: &CiArgs) -> Result<()> {
     step("test", &mut || {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
         test_step(rustix::process::geteuid().is_root(), ci)
+    })?;
+    // After the test step: the cargo-deny build (niced) has used the idle CPU of the steps
+    // before it (apt-get, QEMU's single TCG thread, downloads) rather than delaying them.
+    step("deny", &mut || {
+        if let Some(h) = deny_install.take() {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("the cargo-deny install thread panicked"))??;
+        }
+        deny(sh)
     })?;
     let root = rustix::process::geteuid().is_root();
     let h = crate::flags::HardeningArgs {

@@ -112,7 +112,7 @@ fn has_cargo_deny(sh: &Shell) -> bool {
 /// cargo-deny's own release profile is LTO with one codegen unit; a licence check that runs in
 /// half a second does not need it, so it is built with LTO off and 16 codegen units
 /// (`CARGO_PROFILE_RELEASE_*`). Most of the ~3 minutes on 2 cores is compiling its ~300
-/// dependencies either way (177 s vs 187 s measured), which is why CI overlaps it with apt-get
+/// dependencies either way (177 s vs 187 s measured), which is why CI builds it in the background
 /// ([`cargo_deny_in_background`]).
 pub fn ensure_cargo_deny(sh: &Shell) -> Result<()> {
     if has_cargo_deny(sh) {
@@ -132,8 +132,9 @@ const DENY_BUILD_ENV: [(&str, &str); 2] = [
     ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
 ];
 
-/// [`ensure_cargo_deny`] in the background, its output in `log` (CI starts it first, so that
-/// the compile overlaps apt-get and the fmt and package steps, and joins it before `deny`).
+/// [`ensure_cargo_deny`] in the background at `nice 19`, its output in `log` (CI starts it
+/// first, so that the compile uses the CPU apt-get, downloads and single-threaded QEMU leave
+/// idle, and joins it in its `deny` step, after the tests).
 /// The handle gives the log's tail in the error when the install failed.
 pub fn cargo_deny_in_background(log: std::path::PathBuf) -> std::thread::JoinHandle<Result<()>> {
     std::thread::spawn(move || {
@@ -144,8 +145,9 @@ pub fn cargo_deny_in_background(log: std::path::PathBuf) -> std::thread::JoinHan
         let f =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         #[allow(clippy::disallowed_methods)] // xtask runs tools directly (see clippy.toml)
-        let status = std::process::Command::new("cargo")
-            .args(["install", "--locked", "cargo-deny"])
+        // Niced: it should only take the CPU the foreground steps leave idle.
+        let status = std::process::Command::new("nice")
+            .args(["-n", "19", "cargo", "install", "--locked", "cargo-deny"])
             .envs(DENY_BUILD_ENV)
             .stdin(std::process::Stdio::null())
             .stdout(f.try_clone()?)
